@@ -1,0 +1,236 @@
+"""Ways to connect: TCP (+TLS) by address or connection file, unix socket, a child
+interpreter over pipes, and ssh."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from remote_kernel import connfile
+from remote_kernel.auth import client_handshake
+from remote_kernel.config import make_config
+from remote_kernel.connection import Connection
+from remote_kernel.errors import ConnectionClosed, ProtocolError, RemoteKernelError
+from remote_kernel.service import VoidService
+from remote_kernel.tls import client_context
+from remote_kernel.transports.pipes import PipeTransport
+from remote_kernel.transports.sockets import SocketTransport
+
+
+def parse_address(target: str) -> tuple[str, int] | None:
+    """"host:port" or "[v6]:port" -> (host, port); None if ``target`` is not one."""
+    if target.startswith("["):
+        host, _, rest = target[1:].partition("]")
+        if rest.startswith(":") and rest[1:].isdigit():
+            return host, int(rest[1:])
+        return None
+    host, sep, port = target.rpartition(":")
+    if sep and host and port.isdigit() and ":" not in host:
+        return host, int(port)
+    return None
+
+
+def connect(target: str, port: int | None = None, *, service: Any = VoidService,
+            token: str | None = None, tls: Any = None, config: Any = None,
+            timeout: float = 10.0) -> Connection:
+    """Connect to ``target``: "host" with ``port``, "host:port", or a connection file (a
+    name written by ``remote-kernel serve`` or a path), which brings host, port, token, TLS."""
+    make_config(config)
+    if port is not None:
+        return _connect_tcp(target, port, service, token, tls, config, timeout)
+    address = parse_address(target)
+    if address is not None:
+        return _connect_tcp(address[0], address[1], service, token, tls, config, timeout)
+    path = connfile.find(target)
+    if path is not None:
+        return connect_file(path, service=service, token=token, tls=tls, config=config,
+                            timeout=timeout)
+    if os.path.exists(target) and _is_socket(target):
+        return connect_unix(target, service=service, token=token, config=config,
+                            timeout=timeout)
+    raise ValueError(
+        f"cannot connect to {target!r}: it is not host:port, and there is no connection file "
+        f"{connfile.path_for(target)} (start one with 'remote-kernel serve --name {target}')"
+    )
+
+
+def _is_socket(path: str) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def connect_file(path: str | Path, *, service: Any = VoidService, token: str | None = None,
+                 tls: Any = None, config: Any = None, timeout: float = 10.0) -> Connection:
+    info = connfile.read(Path(path))
+    token = token or info.get("token")
+    if info.get("transport") == "unix":
+        conn = connect_unix(info["path"], service=service, token=token, config=config,
+                            timeout=timeout)
+    else:
+        if tls is None and info.get("tls"):
+            tls = {"ca": info["ca"]} if info.get("ca") else True
+            if isinstance(tls, dict):
+                tls["check_hostname"] = bool(info.get("check_hostname", False))
+        conn = _connect_tcp(info["host"], int(info["port"]), service, token, tls, config,
+                            timeout)
+    conn.connection_file = str(path)  # type: ignore[attr-defined]
+    return conn
+
+
+def _connect_tcp(host: str, port: int, service: Any, token: str | None, tls: Any,
+                 config: Any, timeout: float) -> Connection:
+    peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise ConnectionClosed(f"cannot connect to {peer}: {exc.strerror or exc}") from exc
+    context, server_name = client_context(tls)
+    if context is not None:
+        import ssl
+
+        try:
+            sock = context.wrap_socket(sock, server_hostname=server_name or host)
+        except (ssl.SSLError, OSError) as exc:
+            sock.close()
+            from remote_kernel.errors import AuthenticationError
+
+            raise AuthenticationError(f"TLS handshake with {peer} failed: {exc}") from exc
+    return _finish(SocketTransport(sock, peer), service, token, config, timeout)
+
+
+def connect_unix(path: str, *, service: Any = VoidService, token: str | None = None,
+                 config: Any = None, timeout: float = 10.0) -> Connection:
+    make_config(config)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise ConnectionClosed(f"cannot connect to {path}: {exc.strerror or exc}") from exc
+    return _finish(SocketTransport(sock, path), service, token, config, timeout)
+
+
+def _finish(transport: Any, service: Any, token: str | None, config: Any,
+            timeout: float) -> Connection:
+    try:
+        client_handshake(transport, token, timeout)
+    except BaseException:
+        transport.close()
+        raise
+    return Connection(transport, service, config)
+
+
+class _StderrTail:
+    """Keeps the last lines a child wrote to stderr, to explain a failed start."""
+
+    def __init__(self, stream: Any, echo: bool) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=40)
+        self._stream = stream
+        self._echo = echo
+        threading.Thread(target=self._pump, daemon=True, name="rk-stderr").start()
+
+    def _pump(self) -> None:
+        for raw in iter(self._stream.readline, b""):
+            line = raw.decode(errors="replace")
+            self.lines.append(line)
+            if self._echo:
+                sys.stderr.write(line)
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def _spawn(argv: list[str], peer: str, service: Any, config: Any, timeout: float,
+           missing_hint: str) -> Connection:
+    make_config(config)
+    try:
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, start_new_session=True)
+    except OSError as exc:
+        raise ConnectionClosed(f"cannot start {argv[0]!r}: {exc}") from exc
+    tail = _StderrTail(process.stderr, echo=True)
+    assert process.stdout is not None and process.stdin is not None
+    transport = PipeTransport(os.dup(process.stdout.fileno()), os.dup(process.stdin.fileno()),
+                              f"{peer} (pid {process.pid})")
+    process.stdout.close()
+    process.stdin.close()
+    try:
+        client_handshake(transport, None, timeout)
+    except (RemoteKernelError, OSError) as exc:
+        transport.close()
+        try:
+            process.wait(2)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        detail = tail.text().strip()
+        if "No module named" in detail and "remote_kernel" in detail:
+            raise RemoteKernelError(
+                f"{peer} has no remote_kernel package: {missing_hint}"
+            ) from exc
+        raise ConnectionClosed(
+            f"{peer} did not start a remote_kernel server: {exc}"
+            + (f"\n{detail[-2000:]}" if detail else "")
+        ) from exc
+    conn = Connection(transport, service, config)
+    conn.process = process  # type: ignore[attr-defined]
+    conn.on_close.append(lambda _conn: _reap(process))
+    return conn
+
+
+def _reap(process: subprocess.Popen) -> None:
+    def wait() -> None:
+        try:
+            process.wait(3)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            try:
+                process.wait(2)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    threading.Thread(target=wait, daemon=True).start()
+
+
+def connect_subprocess(python: str = sys.executable, *, service: Any = VoidService,
+                       config: Any = None, timeout: float = 30.0,
+                       args: list[str] | None = None) -> Connection:
+    """Start ``python -m remote_kernel serve --stdio --classic`` and connect over its pipes."""
+    argv = [python, "-m", "remote_kernel", "serve", "--stdio", "--classic", *(args or [])]
+    return _spawn(argv, "subprocess", service, config, timeout,
+                  f"run '{python} -m pip install remote_kernel'")
+
+
+def connect_ssh(destination: str, python: str = "python3", *, service: Any = VoidService,
+                config: Any = None, timeout: float = 30.0, port: int | None = None,
+                identity: str | None = None, ssh_options: list[str] | None = None,
+                ssh: str = "ssh") -> Connection:
+    """Run the server on ``destination`` through the system ssh client (BatchMode: keys or
+    an agent, never a password prompt) and talk over its stdin/stdout. No port is opened on
+    the far machine."""
+    argv = [ssh, "-o", "BatchMode=yes", "-o", "ServerAliveInterval=15", "-T"]
+    if port is not None:
+        argv += ["-p", str(port)]
+    if identity:
+        argv += ["-i", identity]
+    argv += list(ssh_options or [])
+    remote = " ".join(shlex.quote(part) for part in
+                      [python, "-m", "remote_kernel", "serve", "--stdio", "--classic"])
+    argv += [destination, remote]
+    return _spawn(argv, f"ssh:{destination}", service, config, timeout,
+                  f"run 'ssh {destination} {python} -m pip install remote_kernel'")
+
+
+__all__ = ["connect", "connect_file", "connect_ssh", "connect_subprocess", "connect_unix",
+           "parse_address", "ProtocolError"]

@@ -1,0 +1,81 @@
+"""Typed, validated protocol configuration.
+
+``config`` is a plain dict everywhere in the public API; :func:`make_config` turns it into a
+frozen :class:`ProtocolConfig`, raising ``ValueError`` naming the key for an unknown key or a
+value of the wrong type. Names follow RPyC where RPyC has one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULT_MAX_MESSAGE_SIZE = 512 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolConfig:
+    allow_safe_attrs: bool = True
+    allow_exposed_attrs: bool = True
+    allow_public_attrs: bool = False
+    allow_all_attrs: bool = False
+    allow_setattr: bool = False
+    allow_delattr: bool = False
+    exposed_prefix: str = "exposed_"
+    sync_request_timeout: float | None = 30.0
+    include_local_traceback: bool = True
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    connid: str | None = None
+
+    def merged(self, overrides: Mapping[str, Any] | None) -> ProtocolConfig:
+        """A copy with ``overrides`` applied (validated like the constructor's dict)."""
+        if not overrides:
+            return self
+        return make_config({**dataclasses.asdict(self), **overrides})
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "allow_safe_attrs": (bool,),
+    "allow_exposed_attrs": (bool,),
+    "allow_public_attrs": (bool,),
+    "allow_all_attrs": (bool,),
+    "allow_setattr": (bool,),
+    "allow_delattr": (bool,),
+    "exposed_prefix": (str,),
+    "sync_request_timeout": (int, float, type(None)),
+    "include_local_traceback": (bool,),
+    "max_message_size": (int,),
+    "connid": (str, type(None)),
+}
+
+
+def make_config(config: Mapping[str, Any] | ProtocolConfig | None) -> ProtocolConfig:
+    """Validate a user's config dict; unknown keys and wrong types raise ``ValueError``."""
+    if config is None:
+        return ProtocolConfig()
+    if isinstance(config, ProtocolConfig):
+        return config
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config must be a dict, not {type(config).__name__}")
+    for key, value in config.items():
+        types = _FIELD_TYPES.get(key)
+        if types is None:
+            known = ", ".join(sorted(_FIELD_TYPES))
+            raise ValueError(f"unknown config key {key!r}; known keys: {known}")
+        # bool is an int; refuse True as a size or a timeout, and 1 as a switch.
+        wrong_bool = isinstance(value, bool) and bool not in types
+        if wrong_bool or not isinstance(value, types):
+            expected = " or ".join(t.__name__ for t in types)
+            raise ValueError(
+                f"config key {key!r} must be {expected}, not {type(value).__name__}"
+            )
+    values = dict(config)
+    timeout = values.get("sync_request_timeout", 30.0)
+    if timeout is not None and timeout <= 0:
+        raise ValueError("config key 'sync_request_timeout' must be positive or None")
+    if values.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE) < 1024:
+        raise ValueError("config key 'max_message_size' must be at least 1024 bytes")
+    if "sync_request_timeout" in values and values["sync_request_timeout"] is not None:
+        values["sync_request_timeout"] = float(values["sync_request_timeout"])
+    return ProtocolConfig(**values)

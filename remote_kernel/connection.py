@@ -1,0 +1,753 @@
+"""Connection: runs the protocol over a transport.
+
+Theory of operation
+-------------------
+There is no dedicated reader thread. Whichever thread needs a message takes the *reader
+role* (``_recv_lock``), reads and decodes one frame, gives the role back and dispatches:
+a reply is handed to the thread or :class:`AsyncResult` that waits for it, a request is
+served right there. So a thread waiting for its reply serves the peer's callbacks meanwhile
+(callbacks nest to any depth), several threads can wait at once, and the fast path of a call
+is one send and one read on the calling thread.
+
+A request that takes long blocks the thread that read it; a watchdog then lends the
+connection another reader, so a CANCEL for the long request is still read and acted upon
+(the request's thread gets ``KeyboardInterrupt``, see ``_interrupt``).
+
+Releases of dropped proxies are queued by ``__del__`` (never sent from inside the garbage
+collector) and go out as one batch in front of the next message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from remote_kernel import _interrupt
+from remote_kernel.config import ProtocolConfig, make_config
+from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout
+from remote_kernel.netref import BaseNetref, new_proxy
+from remote_kernel.protocol.boxing import Boxer, Descriptor, Kwargs, ObjectTable
+from remote_kernel.protocol.codec import frame, pack
+from remote_kernel.protocol.handlers import (
+    HANDLERS,
+    AttributePolicy,
+    RequestContext,
+    describe_type,
+)
+from remote_kernel.protocol.messages import Kind, Op
+from remote_kernel.transports.base import FrameReader, Transport
+
+log = logging.getLogger("remote_kernel.connection")
+
+_DEFAULT = object()
+READ_SLICE = 1.0  # seconds a reader blocks before re-checking its deadline
+CANCEL_GRACE = 1.0  # how long an interrupted wait gives the peer to answer the cancel
+
+
+class Connection:
+    """One end of a remote_kernel connection. Symmetric: both ends serve requests."""
+
+    def __init__(self, transport: Transport, service: Any = None, config: Any = None,
+                 name: str | None = None, reader: FrameReader | None = None) -> None:
+        from remote_kernel.service import VoidService, make_service
+
+        self._service = make_service(service if service is not None else VoidService)
+        self._config = _effective_config(self._service, config)
+        self._transport = transport
+        self.peer: str = name or self._config.connid or transport.peer_name
+        # The handshake's reader may already hold the first bytes of the protocol proper.
+        self._reader = reader or FrameReader(transport, self._config.max_message_size)
+        self._reader.max_message_size = self._config.max_message_size
+        self._policy = AttributePolicy(self._config)
+        self._table = ObjectTable()
+        self._descriptors: dict[type, Descriptor] = {}
+        self._boxer = Boxer(
+            self._table,
+            describe=self._describe,
+            make_proxy=self._make_proxy,
+            proxy_oid=self._proxy_oid,
+            peer_name=lambda: self.peer,
+            include_traceback=self._config.include_local_traceback,
+        )
+        self._ctx = RequestContext(self._service, self._policy)
+        self._ctx.connection = self  # type: ignore[attr-defined]
+        self._seq = itertools.count(1)
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
+        self._waiters = 0
+        self._replies: dict[int, tuple[bool, Any]] = {}
+        self._pending: set[int] = set()
+        self._async: dict[int, AsyncResult] = {}
+        self._proxies: dict[int, weakref.ref] = {}
+        self._releases: collections.deque[tuple[int, int]] = collections.deque()
+        self._running: dict[int, tuple[int, threading.Event]] = {}
+        self._running_lock = threading.Lock()
+        self._busy_since: float | None = None
+        self._closed = False
+        self._close_reason = ""
+        self._root: Any = None
+        self._disconnected = False
+        self.stats: dict[str, int] = collections.Counter()
+        self.on_close: list[Callable[[Connection], None]] = []
+        _interrupt.install_interruptible_sleep()
+        _watchdog.track(self)
+        self._service.on_connect(self)
+
+    # -- public API --------------------------------------------------------------------
+
+    @property
+    def root(self) -> Any:
+        """The peer's service object (a netref); fetched once."""
+        if self._root is None:
+            self._root = self.sync_request(Op.GETROOT)
+        return self._root
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def config(self) -> ProtocolConfig:
+        return self._config
+
+    @property
+    def modules(self) -> Any:
+        return self.root.modules
+
+    @property
+    def namespace(self) -> Any:
+        return self.root.namespace
+
+    @property
+    def builtins(self) -> Any:
+        return self.root.builtins
+
+    def eval(self, source: str) -> Any:
+        return self.root.eval(source)
+
+    def execute(self, source: str) -> Any:
+        return self.root.execute(source)
+
+    def ping(self, timeout: float = 3.0) -> float:
+        """Round-trip time in seconds."""
+        payload = b"ping"
+        start = time.perf_counter()
+        if self.sync_request(Op.PING, payload, timeout=timeout) != payload:
+            raise ProtocolError(f"{self.peer} answered a ping with a different payload")
+        return time.perf_counter() - start
+
+    def fileno(self) -> int:
+        return self._transport.fileno()
+
+    @property
+    def local_object_count(self) -> int:
+        """How many of our objects the peer holds references to."""
+        return len(self._table)
+
+    @property
+    def proxy_count(self) -> int:
+        return sum(1 for ref in list(self._proxies.values()) if ref() is not None)
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<remote_kernel.Connection to {self.peer} ({state})>"
+
+    # -- requests ------------------------------------------------------------------------
+
+    def sync_request(self, op: int, *args: Any, timeout: Any = _DEFAULT) -> Any:
+        """Send a request and wait for its reply, serving the peer meanwhile."""
+        if timeout is _DEFAULT:
+            timeout = self._config.sync_request_timeout
+        seq = next(self._seq)
+        self._pending.add(seq)
+        try:
+            self._send_message(Kind.REQUEST, seq, op, args)
+            ok, value = self._wait_reply(seq, op, timeout)
+        finally:
+            self._pending.discard(seq)
+        if ok:
+            return value
+        raise value
+
+    def callattr(self, obj: Any, name: str, args: tuple, kwargs: dict | None) -> Any:
+        return self.sync_request(Op.CALLATTR, obj, name, args, Kwargs(kwargs) if kwargs else None)
+
+    def async_request(self, op: int, *args: Any) -> AsyncResult:
+        seq = next(self._seq)
+        result = AsyncResult(self, seq)
+        self._async[seq] = result
+        try:
+            self._send_message(Kind.REQUEST, seq, op, args)
+        except BaseException:
+            self._async.pop(seq, None)
+            raise
+        return result
+
+    def _wait_reply(self, seq: int, op: int, timeout: float | None) -> tuple[bool, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies = self._replies
+        try:
+            self._drive_until(lambda: seq in replies, deadline)
+        except RequestTimeout:
+            self._replies.pop(seq, None)
+            raise RequestTimeout(
+                f"no reply from {self.peer} to {_op_name(op)} within {timeout} s"
+            ) from None
+        except KeyboardInterrupt:
+            self._cancel(seq)
+            raise
+        return replies.pop(seq)
+
+    def _cancel(self, seq: int) -> None:
+        """Ask the peer to interrupt request ``seq``; give it a moment to answer."""
+        if self._closed:
+            return
+        try:
+            self._send_message(Kind.NOTIFY, Op.CANCEL, None, (seq,))
+            self._drive_until(lambda: seq in self._replies, time.monotonic() + CANCEL_GRACE)
+        except (RequestTimeout, ConnectionClosed, KeyboardInterrupt, ProtocolError):
+            pass
+        finally:
+            self._replies.pop(seq, None)
+
+    # -- the reader role -------------------------------------------------------------------
+
+    def _drive_until(self, done: Callable[[], bool], deadline: float | None) -> None:
+        """Read and dispatch messages (or wait for the thread that does) until ``done()``."""
+        while not done():
+            if self._closed:
+                raise self._closed_error()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise RequestTimeout("timed out")
+            if self._recv_lock.acquire(blocking=False):
+                try:
+                    if done():
+                        return
+                    wait = READ_SLICE if remaining is None else min(remaining, READ_SLICE)
+                    message = self._read_message(wait)
+                finally:
+                    self._recv_lock.release()
+                    self._wake_waiters()
+                if message is not None:
+                    self._dispatch(message)
+            else:
+                with self._cond:
+                    if done() or self._closed:
+                        continue
+                    self._waiters += 1
+                    try:
+                        wait = 0.5 if remaining is None else min(remaining, 0.5)
+                        self._cond.wait(wait)
+                    finally:
+                        self._waiters -= 1
+
+    def _wake_waiters(self) -> None:
+        if self._waiters:
+            with self._cond:
+                self._cond.notify_all()
+
+    def _read_message(self, timeout: float | None) -> tuple | None:
+        """Read and decode one message; call with the reader role held."""
+        try:
+            payload = self._reader.read_frame(timeout)
+            if payload is None:
+                return None
+            self.stats["bytes_in"] += len(payload) + 4
+            self.stats["messages_in"] += 1
+            message = self._boxer.decode(payload)
+        except ConnectionClosed as exc:
+            self._lost(str(exc))
+            raise self._closed_error() from None
+        except ProtocolError as exc:
+            log.warning("closing connection to %s: %s", self.peer, exc)
+            self._lost(f"protocol error: {exc}")
+            raise
+        if type(message) is not tuple or len(message) < 2:
+            self._lost("protocol error: a message must be an array")
+            raise ProtocolError(f"malformed message from {self.peer}")
+        return message
+
+    def _dispatch(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == Kind.REPLY or kind == Kind.EXCEPTION:
+            if len(message) != 3:
+                raise self._protocol_violation("malformed reply")
+            self._deliver(message[1], (kind == Kind.REPLY, message[2]))
+        elif kind == Kind.REQUEST:
+            if len(message) < 3:
+                raise self._protocol_violation("malformed request")
+            self._serve_request(message[1], message[2], message[3:])
+        elif kind == Kind.NOTIFY:
+            self._notify(message[1], message[2:])
+        else:
+            raise self._protocol_violation(f"unknown message kind {kind!r}")
+
+    def _protocol_violation(self, what: str) -> ProtocolError:
+        self._lost(f"protocol error: {what}")
+        return ProtocolError(f"{what} from {self.peer}")
+
+    def _deliver(self, seq: Any, outcome: tuple[bool, Any]) -> None:
+        result = self._async.pop(seq, None)
+        if result is not None:
+            result._set(outcome)
+            self._wake_waiters()
+            return
+        if seq in self._pending:
+            self._replies[seq] = outcome
+            self._wake_waiters()
+        # else: a late reply to an abandoned (timed out or interrupted) request
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def _serve_request(self, seq: Any, op: Any, args: tuple) -> None:
+        handler = HANDLERS.get(op)
+        ident = threading.get_ident()
+        previous = _interrupt.current_event()
+        event = _interrupt.enter_request()
+        with self._running_lock:
+            self._running[seq] = (ident, event)
+            if self._busy_since is None:
+                self._busy_since = time.monotonic()
+        outcome: tuple[bool, Any] | None = None
+        try:
+            try:
+                if handler is None:
+                    raise ProtocolError(f"unknown request opcode {op!r}")
+                if op == Op.CLOSE:
+                    outcome = (True, None)
+                else:
+                    outcome = (True, handler(self._ctx, *args))
+            except BaseException as exc:  # noqa: BLE001 - every failure goes to the peer
+                outcome = (False, exc)
+            self._end_request(seq, event)
+        except KeyboardInterrupt as exc:  # a cancel that landed after the handler returned
+            self._end_request(seq, event)
+            if outcome is None:
+                outcome = (False, exc)
+        finally:
+            _interrupt.leave_request(previous)
+        self._reply(seq, outcome)
+        if op == Op.CLOSE:
+            self.close("closed by the peer")
+
+    def _end_request(self, seq: Any, event: threading.Event) -> None:
+        with self._running_lock:
+            self._running.pop(seq, None)
+            if not self._running:
+                self._busy_since = None
+            if event.is_set():
+                _interrupt.raise_in_thread(threading.get_ident(), None)
+
+    def _reply(self, seq: Any, outcome: tuple[bool, Any]) -> None:
+        ok, value = outcome
+        if self._closed:
+            return
+        try:
+            if ok:
+                self._send_message(Kind.REPLY, seq, value, None)
+            else:
+                self._send_message(Kind.EXCEPTION, seq, value, None)
+        except ConnectionClosed:
+            pass
+        except Exception as exc:  # the result could not be encoded: say so instead
+            try:
+                self._send_message(Kind.EXCEPTION, seq, exc, None)
+            except ConnectionClosed:
+                pass
+
+    def _notify(self, op: Any, args: tuple) -> None:
+        if op == Op.DEL:
+            for item in args[0] if args else ():
+                if type(item) is tuple and len(item) == 2:
+                    self._table.decref(item[0], item[1])
+        elif op == Op.CANCEL:
+            seq = args[0] if args else None
+            with self._running_lock:
+                running = self._running.get(seq)
+                if running is not None:
+                    ident, event = running
+                    event.set()
+                    _interrupt.raise_in_thread(ident, KeyboardInterrupt)
+        elif op == Op.CLOSE:
+            self._lost("closed by the peer")
+        # unknown notifications are ignored: they need no answer
+
+    def serve(self, timeout: float | None = 1.0) -> bool:
+        """Serve one incoming message; False when none arrived within ``timeout``."""
+        if self._closed:
+            raise self._closed_error()
+        self._flush_releases()
+        if not self._recv_lock.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        try:
+            message = self._read_message(timeout)
+        finally:
+            self._recv_lock.release()
+            self._wake_waiters()
+        if message is None:
+            return False
+        self._dispatch(message)
+        return True
+
+    def serve_all(self) -> None:
+        """Serve until the connection closes."""
+        try:
+            while not self._closed:
+                self.serve(READ_SLICE)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close()
+
+    def poll_all(self, timeout: float = 0) -> bool:
+        """Serve every message that arrives within ``timeout``; True if any was served."""
+        served = False
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            if not self.serve(remaining):
+                return served
+            served = True
+
+    def poll(self, timeout: float = 0) -> bool:
+        return self.serve(timeout)
+
+    def serve_in_background(self) -> BgServingThread:
+        return BgServingThread(self)
+
+    def has_pending_input(self) -> bool:
+        return self._reader.buffered()
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _send_message(self, kind: int, seq: Any, op_or_value: Any, args: tuple | None) -> None:
+        if self._closed:
+            raise self._closed_error()
+        boxer = self._boxer
+        limit = self._config.max_message_size
+        with self._send_lock:
+            releases = self._take_releases()
+            if kind == Kind.REQUEST:
+                body = [kind, seq, op_or_value, *map(boxer.box, args)]
+            elif kind == Kind.REPLY:
+                body = [kind, seq, boxer.box(op_or_value)]
+            elif kind == Kind.EXCEPTION:
+                body = [kind, seq, boxer.box_exception(op_or_value)]
+            else:  # NOTIFY: seq is unused, op_or_value is the opcode
+                body = [kind, op_or_value, *map(boxer.box, args or ())]
+            data = frame(pack(body), limit)
+            if releases:
+                data = frame(pack([Kind.NOTIFY, Op.DEL, releases]), limit) + data
+            self._transport.send(data)
+            self.stats["bytes_out"] += len(data)
+            self.stats["messages_out"] += 1
+            if kind == Kind.REQUEST:
+                self.stats["requests"] += 1
+
+    # -- proxies and releases -----------------------------------------------------------------
+
+    def _describe(self, cls: type) -> Descriptor:
+        descriptor = self._descriptors.get(cls)
+        if descriptor is None:
+            descriptor = self._descriptors[cls] = describe_type(cls, self._policy)
+        return descriptor
+
+    def _make_proxy(self, oid: int, descriptor: Descriptor) -> BaseNetref:
+        ref = self._proxies.get(oid)
+        proxy = ref() if ref is not None else None
+        if proxy is not None:
+            object.__setattr__(proxy, "_rk_refs", proxy._rk_refs + 1)
+            return proxy
+        proxy = new_proxy(self, oid, descriptor)
+        self._proxies[oid] = weakref.ref(proxy)
+        return proxy
+
+    def _proxy_oid(self, obj: Any) -> int | None:
+        if isinstance(obj, BaseNetref) and obj._rk_conn is self:
+            return obj._rk_oid
+        return None
+
+    def _queue_release(self, oid: int, count: int) -> None:
+        if not self._closed:
+            self._releases.append((oid, count))
+
+    def _take_releases(self) -> list[tuple[int, int]]:
+        releases = []
+        pop = self._releases.popleft
+        while True:
+            try:
+                releases.append(pop())
+            except IndexError:
+                break
+        proxies = self._proxies
+        for oid, _count in releases:
+            ref = proxies.get(oid)
+            if ref is not None and ref() is None:
+                proxies.pop(oid, None)
+        self.stats["releases"] += len(releases)
+        return releases
+
+    def _flush_releases(self) -> None:
+        if not self._releases or self._closed:
+            return
+        with self._send_lock:
+            releases = self._take_releases()
+            if releases:
+                data = frame(pack([Kind.NOTIFY, Op.DEL, releases]),
+                             self._config.max_message_size)
+                try:
+                    self._transport.send(data)
+                except ConnectionClosed:
+                    return
+                self.stats["bytes_out"] += len(data)
+                self.stats["messages_out"] += 1
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def _closed_error(self) -> ConnectionClosed:
+        reason = f": {self._close_reason}" if self._close_reason else ""
+        return ConnectionClosed(f"connection to {self.peer} is closed{reason}")
+
+    def _lost(self, reason: str) -> None:
+        if not self._closed:
+            self._close_reason = reason
+        self._shutdown(polite=False)
+
+    def close(self, reason: str = "closed") -> None:
+        """Close the connection; pending requests fail with ConnectionClosed."""
+        if not self._closed:
+            self._close_reason = reason
+        self._shutdown(polite=True)
+
+    def _shutdown(self, polite: bool) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+        if polite:
+            try:
+                with self._send_lock:
+                    self._transport.send(frame(pack([Kind.NOTIFY, Op.CLOSE]), 1 << 20))
+            except Exception:
+                pass
+        self._transport.close()
+        with self._cond:
+            self._cond.notify_all()
+        error = self._closed_error()
+        for result in list(self._async.values()):
+            result._set((False, error))
+        self._async.clear()
+        self._table.clear()
+        self._releases.clear()
+        self._root = None
+        if not self._disconnected:
+            self._disconnected = True
+            try:
+                self._service.on_disconnect(self)
+            except Exception:
+                log.exception("on_disconnect of %s failed", type(self._service).__name__)
+            for callback in list(self.on_close):
+                try:
+                    callback(self)
+                except Exception:
+                    log.exception("on_close callback failed")
+
+
+def _effective_config(service: Any, config: Any) -> ProtocolConfig:
+    """The user's config over the service's defaults (a classic service allows all attrs)."""
+    if isinstance(config, ProtocolConfig):
+        return config
+    make_config(config)  # validate what the user wrote, naming their key
+    overrides = getattr(service, "_protocol_config", None) or {}
+    return make_config({**overrides, **(config or {})})
+
+
+def _op_name(op: int) -> str:
+    try:
+        return Op(op).name
+    except ValueError:
+        return str(op)
+
+
+class AsyncResult:
+    """The future result of an asynchronous request.
+
+    ``ready``, ``error``, ``value`` (re-raises), ``wait(timeout)``, ``add_callback(fn)``,
+    ``set_expiry(seconds)``, ``expired``; ``await``-able.
+    """
+
+    def __init__(self, conn: Connection, seq: int) -> None:
+        self._conn = conn
+        self._seq = seq
+        self._outcome: tuple[bool, Any] | None = None
+        self._callbacks: list[Callable[[AsyncResult], Any]] = []
+        self._deadline: float | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        state = "ready" if self._outcome is not None else (
+            "expired" if self.expired else "pending")
+        return f"<AsyncResult #{self._seq} from {self._conn.peer} ({state})>"
+
+    def _set(self, outcome: tuple[bool, Any]) -> None:
+        with self._lock:
+            if self._outcome is not None:
+                return
+            self._outcome = outcome
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            self._run_callback(callback)
+
+    def _run_callback(self, callback: Callable[[AsyncResult], Any]) -> None:
+        try:
+            callback(self)
+        except Exception:
+            log.exception("AsyncResult callback %r failed", callback)
+
+    @property
+    def ready(self) -> bool:
+        if self._outcome is None and not self._conn.closed and not self.expired:
+            try:
+                self._conn._drive_until(lambda: self._outcome is not None, time.monotonic())
+            except (RequestTimeout, ConnectionClosed, ProtocolError):
+                pass
+        return self._outcome is not None
+
+    @property
+    def expired(self) -> bool:
+        return (self._outcome is None and self._deadline is not None
+                and time.monotonic() > self._deadline)
+
+    def set_expiry(self, seconds: float | None) -> None:
+        self._deadline = None if seconds is None else time.monotonic() + seconds
+
+    def add_callback(self, callback: Callable[[AsyncResult], Any]) -> None:
+        with self._lock:
+            if self._outcome is None:
+                self._callbacks.append(callback)
+                return
+        self._run_callback(callback)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the result; ``RequestTimeout`` if it is not ready in time."""
+        if self._outcome is not None:
+            return
+        if timeout is None:
+            timeout = self._conn.config.sync_request_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._deadline is not None:
+            deadline = self._deadline if deadline is None else min(deadline, self._deadline)
+        try:
+            self._conn._drive_until(lambda: self._outcome is not None, deadline)
+        except RequestTimeout:
+            what = "expired" if self.expired else f"not ready within {timeout} s"
+            raise RequestTimeout(f"result #{self._seq} from {self._conn.peer} {what}") from None
+        except KeyboardInterrupt:
+            self._conn._cancel(self._seq)
+            raise
+
+    @property
+    def error(self) -> bool:
+        self.wait()
+        assert self._outcome is not None
+        return not self._outcome[0]
+
+    @property
+    def value(self) -> Any:
+        self.wait()
+        assert self._outcome is not None
+        ok, value = self._outcome
+        if ok:
+            return value
+        raise value
+
+    def __await__(self) -> Any:
+        if self._outcome is None:
+            loop = asyncio.get_running_loop()
+            yield from loop.run_in_executor(None, self.wait).__await__()
+        return self.value
+
+
+class BgServingThread:
+    """Serves a connection from a background thread until stopped or closed."""
+
+    def __init__(self, conn: Connection, interval: float = 0.1) -> None:
+        self._conn = conn
+        self._interval = interval
+        self._active = True
+        self._thread = threading.Thread(target=self._run, name=f"rk-serve-{conn.peer}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while self._active and not self._conn.closed:
+                self._conn.serve(self._interval)
+        except (ConnectionClosed, ProtocolError):
+            pass
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._active = False
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+
+class _Watchdog:
+    """Lends a reader to connections whose readers are all busy serving long requests, so
+    their cancels and replies are still read."""
+
+    LONG_REQUEST = 0.1
+
+    def __init__(self) -> None:
+        self._connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def track(self, conn: Connection) -> None:
+        with self._lock:
+            self._connections.add(conn)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="rk-watchdog",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            _interrupt.original_sleep(self.LONG_REQUEST)
+            now = time.monotonic()
+            for conn in list(self._connections):
+                since = conn._busy_since
+                if (since is not None and now - since > self.LONG_REQUEST
+                        and not conn._closed and not conn._recv_lock.locked()
+                        and not getattr(conn, "_lent_reader", False)):
+                    conn._lent_reader = True  # type: ignore[attr-defined]
+                    threading.Thread(target=self._read_for, args=(conn,), daemon=True,
+                                     name=f"rk-reader-{conn.peer}").start()
+
+    @staticmethod
+    def _read_for(conn: Connection) -> None:
+        try:
+            while conn._busy_since is not None and not conn._closed:
+                conn.serve(0.1)
+        except (ConnectionClosed, ProtocolError):
+            pass
+        finally:
+            conn._lent_reader = False  # type: ignore[attr-defined]
+
+
+_watchdog = _Watchdog()

@@ -1,0 +1,94 @@
+"""Connection files: what ``remote-kernel serve`` writes so clients can connect by name.
+
+A JSON file ``remote-kernel-NAME.json`` in Jupyter's runtime directory, mode 0600 like
+Jupyter's own kernel files. A file that group or others can read is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+PREFIX = "remote-kernel-"
+
+
+def runtime_dir() -> Path:
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    return Path(jupyter_runtime_dir())
+
+
+def path_for(name: str) -> Path:
+    return runtime_dir() / f"{PREFIX}{name}.json"
+
+
+def write(name: str, info: dict[str, Any], path: Path | None = None) -> Path:
+    path = path or path_for(name)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"name": name, **info}, handle, indent=2)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return path
+
+
+def find(target: str) -> Path | None:
+    """The connection file ``target`` names: a path, or a name in the runtime directory."""
+    if target.endswith(".json") or os.sep in target:
+        candidate = Path(target).expanduser()
+        if candidate.is_file():
+            return candidate
+    if "/" not in target:
+        candidate = path_for(target)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read(path: Path) -> dict[str, Any]:
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise PermissionError(
+            f"connection file {path} is readable by group or others "
+            f"(mode {stat.S_IMODE(mode):04o}); it holds a token: run 'chmod 600 {path}'"
+        )
+    with open(path) as handle:
+        info = json.load(handle)
+    if not isinstance(info, dict):
+        raise ValueError(f"connection file {path} is not a JSON object")
+    return info
+
+
+def available() -> list[dict[str, Any]]:
+    """Connection files in the runtime directory whose server process is alive."""
+    found = []
+    try:
+        paths = sorted(runtime_dir().glob(f"{PREFIX}*.json"))
+    except OSError:
+        return found
+    for path in paths:
+        try:
+            info = read(path)
+        except (OSError, ValueError):
+            continue
+        pid = info.get("pid")
+        if isinstance(pid, int) and not _alive(pid):
+            continue
+        info["file"] = str(path)
+        found.append(info)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

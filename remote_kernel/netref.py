@@ -1,0 +1,301 @@
+"""Proxy classes for the peer's objects.
+
+Theory of operation
+-------------------
+The first time a remote type crosses a connection its descriptor arrives (see
+``protocol.boxing``): module, qualified name, method names, the dunders it defines, flags.
+:func:`class_for` builds one proxy class per descriptor and caches it, so remote classes
+become local classes: ``isinstance(x, type(y))`` works and nothing is looked up twice.
+
+What stays local (no request): the object's identity, ``__class__``, IPython's probes
+(``_ipython_*``, ``_repr_*`` except the one ``_repr_mimebundle_`` that makes the single
+display request), and hooks through which a peer could make us run its code uninvited
+(``__array__`` and friends, pickling and copying hooks). What is forwarded: a method named in
+the descriptor is called by name in ONE request (CALLATTR); any other attribute is ONE
+GETATTR; the dunders the remote type defines become real methods, so ``len()``, operators,
+``with`` and iteration work.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import TYPE_CHECKING, Any
+
+from remote_kernel.errors import ConnectionClosed
+from remote_kernel.protocol.boxing import ByValue, Descriptor, remote_exception_class
+from remote_kernel.protocol.handlers import (
+    FAKE_CLASSES,
+    FLAG_BUFFERED_ITER,
+    FLAG_TYPE,
+    FLAG_UNHASHABLE,
+)
+from remote_kernel.protocol.messages import Op
+
+if TYPE_CHECKING:
+    from remote_kernel.connection import Connection
+
+# Looked up on objects by numpy, pickle, copy, pandas and IPython; never forwarded.
+LOCAL_DENIED = frozenset("""
+__array__ __array_interface__ __array_struct__ __array_priority__ __array_function__
+__array_ufunc__ __array_wrap__ __array_finalize__ __array_prepare__ __array_namespace__
+__reduce__ __reduce_ex__ __getstate__ __setstate__ __getnewargs__ __getnewargs_ex__
+__copy__ __deepcopy__ __del__ __dataframe__ __dlpack__ __dlpack_device__
+__arrow_c_array__ __arrow_c_stream__ __arrow_c_schema__ __cuda_array_interface__
+__fspath__ __html__ __wrapped__ __torch_function__ __jax_array__ __sklearn_tags__
+__pandas_priority__ __geo_interface__ __await__ __aiter__ __anext__ _fields
+__signature__ __text_signature__ __get__ __set__ __delete__ __set_name__ __buffer__
+""".split())
+LOCAL_PREFIXES = ("_ipython_", "_repr_", "_rk_")
+
+BUFFER_CHUNK = 256
+_SLOTS = frozenset({"_rk_conn", "_rk_oid", "_rk_refs", "_rk_buffer"})
+
+
+def _is_local_name(name: str) -> bool:
+    return name in LOCAL_DENIED or name.startswith(LOCAL_PREFIXES)
+
+
+class BaseNetref:
+    """A proxy of an object owned by the peer."""
+
+    __slots__ = ("_rk_conn", "_rk_oid", "_rk_refs", "__weakref__")
+    _rk_descriptor: Descriptor = ("", "", (), (), 0, "")
+    _rk_builtin: type | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if _is_local_name(name):
+            raise AttributeError(f"{name!r} is not forwarded to the peer")
+        return self._rk_conn.sync_request(Op.GETATTR, self, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SLOTS:
+            object.__setattr__(self, name, value)
+        else:
+            self._rk_conn.sync_request(Op.SETATTR, self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in _SLOTS:
+            object.__delattr__(self, name)
+        else:
+            self._rk_conn.sync_request(Op.DELATTR, self, name)
+
+    def __dir__(self) -> list[str]:
+        return list(self._rk_conn.sync_request(Op.DIR, self))
+
+    def __repr__(self) -> str:
+        conn = self._rk_conn
+        if conn.closed:
+            return f"<remote {self._rk_descriptor[1]} object, connection lost>"
+        return conn.sync_request(Op.REPR, self)
+
+    def __str__(self) -> str:
+        return self._rk_conn.sync_request(Op.STR, self)
+
+    def __format__(self, spec: str) -> str:
+        if not spec:
+            return str(self)
+        return self._rk_conn.sync_request(Op.CALLATTR, self, "__format__", (spec,), None)
+
+    def __hash__(self) -> int:
+        return self._rk_conn.sync_request(Op.HASH, self)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("a netref cannot be pickled; use remote_kernel.obtain() for a copy")
+
+    def __del__(self) -> None:
+        # Runs inside the garbage collector: only queue; the connection sends batches.
+        try:
+            self._rk_conn._queue_release(self._rk_oid, self._rk_refs)
+        except Exception:
+            pass
+
+    @property
+    def __class__(self) -> type:  # type: ignore[override]
+        cls = type(self)
+        return cls._rk_builtin or cls
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        """The whole mimebundle, computed by the peer's formatters: one request."""
+        conn = self._rk_conn
+        if conn.closed:
+            return {"text/plain": f"<remote {self._rk_descriptor[1]} object, connection lost>"}
+        include = tuple(include) if include else None
+        exclude = tuple(exclude) if exclude else None
+        return conn.sync_request(Op.DISPLAY, self, include, exclude)
+
+
+class RemoteMethod:
+    """``netref.name`` for a method named in the type descriptor; calling it is one request."""
+
+    __slots__ = ("_rk_owner", "_rk_name")
+
+    def __init__(self, owner: BaseNetref, name: str) -> None:
+        self._rk_owner = owner
+        self._rk_name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        owner = self._rk_owner
+        return owner._rk_conn.callattr(owner, self._rk_name, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if _is_local_name(name):
+            raise AttributeError(name)
+        owner = self._rk_owner
+        method = owner._rk_conn.sync_request(Op.GETATTR, owner, self._rk_name)
+        return getattr(method, name)
+
+    def __repr__(self) -> str:
+        owner = self._rk_owner
+        return (f"<remote method {owner._rk_descriptor[1]}.{self._rk_name} "
+                f"of {owner._rk_conn.peer}>")
+
+
+class _MethodStub:
+    """Class attribute standing for a remote method; no request until it is called."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: BaseNetref | None, owner: type) -> Any:
+        if instance is None:
+            return self
+        return RemoteMethod(instance, self.name)
+
+
+def _by_value_if_builtin(value: Any) -> Any:
+    """Local lists, dicts and sets go by value into binary operators, as the peer's own
+    list.__eq__ cannot compare with a proxy."""
+    if type(value) in (list, dict, set):
+        return ByValue(value, soft=True)
+    return value
+
+
+def _make_forwarder(name: str) -> Any:
+    def forward(self: BaseNetref, *args: Any) -> Any:
+        return self._rk_conn.callattr(self, name, tuple(map(_by_value_if_builtin, args)), None)
+
+    forward.__name__ = name
+    return forward
+
+
+def _call(self: BaseNetref, *args: Any, **kwargs: Any) -> Any:
+    return self._rk_conn.sync_request(Op.CALL, self, args, kwargs or None)
+
+
+def _exit(self: BaseNetref, exc_type: Any, exc: Any, tb: Any) -> Any:
+    name = exc_type.__name__ if exc_type is not None else None
+    message = str(exc) if exc is not None else None
+    return self._rk_conn.sync_request(Op.CTXEXIT, self, name, message)
+
+
+def _instancecheck(self: BaseNetref, obj: Any) -> bool:
+    return self._rk_conn.sync_request(Op.INSTANCECHECK, self, obj, False)
+
+
+def _subclasscheck(self: BaseNetref, cls: Any) -> bool:
+    return self._rk_conn.sync_request(Op.INSTANCECHECK, self, cls, True)
+
+
+def _iter_self(self: BaseNetref) -> Any:
+    return self
+
+
+def _buffered_next(self: Any) -> Any:
+    buffer = self._rk_buffer
+    if not buffer:
+        items = self._rk_conn.sync_request(Op.BUFFITER, self, BUFFER_CHUNK)
+        if not items:
+            raise StopIteration
+        buffer.extend(items)
+    return buffer.popleft()
+
+
+def _buffered_init(self: Any) -> None:
+    object.__setattr__(self, "_rk_buffer", collections.deque())
+
+
+_classes: dict[Descriptor, type] = {}
+_classes_lock = threading.Lock()
+
+
+def class_for(descriptor: Descriptor) -> type:
+    """The proxy class for a type descriptor; built once and cached."""
+    cls = _classes.get(descriptor)
+    if cls is not None:
+        return cls
+    with _classes_lock:
+        cls = _classes.get(descriptor)
+        if cls is None:
+            cls = _build_class(descriptor)
+            _classes[descriptor] = cls
+        return cls
+
+
+def _build_class(descriptor: Descriptor) -> type:
+    module, qualname, methods, dunders, flags, builtin_name = descriptor[:6]
+    namespace: dict[str, Any] = {
+        "__slots__": ("_rk_buffer",) if flags & FLAG_BUFFERED_ITER else (),
+        "__module__": f"remote_kernel.netref.{module}",
+        "__qualname__": str(qualname),
+        "__doc__": None,
+        "_rk_descriptor": descriptor,
+        "_rk_builtin": FAKE_CLASSES.get(builtin_name) if builtin_name else None,
+    }
+    for name in methods:
+        if isinstance(name, str) and name.isidentifier() and not _is_local_name(name) \
+                and not (name.startswith("__") and name.endswith("__")):
+            namespace[name] = _MethodStub(name)
+    for name in dunders:
+        if not isinstance(name, str) or _is_local_name(name):
+            continue
+        if name == "__call__":
+            namespace[name] = _call
+        elif name == "__exit__":
+            namespace[name] = _exit
+        elif name.startswith("__") and name.endswith("__"):
+            namespace[name] = _make_forwarder(name)
+    if "__next__" in dunders:
+        namespace["__iter__"] = _iter_self
+        if flags & FLAG_BUFFERED_ITER:
+            namespace["__next__"] = _buffered_next
+    if flags & FLAG_TYPE:
+        namespace["__instancecheck__"] = _instancecheck
+        namespace["__subclasscheck__"] = _subclasscheck
+    if flags & FLAG_UNHASHABLE:
+        namespace["__hash__"] = None
+    if "__eq__" in dunders and not flags & FLAG_UNHASHABLE:
+        namespace["__hash__"] = BaseNetref.__hash__
+    name = str(qualname).rsplit(".", 1)[-1] or "netref"
+    cls = type(name if name.isidentifier() else "netref", (BaseNetref,), namespace)
+    if flags & FLAG_BUFFERED_ITER:
+        cls._rk_init = _buffered_init  # type: ignore[attr-defined]
+    return cls
+
+
+def new_proxy(conn: Connection, oid: int, descriptor: Descriptor) -> BaseNetref:
+    cls = class_for(descriptor)
+    proxy = object.__new__(cls)
+    object.__setattr__(proxy, "_rk_conn", conn)
+    object.__setattr__(proxy, "_rk_oid", oid)
+    object.__setattr__(proxy, "_rk_refs", 1)
+    init = getattr(cls, "_rk_init", None)
+    if init is not None:
+        init(proxy)
+    return proxy
+
+
+def is_netref(obj: Any) -> bool:
+    return isinstance(type(obj), type) and issubclass(type(obj), BaseNetref)
+
+
+def netref_connection(obj: Any) -> Connection:
+    if not is_netref(obj):
+        raise TypeError(f"expected a netref, got {type(obj).__name__}")
+    return obj._rk_conn
+
+
+__all__ = ["BaseNetref", "ConnectionClosed", "RemoteMethod", "class_for", "is_netref",
+           "new_proxy", "remote_exception_class"]

@@ -1,0 +1,424 @@
+"""Values by value, everything else by reference.
+
+Theory of operation
+-------------------
+``Boxer.box`` turns a Python value into msgpack-ready data. The by-value types of the
+design (None, bool, int of any size, float, complex, str, bytes, tuple, frozenset, slice,
+Ellipsis) are encoded with their type: msgpack arrays *are* tuples (they decode as tuples),
+and the rest use the ext types of ``messages.Ext``. Every other object is put in the local
+:class:`ObjectTable` and sent as a REF: its object id and its type id. The first time a type
+crosses the connection its descriptor travels with the REF; later REFs carry 12 bytes.
+A proxy of the peer's object going back is a PEERREF and decodes to the original object.
+
+Boxing happens under the connection's send lock and unboxing under its receive lock, so type
+descriptors are always seen before the REFs that use them.
+
+``box_value`` is the deep by-value encoding of ``obtain``/``deliver``: lists, dicts, sets,
+bytearrays and numpy arrays (raw bytes + dtype + shape, never pickle) are copied.
+"""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import struct
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from msgpack import ExtType
+
+from remote_kernel import errors
+from remote_kernel.errors import ProtocolError, RemoteError, RemoteFrame
+from remote_kernel.protocol.codec import pack, unpack
+from remote_kernel.protocol.messages import Ext
+
+INT_MIN = -(2**63)
+INT_MAX = 2**64 - 1
+REF = struct.Struct(">QI")
+OID = struct.Struct(">Q")
+COMPLEX = struct.Struct(">dd")
+MAX_DEPTH = 64
+
+_PASSTHROUGH = frozenset({str, bytes, float, bool, type(None)})
+
+Descriptor = tuple  # (module, qualname, methods, dunders, flags, builtin_name)
+
+
+class ByValue:
+    """A handler result to be sent as a deep copy (see Boxer.box_value)."""
+
+    __slots__ = ("value", "soft")
+
+    def __init__(self, value: Any, soft: bool = False) -> None:
+        self.value = value
+        self.soft = soft  # fall back to a reference when a copy is impossible
+
+
+class Kwargs(dict):
+    """Keyword arguments: sent as a msgpack map (a plain dict would go by reference)."""
+
+    __slots__ = ()
+
+
+class ObjectTable:
+    """Local objects the peer holds references to, with reference counts.
+
+    Ids come from a counter, never from ``id()``, so a freed id cannot be confused with a
+    new object. The same live object always gets the same id.
+    """
+
+    def __init__(self) -> None:
+        self._objects: dict[int, list[Any]] = {}  # oid -> [obj, count]
+        self._oid_of: dict[int, int] = {}  # id(obj) -> oid, valid while obj is held
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def add(self, obj: Any) -> int:
+        with self._lock:
+            oid = self._oid_of.get(id(obj))
+            if oid is not None:
+                self._objects[oid][1] += 1
+                return oid
+            oid = next(self._counter)
+            self._objects[oid] = [obj, 1]
+            self._oid_of[id(obj)] = oid
+            return oid
+
+    def get(self, oid: int) -> Any:
+        try:
+            return self._objects[oid][0]
+        except KeyError:
+            raise ProtocolError(f"unknown object id {oid}") from None
+
+    def decref(self, oid: int, count: int) -> None:
+        with self._lock:
+            entry = self._objects.get(oid)
+            if entry is None:
+                return
+            entry[1] -= count
+            if entry[1] <= 0:
+                del self._objects[oid]
+                self._oid_of.pop(id(entry[0]), None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._objects.clear()
+            self._oid_of.clear()
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+
+def _builtin_exceptions() -> dict[str, type[BaseException]]:
+    return {
+        name: obj
+        for name, obj in vars(builtins).items()
+        if isinstance(obj, type) and issubclass(obj, BaseException)
+    }
+
+
+_BUILTIN_EXCEPTIONS = _builtin_exceptions()
+_OUR_ERRORS: dict[str, type[BaseException]] = {
+    name: getattr(errors, name)
+    for name in ("ProtocolError", "ConnectionClosed", "RequestTimeout",
+                 "AuthenticationError", "AccessDenied", "RemoteKernelError")
+}
+# BaseExceptions outside Exception stay what they are: ``except Exception`` must not catch
+# a remote KeyboardInterrupt.
+_PLAIN = (KeyboardInterrupt, SystemExit, GeneratorExit)
+_exception_classes: dict[tuple[str, str], type[BaseException]] = {}
+_exception_classes_lock = threading.Lock()
+_PACKAGE_DIR = __file__.rsplit("/protocol/", 1)[0]
+
+
+def remote_exception_class(module: str, qualname: str) -> type[BaseException]:
+    """The local class standing for a remote exception type. Never imports ``module``."""
+    key = (module, qualname)
+    cls = _exception_classes.get(key)
+    if cls is not None:
+        return cls
+    with _exception_classes_lock:
+        cls = _exception_classes.get(key)
+        if cls is not None:
+            return cls
+        base: type[BaseException] | None = None
+        if module == "builtins":
+            base = _BUILTIN_EXCEPTIONS.get(qualname)
+        elif module == "remote_kernel.errors":
+            base = _OUR_ERRORS.get(qualname)
+        name = qualname.rsplit(".", 1)[-1] or "RemoteException"
+        namespace = {"__module__": module, "__qualname__": qualname}
+        if base is not None and issubclass(base, _PLAIN):
+            cls = type(name, (base,), namespace)
+        else:
+            bases = (RemoteError, base) if base is not None else (RemoteError,)
+            try:
+                cls = type(name, bases, namespace)
+            except TypeError:  # an incompatible layout: keep the name, lose the base
+                cls = type(name, (RemoteError,), namespace)
+        _exception_classes[key] = cls
+        return cls
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
+
+
+def _frames_of(exc: BaseException) -> list[tuple[str, int, str, str]]:
+    frames = []
+    for summary in traceback.extract_tb(exc.__traceback__):
+        if summary.filename.startswith(_PACKAGE_DIR):
+            continue  # our own plumbing is noise in a user's traceback
+        frames.append((summary.filename, summary.lineno or 0, summary.name, summary.line or ""))
+    return frames
+
+
+def _traceback_text(exc: BaseException) -> str:
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    return "".join(line for line in lines if _PACKAGE_DIR not in line.split("\n", 1)[0])
+
+
+class Boxer:
+    """Encodes values for one connection and decodes what the peer sends.
+
+    ``describe(cls)`` builds the descriptor of a local type; ``make_proxy(oid, descriptor)``
+    returns the proxy of a peer object; ``proxy_oid(obj)`` is the peer's oid when ``obj``
+    is a proxy of this connection, else None.
+    """
+
+    def __init__(
+        self,
+        table: ObjectTable,
+        describe: Callable[[type], Descriptor],
+        make_proxy: Callable[[int, Descriptor], Any],
+        proxy_oid: Callable[[Any], int | None],
+        peer_name: Callable[[], str],
+        include_traceback: bool = True,
+    ) -> None:
+        self.table = table
+        self._describe = describe
+        self._make_proxy = make_proxy
+        self._proxy_oid = proxy_oid
+        self._peer_name = peer_name
+        self.include_traceback = include_traceback
+        self._type_ids: dict[type, int] = {}
+        self._peer_types: dict[int, Descriptor] = {}
+
+    # -- encoding -------------------------------------------------------------------
+
+    def box(self, obj: Any) -> Any:
+        t = type(obj)
+        if t in _PASSTHROUGH:
+            return obj
+        if t is int:
+            if INT_MIN <= obj <= INT_MAX:
+                return obj
+            return ExtType(Ext.BIGINT, str(obj).encode())
+        if t is tuple:
+            return [self.box(item) for item in obj]
+        if t is complex:
+            return ExtType(Ext.COMPLEX, COMPLEX.pack(obj.real, obj.imag))
+        if t is frozenset:
+            return ExtType(Ext.FROZENSET, pack([self.box(item) for item in obj]))
+        if t is slice:
+            return ExtType(Ext.SLICE, pack([self.box(obj.start), self.box(obj.stop),
+                                            self.box(obj.step)]))
+        if obj is Ellipsis:
+            return ExtType(Ext.ELLIPSIS, b"")
+        if obj is NotImplemented:
+            return ExtType(Ext.NOTIMPLEMENTED, b"")
+        if t is ByValue:
+            if not obj.soft:
+                return self.box_value(obj.value)
+            try:
+                return self.box_value(obj.value)
+            except TypeError:
+                return self.box(obj.value)
+        if t is Kwargs:
+            return {str(key): self.box(value) for key, value in obj.items()}
+        oid = self._proxy_oid(obj)
+        if oid is not None:
+            return ExtType(Ext.PEERREF, OID.pack(oid))
+        return self._box_ref(obj)
+
+    def _box_ref(self, obj: Any) -> ExtType:
+        cls = type(obj)
+        oid = self.table.add(obj)
+        tid = self._type_ids.get(cls)
+        if tid is not None:
+            return ExtType(Ext.REF, REF.pack(oid, tid))
+        tid = len(self._type_ids) + 1
+        self._type_ids[cls] = tid
+        return ExtType(Ext.REF, pack([oid, tid, self._describe(cls)]))
+
+    def box_value(self, obj: Any, depth: int = 0) -> Any:
+        """A deep copy by value; ``TypeError`` for anything that cannot be copied."""
+        if depth > MAX_DEPTH:
+            raise TypeError("value nested too deeply to copy")
+        t = type(obj)
+        if t in _PASSTHROUGH or t is int or t is complex or t is slice or obj is Ellipsis:
+            return self.box(obj)
+        if t is tuple:
+            return [self.box_value(item, depth + 1) for item in obj]
+        if t is list:
+            return ExtType(Ext.LIST, pack([self.box_value(i, depth + 1) for i in obj]))
+        if t is dict:
+            flat: list[Any] = []
+            for key, value in obj.items():
+                flat.append(self.box_value(key, depth + 1))
+                flat.append(self.box_value(value, depth + 1))
+            return ExtType(Ext.DICT, pack(flat))
+        if t is set:
+            return ExtType(Ext.SET, pack([self.box_value(i, depth + 1) for i in obj]))
+        if t is frozenset:
+            return ExtType(Ext.FROZENSET, pack([self.box_value(i, depth + 1) for i in obj]))
+        if t is bytearray:
+            return ExtType(Ext.BYTEARRAY, bytes(obj))
+        if t is memoryview:
+            return obj.tobytes()
+        if _is_numpy(obj):
+            return self._box_ndarray(obj)
+        if self._proxy_oid(obj) is not None:
+            return self.box(obj)
+        raise TypeError(f"cannot copy a {t.__module__}.{t.__qualname__} object by value")
+
+    def _box_ndarray(self, obj: Any) -> ExtType:
+        import numpy
+
+        array = numpy.asarray(obj)
+        if array.dtype.hasobject or array.dtype.fields is not None:
+            raise TypeError(f"cannot copy a numpy array of dtype {array.dtype} by value")
+        array = numpy.ascontiguousarray(array)
+        scalar = isinstance(obj, numpy.generic)
+        return ExtType(Ext.NDARRAY, pack([array.dtype.str, list(array.shape), scalar,
+                                          memoryview(array).cast("B")]))
+
+    def box_exception(self, exc: BaseException) -> ExtType:
+        cls = type(exc)
+        module = getattr(cls, "__module__", "builtins") or "builtins"
+        qualname = getattr(cls, "__qualname__", cls.__name__)
+        message = _safe_str(exc)
+        try:
+            args = self.box_value(tuple(exc.args))
+        except Exception:
+            args = [message]
+        text, frames = "", []
+        if self.include_traceback:
+            text = _traceback_text(exc)
+            frames = _frames_of(exc)
+            if isinstance(exc, RemoteError):
+                text = (f"{exc.remote_traceback.rstrip()}\n\n"
+                        f"... the exception above came from {exc.peer} and was re-raised:\n\n"
+                        f"{text}")
+                frames = [tuple(f) for f in exc.remote_frames] + frames
+        return ExtType(Ext.EXC, pack([module, qualname, args, message, text, frames]))
+
+    # -- decoding -------------------------------------------------------------------
+
+    def decode(self, payload: bytes | bytearray | memoryview) -> Any:
+        return unpack(payload, self.ext_hook)
+
+    def ext_hook(self, code: int, data: bytes) -> Any:
+        if code == Ext.REF:
+            if len(data) == REF.size:
+                oid, tid = REF.unpack(data)
+                descriptor = self._peer_types.get(tid)
+                if descriptor is None:
+                    raise ProtocolError(f"reference to unknown type id {tid}")
+            else:
+                oid, tid, descriptor = unpack(data)
+                if not isinstance(descriptor, tuple) or len(descriptor) < 6:
+                    raise ProtocolError("malformed type descriptor")
+                self._peer_types[tid] = descriptor
+            return self._make_proxy(oid, descriptor)
+        if code == Ext.PEERREF:
+            if len(data) != OID.size:
+                raise ProtocolError("malformed object id")
+            return self.table.get(OID.unpack(data)[0])
+        if code == Ext.BIGINT:
+            try:
+                return int(data.decode("ascii"))
+            except ValueError:
+                raise ProtocolError("malformed big integer") from None
+        if code == Ext.COMPLEX:
+            real, imag = COMPLEX.unpack(data)
+            return complex(real, imag)
+        if code == Ext.FROZENSET:
+            return frozenset(self._unpack_tuple(data))
+        if code == Ext.SLICE:
+            start, stop, step = self._unpack_tuple(data, length=3)
+            return slice(start, stop, step)
+        if code == Ext.ELLIPSIS:
+            return Ellipsis
+        if code == Ext.NOTIMPLEMENTED:
+            return NotImplemented
+        if code == Ext.LIST:
+            return list(self._unpack_tuple(data))
+        if code == Ext.SET:
+            return set(self._unpack_tuple(data))
+        if code == Ext.DICT:
+            flat = self._unpack_tuple(data)
+            if len(flat) % 2:
+                raise ProtocolError("malformed dict")
+            return dict(zip(flat[::2], flat[1::2], strict=True))
+        if code == Ext.BYTEARRAY:
+            return bytearray(data)
+        if code == Ext.NDARRAY:
+            return self._decode_ndarray(data)
+        if code == Ext.EXC:
+            return self._decode_exception(data)
+        raise ProtocolError(f"unknown ext type {code}")
+
+    def _unpack_tuple(self, data: bytes, length: int | None = None) -> tuple:
+        items = unpack(data, self.ext_hook)
+        if type(items) is not tuple or (length is not None and len(items) != length):
+            raise ProtocolError("malformed container value")
+        return items
+
+    def _decode_ndarray(self, data: bytes) -> Any:
+        try:
+            import numpy
+        except ImportError:
+            raise ProtocolError("the peer sent a numpy array but numpy is not installed") from None
+        dtype_str, shape, scalar, raw = self._unpack_tuple(data, length=4)
+        try:
+            dtype = numpy.dtype(dtype_str)
+            if dtype.hasobject:
+                raise TypeError("object arrays are refused")
+            array = numpy.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"malformed numpy array: {exc}") from None
+        return array[()] if scalar else array
+
+    def _decode_exception(self, data: bytes) -> BaseException:
+        module, qualname, args, message, text, frames = self._unpack_tuple(data, length=6)
+        if not (isinstance(module, str) and isinstance(qualname, str)):
+            raise ProtocolError("malformed exception")
+        cls = remote_exception_class(module, qualname)
+        try:
+            exc = cls.__new__(cls)
+            exc.args = args if isinstance(args, tuple) else (message,)
+        except Exception:
+            exc = cls.__new__(cls)
+            exc.args = (message,)
+        exc._rk_message = message
+        exc.remote_type = qualname if module == "builtins" else f"{module}.{qualname}"
+        exc.remote_traceback = text
+        exc.remote_frames = [RemoteFrame(*frame) for frame in frames]
+        exc.peer = self._peer_name()
+        return exc
+
+
+def _is_numpy(obj: Any) -> bool:
+    module = type(obj).__module__
+    if not module.startswith("numpy") or "numpy" not in sys.modules:
+        return False
+    import numpy
+
+    return isinstance(obj, (numpy.ndarray, numpy.generic))

@@ -1,0 +1,69 @@
+"""Message kinds and request opcodes. These numbers are the wire format: never renumber.
+
+A message is a msgpack array whose first item is its kind:
+
+    [REQUEST, seq, opcode, arg...]    expects a REPLY or an EXCEPTION with the same seq
+    [REPLY, seq, value]
+    [EXCEPTION, seq, exception]       exception is an EXC ext value (see boxing.py)
+    [NOTIFY, opcode, arg...]          no reply (releases, cancel)
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Kind(IntEnum):
+    REQUEST = 0
+    REPLY = 1
+    EXCEPTION = 2
+    NOTIFY = 3
+
+
+class Op(IntEnum):
+    PING = 1
+    CLOSE = 2
+    GETROOT = 3
+    GETATTR = 4
+    SETATTR = 5
+    DELATTR = 6
+    CALL = 7
+    CALLATTR = 8
+    REPR = 9
+    STR = 10
+    CMP = 11
+    HASH = 12
+    DIR = 13
+    DEL = 14  # release references: NOTIFY [(oid, count), ...]
+    INSPECT = 15  # the type descriptor of an object
+    BUFFITER = 16  # next n items of an iterator
+    CTXEXIT = 17
+    INSTANCECHECK = 18
+    CANCEL = 19  # NOTIFY seq: interrupt the thread running that request
+    OBTAIN = 20  # a copy by value
+    DELIVER = 21  # keep a by-value copy, answer with a reference
+    # Notebook gestures: one request each.
+    DISPLAY = 32  # the whole mimebundle from the peer's formatters
+    COMPLETE = 33  # dir() for completion (policy-free, describes what the client holds)
+    OINFO = 34  # type, name, doc, signature, file, source
+    KEYS = 35  # key completions of a mapping
+
+
+class Ext(IntEnum):
+    """msgpack ext type codes of boxed values."""
+
+    TUPLE = 1  # unused: tuples are msgpack arrays (arrays decode as tuples)
+    BIGINT = 2
+    COMPLEX = 3
+    FROZENSET = 4
+    SLICE = 5
+    ELLIPSIS = 6
+    REF = 7  # an object owned by the sender: oid, type id (+ descriptor the first time)
+    PEERREF = 8  # an object owned by the receiver, coming home
+    EXC = 9
+    LIST = 10  # by-value copies for obtain/deliver
+    DICT = 11
+    SET = 12
+    NDARRAY = 13
+    NOTIMPLEMENTED = 14
+    BYTEARRAY = 15
