@@ -106,3 +106,51 @@ def object_info(obj: Any, detail: int = 0) -> dict[str, Any]:
             info["init_docstring"] = inspect.getdoc(init) or ""
             info["signature"] = _signature(obj)
     return info
+
+
+_LEAF_TYPES = (str, bytes, int, float, complex, bool, type(None))
+
+
+def _short_repr(obj: Any, width: int = 80) -> str:
+    text = _safe_repr(obj).replace("\n", " ")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _expandable(obj: Any) -> bool:
+    if isinstance(obj, _LEAF_TYPES):
+        return False
+    if isinstance(obj, (dict, list, tuple, set, frozenset)):
+        return len(obj) > 0
+    return True
+
+
+def _entry(name: str, kind: str, key: Any, value: Any) -> dict[str, Any]:
+    return {"name": name, "kind": kind, "key": key, "type": type(value).__name__,
+            "repr": _short_repr(value), "expandable": _expandable(value)}
+
+
+def children(obj: Any, allowed: Any, limit: int) -> list[dict[str, Any]]:
+    """The browsable children of ``obj``: items of mappings and sequences, else the
+    attributes ``allowed(name)`` accepts (private names left out)."""
+    found: list[dict[str, Any]] = []
+    if isinstance(obj, dict):
+        for key, value in list(obj.items())[:limit]:
+            if isinstance(key, str) and key.startswith("__"):
+                continue
+            if isinstance(key, (str, int, float, bool)):
+                found.append(_entry(repr(key) if not isinstance(key, str) else key, "item",
+                                    key, value))
+        return found
+    if isinstance(obj, (list, tuple)):
+        return [_entry(f"[{i}]", "item", i, value) for i, value in enumerate(obj[:limit])]
+    for name in sorted(dir(obj)):
+        if name.startswith("_") or not allowed(name):
+            continue
+        try:
+            value = getattr(obj, name)
+        except Exception:
+            continue
+        found.append(_entry(name, "attr", name, value))
+        if len(found) >= limit:
+            break
+    return found

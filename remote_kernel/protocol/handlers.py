@@ -269,6 +269,30 @@ def _complete(ctx: RequestContext, obj: Any) -> ByValue:
     return ByValue(tuple(public_dir(obj, ctx.policy.prefix)))
 
 
+def _walk(ctx: RequestContext, obj: Any, path: tuple) -> Any:
+    for step in path:
+        if type(step) is not tuple or len(step) != 2:
+            raise ValueError("a browser path is a sequence of (kind, name) pairs")
+        kind, name = step
+        if kind == "attr":
+            obj = getattr(obj, ctx.policy.resolve(obj, name))
+        elif kind == "item":
+            obj = obj[name]
+        else:
+            raise ValueError(f"unknown browser step kind {kind!r}")
+    return obj
+
+
+def _children(ctx: RequestContext, obj: Any, path: tuple, limit: int) -> ByValue:
+    """One level of the object browser, in one request: [{name, kind, type, repr,
+    expandable}] for the object at ``path`` below ``obj``; only what the policy allows."""
+    from remote_kernel.describe import children
+
+    target = _walk(ctx, obj, path)
+    allowed = lambda name: ctx.policy.resolve_on_type(type(target), name) is not None  # noqa: E731
+    return ByValue(children(target, allowed, max(1, min(int(limit), 1000))))
+
+
 HANDLERS: dict[int, Callable[..., Any]] = {
     Op.PING: lambda ctx, payload=None: payload,
     Op.GETROOT: lambda ctx: ctx.root,
@@ -292,6 +316,7 @@ HANDLERS: dict[int, Callable[..., Any]] = {
     Op.COMPLETE: _complete,
     Op.OINFO: _oinfo,
     Op.KEYS: _keys,
+    Op.CHILDREN: _children,
 }
 
 __all__ = ["HANDLERS", "AttributePolicy", "RequestContext", "describe_type", "exposed"]

@@ -47,6 +47,7 @@ class Op(IntEnum):
     COMPLETE = 33  # dir() for completion (policy-free, describes what the client holds)
     OINFO = 34  # type, name, doc, signature, file, source
     KEYS = 35  # key completions of a mapping
+    CHILDREN = 36  # the object browser: children of obj reached through a path
 
 
 class Ext(IntEnum):
