@@ -1,24 +1,33 @@
-# Every target sets up its own virtual environment first; a fresh clone needs only python3.
+# Every target sets up its own virtual environment first; a fresh clone needs only python3
+# (and apt-get for the system packages the browser and ssh tests use).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+EXTRAS ?= test,bench,lab
+# Parts add their own set-up steps and test prerequisites in mk/*.mk.
+SETUP_STEPS :=
+TEST_STEPS :=
 
-.PHONY: setup test demo lint clean
+.PHONY: setup test demo lint clean pytest
 
-setup: $(STAMP)
+include $(wildcard mk/*.mk)
+
+setup: $(STAMP) $(SETUP_STEPS)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-lint: setup
+lint: $(STAMP)
 	$(VENV)/bin/ruff check remote_kernel tests benchmarks
 
-test: setup lint
+pytest: setup
 	$(PY) -m pytest -q tests
+
+test: setup lint $(TEST_STEPS) pytest
 
 demo: setup
 	$(PY) -m remote_kernel demo
