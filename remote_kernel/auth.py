@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import ssl
 import time
 from typing import Any
 
@@ -88,6 +89,15 @@ def client_handshake(transport: Transport, token: str | None, timeout: float = 1
     reader = FrameReader(transport, HANDSHAKE_LIMIT)
     try:
         hello = _read(reader, deadline)
+    except AuthenticationError:  # the deadline passed without a word from the peer
+        raise AuthenticationError(
+            f"{transport.peer_name} sent no remote_kernel greeting within {timeout} s "
+            "(a TLS server expects tls=...; a busy or stuck server answers late)"
+        ) from None
+    except ConnectionClosed as exc:
+        if isinstance(exc.__cause__, ssl.SSLError):  # a TLS alert: our certificate was refused
+            raise AuthenticationError(str(exc)) from exc
+        raise
     except ProtocolError as exc:
         raise ProtocolError(
             f"{transport.peer_name} does not speak the remote_kernel protocol ({exc})"

@@ -104,8 +104,11 @@ def _connect_tcp(host: str, port: int, service: Any, token: str | None, tls: Any
         except (ssl.SSLError, OSError) as exc:
             sock.close()
             from remote_kernel.errors import AuthenticationError
+            from remote_kernel.tls import explain_ssl_error
 
-            raise AuthenticationError(f"TLS handshake with {peer} failed: {exc}") from exc
+            raise AuthenticationError(
+                f"TLS handshake with {peer} failed: {explain_ssl_error(exc)}"
+            ) from exc
     return _finish(SocketTransport(sock, peer), service, token, config, timeout)
 
 

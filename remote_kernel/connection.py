@@ -217,7 +217,7 @@ class Connection:
         if self._closed:
             return
         try:
-            self._send_message(Kind.NOTIFY, Op.CANCEL, None, (seq,))
+            self._send_message(Kind.NOTIFY, None, Op.CANCEL, (seq,))
             self._drive_until(lambda: seq in self._replies, time.monotonic() + CANCEL_GRACE)
         except (RequestTimeout, ConnectionClosed, KeyboardInterrupt, ProtocolError):
             pass

@@ -103,6 +103,9 @@ class BaseNetref:
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise TypeError("a netref cannot be pickled; use remote_kernel.obtain() for a copy")
 
+    def __reduce__(self) -> Any:
+        raise TypeError("a netref cannot be pickled; use remote_kernel.obtain() for a copy")
+
     def __del__(self) -> None:
         # Runs inside the garbage collector: only queue; the connection sends batches.
         try:

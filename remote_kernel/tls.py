@@ -61,3 +61,36 @@ def client_context(tls: Any) -> tuple[ssl.SSLContext | None, str | None]:
     check = tls.get("check_hostname", True)
     context.check_hostname = bool(check)
     return context, tls.get("server_hostname")
+
+
+# What the OpenSSL reason codes mean for a user, and what to do about them.
+_REASONS: dict[str, str] = {
+    "CERTIFICATE_VERIFY_FAILED": "the certificate is not trusted",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": (
+        "the server requires a client certificate: pass tls={'cert': ..., 'key': ...}"),
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": (
+        "the peer sent no client certificate, and one is required"),
+    "TLSV1_ALERT_UNKNOWN_CA": (
+        "the peer does not trust our certificate (it is signed by a CA the peer does not know)"),
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the peer rejected our certificate",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the peer rejected our certificate: it has expired",
+    "TLSV1_ALERT_DECRYPT_ERROR": "the peer rejected our certificate",
+    "WRONG_VERSION_NUMBER": (
+        "the peer does not speak TLS (is it a plain server? then connect without tls=)"),
+    "UNEXPECTED_EOF_WHILE_READING": "the peer closed the connection during the TLS handshake",
+    "NO_SHARED_CIPHER": "no cipher or TLS version in common with the peer",
+    "UNSUPPORTED_PROTOCOL": "no TLS version in common with the peer (TLS 1.2 or newer needed)",
+}
+
+
+def explain_ssl_error(exc: BaseException) -> str:
+    """A sentence saying why a TLS handshake failed, for error messages and logs."""
+    verify = getattr(exc, "verify_message", None)
+    reason = getattr(exc, "reason", None)
+    if verify:
+        return (f"the peer's certificate is not trusted: {verify} (is the CA given as "
+                "tls={'ca': ...} the one that signed it, and does it name this host?)")
+    text = _REASONS.get(str(reason)) if reason else None
+    if text:
+        return f"{text} [{reason}]"
+    return str(exc) or type(exc).__name__

@@ -294,10 +294,11 @@ class Boxer:
         array = numpy.asarray(obj)
         if array.dtype.hasobject or array.dtype.fields is not None:
             raise TypeError(f"cannot copy a numpy array of dtype {array.dtype} by value")
-        array = numpy.ascontiguousarray(array)
+        shape = list(array.shape)
+        data = numpy.ascontiguousarray(array).reshape(-1)  # (0-d arrays come back 1-d)
         scalar = isinstance(obj, numpy.generic)
-        return ExtType(Ext.NDARRAY, pack([array.dtype.str, list(array.shape), scalar,
-                                          memoryview(array).cast("B")]))
+        return ExtType(Ext.NDARRAY, pack([array.dtype.str, shape, scalar,
+                                          memoryview(data).cast("B")]))
 
     def box_exception(self, exc: BaseException) -> ExtType:
         cls = type(exc)

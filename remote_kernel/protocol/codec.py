@@ -99,7 +99,12 @@ class FrameDecoder:
             if self._need is None:
                 if len(self._buffer) < HEADER_SIZE:
                     return frames
-                self._need = parse_header(self._buffer[:HEADER_SIZE], self.max_message_size)
+                try:
+                    self._need = parse_header(self._buffer[:HEADER_SIZE],
+                                              self.max_message_size)
+                except ProtocolError:
+                    self._buffer.clear()  # the stream is unusable; keep nothing of it
+                    raise
                 del self._buffer[:HEADER_SIZE]
             if len(self._buffer) < self._need:
                 return frames

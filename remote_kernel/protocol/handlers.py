@@ -87,7 +87,10 @@ class AttributePolicy:
             raise AccessDenied(f"setting attribute {name!r} is denied (allow_setattr is off)")
         if delete and not config.allow_delattr:
             raise AccessDenied(f"deleting attribute {name!r} is denied (allow_delattr is off)")
-        found = self._resolve(type(obj), name, obj)
+        cls = type(obj)
+        # A proxy we forward for a third party stands for its builtin type (list, dict...).
+        cls = getattr(cls, "_rk_builtin", None) or cls
+        found = self._resolve(cls, name, obj)
         if found is None:
             raise AccessDenied(
                 f"access to {name!r} of a {type(obj).__name__} object is denied by the "

@@ -7,6 +7,7 @@ import socket
 import ssl
 
 from remote_kernel.errors import ConnectionClosed
+from remote_kernel.tls import explain_ssl_error
 from remote_kernel.transports.base import Transport
 
 
@@ -45,6 +46,10 @@ class SocketTransport(Transport):
             got = self.sock.recv_into(buffer)
         except ssl.SSLWantReadError:
             return 0
+        except ssl.SSLError as exc:
+            raise ConnectionClosed(
+                f"TLS connection to {self.peer_name} failed: {explain_ssl_error(exc)}"
+            ) from exc
         except (OSError, ValueError) as exc:
             raise ConnectionClosed(f"connection to {self.peer_name} lost: {exc}") from exc
         if got == 0:

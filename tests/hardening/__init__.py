@@ -1,0 +1,1 @@
+"""Hardening tests: TLS, ssh, exposure, hostile peers, fuzzed input, faults and load."""

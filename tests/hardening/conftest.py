@@ -1,0 +1,39 @@
+"""Fixtures of the hardening suite: a throwaway CA and small in-process services."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import remote_kernel as rk
+
+certs = pytest.importorskip("tests.hardening.certs", reason="the cryptography package")
+
+
+class EchoService(rk.Service):
+    """A tiny service for the in-process servers of this suite."""
+
+    def exposed_echo(self, value: Any) -> Any:
+        return value
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Two CAs; a server and a client certificate from the first, one of each from the
+    second (the wrong CA), and an expired client certificate."""
+    directory: Path = tmp_path_factory.mktemp("pki")
+    ca = certs.CertificateAuthority(directory, "rk-ca")
+    other = certs.CertificateAuthority(directory, "other-ca")
+    yield {
+        "ca": ca.ca,
+        "other_ca": other.ca,
+        "server": ca.issue("server"),
+        "client": ca.issue("client", server=False),
+        "expired_client": ca.issue("expired-client", server=False, expired=True),
+        "foreign_client": other.issue("foreign-client", server=False),
+        "foreign_server": other.issue("foreign-server"),
+        "localhost_only": ca.issue("localhost-only", hosts=("localhost",)),
+    }
