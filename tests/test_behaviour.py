@@ -275,7 +275,7 @@ def test_async_result(conn: rk.Connection) -> None:
     failing.wait(5)
     assert failing.error
     with pytest.raises(ValueError, match="async boom"):
-        failing.value
+        failing.value  # noqa: B018
     late = []
     failing.add_callback(late.append)
     assert late == [failing]
