@@ -14,7 +14,6 @@ import argparse
 import os
 import socket
 import struct
-import sys
 import threading
 from typing import Any
 
@@ -132,7 +131,9 @@ class Workload:
 
 def serve_rk(sock_ready: Any) -> None:
     import remote_kernel as rk
+    from benchmarks._compat import apply_core_workarounds
 
+    apply_core_workarounds()
     workload = Workload()
 
     class BenchService(rk.Service):
@@ -208,8 +209,8 @@ def serve_rpyc(sock_ready: Any) -> None:
 # -- Pyro5 -------------------------------------------------------------------------------------
 
 def serve_pyro5(sock_ready: Any) -> None:
+    import Pyro5
     import Pyro5.api
-    import Pyro5.config
 
     Pyro5.config.SERIALIZER = "msgpack"
     Pyro5.config.COMMTIMEOUT = 300.0
@@ -313,7 +314,8 @@ SERVERS = {"rk": serve_rk, "rpyc": serve_rpyc, "pyro5": serve_pyro5, "floor": se
 
 def _exit_when_stdin_closes() -> None:
     try:
-        sys.stdin.buffer.read()
+        while os.read(0, 4096):
+            pass
     finally:
         os._exit(0)
 

@@ -142,7 +142,12 @@ class _StderrTail:
         self.lines: collections.deque[str] = collections.deque(maxlen=40)
         self._stream = stream
         self._echo = echo
-        threading.Thread(target=self._pump, daemon=True, name="rk-stderr").start()
+        self._thread = threading.Thread(target=self._pump, daemon=True, name="rk-stderr")
+        self._thread.start()
+
+    def wait(self, timeout: float) -> None:
+        """Wait until the child's stderr is closed (all of it read), at most ``timeout``."""
+        self._thread.join(timeout)
 
     def _pump(self) -> None:
         for raw in iter(self._stream.readline, b""):
@@ -156,7 +161,7 @@ class _StderrTail:
 
 
 def _spawn(argv: list[str], peer: str, service: Any, config: Any, timeout: float,
-           missing_hint: str) -> Connection:
+           missing_hint: str, python: str = "") -> Connection:
     make_config(config)
     try:
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -177,10 +182,17 @@ def _spawn(argv: list[str], peer: str, service: Any, config: Any, timeout: float
             process.wait(2)
         except subprocess.TimeoutExpired:
             process.kill()
+        tail.wait(2)
         detail = tail.text().strip()
         if "No module named" in detail and "remote_kernel" in detail:
             raise RemoteKernelError(
                 f"{peer} has no remote_kernel package: {missing_hint}"
+            ) from exc
+        if python and ("No such file or directory" in detail or "not found" in detail) \
+                and python in detail:
+            raise RemoteKernelError(
+                f"{peer} has no Python interpreter {python!r}: pass python= the path of one "
+                f"that has remote_kernel installed ({missing_hint})"
             ) from exc
         raise ConnectionClosed(
             f"{peer} did not start a remote_kernel server: {exc}"
@@ -212,7 +224,7 @@ def connect_subprocess(python: str = sys.executable, *, service: Any = VoidServi
     """Start ``python -m remote_kernel serve --stdio --classic`` and connect over its pipes."""
     argv = [python, "-m", "remote_kernel", "serve", "--stdio", "--classic", *(args or [])]
     return _spawn(argv, "subprocess", service, config, timeout,
-                  f"run '{python} -m pip install remote_kernel'")
+                  f"run '{python} -m pip install remote_kernel'", python)
 
 
 def connect_ssh(destination: str, python: str = "python3", *, service: Any = VoidService,
@@ -222,6 +234,9 @@ def connect_ssh(destination: str, python: str = "python3", *, service: Any = Voi
     """Run the server on ``destination`` through the system ssh client (BatchMode: keys or
     an agent, never a password prompt) and talk over its stdin/stdout. No port is opened on
     the far machine."""
+    if not destination or destination.startswith("-") or any(c.isspace() for c in destination):
+        # "-oProxyCommand=..." would be an option to the local ssh: a local command.
+        raise ValueError(f"not an ssh destination: {destination!r}")
     argv = [ssh, "-o", "BatchMode=yes", "-o", "ServerAliveInterval=15", "-T"]
     if port is not None:
         argv += ["-p", str(port)]
@@ -230,9 +245,9 @@ def connect_ssh(destination: str, python: str = "python3", *, service: Any = Voi
     argv += list(ssh_options or [])
     remote = " ".join(shlex.quote(part) for part in
                       [python, "-m", "remote_kernel", "serve", "--stdio", "--classic"])
-    argv += [destination, remote]
+    argv += ["--", destination, remote]
     return _spawn(argv, f"ssh:{destination}", service, config, timeout,
-                  f"run 'ssh {destination} {python} -m pip install remote_kernel'")
+                  f"run 'ssh {destination} {python} -m pip install remote_kernel'", python)
 
 
 __all__ = ["connect", "connect_file", "connect_ssh", "connect_subprocess", "connect_unix",

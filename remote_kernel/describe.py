@@ -82,7 +82,8 @@ def object_info(obj: Any, detail: int = 0) -> dict[str, Any]:
         "source": "",
         "length": None,
         "init_docstring": "",
-        "class_docstring": inspect.getdoc(cls) or "" if not isinstance(obj, type) else "",
+        "class_docstring": "" if isinstance(obj, type) or inspect.isroutine(obj)
+        else inspect.getdoc(cls) or "",
         "callable": callable(obj),
         "isclass": isinstance(obj, type),
     }

@@ -24,6 +24,12 @@ class ProtocolError(RemoteKernelError):
 class ConnectionClosed(RemoteKernelError, EOFError):
     """The connection is closed or the peer went away; names the peer."""
 
+    def _render_traceback_(self) -> list[str]:
+        """In a notebook: one line naming the peer, not a stack of plumbing."""
+        from remote_kernel._tbformat import render_connection_closed
+
+        return render_connection_closed(self)
+
 
 class RequestTimeout(RemoteKernelError, TimeoutError):
     """A request got no reply within its timeout; the connection stays usable."""

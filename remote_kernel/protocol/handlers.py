@@ -268,8 +268,10 @@ def _display(ctx: RequestContext, obj: Any, include: Any, exclude: Any) -> ByVal
     return ByValue(mimebundle(obj, include, exclude))
 
 
-def _complete(ctx: RequestContext, obj: Any) -> ByValue:
-    return ByValue(tuple(public_dir(obj, ctx.policy.prefix)))
+def _complete(ctx: RequestContext, obj: Any, path: tuple = ()) -> ByValue:
+    """Names for ``obj.<TAB>`` (or ``obj.a.b.<TAB>`` with a path): one request."""
+    target = _walk(ctx, obj, tuple(("attr", name) for name in path))
+    return ByValue(tuple(public_dir(target, ctx.policy.prefix)))
 
 
 def _walk(ctx: RequestContext, obj: Any, path: tuple) -> Any:

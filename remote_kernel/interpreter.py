@@ -1,0 +1,344 @@
+"""The remote side of cell execution, shared by ``%%remote`` and the proxy kernel.
+
+``Interpreter.run_cell(code, sink)`` runs a cell in this interpreter's namespace with
+IPython's semantics: the value of a last expression is displayed, ``display()`` and
+``clear_output()`` work, matplotlib figures left open are sent as PNG. Output goes to the
+caller's *sink* while the cell runs: ``sink.stream(name, text)`` (line by line, as it is
+written), ``sink.display(data, metadata)``, ``sink.result(data, metadata, count)``,
+``sink.clear_output(wait)``. The sink lives on the notebook side, so each of those is one
+callback request; the notebook serves them while it waits for ``run_cell`` to return.
+Interrupting the request raises ``KeyboardInterrupt`` in the cell (see ``_interrupt``).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import codeop
+import importlib.util
+import io
+import itertools
+import linecache
+import os
+import platform
+import re
+import sys
+import threading
+import time
+from typing import Any
+
+from remote_kernel.describe import mimebundle, object_info
+from remote_kernel.protocol.boxing import ByValue
+
+FLUSH_INTERVAL = 0.05  # seconds between flushes of partial lines
+_local = threading.local()
+_install_lock = threading.Lock()
+_installed = False
+
+
+class _CellStream(io.TextIOBase):
+    """``sys.stdout``/``sys.stderr`` replacement: inside a cell the text goes to that cell's
+    sink (per thread), anywhere else to the original stream."""
+
+    def __init__(self, name: str, original: Any) -> None:
+        self.name = name
+        self.original = original
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        cell = getattr(_local, "cell", None)
+        if cell is None:
+            return self.original.write(text)
+        cell.write(self.name, text)
+        return len(text)
+
+    def flush(self) -> None:
+        cell = getattr(_local, "cell", None)
+        if cell is None:
+            self.original.flush()
+        else:
+            cell.flush(self.name)
+
+    def fileno(self) -> int:
+        return self.original.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.original, "encoding", "utf-8")
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _install_streams() -> None:
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        sys.stdout = _CellStream("stdout", sys.stdout)
+        sys.stderr = _CellStream("stderr", sys.stderr)
+        os.environ.setdefault("MPLBACKEND", "Agg")
+        _patch_ipython_display()
+        _installed = True
+
+
+def _patch_ipython_display() -> None:
+    """Inside a cell, IPython's display()/clear_output() reach the notebook."""
+    try:
+        import IPython.core.display_functions as functions
+        import IPython.display as public
+    except ImportError:
+        return
+    original_display = functions.display
+    original_clear = functions.clear_output
+
+    def display(*objs: Any, **kwargs: Any) -> Any:
+        if getattr(_local, "cell", None) is None:
+            return original_display(*objs, **kwargs)
+        return _display(*objs, **kwargs)
+
+    def clear_output(wait: bool = False) -> None:
+        cell = getattr(_local, "cell", None)
+        if cell is None:
+            return original_clear(wait)
+        cell.clear_output(wait)
+        return None
+
+    for module in (functions, public):
+        module.display = display
+        module.clear_output = clear_output
+
+
+def _display(*objs: Any, include: Any = None, exclude: Any = None, metadata: Any = None,
+             raw: bool = False, **kwargs: Any) -> None:
+    cell = getattr(_local, "cell", None)
+    if cell is None:
+        print(*objs)
+        return
+    for obj in objs:
+        if raw:
+            data, md = dict(obj), dict(metadata or {})
+        else:
+            data, md = mimebundle(obj, include, exclude)
+            if metadata:
+                md.update(metadata)
+        cell.display(data, md)
+
+
+class _Cell:
+    """Output of one running cell: buffers partial lines, flushes whole lines at once."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.buffers: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self.last_flush = time.monotonic()
+
+    def write(self, name: str, text: str) -> None:
+        buffer = self.buffers[name]
+        buffer.append(text)
+        if "\n" in text or time.monotonic() - self.last_flush > FLUSH_INTERVAL:
+            self.flush(name)
+
+    def flush(self, name: str | None = None) -> None:
+        for key in (name,) if name else ("stdout", "stderr"):
+            buffer = self.buffers[key]
+            if buffer:
+                text = "".join(buffer)
+                buffer.clear()
+                self.sink.stream(key, text)
+        self.last_flush = time.monotonic()
+
+    def display(self, data: dict, metadata: dict) -> None:
+        self.flush()
+        self.sink.display(ByValue(data), ByValue(metadata))
+
+    def clear_output(self, wait: bool) -> None:
+        self.flush()
+        self.sink.clear_output(wait)
+
+
+def _figures() -> list[tuple[dict, dict]]:
+    """PNG bundles of the matplotlib figures a cell left open (then closed), as inline."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None:
+        return []
+    bundles = []
+    for number in pyplot.get_fignums():
+        figure = pyplot.figure(number)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", bbox_inches="tight")
+        import base64
+
+        width, height = figure.get_size_inches() * figure.dpi
+        bundles.append(({"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"),
+                         "text/plain": f"<Figure size {width:g}x{height:g} with "
+                                       f"{len(figure.axes)} Axes>"}, {}))
+    pyplot.close("all")
+    return bundles
+
+
+_NAME_AT_CURSOR = re.compile(r"([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)\.?([A-Za-z_]\w*)?$")
+
+
+class Interpreter:
+    """A cell interpreter over one namespace (the classic service's)."""
+
+    def __init__(self, namespace: dict[str, Any]) -> None:
+        self.namespace = namespace
+        self.execution_count = 0
+        self._counter = itertools.count(1)
+        namespace.setdefault("display", _display)
+        _install_streams()
+
+    # -- execution ---------------------------------------------------------------------------
+
+    def exposed_run_cell(self, code: str, sink: Any, store_history: bool = True,
+                         silent: bool = False) -> int:
+        """Run ``code``; output goes to ``sink`` as it happens. Returns the execution count.
+        Exceptions propagate to the caller with this side's traceback."""
+        if store_history and not silent:
+            self.execution_count += 1
+        count = self.execution_count
+        filename = f"<remote-cell-{next(self._counter)}>"
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        tree = ast.parse(code, filename, "exec")
+        last_expr = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr) and not silent:
+            last_expr = ast.Expression(tree.body.pop().value)
+        cell = _Cell(sink)
+        previous = getattr(_local, "cell", None)
+        _local.cell = cell
+        try:
+            if tree.body:
+                exec(compile(tree, filename, "exec"), self.namespace)  # noqa: S102
+            value = None
+            if last_expr is not None:
+                value = eval(compile(last_expr, filename, "eval"), self.namespace)  # noqa: S307
+            cell.flush()
+            for data, metadata in _figures():
+                cell.display(data, metadata)
+            if value is not None and not code.rstrip().endswith(";"):
+                self.namespace["_"] = value
+                data, metadata = mimebundle(value)
+                sink.result(ByValue(data), ByValue(metadata), count)
+        finally:
+            try:
+                cell.flush()
+            finally:
+                _local.cell = previous
+        return count
+
+    def exposed_eval(self, expression: str) -> Any:
+        """Evaluate an expression (``%remote EXPR``); a statement is executed instead.
+        A name that is an importable top-level module is imported on first use."""
+        filename = f"<remote-expr-{next(self._counter)}>"
+        linecache.cache[filename] = (len(expression), None, [expression + "\n"], filename)
+        try:
+            code = compile(expression, filename, "eval")
+        except SyntaxError:
+            exec(compile(expression, filename, "exec"), self.namespace)  # noqa: S102
+            return None
+        for _ in range(5):
+            try:
+                return eval(code, self.namespace)  # noqa: S307
+            except NameError as exc:
+                name = getattr(exc, "name", None)
+                if not name or name in self.namespace or importlib.util.find_spec(name) is None:
+                    raise
+                self.namespace[name] = importlib.import_module(name)
+        return eval(code, self.namespace)  # noqa: S307
+
+    def exposed_reset(self) -> None:
+        """A fresh namespace (the proxy kernel's restart on a shared server)."""
+        keep = {"__name__": "__main__", "__builtins__": builtins, "display": _display}
+        self.namespace.clear()
+        self.namespace.update(keep)
+        self.execution_count = 0
+
+    # -- introspection ---------------------------------------------------------------------
+
+    def exposed_complete(self, code: str, cursor_pos: int | None = None) -> ByValue:
+        """Completions at ``cursor_pos`` from this namespace: {matches, cursor_start,
+        cursor_end}."""
+        if cursor_pos is None:
+            cursor_pos = len(code)
+        before = code[:cursor_pos]
+        match = re.search(r"[A-Za-z_][\w.]*$", before)
+        token = match.group(0) if match else ""
+        start = cursor_pos - len(token)
+        if "." in token:
+            base, _, prefix = token.rpartition(".")
+            try:
+                obj = eval(base, self.namespace)  # noqa: S307 - the user's own namespace
+            except Exception:
+                return ByValue({"matches": [], "cursor_start": start,
+                                "cursor_end": cursor_pos})
+            names = sorted(n for n in dir(obj) if n.startswith(prefix)
+                           and (prefix.startswith("_") or not n.startswith("_")))
+            matches = [f"{base}.{name}" for name in names]
+        else:
+            import keyword
+
+            pool = set(self.namespace) | set(dir(builtins)) | set(keyword.kwlist)
+            matches = sorted(n for n in pool if n.startswith(token)
+                             and (token.startswith("_") or not n.startswith("_")))
+        return ByValue({"matches": matches, "cursor_start": start, "cursor_end": cursor_pos})
+
+    def exposed_inspect(self, code: str, cursor_pos: int | None = None,
+                        detail_level: int = 0) -> ByValue | None:
+        """Object info of the name at the cursor, or None when nothing is found there."""
+        if cursor_pos is None:
+            cursor_pos = len(code)
+        line_start = code.rfind("\n", 0, cursor_pos) + 1
+        line_end = code.find("\n", cursor_pos)
+        line = code[line_start: len(code) if line_end < 0 else line_end]
+        column = cursor_pos - line_start
+        name = ""
+        for found in re.finditer(r"[A-Za-z_][\w.]*", line):
+            if found.start() <= column <= found.end():
+                name = found.group(0).rstrip(".")
+                break
+        if not name:
+            calls = re.findall(r"([A-Za-z_][\w.]*)\s*\($", line[:column])
+            name = calls[-1] if calls else ""
+        if not name:
+            return None
+        try:
+            obj = eval(name, self.namespace)  # noqa: S307
+        except Exception:
+            return None
+        info = object_info(obj, detail_level)
+        info["name"] = name
+        return ByValue(info)
+
+    def exposed_is_complete(self, code: str) -> ByValue:
+        try:
+            from IPython.core.inputtransformer2 import TransformerManager
+
+            status, indent = TransformerManager().check_complete(code)
+            return ByValue({"status": status, "indent": " " * (indent or 0)})
+        except ImportError:
+            pass
+        try:
+            result = codeop.compile_command(code, "<cell>", "exec")
+        except (SyntaxError, OverflowError, ValueError):
+            return ByValue({"status": "invalid", "indent": ""})
+        return ByValue({"status": "complete" if result is not None else "incomplete",
+                        "indent": ""})
+
+    def exposed_language_info(self) -> ByValue:
+        return ByValue({
+            "name": "python",
+            "version": platform.python_version(),
+            "mimetype": "text/x-python",
+            "file_extension": ".py",
+            "pygments_lexer": "ipython3",
+            "codemirror_mode": {"name": "ipython", "version": 3},
+            "nbconvert_exporter": "python",
+        })
+
+    def exposed_host_info(self) -> ByValue:
+        return ByValue({"pid": os.getpid(), "host": platform.node(), "python": sys.executable,
+                        "version": platform.python_version()})

@@ -1,0 +1,49 @@
+"""The IPython extension: ``%load_ext remote_kernel``.
+
+Installs the ``%remote``/``%%remote`` magics, one-request display, completion and
+inspection of netrefs, and (inside ipykernel) serving of connections from the kernel's
+event loop plus the channel to the JupyterLab panel. ``%unload_ext`` removes all of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from remote_kernel.ipython import completion, display, inspection, loop
+from remote_kernel.ipython.magics import RemoteMagics
+from remote_kernel.ipython.registry import get_registry, reset_registry
+
+
+def load(shell: Any) -> None:
+    shell.register_magics(RemoteMagics)
+    display.install(shell)
+    completion.install(shell)
+    inspection.install(shell)
+    loop.install(shell)
+    if getattr(shell, "kernel", None) is not None:
+        try:
+            from remote_kernel import comm
+        except ImportError:
+            return
+        comm.install(shell)
+
+
+def unload(shell: Any) -> None:
+    if getattr(shell, "kernel", None) is not None:
+        try:
+            from remote_kernel import comm
+
+            comm.uninstall(shell)
+        except ImportError:
+            pass
+    loop.uninstall(shell)
+    inspection.uninstall(shell)
+    completion.uninstall(shell)
+    display.uninstall(shell)
+    magics = shell.magics_manager.magics
+    magics["line"].pop("remote", None)
+    magics["cell"].pop("remote", None)
+    reset_registry()
+
+
+__all__ = ["get_registry", "load", "unload"]

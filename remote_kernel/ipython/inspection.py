@@ -1,0 +1,83 @@
+"""``obj?``, ``obj??`` and Shift-Tab on netrefs: ONE request for type, name, docstring,
+signature, file and source, handed to IPython in the fields it builds for local objects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from IPython.core.oinspect import Inspector
+
+from remote_kernel.netref import BaseNetref, RemoteMethod
+from remote_kernel.protocol.messages import Op
+
+_FIELDS = ("type_name", "base_class", "string_form", "namespace", "length", "file",
+           "definition", "docstring", "source", "init_definition", "class_docstring",
+           "init_docstring", "call_def", "call_docstring", "subclasses")
+
+
+def remote_info(obj: Any, detail_level: int) -> dict[str, Any]:
+    if isinstance(obj, RemoteMethod):
+        owner = obj._rk_owner
+        return owner._rk_conn.sync_request(Op.OINFO, owner, obj._rk_name, detail_level)
+    return obj._rk_conn.sync_request(Op.OINFO, obj, None, detail_level)
+
+
+class RemoteInspector(Inspector):
+    """IPython's inspector, answering for netrefs from one OINFO request."""
+
+    def info(self, obj: Any, oname: str = "", info: Any = None, detail_level: int = 0) -> Any:
+        if not isinstance(obj, (BaseNetref, RemoteMethod)):
+            return super().info(obj, oname=oname, info=info, detail_level=detail_level)
+        remote = remote_info(obj, detail_level)
+        out: dict[str, Any] = dict.fromkeys(_FIELDS)
+        peer = (obj._rk_owner if isinstance(obj, RemoteMethod) else obj)._rk_conn.peer
+        name = oname or remote.get("name") or ""
+        signature = remote.get("signature") or ""
+        out.update({
+            "name": name,
+            "found": True,
+            "isalias": False,
+            "ismagic": False,
+            "isclass": bool(remote.get("isclass")),
+            "type_name": f"{remote.get('type_qualname') or remote.get('type_name')} "
+                         f"(remote, on {peer})",
+            "string_form": remote.get("string_form") or None,
+            "file": remote.get("file") or None,
+            "docstring": remote.get("docstring") or "<no docstring>",
+            "class_docstring": remote.get("class_docstring") or None,
+            "init_docstring": remote.get("init_docstring") or None,
+            "length": str(remote["length"]) if remote.get("length") is not None else None,
+            "source": (remote.get("source") or None) if detail_level else None,
+            "namespace": (info.namespace if info is not None else None) or "Interactive",
+        })
+        if signature:
+            short = name.rsplit(".", 1)[-1] or "obj"
+            key = "init_definition" if remote.get("isclass") else "definition"
+            out[key] = f"{short}{signature}"
+        if out["source"] and out["docstring"] and out["docstring"] in out["source"]:
+            out["docstring"] = None
+        return out
+
+
+def install(shell: Any) -> Any:
+    previous = shell.inspector
+    inspector = RemoteInspector(
+        theme_name=getattr(previous, "_theme_name", None) or "nocolor",
+        str_detail_level=getattr(previous, "str_detail_level", 0),
+        parent=shell,
+    ) if _accepts_theme() else RemoteInspector(parent=shell)
+    inspector._rk_previous = previous  # type: ignore[attr-defined]
+    shell.inspector = inspector
+    return inspector
+
+
+def _accepts_theme() -> bool:
+    import inspect as _inspect
+
+    return "theme_name" in _inspect.signature(Inspector.__init__).parameters
+
+
+def uninstall(shell: Any) -> None:
+    previous = getattr(shell.inspector, "_rk_previous", None)
+    if previous is not None:
+        shell.inspector = previous

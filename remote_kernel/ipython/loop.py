@@ -1,0 +1,123 @@
+"""Serving connections from the kernel's event loop while the kernel is idle.
+
+Inside ipykernel the main thread runs a tornado IOLoop. Each connection's socket is
+registered with it, so a request from the peer (a device calling a notebook callback) is
+served in the main thread as soon as it arrives, with its prints reaching the notebook, and
+no thread for the user to manage. While a cell runs, the main thread is busy: requests then
+are served by whichever thread waits for a reply (the cell itself, when it is waiting on
+the same connection), or wait for the cell to end. After each cell, frames that arrived
+together with a reply are served too.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from remote_kernel.errors import ConnectionClosed, ProtocolError
+from remote_kernel.ipython.registry import ConnectionEntry, get_registry
+
+log = logging.getLogger("remote_kernel.ipython.loop")
+
+
+def kernel_loop(shell: Any) -> Any:
+    """The kernel's IOLoop, or None outside ipykernel (terminal IPython, tests)."""
+    if getattr(shell, "kernel", None) is None:
+        return None
+    try:
+        from tornado.ioloop import IOLoop
+    except ImportError:
+        return None
+    return IOLoop.current()
+
+
+class LoopServer:
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self._fds: dict[int, Any] = {}
+
+    def attach(self, entry: ConnectionEntry) -> None:
+        conn = entry.conn
+        if conn is None or conn.closed:
+            return
+        fd = conn.fileno()
+        self.detach_fd(fd)
+        from tornado.ioloop import IOLoop
+
+        self.loop.add_handler(fd, lambda fd, events: self._ready(fd, conn), IOLoop.READ)
+        self._fds[fd] = conn
+
+    def detach_fd(self, fd: int) -> None:
+        if self._fds.pop(fd, None) is not None:
+            try:
+                self.loop.remove_handler(fd)
+            except (KeyError, ValueError, OSError):
+                pass
+
+    def _ready(self, fd: int, conn: Any) -> None:
+        if conn.closed:
+            self.detach_fd(fd)
+            return
+        if conn._recv_lock.locked():
+            return  # another thread is reading; it dispatches what arrives
+        try:
+            conn.poll_all(0)
+        except (ConnectionClosed, ProtocolError):
+            self.detach_fd(fd)
+        except Exception:
+            log.exception("serving %s from the kernel loop failed", conn.peer)
+
+    def drain(self) -> None:
+        """Serve what arrived with earlier replies (called after each cell)."""
+        for fd, conn in list(self._fds.items()):
+            if conn.closed:
+                self.detach_fd(fd)
+                continue
+            try:
+                if conn.has_pending_input():
+                    conn.poll_all(0)
+            except (ConnectionClosed, ProtocolError):
+                self.detach_fd(fd)
+
+    def close(self) -> None:
+        for fd in list(self._fds):
+            self.detach_fd(fd)
+
+
+_server: LoopServer | None = None
+
+
+def install(shell: Any) -> LoopServer | None:
+    global _server
+    loop = kernel_loop(shell)
+    if loop is None:
+        return None
+    registry = get_registry()
+    registry.loop = loop
+    _server = LoopServer(loop)
+    registry.on_open.append(_server.attach)
+    for entry in registry.entries.values():
+        _server.attach(entry)
+    shell.events.register("post_run_cell", _post_run_cell)
+    return _server
+
+
+def _post_run_cell(result: Any = None) -> None:
+    if _server is not None:
+        _server.drain()
+
+
+def uninstall(shell: Any) -> None:
+    global _server
+    if _server is None:
+        return
+    registry = get_registry()
+    if _server.attach in registry.on_open:
+        registry.on_open.remove(_server.attach)
+    try:
+        shell.events.unregister("post_run_cell", _post_run_cell)
+    except ValueError:
+        pass
+    _server.close()
+    registry.loop = None
+    _server = None

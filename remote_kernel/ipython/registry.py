@@ -1,0 +1,243 @@
+"""The notebook's connections: names, targets, states; shared by the magics, the kernel
+loop and the JupyterLab panel (``get_registry()``)."""
+
+from __future__ import annotations
+
+import keyword
+import logging
+import re
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import remote_kernel as rk
+from remote_kernel import connfile
+from remote_kernel.client import parse_address
+from remote_kernel.connection import Connection
+
+log = logging.getLogger("remote_kernel.ipython")
+
+CONNECTED, LOST, RECONNECTING, CLOSED = "connected", "lost", "reconnecting", "closed"
+
+
+class ConnectionEntry:
+    """One named connection of this notebook."""
+
+    def __init__(self, name: str, target: str, token_file: str | None, service: str) -> None:
+        self.name = name
+        self.target = target
+        self.token_file = token_file
+        self.service = service
+        self.state = CLOSED
+        self.conn: Connection | None = None
+        self.latency: float | None = None
+        self.error: str = ""
+        self._interpreter: Any = None
+
+    def stats(self) -> dict[str, int]:
+        stats = self.conn.stats if self.conn is not None else {}
+        return {key: int(stats.get(key, 0)) for key in ("requests", "bytes_in", "bytes_out")}
+
+    @property
+    def interpreter(self) -> Any:
+        """The peer's cell interpreter (a netref), fetched once per connection."""
+        if self._interpreter is None:
+            self._interpreter = self.require().root.interpreter
+        return self._interpreter
+
+    def require(self) -> Connection:
+        if self.conn is None or self.conn.closed or self.state != CONNECTED:
+            reason = f" ({self.error})" if self.error else ""
+            raise rk.ConnectionClosed(
+                f"connection {self.name!r} to {self.target} is {self.state}{reason}; "
+                f"use %remote reconnect {self.name}"
+            )
+        return self.conn
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "target": self.target, "state": self.state,
+                "latency": self.latency, "peer": self.conn.peer if self.conn else "",
+                "error": self.error, **self.stats()}
+
+
+def open_connection(target: str, token_file: str | None = None,
+                    service: str = "void") -> Connection:
+    """Connect to anything ``%remote connect`` accepts."""
+    local_service = rk.ClassicService if service == "classic" else rk.VoidService
+    token = None
+    if token_file:
+        with open(token_file) as handle:
+            token = handle.read().strip()
+    if target == "subprocess":
+        return rk.connect_subprocess(service=local_service)
+    if target.startswith("ssh:"):
+        return rk.connect_ssh(target[4:], service=local_service)
+    return rk.connect(target, service=local_service, token=token)
+
+
+def default_name(target: str) -> str:
+    if target == "subprocess":
+        base = "sub"
+    elif target.startswith("ssh:"):
+        base = target[4:].rpartition("@")[2]
+    elif parse_address(target) is not None:
+        base = "remote"
+    elif target.endswith(".json"):
+        base = target.rsplit("/", 1)[-1][:-5]
+        base = base[len(connfile.PREFIX):] if base.startswith(connfile.PREFIX) else base
+    else:
+        base = target.rsplit("/", 1)[-1]
+    base = re.sub(r"\W", "_", base) or "remote"
+    if base[0].isdigit() or keyword.iskeyword(base):
+        base = f"r_{base}"
+    return base
+
+
+class ConnectionRegistry:
+    def __init__(self) -> None:
+        self.entries: dict[str, ConnectionEntry] = {}
+        self.current: str | None = None
+        self._listeners: list[Callable[[], None]] = []
+        self.loop: Any = None  # the kernel's IOLoop, set by the loop module
+        self.on_open: list[Callable[[ConnectionEntry], None]] = []
+
+    # -- listeners ------------------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def changed(self) -> None:
+        """Tell listeners, in the kernel's main thread when there is one."""
+        if self.loop is not None and threading.current_thread() is not threading.main_thread():
+            self.loop.add_callback(self._notify)
+        else:
+            self._notify()
+
+    def _notify(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("registry listener failed")
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def get(self, name: str | None = None) -> ConnectionEntry:
+        name = name or self.current
+        if name is None:
+            raise KeyError("no remote connection yet: use %remote connect TARGET")
+        try:
+            return self.entries[name]
+        except KeyError:
+            known = ", ".join(self.entries) or "none"
+            raise KeyError(f"no connection named {name!r} (known: {known})") from None
+
+    def connect(self, target: str, name: str | None = None, token_file: str | None = None,
+                service: str = "void") -> ConnectionEntry:
+        if name is None:
+            name = base = default_name(target)
+            n = 1
+            while name in self.entries and self.entries[name].state == CONNECTED:
+                n += 1
+                name = f"{base}{n}"
+        old = self.entries.get(name)
+        if old is not None and old.conn is not None and not old.conn.closed:
+            old.conn.close("replaced by a new connection")
+        entry = ConnectionEntry(name, target, token_file, service)
+        self._open(entry)
+        self.entries[name] = entry
+        self.current = name
+        self.changed()
+        return entry
+
+    def _open(self, entry: ConnectionEntry) -> None:
+        conn = open_connection(entry.target, entry.token_file, entry.service)
+        entry.conn = conn
+        entry.state = CONNECTED
+        entry.error = ""
+        entry._interpreter = None
+        conn.on_close.append(lambda closed, entry=entry: self._closed(entry, closed))
+        for callback in list(self.on_open):
+            callback(entry)
+
+    def _closed(self, entry: ConnectionEntry, conn: Connection) -> None:
+        if entry.conn is not conn:
+            return
+        if entry.state == CONNECTED:
+            entry.state = LOST
+            entry.error = conn._close_reason
+        self.changed()
+
+    def close(self, name: str) -> None:
+        entry = self.get(name)
+        entry.state = CLOSED
+        if entry.conn is not None:
+            entry.conn.close()
+        del self.entries[entry.name]
+        if self.current == entry.name:
+            self.current = next(reversed(self.entries), None) if self.entries else None
+        self.changed()
+
+    def reconnect(self, name: str | None = None) -> ConnectionEntry:
+        entry = self.get(name)
+        if entry.conn is not None and not entry.conn.closed:
+            entry.state = RECONNECTING
+            entry.conn.close("reconnecting")
+        entry.state = RECONNECTING
+        self.changed()
+        try:
+            self._open(entry)
+        except Exception as exc:
+            entry.state = LOST
+            entry.error = str(exc)
+            self.changed()
+            raise
+        self.current = entry.name
+        self.changed()
+        return entry
+
+    def ping(self, name: str | None = None) -> float:
+        entry = self.get(name)
+        try:
+            entry.latency = entry.require().ping()
+        except rk.ConnectionClosed as exc:
+            if entry.state == CONNECTED:
+                entry.state = LOST
+                entry.error = str(exc)
+            self.changed()
+            raise
+        except rk.RequestTimeout:
+            self.changed()
+            raise
+        self.changed()
+        return entry.latency
+
+    def close_all(self) -> None:
+        for name in list(self.entries):
+            self.close(name)
+
+
+_registry: ConnectionRegistry | None = None
+
+
+def get_registry() -> ConnectionRegistry:
+    global _registry
+    if _registry is None:
+        _registry = ConnectionRegistry()
+    return _registry
+
+
+def reset_registry() -> None:
+    """Close everything and forget (used by %unload_ext)."""
+    global _registry
+    if _registry is not None:
+        _registry.close_all()
+    _registry = None
+
+
+__all__ = ["CLOSED", "CONNECTED", "LOST", "RECONNECTING", "ConnectionEntry",
+           "ConnectionRegistry", "get_registry"]
