@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import itertools
+import linecache
 import sys
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -65,6 +67,16 @@ class ModuleNamespace:
         return "<modules of the remote interpreter>"
 
 
+_sources = itertools.count(1)
+
+
+def _remember_source(source: str, kind: str) -> str:
+    """A unique filename whose lines tracebacks can show (as IPython does for cells)."""
+    filename = f"<remote-{kind}-{next(_sources)}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    return filename
+
+
 class ClassicService(Service):
     """The whole interpreter: modules, eval, execute, namespace, builtins, and the cell
     interpreter used by ``%%remote`` and the proxy kernel. Full trust: all attributes."""
@@ -84,10 +96,12 @@ class ClassicService(Service):
         self._interpreter: Any = None
 
     def exposed_eval(self, source: str) -> Any:
-        return eval(source, self.exposed_namespace)  # noqa: S307 - the classic service's job
+        code = compile(source, _remember_source(source, "eval"), "eval")
+        return eval(code, self.exposed_namespace)  # noqa: S307 - the classic service's job
 
     def exposed_execute(self, source: str) -> None:
-        exec(source, self.exposed_namespace)  # noqa: S102
+        code = compile(source, _remember_source(source, "execute"), "exec")
+        exec(code, self.exposed_namespace)  # noqa: S102
 
     @property
     def exposed_interpreter(self) -> Any:

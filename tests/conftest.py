@@ -53,6 +53,10 @@ class ServerProcess:
         self.info: dict[str, Any] = json.loads(self.file.read_text())
         self.port: int = self.info["port"]
         self.token: str | None = self.info["token"]
+        self.token_file = tmp / f"{name}.token"
+        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.token or "")
         self.pid = self.process.pid
 
     def connect(self, **kwargs: Any) -> Connection:
