@@ -133,12 +133,16 @@ class _Cell:
     def __init__(self, sink: Any) -> None:
         self.sink = sink
         self.buffers: dict[str, list[str]] = {"stdout": [], "stderr": []}
-        self.last_flush = time.monotonic()
+        self.pending_since = {"stdout": 0.0, "stderr": 0.0}
 
     def write(self, name: str, text: str) -> None:
         buffer = self.buffers[name]
+        now = time.monotonic()
+        if not buffer:
+            self.pending_since[name] = now
         buffer.append(text)
-        if "\n" in text or time.monotonic() - self.last_flush > FLUSH_INTERVAL:
+        # Whole lines go at once; a partial line (a progress bar) waits a little for more.
+        if "\n" in text or now - self.pending_since[name] > FLUSH_INTERVAL:
             self.flush(name)
 
     def flush(self, name: str | None = None) -> None:
@@ -148,7 +152,6 @@ class _Cell:
                 text = "".join(buffer)
                 buffer.clear()
                 self.sink.stream(key, text)
-        self.last_flush = time.monotonic()
 
     def display(self, data: dict, metadata: dict) -> None:
         self.flush()

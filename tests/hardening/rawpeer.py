@@ -73,6 +73,7 @@ class RawPeer:
         self.decoder = FrameDecoder(1 << 30)
         self.inbox: list[tuple] = []
         self.received: list[tuple] = []  # every message the victim sent, in order
+        self.bytes_received = bytearray()
         self._seq = itertools.count(10_000)
 
     def send_bytes(self, data: bytes) -> None:
@@ -91,6 +92,7 @@ class RawPeer:
             data = self.sock.recv(1 << 16)
             if not data:
                 raise EOFError("the victim closed the connection")
+            self.bytes_received += data
             for payload in self.decoder.feed(data):
                 message = msgpack.unpackb(payload, ext_hook=Decoded, strict_map_key=False)
                 self.received.append(message)
