@@ -212,6 +212,7 @@ class Pyro5Client(Client):
 
     def close(self) -> None:
         for proxy in [self.proxy, *self._extra]:
+            proxy._pyroClaimOwnership()
             proxy._pyroRelease()
         self._extra.clear()
 

@@ -106,7 +106,6 @@ def _size(result: Any) -> int:
 def connect(system: str, port: int) -> tuple[Any, Any]:
     if system == "remote_kernel":
         import remote_kernel as rk
-
         from benchmarks._compat import apply_core_workarounds
 
         apply_core_workarounds()

@@ -253,7 +253,13 @@ class PanelEndpoint:
             if isinstance(value, str) and value.strip():
                 kwargs[key] = value.strip()
         entry = self.registry.connect(target.strip(), **kwargs)
+        self._bind(entry)
         return {"name": entry.name}
+
+    def _bind(self, entry: Any) -> None:
+        """Bind the connection to its name in the notebook, as ``%remote connect`` does."""
+        if entry.name.isidentifier() and entry.conn is not None:
+            self.user_ns[entry.name] = entry.conn
 
     def _disconnect(self, args: dict[str, Any]) -> dict[str, Any]:
         entry = self._entry(args)
@@ -264,7 +270,7 @@ class PanelEndpoint:
     def _reconnect(self, args: dict[str, Any]) -> dict[str, Any]:
         entry = self._entry(args)
         self._roots.pop(entry.name, None)
-        self.registry.reconnect(entry.name)
+        self._bind(self.registry.reconnect(entry.name))
         return {}
 
     def _ping(self, args: dict[str, Any]) -> dict[str, Any]:

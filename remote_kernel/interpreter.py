@@ -331,6 +331,24 @@ class Interpreter:
         return ByValue({"status": "complete" if result is not None else "incomplete",
                         "indent": ""})
 
+    # -- comms (the proxy kernel forwards ipywidgets) -------------------------------------
+
+    def exposed_attach_comms(self, sink: Any) -> None:
+        from remote_kernel import remote_comms
+
+        remote_comms.attach(sink)
+
+    def exposed_comm_message(self, msg_type: str, content: dict, metadata: dict,
+                             buffers: tuple) -> None:
+        from remote_kernel import remote_comms
+
+        remote_comms.deliver(msg_type, content, metadata, buffers)
+
+    def exposed_comm_info(self) -> ByValue:
+        from remote_kernel import remote_comms
+
+        return remote_comms.comm_info()
+
     def exposed_language_info(self) -> ByValue:
         return ByValue({
             "name": "python",

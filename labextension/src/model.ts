@@ -353,9 +353,18 @@ export class RemoteModel {
     for (const gone of previous.keys()) {
       this._dropTree(gone);
     }
+    const before = new Map(this.connections.map(c => [c.name, c.state]));
     this.connections = connections;
     this.current = current;
     this.changed.emit();
+    // While the panel pings, a connection that just (re)appeared gets its latency at once.
+    if (this.isPinging) {
+      for (const info of connections) {
+        if (info.state === 'connected' && before.get(info.name) !== 'connected') {
+          this.ping(info.name).catch(() => undefined);
+        }
+      }
+    }
   }
 
   private _dropTree(name: string): void {

@@ -327,7 +327,15 @@ def test_deeply_nested_ext_values_do_not_crash_the_process() -> None:
     assert "refused: ProtocolError" in result.stdout or "refused" in result.stdout
 
 
-@pytest.mark.parametrize("name", sorted(BAD_FRAMES))
+XFAIL_FRAMES = {
+    "complex short": "lead: Boxer.ext_hook COMPLEX of the wrong size raises struct.error, "
+                     "not ProtocolError (escapes codec.unpack; connection stays open)",
+}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=XFAIL_FRAMES[name]))
+    if name in XFAIL_FRAMES else name for name in sorted(BAD_FRAMES)])
 def test_malformed_input_closes_only_that_connection(name: str) -> None:
     left, right = socket.socketpair()
     victim = Connection(SocketTransport(left, "hostile"), rk.VoidService,
@@ -357,6 +365,9 @@ def test_unknown_opcode_is_refused_and_the_connection_stays(
     assert raw.request(Op.PING, b"still here") == (True, b"still here")
 
 
+@pytest.mark.xfail(strict=True, reason="lead: Connection._notify trusts DEL items: a non-int "
+                   "count raises TypeError out of serve() (kills BgServingThread, connection "
+                   "left open); a negative count raises an object's refcount")
 def test_notifications_cannot_touch_other_objects(hostile: tuple[Connection, RawPeer]) -> None:
     victim, raw = hostile
     oid = _hand_over(victim, raw, Canary())
@@ -364,6 +375,10 @@ def test_notifications_cannot_touch_other_objects(hostile: tuple[Connection, Raw
     raw.send([Kind.NOTIFY, Op.CANCEL, 123456])
     raw.send([Kind.NOTIFY, 77, 1, 2, 3])
     assert raw.request(Op.CALL, peerref(oid), [], None) == (True, "called")
+    assert victim.local_object_count == 1
+    raw.send([Kind.NOTIFY, Op.DEL, [[oid, 1]]])
+    assert raw.request(Op.PING, b"sync") == (True, b"sync")
+    assert victim.local_object_count == 0
 
 
 # -- a hostile client against a real server --------------------------------------------------

@@ -1,0 +1,279 @@
+"""The proxy kernel: every cell runs on a remote interpreter.
+
+It is an ipykernel ``Kernel`` subclass that talks to the same ``Interpreter`` service the
+``%%remote`` magic uses: execute streams through a sink that publishes on iopub, errors are
+the remote ones, complete/inspect/is_complete are asked of the remote namespace, interrupt
+cancels the remote request, and comms (ipywidgets) are forwarded both ways. An unreachable
+target is an error reply naming it; the next execute tries again.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import sys
+from typing import Any
+
+from ipykernel.kernelbase import Kernel
+from traitlets import Unicode
+
+import remote_kernel as rk
+from remote_kernel.errors import ConnectionClosed, RemoteError
+from remote_kernel.ipython.registry import open_connection
+from remote_kernel.protocol.boxing import ByValue
+from remote_kernel.protocol.messages import Op
+from remote_kernel.service import exposed
+
+_PAGER = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(\?{1,2})\s*$")
+DEFAULT_LANGUAGE_INFO = {
+    "name": "python",
+    "version": ".".join(map(str, sys.version_info[:3])),
+    "mimetype": "text/x-python",
+    "file_extension": ".py",
+    "pygments_lexer": "ipython3",
+    "codemirror_mode": {"name": "ipython", "version": 3},
+    "nbconvert_exporter": "python",
+}
+
+
+class KernelSink:
+    """What the remote interpreter calls to publish a cell's output (and comm messages)."""
+
+    def __init__(self, kernel: RemoteKernel) -> None:
+        self.kernel = kernel
+
+    def _publish(self, msg_type: str, content: dict[str, Any], **kwargs: Any) -> None:
+        kernel = self.kernel
+        kernel.session.send(kernel.iopub_socket, msg_type, content,
+                            parent=kernel.get_parent("shell"),
+                            ident=kernel._topic(msg_type), **kwargs)
+
+    @exposed
+    def stream(self, name: str, text: str) -> None:
+        self._publish("stream", {"name": name, "text": text})
+
+    @exposed
+    def display(self, data: dict, metadata: dict) -> None:
+        self._publish("display_data", {"data": data, "metadata": metadata, "transient": {}})
+
+    @exposed
+    def result(self, data: dict, metadata: dict, count: int) -> None:
+        self._publish("execute_result", {"data": data, "metadata": metadata,
+                                         "execution_count": self.kernel.execution_count})
+        self.kernel._outputs[self.kernel.execution_count] = str(data.get("text/plain", ""))
+
+    @exposed
+    def clear_output(self, wait: bool = False) -> None:
+        self._publish("clear_output", {"wait": bool(wait)})
+
+    @exposed
+    def comm(self, msg_type: str, content: dict, metadata: dict, buffers: tuple) -> None:
+        self._publish(msg_type, dict(content), metadata=dict(metadata),
+                      buffers=[bytes(b) for b in buffers])
+
+
+class RemoteKernel(Kernel):
+    implementation = "remote_kernel"
+    implementation_version = rk.__version__
+    banner = "remote_kernel proxy kernel: every cell runs on a remote Python interpreter"
+    help_links = ()
+
+    target = Unicode("", config=True, help="what %remote connect accepts: a connection-file "
+                                          "name or path, host:port, subprocess, ssh:user@host")
+    token_file = Unicode("", config=True, help="file holding the token")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._conn: rk.Connection | None = None
+        self._interpreter: Any = None
+        self._remote_language_info: dict[str, Any] | None = None
+        self._tried_info = False
+        self._history: list[tuple[int, int, str]] = []
+        self._outputs: dict[int, str] = {}
+        self._sink = KernelSink(self)
+        self._loop_server: Any = None
+        for msg_type in ("comm_open", "comm_msg", "comm_close"):
+            self.shell_handlers[msg_type] = self._forward_comm
+
+    # -- the connection ---------------------------------------------------------------------
+
+    @property
+    def language_info(self) -> dict[str, Any]:  # type: ignore[override]
+        if self._remote_language_info is None and not self._tried_info:
+            self._tried_info = True
+            try:
+                self._connect()
+            except Exception as exc:
+                self.log.warning("remote target %s not reachable yet: %s", self.target, exc)
+        return self._remote_language_info or DEFAULT_LANGUAGE_INFO
+
+    def _connect(self) -> tuple[rk.Connection, Any]:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn, self._interpreter
+        if not self.target:
+            raise rk.RemoteKernelError("no target: install the kernelspec with --target")
+        try:
+            conn = open_connection(self.target, self.token_file or None)
+        except Exception as exc:
+            raise rk.RemoteKernelError(f"cannot reach {self.target}: {exc}") from exc
+        interpreter = conn.root.interpreter
+        interpreter.attach_comms(self._sink)
+        self._remote_language_info = dict(interpreter.language_info())
+        self._conn, self._interpreter = conn, interpreter
+        self._serve_from_loop(conn)
+        return conn, interpreter
+
+    def _serve_from_loop(self, conn: rk.Connection) -> None:
+        """Comm messages and callbacks from the remote arrive while the kernel is idle."""
+        try:
+            from tornado.ioloop import IOLoop
+
+            from remote_kernel.ipython.loop import LoopServer
+        except ImportError:
+            return
+        if self._loop_server is None:
+            self._loop_server = LoopServer(IOLoop.current())
+
+        class _Entry:
+            pass
+
+        entry = _Entry()
+        entry.conn = conn  # type: ignore[attr-defined]
+        self._loop_server.attach(entry)
+
+    # -- execution --------------------------------------------------------------------------
+
+    def _error(self, ename: str, evalue: str, traceback: list[str]) -> dict[str, Any]:
+        content = {"ename": ename, "evalue": evalue, "traceback": traceback}
+        self.send_response(self.iopub_socket, "error", content)
+        return {"status": "error", "execution_count": self.execution_count, **content}
+
+    async def do_execute(self, code: str, silent: bool, store_history: bool = True,
+                         user_expressions: dict | None = None, allow_stdin: bool = False,
+                         *, cell_meta: Any = None, cell_id: Any = None) -> dict[str, Any]:
+        if store_history and not silent:
+            self._history.append((1, self.execution_count, code))
+        payload: list[dict[str, Any]] = []
+        try:
+            conn, interpreter = self._connect()
+            pager = _PAGER.match(code)
+            if pager is not None:
+                payload = self._page(interpreter, pager.group(1), len(pager.group(2)) - 1)
+            else:
+                conn.sync_request(Op.CALLATTR, interpreter, "run_cell",
+                                  (code, self._sink, store_history, silent), None, timeout=None)
+        except KeyboardInterrupt:
+            return self._error("KeyboardInterrupt", "", ["KeyboardInterrupt: interrupted"])
+        except RemoteError as exc:
+            return self._error(type(exc).__name__, str(exc), exc._render_traceback_())
+        except ConnectionClosed as exc:
+            return self._error("ConnectionClosed", str(exc), exc._render_traceback_())
+        except rk.RemoteKernelError as exc:
+            return self._error(type(exc).__name__, str(exc), [f"{type(exc).__name__}: {exc}"])
+        return {"status": "ok", "execution_count": self.execution_count, "payload": payload,
+                "user_expressions": {}}
+
+    def _page(self, interpreter: Any, name: str, detail: int) -> list[dict[str, Any]]:
+        info = interpreter.inspect(name, len(name), detail)
+        text = _format_info(info) if info else f"Object `{name}` not found."
+        return [{"source": "page", "data": {"text/plain": text}, "start": 0}]
+
+    async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
+        try:
+            _, interpreter = self._connect()
+            reply = dict(interpreter.complete(code, cursor_pos))
+        except Exception:
+            reply = {"matches": [], "cursor_start": cursor_pos, "cursor_end": cursor_pos}
+        return {"status": "ok", "metadata": {}, **reply}
+
+    async def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0,
+                         omit_sections: Any = ()) -> dict[str, Any]:
+        try:
+            _, interpreter = self._connect()
+            info = interpreter.inspect(code, cursor_pos, detail_level)
+        except Exception:
+            info = None
+        if not info:
+            return {"status": "ok", "found": False, "data": {}, "metadata": {}}
+        return {"status": "ok", "found": True, "metadata": {},
+                "data": {"text/plain": _format_info(info)}}
+
+    async def do_is_complete(self, code: str) -> dict[str, Any]:
+        try:
+            _, interpreter = self._connect()
+            return dict(interpreter.is_complete(code))
+        except Exception:
+            return {"status": "unknown"}
+
+    async def do_history(self, hist_access_type: str, output: bool, raw: bool,
+                         session: int | None = None, start: int | None = None,
+                         stop: int | None = None, n: int | None = None,
+                         pattern: str | None = None, unique: bool = False) -> dict[str, Any]:
+        entries = list(self._history)
+        if hist_access_type == "tail":
+            entries = entries[-(n or 10):]
+        elif hist_access_type == "range":
+            entries = [e for e in entries if (start or 0) <= e[1] < (stop or 1 << 62)]
+        elif hist_access_type == "search":
+            entries = [e for e in entries if fnmatch.fnmatch(e[2], pattern or "*")]
+            if unique:
+                seen: set[str] = set()
+                entries = [e for e in entries if not (e[2] in seen or seen.add(e[2]))]
+            if n:
+                entries = entries[-n:]
+        if output:
+            entries = [(s, n, (code, self._outputs.get(n, ""))) for s, n, code in entries]
+        return {"status": "ok", "history": entries}
+
+    async def do_shutdown(self, restart: bool) -> dict[str, Any]:
+        if self._conn is not None:
+            self._conn.close("kernel shutting down")
+        return {"status": "ok", "restart": restart}
+
+    # -- comms ----------------------------------------------------------------------------------
+
+    def _forward_comm(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        msg_type = parent["header"]["msg_type"]
+        try:
+            _, interpreter = self._connect()
+            interpreter.comm_message(msg_type, ByValue(_json(parent["content"])),
+                                     ByValue(_json(parent.get("metadata") or {})),
+                                     tuple(bytes(b) for b in parent.get("buffers") or ()))
+        except Exception as exc:
+            self.log.warning("forwarding %s to %s failed: %s", msg_type, self.target, exc)
+
+    async def comm_info_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
+        target = parent["content"].get("target_name")
+        try:
+            _, interpreter = self._connect()
+            comms = dict(interpreter.comm_info())
+        except Exception:
+            comms = {}
+        if target:
+            comms = {k: v for k, v in comms.items() if v.get("target_name") == target}
+        self.session.send(stream, "comm_info_reply", {"status": "ok", "comms": comms},
+                          parent, ident)
+
+
+def _json(value: Any) -> Any:
+    from remote_kernel.describe import _plain
+
+    return _plain(value)
+
+
+def _format_info(info: dict[str, Any]) -> str:
+    lines = []
+    signature = info.get("signature")
+    name = info.get("name") or ""
+    if signature:
+        lines.append(f"Signature: {name.rsplit('.', 1)[-1]}{signature}")
+    lines.append(f"Type:      {info.get('type_qualname') or info.get('type_name')}")
+    if info.get("string_form"):
+        lines.append(f"String form: {info['string_form']}")
+    if info.get("file"):
+        lines.append(f"File:      {info['file']}")
+    if info.get("source"):
+        lines.append("Source:\n" + info["source"])
+    elif info.get("docstring"):
+        lines.append("Docstring:\n" + info["docstring"])
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""Comms (ipywidgets) of a remote interpreter, forwarded through the proxy kernel.
+
+On the remote side, the ``comm`` package's two hooks (``create_comm``,
+``get_comm_manager``) are pointed at comms whose messages go to the proxy kernel's sink,
+which publishes them on its iopub channel; the frontend's ``comm_open``/``comm_msg``/
+``comm_close`` come back through :func:`deliver` to the widgets here.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from remote_kernel.protocol.boxing import ByValue
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {"sink": None, "manager": None}
+
+
+def _plain(value: Any) -> Any:
+    from remote_kernel.describe import _plain as plain
+
+    return plain(value)
+
+
+def _make_classes() -> tuple[type, Any]:
+    from comm.base_comm import BaseComm, CommManager
+
+    class ForwardedComm(BaseComm):
+        """A comm whose messages travel to the proxy kernel's iopub channel."""
+
+        def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None,
+                        buffers: Any = None, **keys: Any) -> None:
+            sink = _state["sink"]
+            if sink is None:
+                return
+            content = _plain({"data": {} if data is None else data, "comm_id": self.comm_id,
+                              **keys})
+            payload = [bytes(buffer) for buffer in (buffers or [])]
+            sink.comm(msg_type, ByValue(content), ByValue(_plain(metadata or {})),
+                      ByValue(tuple(payload)))
+
+    return ForwardedComm, CommManager()
+
+
+def attach(sink: Any) -> None:
+    """Route this interpreter's comms to ``sink`` (a proxy kernel)."""
+    import comm
+
+    with _lock:
+        if _state["manager"] is None:
+            comm_class, manager = _make_classes()
+            _state["manager"] = manager
+            _state["class"] = comm_class
+            comm.create_comm = lambda *args, **kwargs: comm_class(*args, **kwargs)
+            comm.get_comm_manager = lambda: manager
+        _state["sink"] = sink
+
+
+def deliver(msg_type: str, content: dict[str, Any], metadata: dict[str, Any],
+            buffers: tuple) -> None:
+    """A comm message from the frontend, for the comms of this interpreter."""
+    manager = _state["manager"]
+    if manager is None:
+        return
+    message = {"content": dict(content), "metadata": dict(metadata or {}),
+               "buffers": [memoryview(bytes(b)) for b in buffers or ()],
+               "header": {"msg_type": msg_type}, "parent_header": {}}
+    handler = {"comm_open": manager.comm_open, "comm_msg": manager.comm_msg,
+               "comm_close": manager.comm_close}.get(msg_type)
+    if handler is not None:
+        handler(None, None, message)
+
+
+def comm_info() -> ByValue:
+    manager = _state["manager"]
+    comms = {} if manager is None else {
+        comm_id: {"target_name": c.target_name} for comm_id, c in manager.comms.items()}
+    return ByValue(comms)

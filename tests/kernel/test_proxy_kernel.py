@@ -1,0 +1,157 @@
+"""The proxy kernel: installed with `remote-kernel kernel install`, driven by
+jupyter_kernel_test and jupyter_client against a real `remote-kernel serve` process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import unittest
+from collections.abc import Iterator
+
+import pytest
+import jupyter_kernel_test
+
+from remote_kernel.kernel import kernelspec
+from tests.ipython.kernel_client import Kernel
+
+pytestmark = pytest.mark.timeout(300)
+SPEC = "rk-test-proxy"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def installed_spec(classic_server) -> Iterator[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "remote_kernel", "kernel", "install", "--name", SPEC,
+         "--target", str(classic_server.file), "--user", "--display-name", "Python (test)"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    listing = subprocess.run([sys.executable, "-m", "remote_kernel", "kernel", "list"],
+                             capture_output=True, text=True, timeout=60).stdout
+    assert SPEC in listing and str(classic_server.file) in listing
+    yield SPEC
+    kernelspec.remove(SPEC)
+
+
+class TestProxyKernel(jupyter_kernel_test.KernelTests):
+    kernel_name = SPEC
+    language_name = "python"
+    file_extension = ".py"
+    code_hello_world = "print('hello, world')"
+    code_stderr = "import sys; print('test', file=sys.stderr)"
+    completion_samples = [{"text": "zi", "matches": {"zip"}},
+                          {"text": "pri", "matches": {"print"}}]
+    complete_code_samples = ["1", "print('hello, world')", "def f(x):\n  return x*2\n\n"]
+    incomplete_code_samples = ["print('''hello", "def f(x):\n  x*2"]
+    invalid_code_samples = ["import = 7q"]
+    code_page_something = "zip?"
+    code_generate_error = "raise ValueError('remote failure')"
+    code_execute_result = [{"code": "1+2+3", "result": "6"}, {"code": "[n*n for n in range(3)]",
+                                                            "result": "[0, 1, 4]"}]
+    code_display_data = [
+        {"code": "from IPython.display import HTML, display; display(HTML('<b>test</b>'))",
+         "mime": "text/html"},
+        {"code": "from IPython.display import Math, display; display(Math('\\\\frac{1}{2}'))",
+         "mime": "text/latex"},
+    ]
+    code_history_pattern = "1?2*"
+    supported_history_operations = ("tail", "range", "search")
+    code_inspect_sample = "zip"
+    code_clear_output = "from IPython.display import clear_output; clear_output()"
+
+
+def test_cells_run_remotely_and_keep_state(classic_server) -> None:
+    kernel = Kernel(SPEC)
+    try:
+        run = kernel.run("import os\nx = 41\nos.getpid()")
+        assert run.status == "ok", run.reply
+        remote_pid = int(run.of_type("execute_result")[0]["content"]["data"]["text/plain"])
+        assert remote_pid == classic_server.pid != os.getpid()
+        run = kernel.run("x + 1")
+        assert run.of_type("execute_result")[0]["content"]["data"]["text/plain"] == "42"
+        info = kernel.client.kernel_info(reply=True, timeout=30)["content"]
+        assert info["language_info"]["name"] == "python"
+        assert info["implementation"] == "remote_kernel"
+    finally:
+        kernel.close()
+
+
+def test_errors_carry_the_remote_type_and_frames() -> None:
+    kernel = Kernel(SPEC)
+    try:
+        run = kernel.run("def boom():\n    return {}['missing']\nboom()")
+        assert run.status == "error"
+        content = run.reply["content"]
+        assert content["ename"] == "KeyError"
+        assert "boom" in "\n".join(content["traceback"])
+        assert "return {}['missing']" in "\n".join(content["traceback"])
+        assert len(run.of_type("error")) == 1
+    finally:
+        kernel.close()
+
+
+def test_interrupt_and_restart(classic_server) -> None:
+    kernel = Kernel(SPEC)
+    try:
+        kernel.run("import time\nstate = 'kept'")
+        run = kernel.run("time.sleep(60)", interrupt_after=1.0, timeout=30)
+        assert run.status == "error" and run.reply["content"]["ename"] == "KeyboardInterrupt"
+        assert run.ended - run.started < 1.0 + 2.0
+        assert kernel.run("state").of_type("execute_result")[0]["content"]["data"][
+            "text/plain"] == "'kept'"
+        kernel.manager.restart_kernel(now=True)
+        kernel.client.wait_for_ready(timeout=60)
+        run = kernel.run("'state' in globals()")
+        assert run.of_type("execute_result")[0]["content"]["data"]["text/plain"] == "False"
+    finally:
+        kernel.close()
+
+
+def test_unreachable_target_recovers_once_the_server_is_up(tmp_path, start_server) -> None:
+    missing = tmp_path / "later.json"
+    kernelspec.install("rk-test-later", str(missing), user=True)
+    kernel = Kernel("rk-test-later")
+    try:
+        run = kernel.run("1 + 1")
+        assert run.status == "error"
+        assert str(missing) in run.reply["content"]["evalue"]
+        server = start_server("--classic", name="later")
+        server.file.replace(missing)
+        run = kernel.run("1 + 1")
+        assert run.status == "ok", run.reply
+    finally:
+        kernel.close()
+        kernelspec.remove("rk-test-later")
+
+
+def test_widgets_forward_comms_both_ways() -> None:
+    kernel = Kernel(SPEC)
+    try:
+        run = kernel.run("import ipywidgets\nslider = ipywidgets.IntSlider(value=3)\nslider")
+        assert run.status == "ok", run.reply
+        opens = [m for m in run.of_type("comm_open")
+                 if m["content"]["data"].get("state", {}).get("_model_name") == "IntSliderModel"]
+        assert opens, [m["msg_type"] for _, m in run.outputs]
+        comm_id = opens[0]["content"]["comm_id"]
+        assert any("application/vnd.jupyter.widget-view+json" in m["content"]["data"]
+                   for m in run.of_type("execute_result"))
+        message = kernel.client.session.msg("comm_msg", {
+            "comm_id": comm_id, "data": {"method": "update", "state": {"value": 7},
+                                         "buffer_paths": []}})
+        kernel.client.shell_channel.send(message)
+        deadline = time.monotonic() + 10
+        value = None
+        while time.monotonic() < deadline:
+            value = kernel.run("slider.value").of_type("execute_result")[0]["content"][
+                "data"]["text/plain"]
+            if value == "7":
+                break
+            time.sleep(0.2)
+        assert value == "7"
+    finally:
+        kernel.close()
+
+
+if __name__ == "__main__":
+    unittest.main()
