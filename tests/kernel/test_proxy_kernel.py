@@ -10,8 +10,8 @@ import time
 import unittest
 from collections.abc import Iterator
 
-import pytest
 import jupyter_kernel_test
+import pytest
 
 from remote_kernel.kernel import kernelspec
 from tests.ipython.kernel_client import Kernel
