@@ -222,8 +222,8 @@ def metrics(s: Settings) -> list[Metric]:
 # -- servers -------------------------------------------------------------------------------
 
 class ServerProcess:
-    def __init__(self, system: str, cpu: int | None) -> None:
-        cmd = [sys.executable, "-m", "benchmarks.servers", SERVER_OF[system]]
+    def __init__(self, system: str, cpu: int | None, cmd: list[str] | None = None) -> None:
+        cmd = cmd or [sys.executable, "-m", "benchmarks.servers", SERVER_OF[system]]
         if cpu is not None:
             cmd += ["--cpu", str(cpu)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE,
@@ -408,8 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--systems", default=",".join(SYSTEMS),
                         help="comma-separated subset of " + ",".join(SYSTEMS))
-    parser.add_argument("--pin", choices=["split", "same", "none"], default="split",
-                        help="split: client on one CPU, servers on another (default)")
+    parser.add_argument("--pin", choices=["split", "same", "none"], default="same",
+                        help="same: client and servers share one CPU, as ANCHORS.md (default); "
+                        "split: client on one CPU, servers on the other")
     parser.add_argument("--no-side", action="store_true", help="skip memory and gestures")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)

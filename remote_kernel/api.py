@@ -7,18 +7,70 @@ from typing import Any
 from remote_kernel.connection import AsyncResult, Connection
 from remote_kernel.netref import BaseNetref, RemoteMethod
 from remote_kernel.protocol.boxing import ByValue, Kwargs
+from remote_kernel.protocol.handlers import LARGE_MARKER
 from remote_kernel.protocol.messages import Op
 
 
-def obtain(obj: Any) -> Any:
+LARGE = 4 * 1024 * 1024  # buffers above this come in chunks, with a progress bar
+CHUNK = 4 * 1024 * 1024
+
+
+def obtain(obj: Any, progress: bool | None = None) -> Any:
     """A local copy of a remote object, by value (containers of values, numpy arrays,
     buffers). ``TypeError`` if it holds something that cannot be copied. A local object is
-    returned as it is."""
+    returned as it is.
+
+    A numpy array or buffer over 4 MiB comes in chunks; ``progress`` shows a tqdm bar
+    (default: in a notebook when tqdm is installed). Ctrl-C / Stop interrupts it."""
     if isinstance(obj, RemoteMethod):
         raise TypeError("a remote method cannot be copied by value")
     if not isinstance(obj, BaseNetref):
         return obj
-    return obj._rk_conn.sync_request(Op.OBTAIN, obj)
+    conn = obj._rk_conn
+    value = conn.sync_request(Op.OBTAIN, obj, LARGE)
+    if type(value) is tuple and len(value) == 5 and value[0] == LARGE_MARKER:
+        return _obtain_in_chunks(conn, obj, value, progress)
+    return value
+
+
+def _progress_bar(total: int, enabled: bool | None) -> Any:
+    if enabled is None:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        enabled = shell is not None and getattr(shell, "kernel", None) is not None
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="obtain")
+
+
+def _obtain_in_chunks(conn: Connection, obj: Any, marker: tuple, progress: bool | None) -> Any:
+    _, kind, dtype, shape, nbytes = marker
+    buffer = bytearray(nbytes)
+    view = memoryview(buffer)
+    bar = _progress_bar(nbytes, progress)
+    try:
+        offset = 0
+        while offset < nbytes:
+            chunk = conn.sync_request(Op.READ, obj, offset, min(CHUNK, nbytes - offset))
+            view[offset:offset + len(chunk)] = chunk
+            offset += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    if kind == "ndarray":
+        import numpy
+
+        return numpy.frombuffer(buffer, dtype=numpy.dtype(dtype)).reshape(shape)
+    if kind == "bytearray":
+        return buffer
+    return bytes(buffer)
 
 
 def deliver(conn: Connection, obj: Any) -> Any:

@@ -421,3 +421,21 @@ def test_obtain_numpy_array(conn: rk.Connection, classic: rk.Connection) -> None
     sent = rk.deliver(classic, numpy.arange(7, dtype="int16"))
     assert classic.modules.builtins.str(sent.dtype) == "int16"
     assert numpy.array_equal(rk.obtain(sent), numpy.arange(7, dtype="int16"))
+
+
+def test_large_payloads_both_ways(conn: rk.Connection) -> None:
+    payload = os.urandom(1024) * (20 * 1024)  # 20 MiB, far larger than the read buffer
+    assert conn.root.echo(payload) == payload
+    assert conn.root.echo((payload[:300_000], "small")) == (payload[:300_000], "small")
+
+
+def test_obtain_large_array_in_chunks(classic: rk.Connection) -> None:
+    numpy = pytest.importorskip("numpy")
+    classic.execute("import numpy\nbig = numpy.arange(1_500_000, dtype='f8').reshape(500, 3000)")
+    before = classic.stats["requests"]
+    array = rk.obtain(classic.namespace["big"], progress=False)
+    assert classic.stats["requests"] - before >= 1 + 3  # announced, then read in chunks
+    assert array.shape == (500, 3000) and array.flags.writeable
+    assert numpy.array_equal(array, numpy.arange(1_500_000, dtype="f8").reshape(500, 3000))
+    classic.execute("blob = bytes(range(256)) * 40_000")
+    assert rk.obtain(classic.namespace["blob"]) == bytes(range(256)) * 40_000

@@ -298,6 +298,42 @@ def _children(ctx: RequestContext, obj: Any, path: tuple, limit: int) -> ByValue
     return ByValue(children(target, allowed, max(1, min(int(limit), 1000))))
 
 
+LARGE_MARKER = "__rk_large_buffer__"
+
+
+def _buffer_view(obj: Any) -> tuple[memoryview, tuple]:
+    """A flat byte view of a numpy array or bytes-like object, with what rebuilds it."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        view = memoryview(obj).cast("B")
+        return view, ("bytes" if isinstance(obj, bytes) else type(obj).__name__, "", ())
+    if type(obj).__module__ == "numpy" and type(obj).__name__ == "ndarray":
+        import numpy
+
+        if obj.dtype.hasobject or obj.dtype.fields is not None:
+            raise TypeError(f"cannot copy a numpy array of dtype {obj.dtype} by value")
+        flat = numpy.ascontiguousarray(obj).reshape(-1)
+        return memoryview(flat).cast("B"), ("ndarray", obj.dtype.str, tuple(obj.shape))
+    raise TypeError("not a buffer")
+
+
+def _obtain(ctx: RequestContext, obj: Any, inline_limit: int | None = None) -> ByValue:
+    """A copy by value; a buffer over ``inline_limit`` bytes is announced instead, for the
+    client to READ in chunks (with progress and a chance to stop)."""
+    if inline_limit is not None:
+        try:
+            view, (kind, dtype, shape) = _buffer_view(obj)
+        except TypeError:
+            view = None
+        if view is not None and view.nbytes > inline_limit:
+            return ByValue((LARGE_MARKER, kind, dtype, shape, view.nbytes))
+    return ByValue(obj)
+
+
+def _read(ctx: RequestContext, obj: Any, offset: int, length: int) -> bytes:
+    view, _ = _buffer_view(obj)
+    return view[int(offset):int(offset) + int(length)].tobytes()
+
+
 HANDLERS: dict[int, Callable[..., Any]] = {
     Op.PING: lambda ctx, payload=None: payload,
     Op.GETROOT: lambda ctx: ctx.root,
@@ -315,7 +351,8 @@ HANDLERS: dict[int, Callable[..., Any]] = {
     Op.BUFFITER: _buffiter,
     Op.CTXEXIT: _ctxexit,
     Op.INSTANCECHECK: _instancecheck,
-    Op.OBTAIN: lambda ctx, obj: ByValue(obj),
+    Op.OBTAIN: _obtain,
+    Op.READ: _read,
     Op.DELIVER: lambda ctx, value: value,
     Op.DISPLAY: _display,
     Op.COMPLETE: _complete,

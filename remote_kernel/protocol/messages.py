@@ -48,6 +48,7 @@ class Op(IntEnum):
     OINFO = 34  # type, name, doc, signature, file, source
     KEYS = 35  # key completions of a mapping
     CHILDREN = 36  # the object browser: children of obj reached through a path
+    READ = 37  # bytes [offset, offset+length) of a large buffer, for obtain in chunks
 
 
 class Ext(IntEnum):

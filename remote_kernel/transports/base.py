@@ -72,7 +72,6 @@ class FrameReader:
                 if self._big_got == len(self._big):
                     frame, self._big, self._need = self._big, None, None
                     return frame
-                timeout = 0 if timeout == 0 else timeout
                 continue
             if self._end == len(self._buf):
                 self._compact()
@@ -82,6 +81,8 @@ class FrameReader:
             self._end += got
 
     def _take(self) -> bytes | None:
+        if self._big is not None:
+            return None  # a large frame is being received into its own buffer
         available = self._end - self._start
         if self._need is None:
             if available < HEADER_SIZE:
