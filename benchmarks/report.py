@@ -261,7 +261,12 @@ def chart(result: dict[str, Any], path: Path) -> None:
             adv = other / ours if e["lower_is_better"] else ours / other
             ys.append(j + (i - 1) * height)
             xs.append(adv)
-        ax.barh(ys, xs, height=height, color=color, label=LABELS[peer], left=0)
+        # Bars grow from 1 (a tie) to the right (we are better) or the left (we are worse).
+        ax.barh(ys, [x - 1 for x in xs], height=height, color=color, label=LABELS[peer],
+                left=1)
+        for y, x in zip(ys, xs, strict=True):
+            ax.text(x * (1.04 if x >= 1 else 0.96), y, f"{x:.2g}×", va="center",
+                    ha="left" if x >= 1 else "right", fontsize=6)
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xscale("log")
     ax.set_yticks(range(len(names)))

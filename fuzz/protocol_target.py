@@ -68,6 +68,7 @@ KNOWN_BUGS = {
     ("TypeError", "_notify"): "DEL notification not validated (TypeError)",
     ("TypeError", "decref"): "DEL notification not validated (TypeError)",
     ("TypeError", "_serve_request"): "REQUEST with an unhashable seq (TypeError)",
+    ("SyntaxError", "_decode_ndarray"): "NDARRAY dtype string numpy cannot parse (SyntaxError)",
 }
 
 

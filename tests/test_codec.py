@@ -7,7 +7,7 @@ import struct
 import msgpack
 import pytest
 
-from remote_kernel.errors import ProtocolError
+from remote_kernel.errors import ProtocolError, RemoteError
 from remote_kernel.protocol.boxing import Boxer, ObjectTable
 from remote_kernel.protocol.codec import FrameDecoder, frame, pack, parse_header, unpack
 
@@ -152,8 +152,10 @@ def test_exception_module_names_are_never_imported() -> None:
     import sys
 
     boxer = make_boxer()
-    payload = pack(msgpack.ExtType(9, pack(["evil_module_xyz", "Boom", ["x"], "x", "", []])))
+    payload = pack(msgpack.ExtType(9, pack(["evil_module_xyz", "Boom", ["x"], "x", "", [],
+                                            "LookupError"])))
     decoded = boxer.decode(payload)
     assert "evil_module_xyz" not in sys.modules
     assert decoded.remote_type == "evil_module_xyz.Boom"
     assert type(decoded).__name__ == "Boom"
+    assert isinstance(decoded, LookupError) and isinstance(decoded, RemoteError)

@@ -134,9 +134,12 @@ _exception_classes_lock = threading.Lock()
 _PACKAGE_DIR = __file__.rsplit("/protocol/", 1)[0]
 
 
-def remote_exception_class(module: str, qualname: str) -> type[BaseException]:
-    """The local class standing for a remote exception type. Never imports ``module``."""
-    key = (module, qualname)
+def remote_exception_class(module: str, qualname: str,
+                           builtin_base: str = "") -> type[BaseException]:
+    """The local class standing for a remote exception type. Never imports ``module``.
+    A custom class also derives from its nearest builtin base (``builtin_base``), so
+    ``except ValueError`` catches a remote subclass of ValueError."""
+    key = (module, qualname, builtin_base)
     cls = _exception_classes.get(key)
     if cls is not None:
         return cls
@@ -149,6 +152,11 @@ def remote_exception_class(module: str, qualname: str) -> type[BaseException]:
             base = _BUILTIN_EXCEPTIONS.get(qualname)
         elif module == "remote_kernel.errors":
             base = _OUR_ERRORS.get(qualname)
+        if base is None and builtin_base:
+            base = _BUILTIN_EXCEPTIONS.get(builtin_base)
+            if base is not None and (issubclass(base, _PLAIN) or base is Exception
+                                     or base is BaseException):
+                base = None  # a custom class is never a KeyboardInterrupt here
         name = qualname.rsplit(".", 1)[-1] or "RemoteException"
         namespace = {"__module__": module, "__qualname__": qualname}
         if base is not None and issubclass(base, _PLAIN):
@@ -318,7 +326,10 @@ class Boxer:
                         f"... the exception above came from {exc.peer} and was re-raised:\n\n"
                         f"{text}")
                 frames = [tuple(f) for f in exc.remote_frames] + frames
-        return ExtType(Ext.EXC, pack([module, qualname, args, message, text, frames]))
+        builtin_base = next((klass.__name__ for klass in cls.__mro__
+                             if klass.__module__ == "builtins"), "")
+        return ExtType(Ext.EXC, pack([module, qualname, args, message, text, frames,
+                                      builtin_base]))
 
     # -- decoding -------------------------------------------------------------------
 
@@ -398,10 +409,12 @@ class Boxer:
         return array[()] if scalar else array
 
     def _decode_exception(self, data: bytes) -> BaseException:
-        module, qualname, args, message, text, frames = self._unpack_tuple(data, length=6)
-        if not (isinstance(module, str) and isinstance(qualname, str)):
+        module, qualname, args, message, text, frames, builtin_base = \
+            self._unpack_tuple(data, length=7)
+        if not (isinstance(module, str) and isinstance(qualname, str)
+                and isinstance(builtin_base, str)):
             raise ProtocolError("malformed exception")
-        cls = remote_exception_class(module, qualname)
+        cls = remote_exception_class(module, qualname, builtin_base)
         try:
             exc = cls.__new__(cls)
             exc.args = args if isinstance(args, tuple) else (message,)

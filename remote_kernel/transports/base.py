@@ -7,6 +7,7 @@ import abc
 from remote_kernel.protocol.codec import HEADER_SIZE, parse_header
 
 CHUNK = 256 * 1024
+BIG_START = 1 << 20  # first allocation for a frame larger than CHUNK
 
 
 class Transport(abc.ABC):
@@ -64,13 +65,18 @@ class FrameReader:
             if frame is not None:
                 return frame
             if self._big is not None:
-                view = memoryview(self._big)[self._big_got:]
-                got = self.transport.recv_into(view, timeout)
+                big = self._big
+                if self._big_got == len(big):
+                    # The buffer grows (doubling) as bytes arrive: a peer that announces a
+                    # huge frame and sends little costs little memory.
+                    big.extend(bytes(min(self._need or 0, 2 * len(big)) - len(big)))
+                with memoryview(big) as whole, whole[self._big_got:] as view:
+                    got = self.transport.recv_into(view, timeout)
                 if got == 0:
                     return None
                 self._big_got += got
-                if self._big_got == len(self._big):
-                    frame, self._big, self._need = self._big, None, None
+                if self._big_got == self._need:
+                    frame, self._big, self._need = big, None, None
                     return frame
                 continue
             if self._end == len(self._buf):
@@ -101,8 +107,9 @@ class FrameReader:
             return frame
         if need > len(self._buf) - self._start:
             if need > len(self._buf):
-                # Too big for the shared buffer: receive it into its own allocation.
-                self._big = bytearray(need)
+                # Too big for the shared buffer: receive it into its own allocation,
+                # which starts small and grows with the bytes that arrive.
+                self._big = bytearray(min(need, max(available, BIG_START)))
                 self._big[:available] = self._view[self._start:self._end]
                 self._big_got = available
                 self._start = self._end = 0

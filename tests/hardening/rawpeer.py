@@ -38,7 +38,7 @@ def ref(oid: int, tid: int, descriptor: tuple | list | None = None) -> ExtType:
 
 def exc(module: str, qualname: str, message: str = "boom", args: Any = None) -> ExtType:
     return ExtType(Ext.EXC, packb([module, qualname, [message] if args is None else args,
-                                   message, "", []]))
+                                   message, "", [], ""]))
 
 
 class Decoded:
@@ -56,7 +56,7 @@ class Decoded:
             else:
                 self.oid = msgpack.unpackb(data, strict_map_key=False)[0]
         elif code == Ext.EXC:
-            module, qualname, _args, message, _text, _frames = msgpack.unpackb(
+            module, qualname, _args, message, _text, _frames, _base = msgpack.unpackb(
                 data, ext_hook=Decoded, strict_map_key=False)
             self.qualname = f"{module}.{qualname}"
             self.message = message

@@ -60,7 +60,7 @@ def test_sigkill_of_the_server_mid_call_fails_fast(start_server: Any) -> None:
         thread = threading.Thread(target=call, daemon=True)
         thread.start()
         started.wait(5)
-        _wait_for(lambda: conn.stats["requests"] >= 3, 5, "the call to be sent")
+        _wait_for(lambda: conn.stats["requests"] >= 2, 5, "the call to be sent")
         time.sleep(0.2)  # the server is inside sleep()
         killed_at = time.monotonic()
         os.kill(server.pid, signal.SIGKILL)
@@ -142,7 +142,7 @@ def test_sigkill_of_a_client_releases_its_objects(holder_server: rk.Server) -> N
         try:
             assert child.stdout is not None
             assert child.stdout.readline().startswith("holding")
-            victim_conn = [c for c in holder_server.connections if c is not survivor][-1]
+            victim_conn = max(holder_server.connections, key=lambda c: c.local_object_count)
             assert victim_conn.local_object_count > 50
             Holder.disconnect_event.clear()
             killed_at = time.monotonic()

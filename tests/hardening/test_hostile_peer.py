@@ -283,6 +283,9 @@ BAD_FRAMES = {
     "ndarray object dtype": frame(packb([Kind.REPLY, 1, _ndarray("|O", [1], b"\0" * 8)])),
     "ndarray huge shape": frame(packb([Kind.REPLY, 1, _ndarray("<f8", [10**12], b"")])),
     "ndarray bad dtype": frame(packb([Kind.REPLY, 1, _ndarray("no such", [1], b"")])),
+    "ndarray comma dtype": frame(packb([Kind.REPLY, 1, _ndarray(",i4", [1], b"")])),
+    "request with unhashable seq": frame(packb([Kind.REQUEST, [ExtType(Ext.LIST, packb([1]))],
+                                               Op.PING, b"x"])),
     "exception of wrong shape": frame(packb([Kind.REPLY, 1, ExtType(Ext.EXC, packb([1]))])),
     "slice of wrong shape": frame(packb([Kind.REPLY, 1, ExtType(Ext.SLICE, packb([1]))])),
     "dict odd": frame(packb([Kind.REPLY, 1, ExtType(Ext.DICT, packb([1, 2, 3]))])),
@@ -328,6 +331,10 @@ def test_deeply_nested_ext_values_do_not_crash_the_process() -> None:
 
 
 XFAIL_FRAMES = {
+    "request with unhashable seq": "lead: Connection._serve_request uses the peer's seq as a "
+                                   "dict key unchecked: TypeError escapes serve()",
+    "ndarray comma dtype": "lead: Boxer._decode_ndarray lets numpy.dtype's SyntaxError out "
+                           "(not ProtocolError); decode should map any Exception",
     "complex short": "lead: Boxer.ext_hook COMPLEX of the wrong size raises struct.error, "
                      "not ProtocolError (escapes codec.unpack; connection stays open)",
 }

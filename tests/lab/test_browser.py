@@ -123,6 +123,7 @@ class Lab:
         (overrides / "overrides.json").write_text(json.dumps({
             "@jupyterlab/apputils-extension:notification": {"fetchNews": "false",
                                                              "checkForUpdates": False},
+            "@jupyterlab/notebook-extension:tracker": {"autoStartDefaultKernel": True},
             "remote-kernel-lab:plugin": {"pingInterval": 1},
         }))
         self.log_path = env.base / "lab.log"
@@ -213,24 +214,23 @@ class Notebook:
         self.cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
 
     def run(self, source: str, expect_output: str | None = None) -> Any:
-        cell = self.cells.last
+        count = self.cells.count()
+        cell = self.cells.nth(count - 1)  # .last would follow the cell Shift+Enter appends
         editor = cell.locator(".cm-content")
         editor.click()
         editor.fill(source)
-        count = self.cells.count()
         self.page.keyboard.press("Shift+Enter")
-        return self.wait(cell, count, expect_output)
+        return self.wait(cell, expect_output)
 
     def run_active(self, expect_output: str | None = None) -> Any:
         cell = self.page.locator(".jp-Notebook .jp-Cell.jp-mod-active")
         index = cell.evaluate("node => Array.from(node.parentNode.children).indexOf(node)")
         cell = self.cells.nth(index)
-        count = self.cells.count()
         cell.locator(".cm-content").click()
         self.page.keyboard.press("Shift+Enter")
-        return self.wait(cell, count, expect_output)
+        return self.wait(cell, expect_output)
 
-    def wait(self, cell: Any, count: int, expect_output: str | None) -> Any:
+    def wait(self, cell: Any, expect_output: str | None) -> Any:
         prompt = cell.locator(".jp-InputPrompt")
         expect(prompt).to_have_text(re.compile(r"\[\d+\]:"), timeout=60_000)
         if expect_output is not None:
@@ -264,6 +264,8 @@ def test_panel_end_to_end(env: Env, lab: Lab, page: Any, shots: Path) -> None:
         page.goto(f"{lab.url}/lab/tree/{name}?token={TOKEN}", timeout=60_000)
         nb = Notebook(page)
         expect(nb.cells.first).to_be_visible(timeout=60_000)
+        expect(page.locator(".jp-StatusBar-Widget", has_text="| Idle")).to_be_visible(
+            timeout=60_000)
         # The panel, before the extension is loaded, says what to do.
         page.locator(".jp-SideBar .lm-TabBar-tab[data-id='remote-kernel-panel']").click()
         panel = page.locator("#remote-kernel-panel")

@@ -1,0 +1,135 @@
+"""``make demo``: the simulated bench, the proxy kernelspec and JupyterLab on notebooks/.
+
+    python -m remote_kernel.demo_launcher            # JupyterLab; Ctrl-C stops everything
+    python -m remote_kernel.demo_launcher --check    # headless: execute every notebook
+
+Everything it creates (runtime directory with the connection file, the kernelspec) is
+removed on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEMO_NAME = "demo"
+KERNEL_NAME = "remote-demo"
+CELL_TIMEOUT = 180
+
+
+def _start_server(env: dict[str, str], runtime: Path) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "remote_kernel", "serve", "--service", "remote_kernel.demo:Lab",
+         "--name", DEMO_NAME], env=env)
+    path = runtime / f"remote-kernel-{DEMO_NAME}.json"
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise SystemExit("the demo server did not start")
+        time.sleep(0.05)
+    return server
+
+
+def _install_kernelspec(env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-m", "remote_kernel", "kernel", "install", "--name",
+                    KERNEL_NAME, "--target", DEMO_NAME, "--display-name", "Python on demo",
+                    "--sys-prefix"], env=env, check=True)
+
+
+def _remove_kernelspec(env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-m", "remote_kernel", "kernel", "remove", KERNEL_NAME],
+                   env=env, check=False, capture_output=True)
+
+
+def check_notebooks(notebooks: Path, env: dict[str, str]) -> int:
+    """Execute each notebook with nbclient; the number of notebooks that failed."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    os.environ.update(env)
+    failures = 0
+    for path in sorted(notebooks.glob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        start = time.monotonic()
+        client = NotebookClient(notebook, timeout=CELL_TIMEOUT, resources={
+            "metadata": {"path": str(notebooks)}})
+        try:
+            client.execute()
+        except CellExecutionError as exc:
+            failures += 1
+            print(f"FAILED {path.name}: {str(exc)[:2000]}", flush=True)
+            continue
+        except Exception as exc:  # kernel died, timeout
+            failures += 1
+            print(f"FAILED {path.name}: {type(exc).__name__}: {exc}", flush=True)
+            continue
+        print(f"ok     {path.name} ({time.monotonic() - start:.1f} s)", flush=True)
+    return failures
+
+
+def run_lab(notebooks: Path, env: dict[str, str], port: int) -> None:
+    token = secrets.token_hex(16)
+    argv = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip", "127.0.0.1",
+            f"--port={port}", f"--ServerApp.token={token}", f"--notebook-dir={notebooks}"]
+    if os.geteuid() == 0:
+        argv.append("--allow-root")
+    lab = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+    url = f"http://127.0.0.1:{port}/lab/tree/02-instrument-control.ipynb?token={token}"
+    print(f"\nJupyterLab: {url}\n(Ctrl-C stops JupyterLab and the demo server)\n", flush=True)
+    try:
+        lab.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        lab.send_signal(signal.SIGTERM)
+        try:
+            lab.wait(15)
+        except subprocess.TimeoutExpired:
+            lab.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true",
+                        help="run headless: execute every notebook and exit")
+    parser.add_argument("--port", type=int, default=8888, help="JupyterLab port")
+    parser.add_argument("--notebooks", default=str(Path(__file__).resolve().parent.parent /
+                                                   "notebooks"))
+    args = parser.parse_args(argv)
+    notebooks = Path(args.notebooks).resolve()
+    runtime = Path(tempfile.mkdtemp(prefix="rk-demo-"))
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(runtime), PYTHONUNBUFFERED="1")
+    server = _start_server(env, runtime)
+    try:
+        _install_kernelspec(env)
+        if args.check:
+            failures = check_notebooks(notebooks, env)
+            print(f"{failures} notebook(s) failed" if failures else "all notebooks ran",
+                  flush=True)
+            return 1 if failures else 0
+        run_lab(notebooks, env, args.port)
+        return 0
+    finally:
+        _remove_kernelspec(env)
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
