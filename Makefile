@@ -9,7 +9,7 @@ EXTRAS ?= test,bench,lab
 SETUP_STEPS :=
 TEST_STEPS :=
 
-.PHONY: setup test demo lint clean pytest
+.PHONY: setup test demo demo-script lint clean pytest
 
 include $(wildcard mk/*.mk)
 
@@ -29,7 +29,17 @@ pytest: setup
 
 test: setup lint $(TEST_STEPS) pytest
 
+# make demo: JupyterLab on notebooks/ with the simulated bench; make demo CHECK=1: headless,
+# executes every notebook and fails on any error.
 demo: setup
+ifeq ($(CHECK),1)
+	$(PY) -m remote_kernel.demo_launcher --check
+else
+	$(PY) -m remote_kernel.demo_launcher
+endif
+
+# The scripted first look: a classic server and a short session against it, printed.
+demo-script: setup
 	$(PY) -m remote_kernel demo
 
 clean:
