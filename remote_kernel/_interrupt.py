@@ -14,16 +14,40 @@ import threading
 import time
 
 original_sleep = time.sleep
-_cancel_events: dict[int, threading.Event] = {}
+
+
+class CancelToken:
+    """Per running request; the event is only made when the request sleeps (cheap path)."""
+
+    __slots__ = ("cancelled", "event")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.event: threading.Event | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.event is not None:
+            self.event.set()
+
+    def wait(self, seconds: float) -> bool:
+        if self.event is None:
+            self.event = threading.Event()
+            if self.cancelled:  # a cancel that came before the event existed
+                self.event.set()
+        return self.event.wait(seconds)
+
+
+_tokens: dict[int, CancelToken] = {}
 
 
 def _interruptible_sleep(seconds: float) -> None:
-    event = _cancel_events.get(threading.get_ident())
-    if event is None:
+    token = _tokens.get(threading.get_ident())
+    if token is None:
         return original_sleep(seconds)
     if seconds < 0:
         raise ValueError("sleep length must be non-negative")
-    if event.wait(seconds):
+    if token.wait(seconds):
         raise KeyboardInterrupt("interrupted by the peer")
     return None
 
@@ -33,23 +57,21 @@ def install_interruptible_sleep() -> None:
         time.sleep = _interruptible_sleep
 
 
-def enter_request() -> threading.Event:
-    """Mark the current thread as running a cancellable request."""
-    event = threading.Event()
-    _cancel_events[threading.get_ident()] = event
-    return event
+def enter_request() -> tuple[CancelToken, CancelToken | None]:
+    """Mark the current thread as running a cancellable request (requests nest)."""
+    ident = threading.get_ident()
+    token = CancelToken()
+    previous = _tokens.get(ident)
+    _tokens[ident] = token
+    return token, previous
 
 
-def leave_request(previous: threading.Event | None) -> None:
+def leave_request(previous: CancelToken | None) -> None:
     ident = threading.get_ident()
     if previous is None:
-        _cancel_events.pop(ident, None)
+        _tokens.pop(ident, None)
     else:
-        _cancel_events[ident] = previous
-
-
-def current_event() -> threading.Event | None:
-    return _cancel_events.get(threading.get_ident())
+        _tokens[ident] = previous
 
 
 def raise_in_thread(ident: int, exc_type: type[BaseException] | None) -> None:

@@ -88,7 +88,7 @@ class Connection:
         self._async: dict[int, AsyncResult] = {}
         self._proxies: dict[int, weakref.ref] = {}
         self._releases: collections.deque[tuple[int, int]] = collections.deque()
-        self._running: dict[int, tuple[int, threading.Event]] = {}
+        self._running: dict[int, tuple[int, _interrupt.CancelToken]] = {}
         self._running_lock = threading.Lock()
         self._busy_since: float | None = None
         self._closed = False
@@ -317,10 +317,9 @@ class Connection:
     def _serve_request(self, seq: Any, op: Any, args: tuple) -> None:
         handler = HANDLERS.get(op)
         ident = threading.get_ident()
-        previous = _interrupt.current_event()
-        event = _interrupt.enter_request()
+        token, previous = _interrupt.enter_request()
         with self._running_lock:
-            self._running[seq] = (ident, event)
+            self._running[seq] = (ident, token)
             if self._busy_since is None:
                 self._busy_since = time.monotonic()
         outcome: tuple[bool, Any] | None = None
@@ -334,9 +333,9 @@ class Connection:
                     outcome = (True, handler(self._ctx, *args))
             except BaseException as exc:  # noqa: BLE001 - every failure goes to the peer
                 outcome = (False, exc)
-            self._end_request(seq, event)
+            self._end_request(seq, token)
         except KeyboardInterrupt as exc:  # a cancel that landed after the handler returned
-            self._end_request(seq, event)
+            self._end_request(seq, token)
             if outcome is None:
                 outcome = (False, exc)
         finally:
@@ -345,12 +344,12 @@ class Connection:
         if op == Op.CLOSE:
             self.close("closed by the peer")
 
-    def _end_request(self, seq: Any, event: threading.Event) -> None:
+    def _end_request(self, seq: Any, token: _interrupt.CancelToken) -> None:
         with self._running_lock:
             self._running.pop(seq, None)
             if not self._running:
                 self._busy_since = None
-            if event.is_set():
+            if token.cancelled:
                 _interrupt.raise_in_thread(threading.get_ident(), None)
 
     def _reply(self, seq: Any, outcome: tuple[bool, Any]) -> None:
@@ -380,8 +379,8 @@ class Connection:
             with self._running_lock:
                 running = self._running.get(seq)
                 if running is not None:
-                    ident, event = running
-                    event.set()
+                    ident, token = running
+                    token.cancel()
                     _interrupt.raise_in_thread(ident, KeyboardInterrupt)
         elif op == Op.CLOSE:
             self._lost("closed by the peer")

@@ -77,6 +77,7 @@ class AttributePolicy:
     def __init__(self, config: ProtocolConfig) -> None:
         self.config = config
         self.prefix = config.exposed_prefix if config.allow_exposed_attrs else ""
+        self._by_type: dict[tuple[type, str], str | None] = {}
 
     def resolve(self, obj: Any, name: str, write: bool = False, delete: bool = False) -> str:
         """The attribute name to use for the peer's ``name``, or raise ``AccessDenied``."""
@@ -90,7 +91,20 @@ class AttributePolicy:
         cls = type(obj)
         # A proxy we forward for a third party stands for its builtin type (list, dict...).
         cls = getattr(cls, "_rk_builtin", None) or cls
-        found = self._resolve(cls, name, obj)
+        instance_dict = getattr(obj, "__dict__", None)
+        if type(instance_dict) is dict and self.prefix and \
+                not isinstance(obj, type) and self.prefix + name in instance_dict:
+            found: str | None = self.prefix + name  # exposed on the instance itself
+        elif isinstance(obj, type) or type(instance_dict) is not dict:
+            found = self._resolve(cls, name, obj)  # classes, modules, odd objects: look now
+        else:
+            key = (cls, name)
+            try:
+                found = self._by_type[key]
+            except KeyError:  # what the class decides is the same for all its instances
+                found = self._by_type[key] = self._resolve(cls, name, None)
+            except TypeError:  # an unhashable class
+                found = self._resolve(cls, name, obj)
         if found is None:
             raise AccessDenied(
                 f"access to {name!r} of a {type(obj).__name__} object is denied by the "
