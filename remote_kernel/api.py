@@ -10,7 +10,6 @@ from remote_kernel.protocol.boxing import ByValue, Kwargs
 from remote_kernel.protocol.handlers import LARGE_MARKER
 from remote_kernel.protocol.messages import Op
 
-
 LARGE = 4 * 1024 * 1024  # buffers above this come in chunks, with a progress bar
 CHUNK = 4 * 1024 * 1024
 
