@@ -29,6 +29,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
+
 from remote_kernel import _interrupt
 from remote_kernel.config import ProtocolConfig, make_config
 from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout
@@ -80,6 +82,7 @@ class Connection:
         self._ctx.connection = self  # type: ignore[attr-defined]
         self._seq = itertools.count(1)
         self._send_lock = threading.Lock()
+        self._packer = msgpack.Packer(use_bin_type=True)  # used under the send lock
         self._recv_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._waiters = 0
@@ -440,7 +443,7 @@ class Connection:
         boxer = self._boxer
         limit = self._config.max_message_size
         with self._send_lock:
-            releases = self._take_releases()
+            releases = self._take_releases() if self._releases else None
             if kind == Kind.REQUEST:
                 body = [kind, seq, op_or_value, *map(boxer.box, args)]
             elif kind == Kind.REPLY:
@@ -449,7 +452,12 @@ class Connection:
                 body = [kind, seq, boxer.box_exception(op_or_value)]
             else:  # NOTIFY: seq is unused, op_or_value is the opcode
                 body = [kind, op_or_value, *map(boxer.box, args or ())]
-            data = frame(pack(body), limit)
+            try:
+                payload = self._packer.pack(body)
+            except (TypeError, ValueError, OverflowError) as exc:
+                self._packer.reset()
+                raise ProtocolError(f"cannot encode message: {exc}") from exc
+            data = frame(payload, limit)
             if releases:
                 data = frame(pack([Kind.NOTIFY, Op.DEL, releases]), limit) + data
             self._transport.send(data)
