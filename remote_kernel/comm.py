@@ -16,7 +16,7 @@ Messages (JSON, the comm's ``data``)::
 
     kernel -> frontend
       {"type": "snapshot", "version": 1, "current": NAME | null,
-       "connections": [{"name", "target", "state", "latency", "root_label", "code_root",
+       "connections": [{"name", "target", "state", "error", "latency", "root_label", "code_root",
                         "plain_names", "stats": {"requests", "bytes_in", "bytes_out"}}]}
       {"type": "reply", "id": N, "ok": true, "result": {...}}
       {"type": "reply", "id": N, "ok": false, "error": "message", "error_type": "ValueError"}
@@ -150,6 +150,7 @@ class PanelEndpoint:
             "name": entry.name,
             "target": str(entry.target),
             "state": entry.state,
+            "error": str(getattr(entry, "error", "") or "") if entry.state != "connected" else "",
             "latency": entry.latency,
             "stats": {key: int(stats.get(key) or 0) for key in ("requests", "bytes_in", "bytes_out")},
             "root_label": "namespace" if classic else "root",

@@ -36,7 +36,7 @@ from remote_kernel.config import ProtocolConfig, make_config
 from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout
 from remote_kernel.netref import BaseNetref, new_proxy
 from remote_kernel.protocol.boxing import Boxer, Descriptor, Kwargs, ObjectTable
-from remote_kernel.protocol.codec import frame, pack
+from remote_kernel.protocol.codec import HEADER, frame, pack
 from remote_kernel.protocol.handlers import (
     HANDLERS,
     AttributePolicy,
@@ -51,6 +51,7 @@ log = logging.getLogger("remote_kernel.connection")
 _DEFAULT = object()
 READ_SLICE = 1.0  # seconds a reader blocks before re-checking its deadline
 CANCEL_GRACE = 1.0  # how long an interrupted wait gives the peer to answer the cancel
+MAX_BUFFERS = 1024  # out-of-band buffers in one message
 
 
 class Connection:
@@ -87,6 +88,7 @@ class Connection:
         self._cond = threading.Condition(threading.Lock())
         self._waiters = 0
         self._replies: dict[int, tuple[bool, Any]] = {}
+        self._buffers_expected = 0
         self._pending: set[int] = set()
         self._async: dict[int, AsyncResult] = {}
         self._proxies: dict[int, weakref.ref] = {}
@@ -265,24 +267,41 @@ class Connection:
                 self._cond.notify_all()
 
     def _read_message(self, timeout: float | None) -> tuple | None:
-        """Read and decode one message; call with the reader role held."""
+        """Read and decode one message; call with the reader role held.
+
+        Out-of-band buffers announced by a BUFFERS frame are collected first; the state
+        survives a timeout between frames."""
+        boxer = self._boxer
         try:
-            payload = self._reader.read_frame(timeout)
-            if payload is None:
-                return None
-            self.stats["bytes_in"] += len(payload) + 4
+            while True:
+                payload = self._reader.read_frame(timeout)
+                if payload is None:
+                    return None
+                self.stats["bytes_in"] += len(payload) + 4
+                if self._buffers_expected:
+                    boxer.incoming.append(payload)
+                    self._buffers_expected -= 1
+                    continue
+                try:
+                    message = boxer.decode(payload)
+                finally:
+                    boxer.incoming = []
+                if type(message) is not tuple or len(message) < 2:
+                    raise ProtocolError("a message must be an array")
+                if message[0] != Kind.BUFFERS:
+                    break
+                count = message[1]
+                if type(count) is not int or not 0 < count <= MAX_BUFFERS:
+                    raise ProtocolError(f"bad out-of-band buffer count {count!r}")
+                self._buffers_expected = count
             self.stats["messages_in"] += 1
-            message = self._boxer.decode(payload)
         except ConnectionClosed as exc:
             self._lost(str(exc))
             raise self._closed_error() from None
         except ProtocolError as exc:
             log.warning("closing connection to %s: %s", self.peer, exc)
             self._lost(f"protocol error: {exc}")
-            raise
-        if type(message) is not tuple or len(message) < 2:
-            self._lost("protocol error: a message must be an array")
-            raise ProtocolError(f"malformed message from {self.peer}")
+            raise ProtocolError(f"{exc} (from {self.peer})") from None
         return message
 
     def _dispatch(self, message: tuple) -> None:
@@ -457,14 +476,35 @@ class Connection:
             except (TypeError, ValueError, OverflowError) as exc:
                 self._packer.reset()
                 raise ProtocolError(f"cannot encode message: {exc}") from exc
+            finally:
+                buffers, boxer.outgoing = boxer.outgoing, []
             data = frame(payload, limit)
             if releases:
                 data = frame(pack([Kind.NOTIFY, Op.DEL, releases]), limit) + data
+            sent = len(data)
+            if buffers:
+                sent += self._send_buffers(buffers, limit)
             self._transport.send(data)
-            self.stats["bytes_out"] += len(data)
+            self.stats["bytes_out"] += sent
             self.stats["messages_out"] += 1
             if kind == Kind.REQUEST:
                 self.stats["requests"] += 1
+
+    def _send_buffers(self, buffers: list[Any], limit: int) -> int:
+        """The BUFFERS frame and the raw buffers, each sent as it is (no copy)."""
+        if len(buffers) > MAX_BUFFERS:
+            raise ProtocolError(f"a message may carry at most {MAX_BUFFERS} large buffers")
+        views = [memoryview(buffer).cast("B") for buffer in buffers]
+        for view in views:
+            if view.nbytes > limit:
+                raise ProtocolError(f"a buffer of {view.nbytes} bytes exceeds max_message_size "
+                                    f"({limit} bytes); not sent")
+        send = self._transport.send
+        send(frame(pack([Kind.BUFFERS, len(views)]), limit))
+        for view in views:
+            send(HEADER.pack(view.nbytes))
+            send(view)
+        return sum(view.nbytes + 4 for view in views)
 
     # -- proxies and releases -----------------------------------------------------------------
 

@@ -42,7 +42,8 @@ OID = struct.Struct(">Q")
 COMPLEX = struct.Struct(">dd")
 MAX_DEPTH = 64
 
-_PASSTHROUGH = frozenset({str, bytes, float, bool, type(None)})
+_PASSTHROUGH = frozenset({str, float, bool, type(None)})
+OOB_MIN = 64 * 1024  # bytes payloads at least this large travel out of band
 
 Descriptor = tuple  # (module, qualname, methods, dunders, flags, builtin_name)
 
@@ -217,6 +218,14 @@ class Boxer:
         self.include_traceback = include_traceback
         self._type_ids: dict[type, int] = {}
         self._peer_types: dict[int, Descriptor] = {}
+        # Out-of-band buffers of the message being encoded / decoded (send / receive lock).
+        self.outgoing: list[Any] = []
+        self.incoming: list[bytearray] = []
+        self._raw_buffers = False  # True while decoding an array: keep the bytearray
+
+    def _out_of_band(self, data: Any) -> ExtType:
+        self.outgoing.append(data)
+        return ExtType(Ext.BUFFER, OID.pack(len(self.outgoing) - 1))
 
     # -- encoding -------------------------------------------------------------------
 
@@ -224,6 +233,8 @@ class Boxer:
         t = type(obj)
         if t in _PASSTHROUGH:
             return obj
+        if t is bytes:
+            return obj if len(obj) < OOB_MIN else self._out_of_band(obj)
         if t is int:
             if INT_MIN <= obj <= INT_MAX:
                 return obj
@@ -270,7 +281,8 @@ class Boxer:
         if depth > MAX_DEPTH:
             raise TypeError("value nested too deeply to copy")
         t = type(obj)
-        if t in _PASSTHROUGH or t is int or t is complex or t is slice or obj is Ellipsis:
+        if t in _PASSTHROUGH or t is bytes or t is int or t is complex or t is slice \
+                or obj is Ellipsis:
             return self.box(obj)
         if t is tuple:
             return [self.box_value(item, depth + 1) for item in obj]
@@ -287,9 +299,9 @@ class Boxer:
         if t is frozenset:
             return ExtType(Ext.FROZENSET, pack([self.box_value(i, depth + 1) for i in obj]))
         if t is bytearray:
-            return ExtType(Ext.BYTEARRAY, bytes(obj))
+            return ExtType(Ext.BYTEARRAY, pack(self.box(bytes(obj))))
         if t is memoryview:
-            return obj.tobytes()
+            return self.box(obj.tobytes())
         if _is_numpy(obj):
             return self._box_ndarray(obj)
         if self._proxy_oid(obj) is not None:
@@ -305,8 +317,9 @@ class Boxer:
         shape = list(array.shape)
         data = numpy.ascontiguousarray(array).reshape(-1)  # (0-d arrays come back 1-d)
         scalar = isinstance(obj, numpy.generic)
-        return ExtType(Ext.NDARRAY, pack([array.dtype.str, shape, scalar,
-                                          memoryview(data).cast("B")]))
+        raw = memoryview(data).cast("B")
+        body = self._out_of_band(raw) if raw.nbytes >= OOB_MIN else raw
+        return ExtType(Ext.NDARRAY, pack([array.dtype.str, shape, scalar, body]))
 
     def box_exception(self, exc: BaseException) -> ExtType:
         cls = type(exc)
@@ -380,7 +393,18 @@ class Boxer:
                 raise ProtocolError("malformed dict")
             return dict(zip(flat[::2], flat[1::2], strict=True))
         if code == Ext.BYTEARRAY:
-            return bytearray(data)
+            value = unpack(data, self.ext_hook)
+            if not isinstance(value, (bytes, bytearray)):
+                raise ProtocolError("malformed bytearray")
+            return value if type(value) is bytearray else bytearray(value)
+        if code == Ext.BUFFER:
+            if len(data) != OID.size:
+                raise ProtocolError("malformed buffer reference")
+            index = OID.unpack(data)[0]
+            if index >= len(self.incoming):
+                raise ProtocolError(f"reference to missing out-of-band buffer {index}")
+            return bytes(self.incoming[index]) if not self._raw_buffers else \
+                self.incoming[index]
         if code == Ext.NDARRAY:
             return self._decode_ndarray(data)
         if code == Ext.EXC:
@@ -398,12 +422,18 @@ class Boxer:
             import numpy
         except ImportError:
             raise ProtocolError("the peer sent a numpy array but numpy is not installed") from None
-        dtype_str, shape, scalar, raw = self._unpack_tuple(data, length=4)
+        self._raw_buffers = True
+        try:
+            dtype_str, shape, scalar, raw = self._unpack_tuple(data, length=4)
+        finally:
+            self._raw_buffers = False
         try:
             dtype = numpy.dtype(dtype_str)
             if dtype.hasobject:
                 raise TypeError("object arrays are refused")
-            array = numpy.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+            array = numpy.frombuffer(raw, dtype=dtype).reshape(shape)
+            if not isinstance(raw, bytearray):
+                array = array.copy()  # writable, not a view of the message
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed numpy array: {exc}") from None
         return array[()] if scalar else array

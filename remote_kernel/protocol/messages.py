@@ -6,6 +6,11 @@ A message is a msgpack array whose first item is its kind:
     [REPLY, seq, value]
     [EXCEPTION, seq, exception]       exception is an EXC ext value (see boxing.py)
     [NOTIFY, opcode, arg...]          no reply (releases, cancel)
+
+A message carrying large buffers (over ``OOB_MIN`` bytes) is preceded by a BUFFERS frame
+``[BUFFERS, n]`` and n raw frames, each a buffer's bytes as they are; in the message, a
+BUFFER ext value stands for buffer i. The raw bytes are never copied into msgpack and are
+received straight into their final allocation.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ class Kind(IntEnum):
     REPLY = 1
     EXCEPTION = 2
     NOTIFY = 3
+    BUFFERS = 4
 
 
 class Op(IntEnum):
@@ -69,3 +75,4 @@ class Ext(IntEnum):
     NDARRAY = 13
     NOTIMPLEMENTED = 14
     BYTEARRAY = 15
+    BUFFER = 16  # a large bytes/array payload sent out of band: its index in the message
