@@ -281,6 +281,7 @@ def log(msg: str) -> None:
 def run_rounds(clients: dict[str, Client], s: Settings) -> dict[str, dict[str, list[float]]]:
     samples: dict[str, dict[str, list[float]]] = {}
     errors: dict[str, str] = {}
+    by_round: dict[str, dict[str, dict[int, float]]] = {}  # for paired (same-round) ratios
     ms = metrics(s)
     # Warm up every path once (imports, caches, connection buffers, proxy classes).
     warm = Settings(**{**s.__dict__, "latency_calls": 50, "throughput_seconds": 0.05})
@@ -311,8 +312,10 @@ def run_rounds(clients: dict[str, Client], s: Settings) -> dict[str, dict[str, l
                     log(f"  {metric.name} / {system}: {type(exc).__name__}: {exc}")
                     continue
                 cells.setdefault(system, []).append(value)
+                by_round.setdefault(metric.name, {}).setdefault(system, {})[r] = value
         log(f"round {r + 1}/{s.rounds} done in {time.perf_counter() - t0:.1f} s")
     samples["_errors"] = errors  # type: ignore[assignment]
+    samples["_by_round"] = by_round  # type: ignore[assignment]
     return samples
 
 
@@ -450,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import report
 
     errors = samples.pop("_errors", {})
+    by_round = samples.pop("_by_round", {})
     meta = {
         "mode": "quick" if s.quick else "full",
         "rounds": s.rounds,
@@ -462,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "settings": {k: v for k, v in s.__dict__.items()},
     }
-    result = report.build(samples, side, meta, [m.__dict__ for m in metrics(s)])
+    result = report.build(samples, side, meta, [m.__dict__ for m in metrics(s)], by_round)
     paths = report.write(result, Path(args.out))
     print(report.markdown(result))
     log("wrote " + ", ".join(str(p) for p in paths))

@@ -39,7 +39,7 @@ def _write_seeds(directory: Path) -> None:
         (directory / f"seed-{n:03d}").write_bytes(seed)
 
 
-def run_atheris(runs: int, max_time: int, max_len: int) -> int:
+def run_atheris(runs: int, max_time: int, max_len: int, seed: int) -> int:
     import atheris
 
     with atheris.instrument_imports(include=["remote_kernel", "protocol_target"]):
@@ -52,9 +52,19 @@ def run_atheris(runs: int, max_time: int, max_len: int) -> int:
 
     def one_input(data: bytes) -> None:
         target.check(data)
+        count = target.HARNESS.inputs
+        # libFuzzer ends the process with exit(), past Python's atexit: report as we go.
+        if count % 100_000 == 0 or count == runs or (
+                max_time and count % 1000 == 0 and time.monotonic() - started > max_time - 1):
+            _report("atheris", started)
 
+    artifacts = Path(tempfile.mkdtemp(prefix="rk-fuzz-findings-"))
+    print(f"fuzz: findings, if any, are written to {artifacts}", flush=True)
     args = [sys.argv[0], f"-runs={runs}", f"-max_len={max_len}", "-print_final_stats=1",
-            "-rss_limit_mb=4096"]
+            f"-artifact_prefix={artifacts}/",
+            "-rss_limit_mb=4096", "-timeout=20"]
+    if seed:
+        args.append(f"-seed={seed}")
     if max_time:
         args.append(f"-max_total_time={max_time}")
     atheris.Setup(args + [str(corpus)], one_input)
@@ -62,11 +72,10 @@ def run_atheris(runs: int, max_time: int, max_len: int) -> int:
     return 0
 
 
-def run_hypothesis(runs: int, max_time: int, max_len: int) -> int:
+def run_hypothesis(runs: int, max_time: int, max_len: int, seed: int) -> int:
+    import protocol_target as target
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
-
-    import protocol_target as target
 
     started = time.monotonic()
     seeds = target.seeds()
@@ -88,7 +97,7 @@ def run_hypothesis(runs: int, max_time: int, max_len: int) -> int:
     inputs = st.one_of(st.binary(max_size=max_len), mutated, truncated, spliced)
     deadline = time.monotonic() + max_time if max_time else None
 
-    @settings(max_examples=runs, deadline=None, database=None, derandomize=False,
+    @settings(max_examples=runs, deadline=None, database=None, derandomize=bool(seed),
               suppress_health_check=list(HealthCheck))
     @given(inputs)
     def fuzz(data: bytes) -> None:
@@ -115,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-time", type=int, default=0, help="seconds; 0 = no limit")
     parser.add_argument("--max-len", type=int, default=4096)
     parser.add_argument("--engine", choices=("auto", "atheris", "hypothesis"), default="auto")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="fixed seed for a repeatable run (0: random)")
     parser.add_argument("--strict", action="store_true",
                         help="known core bugs are findings too")
     args = parser.parse_args(argv)
@@ -128,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             engine = "hypothesis"
     if engine == "atheris":
-        return run_atheris(args.runs, args.max_time, args.max_len)
-    return run_hypothesis(args.runs, args.max_time, args.max_len)
+        return run_atheris(args.runs, args.max_time, args.max_len, args.seed)
+    return run_hypothesis(args.runs, args.max_time, args.max_len, args.seed)
 
 
 if __name__ == "__main__":

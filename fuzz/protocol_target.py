@@ -61,15 +61,10 @@ class FuzzService(rk.Service):
         return a + b
 
 
-# Known core bugs, by the innermost remote_kernel function an exception escaped from; each
-# has an xfail'd test in tests/hardening/test_hostile_peer.py.
-KNOWN_BUGS = {
-    ("error", "ext_hook"): "ext value of the wrong size raises struct.error (COMPLEX)",
-    ("TypeError", "_notify"): "DEL notification not validated (TypeError)",
-    ("TypeError", "decref"): "DEL notification not validated (TypeError)",
-    ("TypeError", "_serve_request"): "REQUEST with an unhashable seq (TypeError)",
-    ("SyntaxError", "_decode_ndarray"): "NDARRAY dtype string numpy cannot parse (SyntaxError)",
-}
+# Known core bugs, by (exception type, innermost remote_kernel function): counted instead of
+# failing a run until they are fixed. All that the first fuzzing found are fixed; keep the
+# mechanism for the next ones (each with a test in tests/hardening).
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def _known(exc: BaseException) -> str | None:
@@ -78,7 +73,8 @@ def _known(exc: BaseException) -> str | None:
     ours = [f for f in frames if "remote_kernel" in f.filename]
     if not ours:
         return None
-    return KNOWN_BUGS.get((type(exc).__name__, ours[-1].name))
+    kind = type(exc).__name__
+    return KNOWN_BUGS.get((kind, ours[-1].name)) or KNOWN_BUGS.get((kind, "*"))
 
 
 class Harness:

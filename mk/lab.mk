@@ -33,14 +33,18 @@ $(LAB_DIR)/node_modules/.yarn-state.yml: $(LAB_DIR)/package.json $(LAB_DIR)/yarn
 	touch $@
 
 # Rebuild after source changes (pip install -e only builds when the output is missing).
-$(LAB_OUT): $(LAB_SOURCES) | $(STAMP) $(LAB_DIR)/node_modules/.yarn-state.yml
+$(LAB_OUT): $(LAB_SOURCES) | $(LAB_DIR)/node_modules/.yarn-state.yml
 	cd $(LAB_DIR) && $(JLPM) build:prod
 	rm -rf $(LAB_INSTALLED)
 	mkdir -p $(dir $(LAB_INSTALLED))
 	cp -r remote_kernel/labextension $(LAB_INSTALLED)
 	cp $(LAB_DIR)/install.json $(LAB_INSTALLED)/
 
-lab-build: $(LAB_OUT) lab-check
+# A sub-make, so that the output pip install -e just built counts as up to date (make would
+# otherwise remember it as missing from before the install and build it again).
+lab-build: | $(STAMP)
+	@$(MAKE) --no-print-directory $(LAB_OUT)
+	@$(MAKE) --no-print-directory lab-check
 
 # `jupyter labextension list` must show the extension enabled and OK in the venv.
 lab-check: | $(STAMP)

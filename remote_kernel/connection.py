@@ -52,6 +52,7 @@ _DEFAULT = object()
 READ_SLICE = 1.0  # seconds a reader blocks before re-checking its deadline
 CANCEL_GRACE = 1.0  # how long an interrupted wait gives the peer to answer the cancel
 MAX_BUFFERS = 1024  # out-of-band buffers in one message
+DELIVERY_SLICE = 0.005  # a reader's wait while another thread hands over a reply
 
 
 class Connection:
@@ -89,6 +90,7 @@ class Connection:
         self._waiters = 0
         self._replies: dict[int, tuple[bool, Any]] = {}
         self._buffers_expected = 0
+        self._delivering: set[int] = set()  # threads holding a reply not yet handed over
         self._pending: set[int] = set()
         self._async: dict[int, AsyncResult] = {}
         self._proxies: dict[int, weakref.ref] = {}
@@ -206,6 +208,21 @@ class Connection:
         deadline = None if timeout is None else time.monotonic() + timeout
         replies = self._replies
         try:
+            # Fast path: this thread alone reads, and the next message is our reply.
+            if not self._waiters and self._recv_lock.acquire(blocking=False):
+                try:
+                    message = self._read_as_reader(READ_SLICE if timeout is None
+                                                   else min(timeout, READ_SLICE))
+                finally:
+                    self._recv_lock.release()
+                    self._wake_waiters()
+                if message is not None:
+                    kind = message[0]
+                    if message[1] == seq and len(message) == 3 and (
+                            kind == Kind.REPLY or kind == Kind.EXCEPTION):
+                        self._delivering.discard(threading.get_ident())
+                        return kind == Kind.REPLY, message[2]
+                    self._dispatch(message)
             self._drive_until(lambda: seq in replies, deadline)
         except RequestTimeout:
             self._replies.pop(seq, None)
@@ -244,7 +261,7 @@ class Connection:
                     if done():
                         return
                     wait = READ_SLICE if remaining is None else min(remaining, READ_SLICE)
-                    message = self._read_message(wait)
+                    message = self._read_as_reader(wait)
                 finally:
                     self._recv_lock.release()
                     self._wake_waiters()
@@ -265,6 +282,17 @@ class Connection:
         if self._waiters:
             with self._cond:
                 self._cond.notify_all()
+
+    def _read_as_reader(self, wait: float | None) -> tuple | None:
+        """Read one message holding the reader role. A reply read here is marked as being
+        delivered until ``_dispatch`` hands it over: meanwhile other readers block only
+        briefly, as the reply they wait for may be the one in flight."""
+        if self._delivering:
+            wait = DELIVERY_SLICE if wait is None else min(wait, DELIVERY_SLICE)
+        message = self._read_message(wait)
+        if message is not None and (message[0] == Kind.REPLY or message[0] == Kind.EXCEPTION):
+            self._delivering.add(threading.get_ident())
+        return message
 
     def _read_message(self, timeout: float | None) -> tuple | None:
         """Read and decode one message; call with the reader role held.
@@ -306,10 +334,16 @@ class Connection:
 
     def _dispatch(self, message: tuple) -> None:
         kind = message[0]
+        if kind != Kind.NOTIFY and type(message[1]) is not int:
+            self._delivering.discard(threading.get_ident())
+            raise self._protocol_violation("a sequence number must be an integer")
         if kind == Kind.REPLY or kind == Kind.EXCEPTION:
-            if len(message) != 3:
-                raise self._protocol_violation("malformed reply")
-            self._deliver(message[1], (kind == Kind.REPLY, message[2]))
+            try:
+                if len(message) != 3:
+                    raise self._protocol_violation("malformed reply")
+                self._deliver(message[1], (kind == Kind.REPLY, message[2]))
+            finally:
+                self._delivering.discard(threading.get_ident())
         elif kind == Kind.REQUEST:
             if len(message) < 3:
                 raise self._protocol_violation("malformed request")
@@ -393,9 +427,13 @@ class Connection:
 
     def _notify(self, op: Any, args: tuple) -> None:
         if op == Op.DEL:
-            for item in args[0] if args else ():
-                if type(item) is tuple and len(item) == 2:
-                    self._table.decref(item[0], item[1])
+            items = args[0] if args else ()
+            if type(items) is not tuple or not all(
+                    type(item) is tuple and len(item) == 2 and type(item[0]) is int
+                    and type(item[1]) is int and item[1] > 0 for item in items):
+                raise self._protocol_violation("malformed release notification")
+            for oid, count in items:
+                self._table.decref(oid, count)
         elif op == Op.CANCEL:
             seq = args[0] if args else None
             with self._running_lock:
@@ -416,7 +454,7 @@ class Connection:
         if not self._recv_lock.acquire(timeout=-1 if timeout is None else timeout):
             return False
         try:
-            message = self._read_message(timeout)
+            message = self._read_as_reader(timeout)
         finally:
             self._recv_lock.release()
             self._wake_waiters()
@@ -427,9 +465,21 @@ class Connection:
 
     def serve_all(self) -> None:
         """Serve until the connection closes."""
+        lock, read, dispatch = self._recv_lock, self._read_as_reader, self._dispatch
         try:
             while not self._closed:
-                self.serve(READ_SLICE)
+                if self._releases:
+                    self._flush_releases()
+                if not lock.acquire(timeout=READ_SLICE):
+                    continue
+                try:
+                    message = read(READ_SLICE)
+                finally:
+                    lock.release()
+                    if self._waiters:
+                        self._wake_waiters()
+                if message is not None:
+                    dispatch(message)
         except ConnectionClosed:
             pass
         finally:

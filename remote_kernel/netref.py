@@ -29,6 +29,7 @@ from remote_kernel.protocol.handlers import (
     FLAG_BUFFERED_ITER,
     FLAG_TYPE,
     FLAG_UNHASHABLE,
+    FORWARDED_DUNDERS,
 )
 from remote_kernel.protocol.messages import Op
 
@@ -252,7 +253,9 @@ def _build_class(descriptor: Descriptor) -> type:
                 and not (name.startswith("__") and name.endswith("__")):
             namespace[name] = _MethodStub(name)
     for name in dunders:
-        if not isinstance(name, str) or _is_local_name(name):
+        # Only the dunders we chose to forward, whatever the peer lists: a peer naming
+        # __getattr__ or __getattribute__ must not get our lookups.
+        if name not in FORWARDED_DUNDERS or _is_local_name(name):
             continue
         if name == "__call__":
             namespace[name] = _call

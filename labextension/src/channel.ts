@@ -42,6 +42,7 @@ export class KernelBridge {
   }
 
   private _onStatusChanged(_: ISessionContext, status: Kernel.Status): void {
+    this.model.kernelBusy = status === 'busy';
     if (status === 'restarting' || status === 'autorestarting' || status === 'dead') {
       this._comm = null;
       this.model.handleMessage({ type: 'snapshot', version: 1, current: null, connections: [] });

@@ -77,6 +77,11 @@ export class RemoteModel {
   attached = false;
   /** The last request error, shown in the panel until the next action. */
   lastError: string | null = null;
+  /**
+   * Whether the kernel runs a cell. Periodic pings pause meanwhile: they would only queue
+   * behind the cell on the shell channel (the kernel answers comm messages between cells).
+   */
+  kernelBusy = false;
 
   private _channel: IChannel | null = null;
   private _nextId = 1;
@@ -218,6 +223,9 @@ export class RemoteModel {
 
   /** Ping every connected connection (what the periodic timer does). */
   pingAll(): void {
+    if (this.kernelBusy) {
+      return;
+    }
     for (const info of this.connections) {
       if (info.state === 'connected') {
         this.ping(info.name).catch(() => undefined);

@@ -37,6 +37,8 @@ export interface IConnectionInfo {
   name: string;
   target: string;
   state: ConnectionState;
+  /** Why a connection is not connected ("" when it is). */
+  error?: string;
   /** Seconds of the last ping, or null before the first one. */
   latency: number | null;
   stats: IStats;

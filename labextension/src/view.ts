@@ -30,24 +30,138 @@ function el<K extends keyof HTMLElementTagNameMap>(
   return node;
 }
 
-function button(className: string, label: string, title: string, onClick: () => void) {
+function button(className: string, label: string, title: string, action: string) {
   const node = el('button', `rk-button ${className}`, label);
   node.type = 'button';
   node.title = title;
-  node.addEventListener('click', event => {
-    event.stopPropagation();
-    onClick();
-  });
+  node.dataset.action = action;
   return node;
 }
 
-/** Render the whole panel body into `host` (replacing what was there). */
+const bound = new WeakMap<HTMLElement, IViewActions>();
+
+/**
+ * Render the panel into `host`. The new DOM is merged into the old one (same elements where
+ * the structure is the same), so a click is never lost to a re-render: the panel re-renders
+ * after every ping. Events are handled once, on `host`, from the data attributes.
+ */
 export function renderPanel(host: HTMLElement, model: RemoteModel | null, actions: IViewActions) {
-  host.replaceChildren();
+  if (!bound.has(host)) {
+    host.addEventListener('click', event => dispatch(host, event, false));
+    host.addEventListener('contextmenu', event => dispatch(host, event, true));
+  }
+  bound.set(host, actions);
+  const fresh = document.createElement('div');
+  build(fresh, model);
+  morphChildren(host, fresh);
+}
+
+function dispatch(host: HTMLElement, event: MouseEvent, context: boolean): void {
+  const actions = bound.get(host);
+  const target = event.target as HTMLElement | null;
+  if (!actions || !target || !target.closest) {
+    return;
+  }
+  const item = target.closest('.rk-connection') as HTMLElement | null;
+  const name = item?.dataset.name ?? '';
+  const node = target.closest('.rk-node') as HTMLElement | null;
+  const path = node ? (JSON.parse(node.dataset.path ?? '[]') as PathStep[]) : [];
+  if (context) {
+    if (node) {
+      event.preventDefault();
+      event.stopPropagation();
+      actions.nodeMenu(event, name, path);
+    }
+    return;
+  }
+  const actor = target.closest('[data-action]') as HTMLElement | null;
+  if (!actor || (actor as HTMLButtonElement).disabled) {
+    return;
+  }
+  event.stopPropagation();
+  switch (actor.dataset.action) {
+    case 'connect':
+      return actions.connect();
+    case 'ping':
+      return actions.ping(name);
+    case 'reconnect':
+      return actions.reconnect(name);
+    case 'disconnect':
+      return actions.disconnect(name);
+    case 'menu':
+      return actions.nodeMenu(event, name, path);
+    case 'toggle':
+      return actions.toggle(name, path);
+  }
+}
+
+/** Make `target`'s children look like `source`'s, reusing elements of the same kind. */
+export function morphChildren(target: Node, source: Node): void {
+  const old = Array.from(target.childNodes);
+  const fresh = Array.from(source.childNodes);
+  fresh.forEach((node, index) => {
+    const current = old[index];
+    if (current && sameKind(current, node)) {
+      if (current.nodeType === Node.TEXT_NODE) {
+        if (current.nodeValue !== node.nodeValue) {
+          current.nodeValue = node.nodeValue;
+        }
+      } else {
+        morphAttributes(current as Element, node as Element);
+        morphChildren(current, node);
+      }
+    } else if (current) {
+      target.replaceChild(node, current);
+    } else {
+      target.appendChild(node);
+    }
+  });
+  for (const extra of old.slice(fresh.length)) {
+    target.removeChild(extra);
+  }
+}
+
+function sameKind(a: Node, b: Node): boolean {
+  if (a.nodeType !== b.nodeType) {
+    return false;
+  }
+  if (a.nodeType !== Node.ELEMENT_NODE) {
+    return true;
+  }
+  const x = a as HTMLElement;
+  const y = b as HTMLElement;
+  return (
+    x.tagName === y.tagName &&
+    x.dataset.name === y.dataset.name &&
+    x.dataset.path === y.dataset.path &&
+    x.dataset.action === y.dataset.action
+  );
+}
+
+function morphAttributes(target: Element, source: Element): void {
+  for (const attr of Array.from(target.attributes)) {
+    if (!source.hasAttribute(attr.name)) {
+      target.removeAttribute(attr.name);
+    }
+  }
+  for (const attr of Array.from(source.attributes)) {
+    if (target.getAttribute(attr.name) !== attr.value) {
+      target.setAttribute(attr.name, attr.value);
+    }
+  }
+  if (target instanceof HTMLButtonElement && source instanceof HTMLButtonElement) {
+    target.disabled = source.disabled;
+  }
+}
+
+function build(host: HTMLElement, model: RemoteModel | null): void {
   const toolbar = el('div', 'rk-toolbar');
   toolbar.append(el('span', 'rk-title', 'Remote connections'));
-  const connect = button('rk-connect-button', 'Connect…', 'Connect to a remote interpreter', () =>
-    actions.connect()
+  const connect = button(
+    'rk-connect-button',
+    'Connect…',
+    'Connect to a remote interpreter',
+    'connect'
   );
   connect.disabled = !model?.attached;
   toolbar.append(connect);
@@ -72,12 +186,12 @@ export function renderPanel(host: HTMLElement, model: RemoteModel | null, action
   }
   const list = el('ul', 'rk-connections');
   for (const info of model.connections) {
-    list.append(renderConnection(model, info, actions));
+    list.append(renderConnection(model, info));
   }
   host.append(list);
 }
 
-function renderConnection(model: RemoteModel, info: IConnectionInfo, actions: IViewActions) {
+function renderConnection(model: RemoteModel, info: IConnectionInfo) {
   const item = el('li', 'rk-connection');
   item.dataset.name = info.name;
   item.dataset.state = info.state;
@@ -88,12 +202,16 @@ function renderConnection(model: RemoteModel, info: IConnectionInfo, actions: IV
   const header = el('div', 'rk-conn-header');
   header.append(el('span', 'rk-conn-name', info.name));
   header.append(el('span', `rk-state rk-state-${info.state}`, info.state));
-  const latency = el('span', 'rk-latency', formatLatency(info.latency));
+  const connected = info.state === 'connected';
+  const latency = el('span', 'rk-latency', connected ? formatLatency(info.latency) : '–');
   latency.title = 'round trip of the last ping';
   header.append(latency);
   item.append(header);
 
   item.append(el('div', 'rk-conn-target', info.target));
+  if (!connected && info.error) {
+    item.append(el('div', 'rk-conn-error', info.error));
+  }
   const stats = info.stats ?? { requests: 0, bytes_in: 0, bytes_out: 0 };
   const statsLine = el(
     'div',
@@ -104,24 +222,16 @@ function renderConnection(model: RemoteModel, info: IConnectionInfo, actions: IV
   item.append(statsLine);
 
   const bar = el('div', 'rk-conn-actions');
-  const ping = button('rk-ping', 'Ping', 'Measure the round trip now', () => actions.ping(info.name));
-  ping.disabled = info.state !== 'connected';
+  const ping = button('rk-ping', 'Ping', 'Measure the round trip now', 'ping');
+  ping.disabled = !connected;
   bar.append(ping);
-  bar.append(
-    button('rk-reconnect', 'Reconnect', 'Close and open the connection again', () =>
-      actions.reconnect(info.name)
-    )
-  );
-  bar.append(
-    button('rk-disconnect', 'Disconnect', 'Close this connection', () =>
-      actions.disconnect(info.name)
-    )
-  );
+  bar.append(button('rk-reconnect', 'Reconnect', 'Close and open the connection again', 'reconnect'));
+  bar.append(button('rk-disconnect', 'Disconnect', 'Close this connection', 'disconnect'));
   item.append(bar);
 
-  if (info.state === 'connected') {
+  if (connected) {
     const tree = el('div', 'rk-tree');
-    tree.append(renderNode(model, info.name, null, [], info.root_label || 'root', actions));
+    tree.append(renderNode(model, info.name, null, [], info.root_label || 'root'));
     item.append(tree);
   }
   return item;
@@ -132,8 +242,7 @@ function renderNode(
   name: string,
   child: IChildInfo | null,
   path: PathStep[],
-  label: string,
-  actions: IViewActions
+  label: string
 ): HTMLElement {
   const node: ITreeNode = model.node(name, path);
   const expandable = child === null || child.expandable;
@@ -151,22 +260,10 @@ function renderNode(
     repr.title = child.repr;
     row.append(repr);
   }
-  const menu = el('button', 'rk-button rk-node-menu', '⋯');
-  menu.type = 'button';
-  menu.title = 'Insert code or show documentation';
-  menu.addEventListener('click', event => {
-    event.stopPropagation();
-    actions.nodeMenu(event, name, path);
-  });
-  row.append(menu);
-  row.addEventListener('contextmenu', event => {
-    event.preventDefault();
-    event.stopPropagation();
-    actions.nodeMenu(event, name, path);
-  });
+  row.append(button('rk-node-menu', '⋯', 'Insert code or show documentation', 'menu'));
   if (expandable) {
     row.classList.add('rk-expandable');
-    row.addEventListener('click', () => actions.toggle(name, path));
+    row.dataset.action = 'toggle';
   }
   wrapper.append(row);
 
@@ -181,7 +278,7 @@ function renderNode(
     } else {
       for (const sub of node.children ?? []) {
         const subPath: PathStep[] = [...path, [sub.kind, sub.key]];
-        children.append(renderNode(model, name, sub, subPath, sub.name, actions));
+        children.append(renderNode(model, name, sub, subPath, sub.name));
       }
     }
     wrapper.append(children);

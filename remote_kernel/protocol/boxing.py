@@ -41,6 +41,7 @@ REF = struct.Struct(">QI")
 OID = struct.Struct(">Q")
 COMPLEX = struct.Struct(">dd")
 MAX_DEPTH = 64
+MAX_DECODE_DEPTH = 32  # nested ext values (each is a C-level unpack: the C stack is finite)
 
 _PASSTHROUGH = frozenset({str, float, bool, type(None)})
 OOB_MIN = 64 * 1024  # bytes payloads at least this large travel out of band
@@ -129,7 +130,7 @@ _OUR_ERRORS: dict[str, type[BaseException]] = {
 }
 # BaseExceptions outside Exception stay what they are: ``except Exception`` must not catch
 # a remote KeyboardInterrupt.
-_PLAIN = (KeyboardInterrupt, SystemExit, GeneratorExit)
+_PLAIN = (KeyboardInterrupt,)  # a peer must not make us exit: SystemExit is a RemoteError
 _exception_classes: dict[tuple[str, str], type[BaseException]] = {}
 _exception_classes_lock = threading.Lock()
 _PACKAGE_DIR = __file__.rsplit("/protocol/", 1)[0]
@@ -160,6 +161,8 @@ def remote_exception_class(module: str, qualname: str,
                 base = None  # a custom class is never a KeyboardInterrupt here
         name = qualname.rsplit(".", 1)[-1] or "RemoteException"
         namespace = {"__module__": module, "__qualname__": qualname}
+        if base is not None and not issubclass(base, Exception) and not issubclass(base, _PLAIN):
+            base = None  # SystemExit, GeneratorExit: a RemoteError like any other
         if base is not None and issubclass(base, _PLAIN):
             cls = type(name, (base,), namespace)
         else:
@@ -170,6 +173,18 @@ def remote_exception_class(module: str, qualname: str,
                 cls = type(name, (RemoteError,), namespace)
         _exception_classes[key] = cls
         return cls
+
+
+def _checked_descriptor(descriptor: Any) -> Descriptor:
+    """A peer's type descriptor, with every field of the expected type."""
+    if type(descriptor) is not tuple or len(descriptor) < 6:
+        raise ProtocolError("malformed type descriptor")
+    module, qualname, methods, dunders, flags, builtin_name = descriptor[:6]
+    if not (type(module) is str and type(qualname) is str and type(flags) is int
+            and type(builtin_name) is str and type(methods) is tuple and type(dunders) is tuple
+            and all(type(n) is str for n in methods) and all(type(n) is str for n in dunders)):
+        raise ProtocolError("malformed type descriptor")
+    return (module, qualname, methods, dunders, flags, builtin_name)
 
 
 def _safe_str(exc: BaseException) -> str:
@@ -222,6 +237,7 @@ class Boxer:
         self.outgoing: list[Any] = []
         self.incoming: list[bytearray] = []
         self._raw_buffers = False  # True while decoding an array: keep the bytearray
+        self._depth = 0
 
     def _out_of_band(self, data: Any) -> ExtType:
         self.outgoing.append(data)
@@ -274,7 +290,7 @@ class Boxer:
             return ExtType(Ext.REF, REF.pack(oid, tid))
         tid = len(self._type_ids) + 1
         self._type_ids[cls] = tid
-        return ExtType(Ext.REF, pack([oid, tid, self._describe(cls)]))
+        return ExtType(Ext.REFDESC, pack([oid, tid, self._describe(cls)]))
 
     def box_value(self, obj: Any, depth: int = 0) -> Any:
         """A deep copy by value; ``TypeError`` for anything that cannot be copied."""
@@ -350,18 +366,37 @@ class Boxer:
         return unpack(payload, self.ext_hook)
 
     def ext_hook(self, code: int, data: bytes) -> Any:
+        """Decode one ext value; anything malformed (or nested too deeply) is a
+        ProtocolError, whatever the lower layer raised."""
+        if self._depth >= MAX_DECODE_DEPTH:
+            raise ProtocolError("values nested too deeply")
+        self._depth += 1
+        try:
+            return self._decode_ext(code, data)
+        except ProtocolError:
+            raise
+        except Exception as exc:  # struct.error, numpy's dtype parser, RecursionError...
+            raise ProtocolError(f"malformed ext value {code}: {type(exc).__name__}: {exc}") \
+                from None
+        finally:
+            self._depth -= 1
+
+    def _decode_ext(self, code: int, data: bytes) -> Any:
         if code == Ext.REF:
-            if len(data) == REF.size:
-                oid, tid = REF.unpack(data)
-                descriptor = self._peer_types.get(tid)
-                if descriptor is None:
-                    raise ProtocolError(f"reference to unknown type id {tid}")
-            else:
-                oid, tid, descriptor = unpack(data)
-                if not isinstance(descriptor, tuple) or len(descriptor) < 6:
-                    raise ProtocolError("malformed type descriptor")
-                self._peer_types[tid] = descriptor
+            if len(data) != REF.size:
+                raise ProtocolError("malformed reference")
+            oid, tid = REF.unpack(data)
+            descriptor = self._peer_types.get(tid)
+            if descriptor is None:
+                raise ProtocolError(f"reference to unknown type id {tid}")
             return self._make_proxy(oid, descriptor)
+        if code == Ext.REFDESC:
+            oid, tid, descriptor = self._unpack_tuple(data, length=3)
+            if type(oid) is not int or type(tid) is not int or oid < 0 or tid < 0 \
+                    or oid > INT_MAX or tid > 0xFFFFFFFF:
+                raise ProtocolError("malformed reference")
+            self._peer_types[tid] = _checked_descriptor(descriptor)
+            return self._make_proxy(oid, self._peer_types[tid])
         if code == Ext.PEERREF:
             if len(data) != OID.size:
                 raise ProtocolError("malformed object id")

@@ -70,7 +70,7 @@ def unpack(payload: bytes | bytearray | memoryview, ext_hook: ExtHook | None = N
                 payload, use_list=False, raw=False, strict_map_key=False
             )
         return msgpack.unpackb(
-            payload, use_list=False, raw=False, strict_map_key=False, ext_hook=ext_hook
+            payload, use_list=False, raw=False, strict_map_key=True, ext_hook=ext_hook
         )
     except ProtocolError:
         raise

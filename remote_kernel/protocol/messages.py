@@ -66,7 +66,7 @@ class Ext(IntEnum):
     FROZENSET = 4
     SLICE = 5
     ELLIPSIS = 6
-    REF = 7  # an object owned by the sender: oid, type id (+ descriptor the first time)
+    REF = 7  # an object owned by the sender: oid and type id (12 bytes)
     PEERREF = 8  # an object owned by the receiver, coming home
     EXC = 9
     LIST = 10  # by-value copies for obtain/deliver
@@ -76,3 +76,4 @@ class Ext(IntEnum):
     NOTIMPLEMENTED = 14
     BYTEARRAY = 15
     BUFFER = 16  # a large bytes/array payload sent out of band: its index in the message
+    REFDESC = 17  # a REF that carries its type's descriptor (the first time a type is sent)

@@ -67,9 +67,11 @@ class FrameReader:
             if self._big is not None:
                 big = self._big
                 if self._big_got == len(big):
-                    # The buffer grows (doubling) as bytes arrive: a peer that announces a
-                    # huge frame and sends little costs little memory.
-                    big.extend(bytes(min(self._need or 0, 2 * len(big)) - len(big)))
+                    # The first BIG_START bytes arrived: now the frame gets its full size,
+                    # once. A peer that announces a huge frame and sends little costs little.
+                    full = bytearray(self._need or 0)
+                    full[:self._big_got] = big
+                    self._big = big = full
                 with memoryview(big) as whole, whole[self._big_got:] as view:
                     got = self.transport.recv_into(view, timeout)
                 if got == 0:

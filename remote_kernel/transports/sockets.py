@@ -5,10 +5,13 @@ from __future__ import annotations
 import select
 import socket
 import ssl
+import struct
 
 from remote_kernel.errors import ConnectionClosed
 from remote_kernel.tls import explain_ssl_error
 from remote_kernel.transports.base import Transport
+
+RECV_SLICE = 1.0  # seconds; matches the connection's READ_SLICE
 
 
 class SocketTransport(Transport):
@@ -21,6 +24,9 @@ class SocketTransport(Transport):
         sock.settimeout(None)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A blocking receive gives up after RECV_SLICE: long waits need no poll() first.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                        struct.pack("ll", int(RECV_SLICE), int(RECV_SLICE % 1 * 1e6)))
         self._poller = select.poll()
         self._poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
         self._tls = isinstance(sock, ssl.SSLSocket)
@@ -38,14 +44,13 @@ class SocketTransport(Transport):
     def recv_into(self, buffer: memoryview, timeout: float | None) -> int:
         if self._closed:
             raise ConnectionClosed(f"connection to {self.peer_name} is closed")
-        if not self.has_buffered_data():
-            wait_ms = None if timeout is None else max(0, int(timeout * 1000))
-            if not self._poller.poll(wait_ms):
+        if (timeout is not None and timeout < RECV_SLICE) and not self.has_buffered_data():
+            if not self._poller.poll(max(0, int(timeout * 1000))):
                 return 0
         try:
             got = self.sock.recv_into(buffer)
-        except ssl.SSLWantReadError:
-            return 0
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return 0  # RECV_SLICE passed with nothing to read
         except ssl.SSLError as exc:
             raise ConnectionClosed(
                 f"TLS connection to {self.peer_name} failed: {explain_ssl_error(exc)}"

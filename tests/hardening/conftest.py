@@ -10,8 +10,6 @@ import pytest
 
 import remote_kernel as rk
 
-certs = pytest.importorskip("tests.hardening.certs", reason="the cryptography package")
-
 
 class EchoService(rk.Service):
     """A tiny service for the in-process servers of this suite."""
@@ -24,6 +22,7 @@ class EchoService(rk.Service):
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Two CAs; a server and a client certificate from the first, one of each from the
     second (the wrong CA), and an expired client certificate."""
+    certs = pytest.importorskip("tests.hardening.certs", reason="needs cryptography")
     directory: Path = tmp_path_factory.mktemp("pki")
     ca = certs.CertificateAuthority(directory, "rk-ca")
     other = certs.CertificateAuthority(directory, "other-ca")

@@ -33,7 +33,7 @@ def ref(oid: int, tid: int, descriptor: tuple | list | None = None) -> ExtType:
     """A reference to an object of ours, with its type descriptor the first time."""
     if descriptor is None:
         return ExtType(Ext.REF, REF.pack(oid, tid))
-    return ExtType(Ext.REF, packb([oid, tid, list(descriptor)]))
+    return ExtType(Ext.REFDESC, packb([oid, tid, list(descriptor)]))
 
 
 def exc(module: str, qualname: str, message: str = "boom", args: Any = None) -> ExtType:
@@ -51,10 +51,9 @@ class Decoded:
         self.qualname = ""
         self.message = ""
         if code == Ext.REF:
-            if len(data) == REF.size:
-                self.oid, _ = REF.unpack(data)
-            else:
-                self.oid = msgpack.unpackb(data, strict_map_key=False)[0]
+            self.oid, _ = REF.unpack(data)
+        elif code == Ext.REFDESC:
+            self.oid = msgpack.unpackb(data, strict_map_key=False)[0]
         elif code == Ext.EXC:
             module, qualname, _args, message, _text, _frames, _base = msgpack.unpackb(
                 data, ext_hook=Decoded, strict_map_key=False)

@@ -71,7 +71,7 @@ def test_sigkill_of_the_server_mid_call_fails_fast(start_server: Any) -> None:
         assert f"127.0.0.1:{server.port}" in str(outcome["error"])
         later = time.monotonic()
         with pytest.raises(rk.ConnectionClosed):
-            other(1).value
+            _ = other(1).value
         assert time.monotonic() - later < 0.5
     finally:
         conn.close()
@@ -272,6 +272,7 @@ def _flood(port: int, count: int, after_handshake: bool, seed: int) -> int:
                     sock.settimeout(10)
                 try:
                     sock.sendall(payload)
+                    sock.shutdown(socket.SHUT_WR)  # then EOF, mid-frame for most
                 except OSError:
                     pass
                 try:

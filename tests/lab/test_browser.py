@@ -44,6 +44,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-sync", "--disable-dev-shm-usage"]
 TOKEN = "rk-browser-test"
 STEP = 30_000  # ms: the longest any single UI expectation may take
+expect.set_options(timeout=STEP)
 
 
 def _free_port() -> int:
@@ -189,6 +190,8 @@ def page(lab: Lab) -> Iterator[Any]:
         page = context.new_page()
         page.errors = []  # type: ignore[attr-defined]
         page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+        page.on("console", lambda msg: msg.type in ("error", "warning")
+                and page.errors.append(f"console {msg.type}: {msg.text}"))
         yield page
         context.close()
         browser.close()
@@ -256,7 +259,30 @@ def _row(node: Any) -> Any:
     return node.locator(":scope > .rk-node-row")
 
 
+def _open(node: Any) -> None:
+    """Click a node's name, as a person expands it."""
+    _row(node).locator(".rk-node-name").click()
+
+
+def _widen_sidebar(page: Any, pixels: int) -> None:
+    """Drag the sidebar's edge so the tree's reprs fit (for the screenshots)."""
+    handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle").first
+    box = handle.bounding_box()
+    if box is None:
+        return
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + pixels, y, steps=5)
+    page.mouse.up()
+
+
 def test_panel_end_to_end(env: Env, lab: Lab, page: Any, shots: Path) -> None:
+    start = time.monotonic()
+
+    def step(what: str) -> None:  # progress with timings, shown with -s or on failure
+        print(f"{time.monotonic() - start:6.1f}s {what}")
+
     name = _notebook(env, "panel.ipynb")
     first = RemoteServer(env, "bench")
     second: RemoteServer | None = None
@@ -270,7 +296,9 @@ def test_panel_end_to_end(env: Env, lab: Lab, page: Any, shots: Path) -> None:
         page.locator(".jp-SideBar .lm-TabBar-tab[data-id='remote-kernel-panel']").click()
         panel = page.locator("#remote-kernel-panel")
         expect(panel.locator(".rk-message")).to_contain_text("%load_ext remote_kernel")
+        _widen_sidebar(page, 170)
 
+        step("notebook open")
         nb.run("%load_ext remote_kernel")
         expect(panel.locator(".rk-message")).to_contain_text("No connections yet")
         nb.run("%remote connect bench", expect_output="connected to bench")
@@ -278,6 +306,7 @@ def test_panel_end_to_end(env: Env, lab: Lab, page: Any, shots: Path) -> None:
                "class Stage:\n    '''A motorized stage.'''\n    position = 0.5\n"
                "stage = Stage()\n")
 
+        step("connected and remote cell run")
         bench = _connection(page, "bench")
         expect(bench.locator(".rk-state")).to_have_text("connected")
         expect(bench.locator(".rk-conn-target")).to_have_text("bench")
@@ -286,21 +315,23 @@ def test_panel_end_to_end(env: Env, lab: Lab, page: Any, shots: Path) -> None:
         expect(page.locator(".rk-status")).to_have_text(re.compile(r"Remote: bench · \d"))
         page.screenshot(path=str(shots / "connected.png"))
 
+        step("panel shows bench with a latency")
         # The object browser: the namespace, then two levels below it, one request each.
-        _row(_node(bench)).click()
+        _open(_node(bench))
         expect(_node(bench, "config")).to_be_visible()
         config = _node(bench, "config")
         expect(config.locator(":scope > .rk-node-row .rk-node-type")).to_have_text("dict")
-        _row(config).click()
+        _open(config)
         scope = _node(bench, "config", "scope")
-        _row(scope).click()
+        _open(scope)
         rate = _node(bench, "config", "scope", "rate")
         expect(rate.locator(":scope > .rk-node-row .rk-node-repr")).to_have_text("1000")
         expect(_node(bench, "config", "scope", "channels")).to_be_visible()
-        _row(_node(bench, "stage")).click()
+        _open(_node(bench, "stage"))
         expect(_node(bench, "stage", "position")).to_be_visible()
         page.screenshot(path=str(shots / "tree.png"))
 
+        step("tree expanded")
         # Its menu: documentation, then insert the code into the active cell and run it.
         _row(_node(bench, "stage")).hover()
         _node(bench, "stage").locator(":scope > .rk-node-row .rk-node-menu").click()
@@ -319,18 +350,21 @@ def test_panel_end_to_end(env: Env, lab: Lab, page: Any, shots: Path) -> None:
         cell = nb.run_active(expect_output="1000")
         expect(cell.locator(".jp-OutputArea-output").first).to_have_text("1000")
 
+        step("docs shown, code inserted and run")
         # The server dies: the panel and the status bar say so.
         first.kill()
         expect(bench.locator(".rk-state")).to_have_text("lost", timeout=20_000)
         expect(page.locator(".rk-status")).to_contain_text("lost")
         page.screenshot(path=str(shots / "lost.png"))
 
+        step("state lost")
         # Connect through the dialog, picking the new server from the list of live files.
         second = RemoteServer(env, "lab2")
         panel.locator(".rk-connect-button").click()
         dialog = page.locator(".jp-Dialog")
         dialog.locator(".rk-connect-file[data-name='lab2']").click()
         expect(dialog.locator(".rk-connect-target")).to_have_value("lab2")
+        page.screenshot(path=str(shots / "dialog.png"))
         dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
         lab2 = _connection(page, "lab2")
         expect(lab2.locator(".rk-state")).to_have_text("connected")
@@ -338,14 +372,27 @@ def test_panel_end_to_end(env: Env, lab: Lab, page: Any, shots: Path) -> None:
         expect(page.locator(".rk-status")).to_contain_text("Remote: lab2")
         nb.run("lab2.eval('6 * 7')", expect_output="42")
 
-        # Reconnect and disconnect from the panel.
+        step("connected through the dialog")
+        # Ping, reconnect and disconnect from the panel.
+        requests = lab2.locator(".rk-conn-stats").inner_text()
+        lab2.locator(".rk-ping").click()
+        expect(lab2.locator(".rk-conn-stats")).not_to_have_text(requests)
+        nb.run("before = lab2")
+        lab2.locator(".rk-reconnect").click()
+        expect(lab2.locator(".rk-state")).to_have_text("connected")
+        # A new connection, bound to the same name in the notebook, that works.
+        nb.run("(lab2 is not before, before.closed, lab2.eval('2 + 3'))",
+               expect_output="(True, True, 5)")
         bench.locator(".rk-disconnect").click()
         expect(bench).to_have_count(0)
         page.screenshot(path=str(shots / "dialog-connected.png"))
-        assert not [e for e in page.errors if "remote" in e.lower()], page.errors
+        step("pinged, reconnected, disconnected")
+        assert not [e for e in page.errors if "remote" in e.lower() and "console" not in e], \
+            page.errors
     except Exception:
         page.screenshot(path=str(shots / "failure.png"))
-        print(f"screenshots in {shots}\n--- jupyter lab log ---\n{lab.tail()}")
+        print(f"screenshots in {shots}\n--- page errors ---\n" + "\n".join(page.errors))
+        print(f"--- jupyter lab log ---\n{lab.tail()}")
         raise
     finally:
         first.kill()

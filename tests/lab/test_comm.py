@@ -130,7 +130,8 @@ def test_snapshot_describes_each_connection(fake) -> None:
     assert snapshot["current"] == "pi"
     (info,) = snapshot["connections"]
     assert info == {
-        "name": "pi", "target": "127.0.0.1:9999", "state": "connected", "latency": None,
+        "name": "pi", "target": "127.0.0.1:9999", "state": "connected", "error": "",
+        "latency": None,
         "stats": {"requests": 3, "bytes_in": 100, "bytes_out": 50},
         "root_label": "namespace", "code_root": "pi.namespace", "plain_names": False,
     }
@@ -164,8 +165,10 @@ def test_ping_reports_latency_and_a_lost_connection(fake) -> None:
     assert comm.request("ping", request_id=2, name="pi")["result"] == {"latency": 0.002}
     assert comm.snapshots()[-1]["connections"][0]["latency"] == 0.002
     registry.entries["pi"].state = "lost"
+    registry.entries["pi"].error = "peer closed the connection"
     registry.changed()
     assert comm.snapshots()[-1]["connections"][0]["state"] == "lost"
+    assert comm.snapshots()[-1]["connections"][0]["error"] == "peer closed the connection"
     failed = comm.request("ping", request_id=3, name="pi")
     assert failed["ok"] is False and "lost" in failed["error"]
 

@@ -154,6 +154,27 @@ describe('RemoteModel', () => {
     model.dispose();
   });
 
+  it('skips periodic pings while the kernel runs a cell', () => {
+    const { model, channel } = setup();
+    model.handleMessage(snapshot([info('pi')]));
+    model.kernelBusy = true;
+    model.pingAll();
+    expect(channel.sent).toHaveLength(0);
+    model.kernelBusy = false;
+    model.pingAll();
+    expect(channel.sent.map(m => m.action)).toEqual(['ping']);
+  });
+
+  it('pings a connection as soon as it appears while pinging', () => {
+    jest.useFakeTimers();
+    const { model, channel } = setup();
+    model.startPinging(60000);
+    expect(channel.sent).toHaveLength(0);
+    model.handleMessage(snapshot([info('pi')]));
+    expect(channel.sent.map(m => [m.action, m.args.name])).toEqual([['ping', 'pi']]);
+    model.dispose();
+  });
+
   it('keeps the last latency when a snapshot does not carry one', () => {
     const { model } = setup();
     model.handleMessage(snapshot([info('pi', { latency: 0.003 })]));

@@ -51,7 +51,7 @@ describe('renderPanel', () => {
       type: 'snapshot',
       version: 1,
       current: 'pi',
-      connections: [info('pi'), info('old', { state: 'lost', latency: null })]
+      connections: [info('pi'), info('old', { state: 'lost', latency: 0.1, error: 'peer went away' })]
     });
     const host = document.createElement('div');
     const acts = actions();
@@ -65,6 +65,9 @@ describe('renderPanel', () => {
     expect(pi.querySelector('.rk-conn-stats')?.textContent).toBe('12 requests · ↓ 3.4 kB · ↑ 900 B');
     const old = items[1] as HTMLElement;
     expect(old.querySelector('.rk-state')?.textContent).toBe('lost');
+    expect(old.querySelector('.rk-latency')?.textContent).toBe('–');
+    expect(old.querySelector('.rk-conn-error')?.textContent).toBe('peer went away');
+    expect(pi.querySelector('.rk-conn-error')).toBeNull();
     expect((old.querySelector('.rk-ping') as HTMLButtonElement).disabled).toBe(true);
     expect(old.querySelector('.rk-tree')).toBeNull();
 
@@ -80,6 +83,31 @@ describe('renderPanel', () => {
       ['connect'],
       ['toggle', 'pi', []]
     ]);
+  });
+
+  it('keeps its elements across re-renders so clicks are not lost', () => {
+    const model = new RemoteModel();
+    model.setChannel(new FakeChannel());
+    model.handleMessage({ type: 'snapshot', version: 1, current: 'pi', connections: [info('pi')] });
+    const host = document.createElement('div');
+    const acts = actions();
+    renderPanel(host, model, acts);
+    const row = host.querySelector('.rk-node-row');
+    const latency = host.querySelector('.rk-latency');
+    model.handleMessage({
+      type: 'snapshot',
+      version: 1,
+      current: 'pi',
+      connections: [info('pi', { latency: 0.5 })]
+    });
+    renderPanel(host, model, acts);
+    expect(host.querySelector('.rk-node-row')).toBe(row);
+    expect(host.querySelector('.rk-latency')).toBe(latency);
+    expect(latency?.textContent).toBe('500 ms');
+    model.handleMessage({ type: 'snapshot', version: 1, current: null, connections: [] });
+    renderPanel(host, model, acts);
+    expect(host.querySelector('.rk-connection')).toBeNull();
+    expect(host.querySelectorAll('.rk-toolbar')).toHaveLength(1);
   });
 
   it('renders expanded nodes with type and repr and opens the node menu', async () => {
