@@ -44,6 +44,12 @@ MAX_DEPTH = 64
 MAX_DECODE_DEPTH = 32  # nested ext values (each is a C-level unpack: the C stack is finite)
 
 _PASSTHROUGH = frozenset({str, float, bool, type(None)})
+_REF, _PEERREF = int(Ext.REF), int(Ext.PEERREF)
+
+
+def _ext(code: int, data: bytes) -> ExtType:
+    """ExtType without its Python-level argument checks, for the hot reference path."""
+    return tuple.__new__(ExtType, (code, data))
 OOB_MIN = 64 * 1024  # bytes payloads at least this large travel out of band
 
 Descriptor = tuple  # (module, qualname, methods, dunders, flags, builtin_name)
@@ -279,7 +285,7 @@ class Boxer:
             return {str(key): self.box(value) for key, value in obj.items()}
         oid = self._proxy_oid(obj)
         if oid is not None:
-            return ExtType(Ext.PEERREF, OID.pack(oid))
+            return _ext(_PEERREF, OID.pack(oid))
         return self._box_ref(obj)
 
     def _box_ref(self, obj: Any) -> ExtType:
@@ -287,7 +293,7 @@ class Boxer:
         oid = self.table.add(obj)
         tid = self._type_ids.get(cls)
         if tid is not None:
-            return ExtType(Ext.REF, REF.pack(oid, tid))
+            return _ext(_REF, REF.pack(oid, tid))
         tid = len(self._type_ids) + 1
         self._type_ids[cls] = tid
         return ExtType(Ext.REFDESC, pack([oid, tid, self._describe(cls)]))
