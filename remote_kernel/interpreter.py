@@ -81,6 +81,10 @@ def _install_streams() -> None:
         sys.stderr = _CellStream("stderr", sys.stderr)
         os.environ.setdefault("MPLBACKEND", "Agg")
         _patch_ipython_display()
+        if not hasattr(builtins, "display"):
+            # As IPython does: display() works in cells without an import, and stays out of
+            # the namespace the object browser shows.
+            builtins.display = _display  # type: ignore[attr-defined]
         _installed = True
 
 
@@ -192,7 +196,6 @@ class Interpreter:
         self.namespace = namespace
         self.execution_count = 0
         self._counter = itertools.count(1)
-        namespace.setdefault("display", _display)
         _install_streams()
 
     # -- execution ---------------------------------------------------------------------------
@@ -255,7 +258,7 @@ class Interpreter:
 
     def exposed_reset(self) -> None:
         """A fresh namespace (the proxy kernel's restart on a shared server)."""
-        keep = {"__name__": "__main__", "__builtins__": builtins, "display": _display}
+        keep = {"__name__": "__main__", "__builtins__": builtins}
         self.namespace.clear()
         self.namespace.update(keep)
         self.execution_count = 0

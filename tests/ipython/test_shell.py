@@ -238,3 +238,18 @@ def test_unload_removes_everything(classic_server) -> None:
     assert not any(getattr(m, "_rk_matcher", False) for m in shell.Completer.custom_matchers)
     shell.run_line_magic("load_ext", "remote_kernel")
     assert "remote" in shell.magics_manager.magics["line"]
+
+
+def test_use_switches_the_current_connection(shell, classic_server, capsys) -> None:
+    for name in ("first", "second"):
+        shell.run_line_magic("remote", f"connect 127.0.0.1:{classic_server.port} --name {name} "
+                                       f"--token-file {classic_server.token_file}")
+    assert get_registry().current == "second"
+    shell.run_line_magic("remote", "use first")
+    assert get_registry().current == "first"
+    shell.run_line_magic("remote", "list")
+    assert any(line.startswith("*") and "first" in line
+               for line in capsys.readouterr().out.splitlines())
+    shell.run_line_magic("remote", "close first")
+    shell.run_line_magic("remote", "close second")
+    assert "first" not in get_registry().entries

@@ -155,3 +155,21 @@ def test_widgets_forward_comms_both_ways() -> None:
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def test_nbclient_runs_a_notebook_on_the_remote(classic_server) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    notebook = new_notebook(cells=[
+        new_code_cell("import os\nos.getpid()"),
+        new_code_cell("class Report:\n    def _repr_html_(self):\n"
+                      "        return '<h3>remote report</h3>'\nReport()"),
+    ])
+    notebook.metadata["kernelspec"] = {"name": SPEC, "display_name": "test", "language": "python"}
+    NotebookClient(notebook, timeout=60, kernel_name=SPEC).execute()
+    pid = int(notebook.cells[0].outputs[0]["data"]["text/plain"])
+    assert pid == classic_server.pid and pid != os.getpid()
+    assert "<h3>remote report</h3>" in notebook.cells[1].outputs[0]["data"]["text/html"]
+    nbformat.validate(notebook)
