@@ -334,9 +334,10 @@ class Connection:
 
     def _dispatch(self, message: tuple) -> None:
         kind = message[0]
-        if kind != Kind.NOTIFY and type(message[1]) is not int:
+        if type(kind) is not int or type(message[1]) is not int:
             self._delivering.discard(threading.get_ident())
-            raise self._protocol_violation("a sequence number must be an integer")
+            raise self._protocol_violation("message kinds, opcodes and sequence numbers "
+                                           "must be integers")
         if kind == Kind.REPLY or kind == Kind.EXCEPTION:
             try:
                 if len(message) != 3:
@@ -371,7 +372,7 @@ class Connection:
     # -- serving -----------------------------------------------------------------------------
 
     def _serve_request(self, seq: Any, op: Any, args: tuple) -> None:
-        handler = HANDLERS.get(op)
+        handler = HANDLERS.get(op) if type(op) is int else None
         ident = threading.get_ident()
         token, previous = _interrupt.enter_request()
         with self._running_lock:
@@ -436,6 +437,8 @@ class Connection:
                 self._table.decref(oid, count)
         elif op == Op.CANCEL:
             seq = args[0] if args else None
+            if type(seq) is not int:
+                raise self._protocol_violation("malformed cancel notification")
             with self._running_lock:
                 running = self._running.get(seq)
                 if running is not None:
