@@ -83,12 +83,15 @@ def run_lab(notebooks: Path, env: dict[str, str], port: int) -> None:
             f"--port={port}", f"--ServerApp.token={token}", f"--notebook-dir={notebooks}"]
     if os.geteuid() == 0:
         argv.append("--allow-root")
-    lab = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True)
+    log_path = Path(env["JUPYTER_RUNTIME_DIR"]) / "jupyterlab.log"
+    with open(log_path, "w") as log:  # a file, not a pipe nobody reads (it would fill up)
+        lab = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/lab/tree/02-instrument-control.ipynb?token={token}"
     print(f"\nJupyterLab: {url}\n(Ctrl-C stops JupyterLab and the demo server)\n", flush=True)
     try:
-        lab.wait()
+        code = lab.wait()
+        if code:
+            print(f"JupyterLab exited with {code}:\n{log_path.read_text()[-3000:]}", flush=True)
     except KeyboardInterrupt:
         pass
     finally:

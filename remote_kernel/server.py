@@ -94,7 +94,11 @@ class Server:
     def start(self) -> None:
         """Accept connections until ``close()``; blocks."""
         self._accepting.set()
-        self._sock.settimeout(0.2)
+        try:
+            self._sock.settimeout(0.2)
+        except OSError:  # closed before it started
+            self._accepting.clear()
+            return
         try:
             while not self._closed:
                 try:

@@ -381,8 +381,15 @@ def test_panel_end_to_end(env: Env, lab: Lab, page: Any, shots: Path) -> None:
         lab2.locator(".rk-reconnect").click()
         expect(lab2.locator(".rk-state")).to_have_text("connected")
         # A new connection, bound to the same name in the notebook, that works.
-        nb.run("(lab2 is not before, before.closed, lab2.eval('2 + 3'))",
-               expect_output="(True, True, 5)")
+        # The reconnect is a comm message; wait until the kernel has handled it.
+        deadline = time.monotonic() + 30
+        while True:
+            cell = nb.run("(lab2 is not before, before.closed, lab2.eval('2 + 3'))")
+            text = cell.locator(".jp-OutputArea-output").first.inner_text()
+            if "(True, True, 5)" in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert "(True, True, 5)" in text, text
         bench.locator(".rk-disconnect").click()
         expect(bench).to_have_count(0)
         page.screenshot(path=str(shots / "dialog-connected.png"))
