@@ -536,6 +536,10 @@ class Connection:
                 data = frame(pack([Kind.NOTIFY, Op.DEL, releases]), limit) + data
             sent = len(data)
             if buffers:
+                # The buffers must come right before the message that uses them.
+                if releases:
+                    head, data = data[:-len(payload) - 4], data[-len(payload) - 4:]
+                    self._transport.send(head)
                 sent += self._send_buffers(buffers, limit)
             self._transport.send(data)
             self.stats["bytes_out"] += sent

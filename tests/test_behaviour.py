@@ -439,3 +439,16 @@ def test_obtain_large_array_in_chunks(classic: rk.Connection) -> None:
     assert numpy.array_equal(array, numpy.arange(1_500_000, dtype="f8").reshape(500, 3000))
     classic.execute("blob = bytes(range(256)) * 40_000")
     assert rk.obtain(classic.namespace["blob"]) == bytes(range(256)) * 40_000
+
+
+def test_large_payload_sent_right_after_dropping_proxies(conn: rk.Connection) -> None:
+    """Releases queued before a message with out-of-band buffers go out before them."""
+    numpy = pytest.importorskip("numpy")
+    for _ in range(3):
+        gadgets = [conn.root.gadget(i) for i in range(5)]
+        del gadgets
+        gc.collect()
+        array = numpy.arange(200_000, dtype="f8")
+        copy = rk.deliver(conn, array)
+        assert numpy.array_equal(rk.obtain(copy, progress=False), array)
+        assert conn.root.echo(os.urandom(100_000))
