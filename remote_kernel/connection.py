@@ -90,6 +90,7 @@ class Connection:
         self._waiters = 0
         self._replies: dict[int, tuple[bool, Any]] = {}
         self._buffers_expected = 0
+        self._buffers_bytes = 0
         self._delivering: set[int] = set()  # threads holding a reply not yet handed over
         self._pending: set[int] = set()
         self._async: dict[int, AsyncResult] = {}
@@ -136,6 +137,8 @@ class Connection:
     @property
     def builtins(self) -> Any:
         return self.root.builtins
+
+    builtin = builtins  # RPyC's classic connections have both names
 
     def eval(self, source: str) -> Any:
         return self.root.eval(source)
@@ -307,6 +310,10 @@ class Connection:
                     return None
                 self.stats["bytes_in"] += len(payload) + 4
                 if self._buffers_expected:
+                    self._buffers_bytes += len(payload)
+                    if self._buffers_bytes > self._config.max_message_size:
+                        raise ProtocolError("a message with its buffers exceeds "
+                                            "max_message_size")
                     boxer.incoming.append(payload)
                     self._buffers_expected -= 1
                     continue
@@ -322,6 +329,7 @@ class Connection:
                 if type(count) is not int or not 0 < count <= MAX_BUFFERS:
                     raise ProtocolError(f"bad out-of-band buffer count {count!r}")
                 self._buffers_expected = count
+            self._buffers_bytes = 0
             self.stats["messages_in"] += 1
         except ConnectionClosed as exc:
             self._lost(str(exc))
@@ -536,26 +544,32 @@ class Connection:
                 data = frame(pack([Kind.NOTIFY, Op.DEL, releases]), limit) + data
             sent = len(data)
             if buffers:
+                views = self._checked_buffers(buffers, len(payload), limit)
                 # The buffers must come right before the message that uses them.
                 if releases:
                     head, data = data[:-len(payload) - 4], data[-len(payload) - 4:]
                     self._transport.send(head)
-                sent += self._send_buffers(buffers, limit)
+                sent += self._send_buffers(views, limit)
             self._transport.send(data)
             self.stats["bytes_out"] += sent
             self.stats["messages_out"] += 1
             if kind == Kind.REQUEST:
                 self.stats["requests"] += 1
 
-    def _send_buffers(self, buffers: list[Any], limit: int) -> int:
-        """The BUFFERS frame and the raw buffers, each sent as it is (no copy)."""
+    @staticmethod
+    def _checked_buffers(buffers: list[Any], body: int, limit: int) -> list[memoryview]:
+        """Byte views of a message's buffers; the whole message must fit max_message_size."""
         if len(buffers) > MAX_BUFFERS:
             raise ProtocolError(f"a message may carry at most {MAX_BUFFERS} large buffers")
         views = [memoryview(buffer).cast("B") for buffer in buffers]
-        for view in views:
-            if view.nbytes > limit:
-                raise ProtocolError(f"a buffer of {view.nbytes} bytes exceeds max_message_size "
-                                    f"({limit} bytes); not sent")
+        total = body + sum(view.nbytes for view in views)
+        if total > limit:
+            raise ProtocolError(f"message of {total} bytes exceeds max_message_size "
+                                f"({limit} bytes); not sent")
+        return views
+
+    def _send_buffers(self, views: list[memoryview], limit: int) -> int:
+        """The BUFFERS frame and the raw buffers, each sent as it is (no copy)."""
         send = self._transport.send
         send(frame(pack([Kind.BUFFERS, len(views)]), limit))
         for view in views:

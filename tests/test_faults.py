@@ -165,3 +165,11 @@ def test_interrupt_of_a_local_wait_in_a_thread_is_not_needed_for_timeouts(conn) 
 
 def test_main_thread_interrupt_helper_is_available() -> None:
     assert callable(_thread.interrupt_main)
+
+
+def test_message_with_large_buffers_over_the_limit_is_not_sent(test_server) -> None:
+    conn = test_server.connect(config={"max_message_size": 200_000})
+    with pytest.raises(rk.ProtocolError, match="not sent"):
+        conn.root.echo((b"a" * 120_000, b"b" * 120_000))  # each fits, together they do not
+    assert conn.root.echo(b"c" * 150_000) == b"c" * 150_000
+    conn.close()
