@@ -106,9 +106,6 @@ def _size(result: Any) -> int:
 def connect(system: str, port: int) -> tuple[Any, Any]:
     if system == "remote_kernel":
         import remote_kernel as rk
-        from benchmarks._compat import apply_core_workarounds
-
-        apply_core_workarounds()
         conn = rk.connect("127.0.0.1", port, config={"sync_request_timeout": TIMEOUT})
     else:
         import rpyc

@@ -36,9 +36,6 @@ def main(argv: list[str] | None = None) -> None:
         os.sched_setaffinity(0, {args.cpu})
     if args.system == "remote_kernel":
         import remote_kernel as rk
-        from benchmarks._compat import apply_core_workarounds
-
-        apply_core_workarounds()
         conn: Any = rk.connect("127.0.0.1", args.port,
                                config={"sync_request_timeout": TIMEOUT,
                                        "max_message_size": 1 << 30})

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._compat import apply_core_workarounds
 from benchmarks.run import ServerProcess, pin_plan
 
 MiB = 1 << 20
@@ -177,7 +176,6 @@ def run(kind: str, calls: int, top: int, out: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_serve":
-        apply_core_workarounds()
         serve_profiled(argv[1], argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__)
@@ -186,8 +184,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "profiles"))
     args = parser.parse_args(argv)
-    for w in apply_core_workarounds():
-        print(f"WORKAROUND: {w}")
     if args.kind in ("cpu", "all"):
         cpu_split(args.calls)
     kinds = ["echo", "transfer"] if args.kind == "all" else [args.kind]

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._compat import apply_core_workarounds
 from benchmarks.clients import CLIENTS, SERVER_OF, Client, Unsupported
 
 SYSTEMS = ["remote_kernel", "rpyc", "pyro5_msgpack", "floor"]
@@ -423,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown systems: {sorted(unknown)}")
     started = time.time()
-    workarounds = apply_core_workarounds()
+    workarounds: list[str] = []  # patches applied to the core for a run (none today)
     for w in workarounds:
         log(f"WORKAROUND: {w}")
     client_cpu, server_cpu = pin_plan(args.pin)

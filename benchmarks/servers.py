@@ -131,9 +131,6 @@ class Workload:
 
 def serve_rk(sock_ready: Any) -> None:
     import remote_kernel as rk
-    from benchmarks._compat import apply_core_workarounds
-
-    apply_core_workarounds()
     workload = Workload()
 
     class BenchService(rk.Service):

@@ -22,8 +22,7 @@ import collections
 import threading
 from typing import TYPE_CHECKING, Any
 
-from remote_kernel.errors import ConnectionClosed
-from remote_kernel.protocol.boxing import ByValue, Descriptor, remote_exception_class
+from remote_kernel.protocol.boxing import ByValue, Descriptor
 from remote_kernel.protocol.handlers import (
     FAKE_CLASSES,
     FLAG_BUFFERED_ITER,
@@ -303,5 +302,4 @@ def netref_connection(obj: Any) -> Connection:
     return obj._rk_conn
 
 
-__all__ = ["BaseNetref", "ConnectionClosed", "RemoteMethod", "class_for", "is_netref",
-           "new_proxy", "remote_exception_class"]
+__all__ = ["BaseNetref", "RemoteMethod", "class_for", "is_netref", "new_proxy"]
