@@ -19,7 +19,6 @@ collector) and go out as one batch in front of the next message.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import itertools
 import logging
@@ -32,6 +31,7 @@ from typing import Any
 import msgpack
 
 from remote_kernel import _interrupt
+from remote_kernel.asyncresult import AsyncResult
 from remote_kernel.config import ProtocolConfig, make_config
 from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout
 from remote_kernel.netref import BaseNetref, new_proxy
@@ -44,6 +44,7 @@ from remote_kernel.protocol.handlers import (
     describe_type,
 )
 from remote_kernel.protocol.messages import Kind, Op
+from remote_kernel.serving import BgServingThread, _watchdog
 from remote_kernel.transports.base import FrameReader, Transport
 
 log = logging.getLogger("remote_kernel.connection")
@@ -99,6 +100,7 @@ class Connection:
         self._running: dict[int, tuple[int, _interrupt.CancelToken]] = {}
         self._running_lock = threading.Lock()
         self._busy_since: float | None = None
+        self._lent_reader = False  # the watchdog lent this connection a reader thread
         self._closed = False
         self._close_reason = ""
         self._root: Any = None
@@ -701,171 +703,3 @@ def _op_name(op: int) -> str:
     except ValueError:
         return str(op)
 
-
-class AsyncResult:
-    """The future result of an asynchronous request.
-
-    ``ready``, ``error``, ``value`` (re-raises), ``wait(timeout)``, ``add_callback(fn)``,
-    ``set_expiry(seconds)``, ``expired``; ``await``-able.
-    """
-
-    def __init__(self, conn: Connection, seq: int) -> None:
-        self._conn = conn
-        self._seq = seq
-        self._outcome: tuple[bool, Any] | None = None
-        self._callbacks: list[Callable[[AsyncResult], Any]] = []
-        self._deadline: float | None = None
-        self._lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        state = "ready" if self._outcome is not None else (
-            "expired" if self.expired else "pending")
-        return f"<AsyncResult #{self._seq} from {self._conn.peer} ({state})>"
-
-    def _set(self, outcome: tuple[bool, Any]) -> None:
-        with self._lock:
-            if self._outcome is not None:
-                return
-            self._outcome = outcome
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            self._run_callback(callback)
-
-    def _run_callback(self, callback: Callable[[AsyncResult], Any]) -> None:
-        try:
-            callback(self)
-        except Exception:
-            log.exception("AsyncResult callback %r failed", callback)
-
-    @property
-    def ready(self) -> bool:
-        if self._outcome is None and not self._conn.closed and not self.expired:
-            try:
-                self._conn._drive_until(lambda: self._outcome is not None, time.monotonic())
-            except (RequestTimeout, ConnectionClosed, ProtocolError):
-                pass
-        return self._outcome is not None
-
-    @property
-    def expired(self) -> bool:
-        return (self._outcome is None and self._deadline is not None
-                and time.monotonic() > self._deadline)
-
-    def set_expiry(self, seconds: float | None) -> None:
-        self._deadline = None if seconds is None else time.monotonic() + seconds
-
-    def add_callback(self, callback: Callable[[AsyncResult], Any]) -> None:
-        with self._lock:
-            if self._outcome is None:
-                self._callbacks.append(callback)
-                return
-        self._run_callback(callback)
-
-    def wait(self, timeout: float | None = None) -> None:
-        """Wait for the result; ``RequestTimeout`` if it is not ready in time."""
-        if self._outcome is not None:
-            return
-        if timeout is None:
-            timeout = self._conn.config.sync_request_timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if self._deadline is not None:
-            deadline = self._deadline if deadline is None else min(deadline, self._deadline)
-        try:
-            self._conn._drive_until(lambda: self._outcome is not None, deadline)
-        except RequestTimeout:
-            what = "expired" if self.expired else f"not ready within {timeout} s"
-            raise RequestTimeout(f"result #{self._seq} from {self._conn.peer} {what}") from None
-        except KeyboardInterrupt:
-            self._conn._cancel(self._seq)
-            raise
-
-    @property
-    def error(self) -> bool:
-        self.wait()
-        assert self._outcome is not None
-        return not self._outcome[0]
-
-    @property
-    def value(self) -> Any:
-        self.wait()
-        assert self._outcome is not None
-        ok, value = self._outcome
-        if ok:
-            return value
-        raise value
-
-    def __await__(self) -> Any:
-        if self._outcome is None:
-            loop = asyncio.get_running_loop()
-            yield from loop.run_in_executor(None, self.wait).__await__()
-        return self.value
-
-
-class BgServingThread:
-    """Serves a connection from a background thread until stopped or closed."""
-
-    def __init__(self, conn: Connection, interval: float = 0.1) -> None:
-        self._conn = conn
-        self._interval = interval
-        self._active = True
-        self._thread = threading.Thread(target=self._run, name=f"rk-serve-{conn.peer}",
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while self._active and not self._conn.closed:
-                self._conn.serve(self._interval)
-        except (ConnectionClosed, ProtocolError):
-            pass
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._active = False
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-
-class _Watchdog:
-    """Lends a reader to connections whose readers are all busy serving long requests, so
-    their cancels and replies are still read."""
-
-    LONG_REQUEST = 0.1
-
-    def __init__(self) -> None:
-        self._connections: weakref.WeakSet[Connection] = weakref.WeakSet()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def track(self, conn: Connection) -> None:
-        with self._lock:
-            self._connections.add(conn)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="rk-watchdog",
-                                                daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            _interrupt.original_sleep(self.LONG_REQUEST)
-            now = time.monotonic()
-            for conn in list(self._connections):
-                since = conn._busy_since
-                if (since is not None and now - since > self.LONG_REQUEST
-                        and not conn._closed and not conn._recv_lock.locked()
-                        and not getattr(conn, "_lent_reader", False)):
-                    conn._lent_reader = True  # type: ignore[attr-defined]
-                    threading.Thread(target=self._read_for, args=(conn,), daemon=True,
-                                     name=f"rk-reader-{conn.peer}").start()
-
-    @staticmethod
-    def _read_for(conn: Connection) -> None:
-        try:
-            while conn._busy_since is not None and not conn._closed:
-                conn.serve(0.1)
-        except (ConnectionClosed, ProtocolError):
-            pass
-        finally:
-            conn._lent_reader = False  # type: ignore[attr-defined]
-
-
-_watchdog = _Watchdog()

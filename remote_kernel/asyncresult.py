@@ -1,0 +1,116 @@
+"""AsyncResult: the future result of an asynchronous request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout
+
+if TYPE_CHECKING:
+    from remote_kernel.connection import Connection
+
+log = logging.getLogger("remote_kernel.connection")
+
+
+class AsyncResult:
+    """The future result of an asynchronous request.
+
+    ``ready``, ``error``, ``value`` (re-raises), ``wait(timeout)``, ``add_callback(fn)``,
+    ``set_expiry(seconds)``, ``expired``; ``await``-able.
+    """
+
+    def __init__(self, conn: Connection, seq: int) -> None:
+        self._conn = conn
+        self._seq = seq
+        self._outcome: tuple[bool, Any] | None = None
+        self._callbacks: list[Callable[[AsyncResult], Any]] = []
+        self._deadline: float | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        state = "ready" if self._outcome is not None else (
+            "expired" if self.expired else "pending")
+        return f"<AsyncResult #{self._seq} from {self._conn.peer} ({state})>"
+
+    def _set(self, outcome: tuple[bool, Any]) -> None:
+        with self._lock:
+            if self._outcome is not None:
+                return
+            self._outcome = outcome
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            self._run_callback(callback)
+
+    def _run_callback(self, callback: Callable[[AsyncResult], Any]) -> None:
+        try:
+            callback(self)
+        except Exception:
+            log.exception("AsyncResult callback %r failed", callback)
+
+    @property
+    def ready(self) -> bool:
+        if self._outcome is None and not self._conn.closed and not self.expired:
+            try:
+                self._conn._drive_until(lambda: self._outcome is not None, time.monotonic())
+            except (RequestTimeout, ConnectionClosed, ProtocolError):
+                pass
+        return self._outcome is not None
+
+    @property
+    def expired(self) -> bool:
+        return (self._outcome is None and self._deadline is not None
+                and time.monotonic() > self._deadline)
+
+    def set_expiry(self, seconds: float | None) -> None:
+        self._deadline = None if seconds is None else time.monotonic() + seconds
+
+    def add_callback(self, callback: Callable[[AsyncResult], Any]) -> None:
+        with self._lock:
+            if self._outcome is None:
+                self._callbacks.append(callback)
+                return
+        self._run_callback(callback)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the result; ``RequestTimeout`` if it is not ready in time."""
+        if self._outcome is not None:
+            return
+        if timeout is None:
+            timeout = self._conn.config.sync_request_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._deadline is not None:
+            deadline = self._deadline if deadline is None else min(deadline, self._deadline)
+        try:
+            self._conn._drive_until(lambda: self._outcome is not None, deadline)
+        except RequestTimeout:
+            what = "expired" if self.expired else f"not ready within {timeout} s"
+            raise RequestTimeout(f"result #{self._seq} from {self._conn.peer} {what}") from None
+        except KeyboardInterrupt:
+            self._conn._cancel(self._seq)
+            raise
+
+    @property
+    def error(self) -> bool:
+        self.wait()
+        assert self._outcome is not None
+        return not self._outcome[0]
+
+    @property
+    def value(self) -> Any:
+        self.wait()
+        assert self._outcome is not None
+        ok, value = self._outcome
+        if ok:
+            return value
+        raise value
+
+    def __await__(self) -> Any:
+        if self._outcome is None:
+            loop = asyncio.get_running_loop()
+            yield from loop.run_in_executor(None, self.wait).__await__()
+        return self.value
