@@ -54,11 +54,13 @@ class AsyncResult:
 
     @property
     def ready(self) -> bool:
-        if self._outcome is None and not self._conn.closed and not self.expired:
-            try:
-                self._conn._drive_until(lambda: self._outcome is not None, time.monotonic())
-            except (RequestTimeout, ConnectionClosed, ProtocolError):
+        """True once the result arrived; reads what is already there, never blocks."""
+        conn = self._conn
+        try:
+            while self._outcome is None and not conn.closed and conn._poll_once():
                 pass
+        except (ConnectionClosed, ProtocolError):
+            pass
         return self._outcome is not None
 
     @property

@@ -459,6 +459,20 @@ class Connection:
             self._lost("closed by the peer")
         # unknown notifications are ignored: they need no answer
 
+    def _poll_once(self) -> bool:
+        """Serve one message that is already there, if this thread can read; never blocks."""
+        if not self._recv_lock.acquire(blocking=False):
+            return False
+        try:
+            message = self._read_as_reader(0)
+        finally:
+            self._recv_lock.release()
+            self._wake_waiters()
+        if message is None:
+            return False
+        self._dispatch(message)
+        return True
+
     def serve(self, timeout: float | None = 1.0) -> bool:
         """Serve one incoming message; False when none arrived within ``timeout``."""
         if self._closed:

@@ -452,3 +452,19 @@ def test_large_payload_sent_right_after_dropping_proxies(conn: rk.Connection) ->
         copy = rk.deliver(conn, array)
         assert numpy.array_equal(rk.obtain(copy, progress=False), array)
         assert conn.root.echo(os.urandom(100_000))
+
+
+def test_async_ready_polls_without_waiting(conn: rk.Connection) -> None:
+    result = rk.async_(conn.root.sleep)(0.2)
+    deadline = time.monotonic() + 5
+    while not result.ready:  # RPyC users poll like this
+        assert time.monotonic() < deadline, "ready never became True"
+        time.sleep(0.01)
+    assert result.value == "slept"
+    callbacks = []
+    later = rk.async_(conn.root.echo)("cb")
+    later.add_callback(lambda r: callbacks.append(r.value))
+    while not later.ready:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert callbacks == ["cb"]
