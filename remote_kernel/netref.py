@@ -220,6 +220,13 @@ def _buffered_init(self: Any) -> None:
     object.__setattr__(self, "_rk_buffer", collections.deque())
 
 
+def _fetch_doc(self: BaseNetref) -> Any:
+    return self._rk_conn.sync_request(Op.GETATTR, self, "__doc__")
+
+
+# ``netref.__doc__`` is the remote object's docstring (one request, like RPyC).
+_remote_doc = property(_fetch_doc, doc="the remote object's docstring")
+
 _classes: dict[Descriptor, type] = {}
 _classes_lock = threading.Lock()
 
@@ -243,7 +250,7 @@ def _build_class(descriptor: Descriptor) -> type:
         "__slots__": ("_rk_buffer",) if flags & FLAG_BUFFERED_ITER else (),
         "__module__": f"remote_kernel.netref.{module}",
         "__qualname__": str(qualname),
-        "__doc__": None,
+        "__doc__": _remote_doc,
         "_rk_descriptor": descriptor,
         "_rk_builtin": FAKE_CLASSES.get(builtin_name) if builtin_name else None,
     }

@@ -468,3 +468,9 @@ def test_async_ready_polls_without_waiting(conn: rk.Connection) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert callbacks == ["cb"]
+
+
+def test_docstring_of_a_netref_is_the_remote_one(classic: rk.Connection) -> None:
+    classic.execute("from tests.services import Gadget; g = Gadget()")
+    assert classic.namespace["g"].__doc__.startswith("A custom class with methods")
+    assert classic.modules.os.getpid.__doc__ == "Return the current process id."
