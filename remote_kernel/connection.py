@@ -322,7 +322,8 @@ class Connection:
                 try:
                     message = boxer.decode(payload)
                 finally:
-                    boxer.incoming = []
+                    if boxer.incoming:
+                        boxer.incoming = []
                 if type(message) is not tuple or len(message) < 2:
                     raise ProtocolError("a message must be an array")
                 if message[0] != Kind.BUFFERS:
@@ -554,7 +555,9 @@ class Connection:
                 self._packer.reset()
                 raise ProtocolError(f"cannot encode message: {exc}") from exc
             finally:
-                buffers, boxer.outgoing = boxer.outgoing, []
+                buffers = boxer.outgoing
+                if buffers:
+                    boxer.outgoing = []
             data = frame(payload, limit)
             if releases:
                 data = frame(pack([Kind.NOTIFY, Op.DEL, releases]), limit) + data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 
-from remote_kernel.protocol.codec import HEADER_SIZE, parse_header
+from remote_kernel.protocol.codec import HEADER, HEADER_SIZE, check_length
 
 CHUNK = 256 * 1024
 BIG_START = 1 << 20  # first allocation for a frame larger than CHUNK
@@ -95,8 +95,8 @@ class FrameReader:
         if self._need is None:
             if available < HEADER_SIZE:
                 return None
-            header = self._view[self._start:self._start + HEADER_SIZE]
-            self._need = parse_header(header, self.max_message_size)
+            self._need = check_length(HEADER.unpack_from(self._buf, self._start)[0],
+                                      self.max_message_size)
             self._start += HEADER_SIZE
             available -= HEADER_SIZE
         need = self._need
