@@ -386,10 +386,10 @@ class Connection:
         handler = HANDLERS.get(op) if type(op) is int else None
         ident = threading.get_ident()
         token, previous = _interrupt.enter_request()
-        with self._running_lock:
-            self._running[seq] = (ident, token)
-            if self._busy_since is None:
-                self._busy_since = time.monotonic()
+        # Registering needs no lock (dict stores are atomic); ending does (see _end_request).
+        self._running[seq] = (ident, token)
+        if self._busy_since is None:
+            self._busy_since = time.monotonic()
         outcome: tuple[bool, Any] | None = None
         try:
             try:
