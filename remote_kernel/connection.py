@@ -56,6 +56,10 @@ MAX_BUFFERS = 1024  # out-of-band buffers in one message
 DELIVERY_SLICE = 0.005  # a reader's wait while another thread hands over a reply
 
 
+# Called with each new Connection (the IPython extension serves them from the kernel loop).
+new_connection_hooks: list[Callable[[Connection], None]] = []
+
+
 class Connection:
     """One end of a remote_kernel connection. Symmetric: both ends serve requests."""
 
@@ -110,6 +114,11 @@ class Connection:
         _interrupt.install_interruptible_sleep()
         _watchdog.track(self)
         self._service.on_connect(self)
+        for hook in list(new_connection_hooks):
+            try:
+                hook(self)
+            except Exception:
+                log.exception("new-connection hook %r failed", hook)
 
     # -- public API --------------------------------------------------------------------
 

@@ -12,8 +12,10 @@ together with a reply are served too.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
+from remote_kernel.connection import Connection, new_connection_hooks
 from remote_kernel.errors import ConnectionClosed, ProtocolError
 from remote_kernel.ipython.registry import ConnectionEntry, get_registry
 
@@ -37,8 +39,11 @@ class LoopServer:
         self._fds: dict[int, Any] = {}
 
     def attach(self, entry: ConnectionEntry) -> None:
-        conn = entry.conn
-        if conn is None or conn.closed:
+        if entry.conn is not None:
+            self.attach_connection(entry.conn)
+
+    def attach_connection(self, conn: Connection) -> None:
+        if conn.closed or conn.fileno() in self._fds and self._fds[conn.fileno()] is conn:
             return
         fd = conn.fileno()
         self.detach_fd(fd)
@@ -98,8 +103,16 @@ def install(shell: Any) -> LoopServer | None:
     registry.on_open.append(_server.attach)
     for entry in registry.entries.values():
         _server.attach(entry)
+    # Connections a cell opens itself (``rk.connect(...)``) are served while idle too; those
+    # made in other threads (a Server running in the notebook) have their own reader.
+    new_connection_hooks.append(_attach_if_main_thread)
     shell.events.register("post_run_cell", _post_run_cell)
     return _server
+
+
+def _attach_if_main_thread(conn: Connection) -> None:
+    if _server is not None and threading.current_thread() is threading.main_thread():
+        _server.attach_connection(conn)
 
 
 def _post_run_cell(result: Any = None) -> None:
@@ -114,6 +127,8 @@ def uninstall(shell: Any) -> None:
     registry = get_registry()
     if _server.attach in registry.on_open:
         registry.on_open.remove(_server.attach)
+    if _attach_if_main_thread in new_connection_hooks:
+        new_connection_hooks.remove(_attach_if_main_thread)
     try:
         shell.events.unregister("post_run_cell", _post_run_cell)
     except ValueError:

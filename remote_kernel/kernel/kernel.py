@@ -134,12 +134,7 @@ class RemoteKernel(Kernel):
         if self._loop_server is None:
             self._loop_server = LoopServer(IOLoop.current())
 
-        class _Entry:
-            pass
-
-        entry = _Entry()
-        entry.conn = conn  # type: ignore[attr-defined]
-        self._loop_server.attach(entry)
+        self._loop_server.attach_connection(conn)
 
     # -- execution --------------------------------------------------------------------------
 

@@ -145,3 +145,22 @@ def test_killed_server_ends_the_cell_and_reconnect_works(kernel: Kernel, start_s
     run = kernel.run("victim.modules.os.getpid()")
     assert run.of_type("execute_result")[0]["content"]["data"]["text/plain"] == \
         str(restarted.pid)
+
+
+def test_connections_opened_in_a_cell_are_served_while_idle(kernel: Kernel,
+                                                             classic_server) -> None:
+    setup = kernel.run(
+        "import threading, remote_kernel as rk\n"
+        f"direct = rk.connect({str(classic_server.file)!r})\n"
+        "direct_calls = []\n"
+        "direct.execute('''\n"
+        "import threading, time\n"
+        "def call_soon(callback):\n"
+        "    threading.Timer(0.3, callback, args=('from the device',)).start()\n"
+        "''')\n"
+        "direct.namespace['call_soon'](lambda message: direct_calls.append(\n"
+        "    (message, threading.current_thread() is threading.main_thread())))\n")
+    assert setup.status == "ok", setup.reply
+    time.sleep(1.5)  # idle: the kernel's loop serves the callback
+    check = kernel.run("print(direct_calls)")
+    assert "[('from the device', True)]" in check.text()
