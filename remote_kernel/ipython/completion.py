@@ -20,6 +20,7 @@ from remote_kernel.protocol.messages import Op
 
 CACHE_SECONDS = 2.0
 _KEY_EXPRESSION = re.compile(r"([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*)\[\s*(['\"]?)([^'\"\]]*)$")
+_MAGIC_LINE = re.compile(r"^\s*%remote\s+(\w*)(?:\s+([\w.-]*))?$")
 _ATTRIBUTE_TOKEN = re.compile(r"([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*)\.(\w*)$")
 
 
@@ -97,6 +98,33 @@ class RemoteCompleter:
         return {"completions": [SimpleCompletion(m, type="remote") for m in reply["matches"]],
                 "suppress": True, "matched_fragment": fragment}
 
+    def magic_completions(self, line: str) -> dict[str, Any] | None:
+        """``%remote <TAB>``: subcommands; ``%remote connect <TAB>``: live connection files
+        and ``subprocess``; ``%remote use|close|ping|reconnect <TAB>``: connection names.
+        All local: no request."""
+        match = _MAGIC_LINE.match(line)
+        if match is None:
+            return None
+        from remote_kernel import connfile
+        from remote_kernel.ipython.magics import SUBCOMMANDS
+        from remote_kernel.ipython.registry import get_registry
+
+        command, argument = match.group(1), match.group(2)
+        if argument is None:
+            choices: list[str] = list(SUBCOMMANDS)
+            prefix = command
+        elif command == "connect":
+            choices = [str(info.get("name")) for info in connfile.available()] + ["subprocess"]
+            prefix = argument
+        elif command in ("use", "close", "ping", "reconnect"):
+            choices = list(get_registry().entries)
+            prefix = argument
+        else:
+            return None
+        found = [c for c in choices if c.startswith(prefix)]
+        return {"completions": [SimpleCompletion(c, type="magic") for c in found],
+                "suppress": bool(found), "matched_fragment": prefix}
+
     # -- the matcher --------------------------------------------------------------------------
 
     def matcher(self, context: Any) -> dict[str, Any]:
@@ -105,6 +133,9 @@ class RemoteCompleter:
         if cell is not None:
             return cell
         line = context.line_with_cursor
+        magic = self.magic_completions(line)
+        if magic is not None:
+            return magic
         key_match = _KEY_EXPRESSION.search(line)
         if key_match is not None:
             keys = self.keys(key_match.group(1))

@@ -253,3 +253,17 @@ def test_use_switches_the_current_connection(shell, classic_server, capsys) -> N
     shell.run_line_magic("remote", "close first")
     shell.run_line_magic("remote", "close second")
     assert "first" not in get_registry().entries
+
+
+def test_magic_subcommands_and_names_complete_locally(shell, lab) -> None:
+    with provisionalcompleter():
+        before = requests(lab)
+        texts = [c.text for c in shell.Completer.completions("%remote re", 10)]
+        assert "reconnect" in texts
+        line = "%remote ping l"
+        texts = [c.text for c in shell.Completer.completions(line, len(line))]
+        assert "lab" in texts
+        line = "%remote connect sub"
+        texts = [c.text for c in shell.Completer.completions(line, len(line))]
+        assert "subprocess" in texts
+        assert requests(lab) == before
