@@ -17,7 +17,7 @@ from remote_kernel import connfile
 from remote_kernel.auth import client_handshake
 from remote_kernel.config import make_config
 from remote_kernel.connection import Connection
-from remote_kernel.errors import ConnectionClosed, ProtocolError, RemoteKernelError
+from remote_kernel.errors import ConnectionClosed, RemoteKernelError
 from remote_kernel.service import VoidService
 from remote_kernel.tls import client_context
 from remote_kernel.transports.pipes import PipeTransport
@@ -251,4 +251,4 @@ def connect_ssh(destination: str, python: str = "python3", *, service: Any = Voi
 
 
 __all__ = ["connect", "connect_file", "connect_ssh", "connect_subprocess", "connect_unix",
-           "parse_address", "ProtocolError"]
+           "parse_address"]

@@ -223,13 +223,9 @@ class Connection:
         replies = self._replies
         try:
             # Fast path: this thread alone reads, and the next message is our reply.
-            if not self._waiters and self._recv_lock.acquire(blocking=False):
-                try:
-                    message = self._read_as_reader(READ_SLICE if timeout is None
-                                                   else min(timeout, READ_SLICE))
-                finally:
-                    self._recv_lock.release()
-                    self._wake_waiters()
+            if not self._waiters:
+                wait = READ_SLICE if timeout is None else min(timeout, READ_SLICE)
+                message = self._read_one(wait)
                 if message is not None:
                     kind = message[0]
                     if message[1] == seq and len(message) == 3 and (
@@ -469,15 +465,22 @@ class Connection:
             self._lost("closed by the peer")
         # unknown notifications are ignored: they need no answer
 
+    def _read_one(self, wait: float | None, lock_timeout: float = 0) -> tuple | None:
+        """Take the reader role (waiting up to ``lock_timeout``; -1: as long as it takes),
+        read one message within ``wait``, give the role back. None: nothing read."""
+        lock = self._recv_lock
+        if not lock.acquire(timeout=lock_timeout):
+            return None
+        try:
+            return self._read_as_reader(wait)
+        finally:
+            lock.release()
+            if self._waiters:
+                self._wake_waiters()
+
     def _poll_once(self) -> bool:
         """Serve one message that is already there, if this thread can read; never blocks."""
-        if not self._recv_lock.acquire(blocking=False):
-            return False
-        try:
-            message = self._read_as_reader(0)
-        finally:
-            self._recv_lock.release()
-            self._wake_waiters()
+        message = self._read_one(0)
         if message is None:
             return False
         self._dispatch(message)
@@ -488,13 +491,7 @@ class Connection:
         if self._closed:
             raise self._closed_error()
         self._flush_releases()
-        if not self._recv_lock.acquire(timeout=-1 if timeout is None else timeout):
-            return False
-        try:
-            message = self._read_as_reader(timeout)
-        finally:
-            self._recv_lock.release()
-            self._wake_waiters()
+        message = self._read_one(timeout, -1 if timeout is None else timeout)
         if message is None:
             return False
         self._dispatch(message)
@@ -502,19 +499,12 @@ class Connection:
 
     def serve_all(self) -> None:
         """Serve until the connection closes."""
-        lock, read, dispatch = self._recv_lock, self._read_as_reader, self._dispatch
+        read, dispatch = self._read_one, self._dispatch
         try:
             while not self._closed:
                 if self._releases:
                     self._flush_releases()
-                if not lock.acquire(timeout=READ_SLICE):
-                    continue
-                try:
-                    message = read(READ_SLICE)
-                finally:
-                    lock.release()
-                    if self._waiters:
-                        self._wake_waiters()
+                message = read(READ_SLICE, READ_SLICE)
                 if message is not None:
                     dispatch(message)
         except ConnectionClosed:

@@ -44,18 +44,18 @@ def mimebundle(obj: Any, include: Any = None, exclude: Any = None) -> tuple[dict
         try:
             data, metadata = formatter.format(obj, include=include, exclude=exclude)
             if data:
-                return _plain(data), _plain(metadata)
+                return json_safe(data), json_safe(metadata)
         except Exception:
             pass
     return {"text/plain": _safe_repr(obj)}, {}
 
 
-def _plain(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-like data only (what a display bundle may hold), so it travels by value."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_safe(v) for v in value]
     if value is None or isinstance(value, (str, bytes, int, float, bool)):
         return value
     return str(value)

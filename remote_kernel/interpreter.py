@@ -13,6 +13,7 @@ Interrupting the request raises ``KeyboardInterrupt`` in the cell (see ``_interr
 from __future__ import annotations
 
 import ast
+import base64
 import builtins
 import codeop
 import importlib.util
@@ -176,8 +177,6 @@ def _figures() -> list[tuple[dict, dict]]:
         figure = pyplot.figure(number)
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", bbox_inches="tight")
-        import base64
-
         width, height = figure.get_size_inches() * figure.dpi
         bundles.append(({"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"),
                          "text/plain": f"<Figure size {width:g}x{height:g} with "

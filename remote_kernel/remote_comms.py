@@ -11,16 +11,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from remote_kernel.describe import json_safe
 from remote_kernel.protocol.boxing import ByValue
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"sink": None, "manager": None}
-
-
-def _plain(value: Any) -> Any:
-    from remote_kernel.describe import _plain as plain
-
-    return plain(value)
 
 
 def _make_classes() -> tuple[type, Any]:
@@ -34,10 +29,10 @@ def _make_classes() -> tuple[type, Any]:
             sink = _state["sink"]
             if sink is None:
                 return
-            content = _plain({"data": {} if data is None else data, "comm_id": self.comm_id,
+            content = json_safe({"data": {} if data is None else data, "comm_id": self.comm_id,
                               **keys})
             payload = [bytes(buffer) for buffer in (buffers or [])]
-            sink.comm(msg_type, ByValue(content), ByValue(_plain(metadata or {})),
+            sink.comm(msg_type, ByValue(content), ByValue(json_safe(metadata or {})),
                       ByValue(tuple(payload)))
 
     return ForwardedComm, CommManager()

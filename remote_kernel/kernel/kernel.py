@@ -18,6 +18,7 @@ from ipykernel.kernelbase import Kernel
 from traitlets import Unicode
 
 import remote_kernel as rk
+from remote_kernel.describe import json_safe
 from remote_kernel.errors import ConnectionClosed, RemoteError
 from remote_kernel.ipython.registry import open_connection
 from remote_kernel.protocol.boxing import ByValue
@@ -231,8 +232,8 @@ class RemoteKernel(Kernel):
         msg_type = parent["header"]["msg_type"]
         try:
             _, interpreter = self._connect()
-            interpreter.comm_message(msg_type, ByValue(_json(parent["content"])),
-                                     ByValue(_json(parent.get("metadata") or {})),
+            interpreter.comm_message(msg_type, ByValue(json_safe(parent["content"])),
+                                     ByValue(json_safe(parent.get("metadata") or {})),
                                      tuple(bytes(b) for b in parent.get("buffers") or ()))
         except Exception as exc:
             self.log.warning("forwarding %s to %s failed: %s", msg_type, self.target, exc)
@@ -248,12 +249,6 @@ class RemoteKernel(Kernel):
             comms = {k: v for k, v in comms.items() if v.get("target_name") == target}
         self.session.send(stream, "comm_info_reply", {"status": "ok", "comms": comms},
                           parent, ident)
-
-
-def _json(value: Any) -> Any:
-    from remote_kernel.describe import _plain
-
-    return _plain(value)
 
 
 def _format_info(info: dict[str, Any]) -> str:
