@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check remote_kernel tests benchmarks
+	$(VENV)/bin/ruff check .
 
 pytest: setup
 	$(PY) -m pytest -q tests
@@ -33,9 +33,9 @@ test: setup lint $(TEST_STEPS) pytest
 # executes every notebook and fails on any error.
 demo: setup
 ifeq ($(CHECK),1)
-	$(PY) -m remote_kernel.demo_launcher --check
+	$(PY) -m remote_kernel.demo.launcher --check
 else
-	$(PY) -m remote_kernel.demo_launcher
+	$(PY) -m remote_kernel.demo.launcher
 endif
 
 # The scripted first look: a classic server and a short session against it, printed.

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from remote_kernel import connfile
+from remote_kernel.net import connfile
 
 
 def _load_service(spec: str | None, classic: bool) -> Any:
     if classic or not spec:
-        from remote_kernel.service import ClassicService
+        from remote_kernel.core.service import ClassicService
 
         return ClassicService
     module_name, _, attr = spec.partition(":")
@@ -40,18 +40,18 @@ def _free_name(base: str) -> str:
             pid = connfile.read(path).get("pid")
         except (OSError, ValueError):
             pid = None
-        if not isinstance(pid, int) or not connfile._alive(pid):
+        if not isinstance(pid, int) or not connfile.pid_alive(pid):
             return name
         n += 1
         name = f"{base}-{n}"
 
 
 def _serve_stdio(service: Any) -> int:
-    from remote_kernel.auth import server_handshake
-    from remote_kernel.connection import Connection
+    from remote_kernel.core.connection import Connection
+    from remote_kernel.core.service import make_service
     from remote_kernel.errors import RemoteKernelError
-    from remote_kernel.service import make_service
-    from remote_kernel.transports.pipes import PipeTransport
+    from remote_kernel.net.auth import server_handshake
+    from remote_kernel.net.transports.pipes import PipeTransport
 
     # The protocol owns the original stdin/stdout; prints go to stderr, input reads nothing.
     proto_in, proto_out = os.dup(0), os.dup(1)
@@ -89,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     service = _load_service(args.service, args.classic)
     if args.stdio:
         return _serve_stdio(service)
-    from remote_kernel.server import Server
+    from remote_kernel.net.server import Server
 
     if args.no_auth:
         token = None
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from remote_kernel.demo_script import run
+    from remote_kernel.demo.script import run
 
     return run()
 

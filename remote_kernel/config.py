@@ -28,12 +28,6 @@ class ProtocolConfig:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     connid: str | None = None
 
-    def merged(self, overrides: Mapping[str, Any] | None) -> ProtocolConfig:
-        """A copy with ``overrides`` applied (validated like the constructor's dict)."""
-        if not overrides:
-            return self
-        return make_config({**dataclasses.asdict(self), **overrides})
-
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "allow_safe_attrs": (bool,),

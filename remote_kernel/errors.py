@@ -10,7 +10,19 @@ the local instance is *also* of the original type, so ``except ValueError`` work
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import traceback
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+# How IPython shows our errors. The IPython layer (``remote_kernel.ipython.tracebacks``) sets
+# these when it loads; until then the standard ``traceback`` text is used. A hook rather than
+# an import, so this bottom module depends on nothing of the package.
+render_remote_error: Callable[[Any], list[str]] | None = None
+render_connection_closed: Callable[[Any], list[str]] | None = None
+
+
+def _plain(exc: BaseException) -> list[str]:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()
 
 
 class RemoteKernelError(Exception):
@@ -26,8 +38,8 @@ class ConnectionClosed(RemoteKernelError, EOFError):
 
     def _render_traceback_(self) -> list[str]:
         """In a notebook: one line naming the peer, not a stack of plumbing."""
-        from remote_kernel._tbformat import render_connection_closed
-
+        if render_connection_closed is None:
+            return [f"ConnectionClosed: {self}"]
         return render_connection_closed(self)
 
 
@@ -72,8 +84,10 @@ class RemoteError(RemoteKernelError):
 
     def _render_traceback_(self) -> list[str]:
         """IPython calls this instead of formatting the local traceback."""
-        from remote_kernel._tbformat import render_remote_error
-
+        if render_remote_error is None:
+            remote = self.remote_traceback.rstrip().splitlines()
+            return [*_plain(self)[:-1], f"---- remote traceback, from {self.peer} ----",
+                    *remote]
         return render_remote_error(self)
 
 

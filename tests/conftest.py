@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 import remote_kernel as rk
-from remote_kernel.connection import Connection
-from remote_kernel.transports import memory_pair
+from remote_kernel.core.connection import Connection
+from remote_kernel.net.transports import memory_pair
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,7 @@ import pytest
 
 @pytest.mark.timeout(600)
 def test_every_notebook_runs(tmp_path) -> None:
-    result = subprocess.run([sys.executable, "-m", "remote_kernel.demo_launcher", "--check"],
+    result = subprocess.run([sys.executable, "-m", "remote_kernel.demo.launcher", "--check"],
                             capture_output=True, text=True, timeout=590)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     for name in ("01-getting-started", "02-instrument-control", "03-proxy-kernel",

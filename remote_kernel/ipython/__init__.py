@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from remote_kernel.ipython import completion, display, inspection, loop
+from remote_kernel.ipython import completion, display, inspection, loop, tracebacks
 from remote_kernel.ipython.magics import RemoteMagics
 from remote_kernel.ipython.registry import get_registry, reset_registry
+
+tracebacks.install()  # importing the IPython layer is enough to render remote errors
 
 
 def load(shell: Any) -> None:
@@ -22,18 +24,18 @@ def load(shell: Any) -> None:
     loop.install(shell)
     if getattr(shell, "kernel", None) is not None:
         try:
-            from remote_kernel import comm
+            from remote_kernel.ipython import panel
         except ImportError:
             return
-        comm.install(shell)
+        panel.install(shell)
 
 
 def unload(shell: Any) -> None:
     if getattr(shell, "kernel", None) is not None:
         try:
-            from remote_kernel import comm
+            from remote_kernel.ipython import panel
 
-            comm.uninstall(shell)
+            panel.uninstall(shell)
         except ImportError:
             pass
     loop.uninstall(shell)

@@ -14,8 +14,8 @@ from typing import Any
 
 from IPython.core.completer import SimpleCompletion, context_matcher
 
-from remote_kernel.connection import Connection
-from remote_kernel.netref import BaseNetref
+from remote_kernel.core.connection import Connection
+from remote_kernel.core.netref import BaseNetref
 from remote_kernel.protocol.messages import Op
 
 CACHE_SECONDS = 2.0
@@ -105,9 +105,9 @@ class RemoteCompleter:
         match = _MAGIC_LINE.match(line)
         if match is None:
             return None
-        from remote_kernel import connfile
         from remote_kernel.ipython.magics import SUBCOMMANDS
         from remote_kernel.ipython.registry import get_registry
+        from remote_kernel.net import connfile
 
         command, argument = match.group(1), match.group(2)
         if argument is None:

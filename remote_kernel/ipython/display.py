@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from remote_kernel.netref import BaseNetref, RemoteMethod
+from remote_kernel.core.netref import BaseNetref, RemoteMethod
 
 LOST = "<remote object, connection lost>"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from IPython.core.oinspect import Inspector
 
-from remote_kernel.netref import BaseNetref, RemoteMethod
+from remote_kernel.core.netref import BaseNetref, RemoteMethod
 from remote_kernel.protocol.messages import Op
 
 _FIELDS = ("type_name", "base_class", "string_form", "namespace", "length", "file",

@@ -15,7 +15,7 @@ import logging
 import threading
 from typing import Any
 
-from remote_kernel.connection import Connection, new_connection_hooks
+from remote_kernel.core.connection import Connection, new_connection_hooks
 from remote_kernel.errors import ConnectionClosed, ProtocolError
 from remote_kernel.ipython.registry import ConnectionEntry, get_registry
 
@@ -63,7 +63,7 @@ class LoopServer:
         if conn.closed:
             self.detach_fd(fd)
             return
-        if conn._recv_lock.locked():
+        if conn.reader_busy:
             return  # another thread is reading; it dispatches what arrives
         try:
             conn.poll_all(0)

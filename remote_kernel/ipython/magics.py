@@ -22,7 +22,9 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-import remote_kernel as rk
+from remote_kernel.core.api import deliver, obtain
+from remote_kernel.core.connection import Connection
+from remote_kernel.core.netref import is_netref
 from remote_kernel.ipython.registry import ConnectionEntry, get_registry
 from remote_kernel.ipython.sink import NotebookSink
 
@@ -48,7 +50,7 @@ def _connect_args(line: str) -> None:
 
 
 @magic_arguments()
-@argument("name", nargs="?", help="connection name (default: all)")
+@argument("name", nargs="?", help="connection name (default: the current connection)")
 @argument("--all", action="store_true", help="close every connection")
 def _close_args(line: str) -> None:
     """%remote close [NAME|--all]"""
@@ -85,21 +87,21 @@ def _split_names(text: str) -> list[str]:
     return names
 
 
-def _copy_or_reference(conn: rk.Connection, value: Any) -> Any:
+def _copy_or_reference(conn: Connection, value: Any) -> Any:
     """Values go by value where possible, anything else by reference."""
-    if rk.is_netref(value):
+    if is_netref(value):
         return value
     try:
-        return rk.deliver(conn, value)
+        return deliver(conn, value)
     except TypeError:
         return value
 
 
 def _local_copy(value: Any) -> Any:
-    if not rk.is_netref(value):
+    if not is_netref(value):
         return value
     try:
-        return rk.obtain(value)
+        return obtain(value)
     except TypeError:
         return value
 

@@ -10,10 +10,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import remote_kernel as rk
-from remote_kernel import connfile
-from remote_kernel.client import parse_address
-from remote_kernel.connection import Connection
+from remote_kernel.core.connection import Connection
+from remote_kernel.core.service import ClassicService, VoidService
+from remote_kernel.errors import ConnectionClosed, RequestTimeout
+from remote_kernel.net import connfile
+from remote_kernel.net.client import connect, connect_ssh, connect_subprocess, parse_address
 
 log = logging.getLogger("remote_kernel.ipython")
 
@@ -45,10 +46,14 @@ class ConnectionEntry:
             self._interpreter = self.require().root.interpreter
         return self._interpreter
 
+    def forget_interpreter(self) -> None:
+        """Drop the cached interpreter netref (a new connection has its own)."""
+        self._interpreter = None
+
     def require(self) -> Connection:
         if self.conn is None or self.conn.closed or self.state != CONNECTED:
             reason = f" ({self.error})" if self.error else ""
-            raise rk.ConnectionClosed(
+            raise ConnectionClosed(
                 f"connection {self.name!r} to {self.target} is {self.state}{reason}; "
                 f"use %remote reconnect {self.name}"
             )
@@ -63,16 +68,16 @@ class ConnectionEntry:
 def open_connection(target: str, token_file: str | None = None,
                     service: str = "void") -> Connection:
     """Connect to anything ``%remote connect`` accepts."""
-    local_service = rk.ClassicService if service == "classic" else rk.VoidService
+    local_service = ClassicService if service == "classic" else VoidService
     token = None
     if token_file:
         with open(token_file) as handle:
             token = handle.read().strip()
     if target == "subprocess":
-        return rk.connect_subprocess(service=local_service)
+        return connect_subprocess(service=local_service)
     if target.startswith("ssh:"):
-        return rk.connect_ssh(target[4:], service=local_service)
-    return rk.connect(target, service=local_service, token=token)
+        return connect_ssh(target[4:], service=local_service)
+    return connect(target, service=local_service, token=token)
 
 
 def default_name(target: str) -> str:
@@ -159,7 +164,7 @@ class ConnectionRegistry:
         entry.conn = conn
         entry.state = CONNECTED
         entry.error = ""
-        entry._interpreter = None
+        entry.forget_interpreter()
         conn.on_close.append(lambda closed, entry=entry: self._closed(entry, closed))
         for callback in list(self.on_open):
             callback(entry)
@@ -169,7 +174,7 @@ class ConnectionRegistry:
             return
         if entry.state == CONNECTED:
             entry.state = LOST
-            entry.error = conn._close_reason
+            entry.error = conn.close_reason
         self.changed()
 
     def close(self, name: str) -> None:
@@ -204,13 +209,13 @@ class ConnectionRegistry:
         entry = self.get(name)
         try:
             entry.latency = entry.require().ping()
-        except rk.ConnectionClosed as exc:
+        except ConnectionClosed as exc:
             if entry.state == CONNECTED:
                 entry.state = LOST
                 entry.error = str(exc)
             self.changed()
             raise
-        except rk.RequestTimeout:
+        except RequestTimeout:
             self.changed()
             raise
         self.changed()

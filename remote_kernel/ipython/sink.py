@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from remote_kernel.service import exposed
+from remote_kernel.core.service import exposed
 
 
 class RemoteResult:

@@ -17,13 +17,14 @@ from typing import Any
 from ipykernel.kernelbase import Kernel
 from traitlets import Unicode
 
-import remote_kernel as rk
-from remote_kernel.describe import json_safe
-from remote_kernel.errors import ConnectionClosed, RemoteError
+from remote_kernel import __version__
+from remote_kernel.core.connection import Connection
+from remote_kernel.core.service import exposed
+from remote_kernel.errors import ConnectionClosed, RemoteError, RemoteKernelError
 from remote_kernel.ipython.registry import open_connection
 from remote_kernel.protocol.boxing import ByValue
+from remote_kernel.protocol.describe import json_safe
 from remote_kernel.protocol.messages import Op
-from remote_kernel.service import exposed
 
 _PAGER = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(\?{1,2})\s*$")
 DEFAULT_LANGUAGE_INFO = {
@@ -45,9 +46,11 @@ class KernelSink:
 
     def _publish(self, msg_type: str, content: dict[str, Any], **kwargs: Any) -> None:
         kernel = self.kernel
+        # The iopub topic as ipykernel builds it ("kernel.<ident>.<msg_type>"), from public
+        # attributes rather than its private _topic().
         kernel.session.send(kernel.iopub_socket, msg_type, content,
                             parent=kernel.get_parent("shell"),
-                            ident=kernel._topic(msg_type), **kwargs)
+                            ident=f"kernel.{kernel.ident}.{msg_type}".encode(), **kwargs)
 
     @exposed
     def stream(self, name: str, text: str) -> None:
@@ -61,7 +64,7 @@ class KernelSink:
     def result(self, data: dict, metadata: dict, count: int) -> None:
         self._publish("execute_result", {"data": data, "metadata": metadata,
                                          "execution_count": self.kernel.execution_count})
-        self.kernel._outputs[self.kernel.execution_count] = str(data.get("text/plain", ""))
+        self.kernel.record_output(self.kernel.execution_count, str(data.get("text/plain", "")))
 
     @exposed
     def clear_output(self, wait: bool = False) -> None:
@@ -75,7 +78,7 @@ class KernelSink:
 
 class RemoteKernel(Kernel):
     implementation = "remote_kernel"
-    implementation_version = rk.__version__
+    implementation_version = __version__
     banner = "remote_kernel proxy kernel: every cell runs on a remote Python interpreter"
     help_links = ()
 
@@ -85,7 +88,7 @@ class RemoteKernel(Kernel):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._conn: rk.Connection | None = None
+        self._conn: Connection | None = None
         self._interpreter: Any = None
         self._remote_language_info: dict[str, Any] | None = None
         self._tried_info = False
@@ -95,6 +98,10 @@ class RemoteKernel(Kernel):
         self._loop_server: Any = None
         for msg_type in ("comm_open", "comm_msg", "comm_close"):
             self.shell_handlers[msg_type] = self._forward_comm
+
+    def record_output(self, count: int, text: str) -> None:
+        """Remember a cell's result text for history requests with ``output=True``."""
+        self._outputs[count] = text
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -108,15 +115,15 @@ class RemoteKernel(Kernel):
                 self.log.warning("remote target %s not reachable yet: %s", self.target, exc)
         return self._remote_language_info or DEFAULT_LANGUAGE_INFO
 
-    def _connect(self) -> tuple[rk.Connection, Any]:
+    def _connect(self) -> tuple[Connection, Any]:
         if self._conn is not None and not self._conn.closed:
             return self._conn, self._interpreter
         if not self.target:
-            raise rk.RemoteKernelError("no target: install the kernelspec with --target")
+            raise RemoteKernelError("no target: install the kernelspec with --target")
         try:
             conn = open_connection(self.target, self.token_file or None)
         except Exception as exc:
-            raise rk.RemoteKernelError(f"cannot reach {self.target}: {exc}") from exc
+            raise RemoteKernelError(f"cannot reach {self.target}: {exc}") from exc
         interpreter = conn.root.interpreter
         interpreter.attach_comms(self._sink)
         self._remote_language_info = dict(interpreter.language_info())
@@ -124,7 +131,7 @@ class RemoteKernel(Kernel):
         self._serve_from_loop(conn)
         return conn, interpreter
 
-    def _serve_from_loop(self, conn: rk.Connection) -> None:
+    def _serve_from_loop(self, conn: Connection) -> None:
         """Comm messages and callbacks from the remote arrive while the kernel is idle."""
         try:
             from tornado.ioloop import IOLoop
@@ -164,7 +171,7 @@ class RemoteKernel(Kernel):
             return self._error(type(exc).__name__, str(exc), exc._render_traceback_())
         except ConnectionClosed as exc:
             return self._error("ConnectionClosed", str(exc), exc._render_traceback_())
-        except rk.RemoteKernelError as exc:
+        except RemoteKernelError as exc:
             return self._error(type(exc).__name__, str(exc), [f"{type(exc).__name__}: {exc}"])
         return {"status": "ok", "execution_count": self.execution_count, "payload": payload,
                 "user_expressions": {}}

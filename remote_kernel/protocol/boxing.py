@@ -22,7 +22,6 @@ from __future__ import annotations
 import builtins
 import itertools
 import struct
-import sys
 import threading
 import traceback
 from collections.abc import Callable
@@ -33,7 +32,10 @@ from msgpack import ExtType
 from remote_kernel import errors
 from remote_kernel.errors import ProtocolError, RemoteError, RemoteFrame
 from remote_kernel.protocol.codec import pack, unpack
+from remote_kernel.protocol.describe import Descriptor
+from remote_kernel.protocol.frames import user_frames
 from remote_kernel.protocol.messages import Ext
+from remote_kernel.protocol.values import array_from_parts, array_parts, is_numpy
 
 INT_MIN = -(2**63)
 INT_MAX = 2**64 - 1
@@ -52,7 +54,6 @@ def _ext(code: int, data: bytes) -> ExtType:
     return tuple.__new__(ExtType, (code, data))
 OOB_MIN = 64 * 1024  # bytes payloads at least this large travel out of band
 
-Descriptor = tuple  # (module, qualname, methods, dunders, flags, builtin_name)
 
 
 class ByValue:
@@ -139,7 +140,6 @@ _OUR_ERRORS: dict[str, type[BaseException]] = {
 _PLAIN = (KeyboardInterrupt,)  # a peer must not make us exit: SystemExit is a RemoteError
 _exception_classes: dict[tuple[str, str], type[BaseException]] = {}
 _exception_classes_lock = threading.Lock()
-_PACKAGE_DIR = __file__.rsplit("/protocol/", 1)[0]
 
 
 def remote_exception_class(module: str, qualname: str,
@@ -201,17 +201,15 @@ def _safe_str(exc: BaseException) -> str:
 
 
 def _frames_of(exc: BaseException) -> list[tuple[str, int, str, str]]:
-    frames = []
-    for summary in traceback.extract_tb(exc.__traceback__):
-        if summary.filename.startswith(_PACKAGE_DIR):
-            continue  # our own plumbing is noise in a user's traceback
-        frames.append((summary.filename, summary.lineno or 0, summary.name, summary.line or ""))
-    return frames
+    return user_frames(exc.__traceback__)  # our own plumbing is noise in a user's traceback
 
 
 def _traceback_text(exc: BaseException) -> str:
-    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
-    return "".join(line for line in lines if _PACKAGE_DIR not in line.split("\n", 1)[0])
+    """The traceback as Python prints it, without machinery frames."""
+    lines = ["Traceback (most recent call last):\n"]
+    lines += traceback.format_list(_frames_of(exc))
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)
 
 
 class Boxer:
@@ -324,24 +322,16 @@ class Boxer:
             return ExtType(Ext.BYTEARRAY, pack(self.box(bytes(obj))))
         if t is memoryview:
             return self.box(obj.tobytes())
-        if _is_numpy(obj):
+        if is_numpy(obj):
             return self._box_ndarray(obj)
         if self._proxy_oid(obj) is not None:
             return self.box(obj)
         raise TypeError(f"cannot copy a {t.__module__}.{t.__qualname__} object by value")
 
     def _box_ndarray(self, obj: Any) -> ExtType:
-        import numpy
-
-        array = numpy.asarray(obj)
-        if array.dtype.hasobject or array.dtype.fields is not None:
-            raise TypeError(f"cannot copy a numpy array of dtype {array.dtype} by value")
-        shape = list(array.shape)
-        data = numpy.ascontiguousarray(array).reshape(-1)  # (0-d arrays come back 1-d)
-        scalar = isinstance(obj, numpy.generic)
-        raw = memoryview(data).cast("B")
+        dtype, shape, scalar, raw = array_parts(obj)
         body = self._out_of_band(raw) if raw.nbytes >= OOB_MIN else raw
-        return ExtType(Ext.NDARRAY, pack([array.dtype.str, shape, scalar, body]))
+        return ExtType(Ext.NDARRAY, pack([dtype, shape, scalar, body]))
 
     def box_exception(self, exc: BaseException) -> ExtType:
         cls = type(exc)
@@ -459,25 +449,15 @@ class Boxer:
         return items
 
     def _decode_ndarray(self, data: bytes) -> Any:
-        try:
-            import numpy
-        except ImportError:
-            raise ProtocolError("the peer sent a numpy array but numpy is not installed") from None
         self._raw_buffers = True
         try:
             dtype_str, shape, scalar, raw = self._unpack_tuple(data, length=4)
         finally:
             self._raw_buffers = False
         try:
-            dtype = numpy.dtype(dtype_str)
-            if dtype.hasobject:
-                raise TypeError("object arrays are refused")
-            array = numpy.frombuffer(raw, dtype=dtype).reshape(shape)
-            if not isinstance(raw, bytearray):
-                array = array.copy()  # writable, not a view of the message
+            return array_from_parts(dtype_str, shape, scalar, raw)
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed numpy array: {exc}") from None
-        return array[()] if scalar else array
 
     def _decode_exception(self, data: bytes) -> BaseException:
         module, qualname, args, message, text, frames, builtin_base = \
@@ -498,12 +478,3 @@ class Boxer:
         exc.remote_frames = [RemoteFrame(*frame) for frame in frames]
         exc.peer = self._peer_name()
         return exc
-
-
-def _is_numpy(obj: Any) -> bool:
-    module = type(obj).__module__
-    if not module.startswith("numpy") or "numpy" not in sys.modules:
-        return False
-    import numpy
-
-    return isinstance(obj, (numpy.ndarray, numpy.generic))

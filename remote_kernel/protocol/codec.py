@@ -80,39 +80,129 @@ def unpack(payload: bytes | bytearray | memoryview, ext_hook: ExtHook | None = N
         raise ProtocolError(f"malformed message: {type(exc).__name__}: {exc}") from exc
 
 
-class FrameDecoder:
-    """Split a byte stream into frames. ``feed`` bytes, get the complete payloads back.
+CHUNK = 256 * 1024  # the shared receive buffer; several small frames are parsed per read
+BIG_START = 1 << 20  # first allocation for a frame larger than the shared buffer
 
-    The size of a frame is checked when its header arrives, so an oversized frame is
-    refused before its payload is buffered.
+
+class FrameDecoder:
+    """The one framer: splits a byte stream into frame payloads, without doing any I/O.
+
+    Two ways in, one state machine: ``feed(data)`` copies bytes in and returns the complete
+    payloads (tests, the fuzzer), while a transport receives straight into
+    :meth:`recv_buffer` and reports the count with :meth:`advance`, then takes payloads with
+    :meth:`next_frame` (no copy of the stream on the way in).
+
+    Small frames are parsed out of one reusable buffer; a frame larger than that buffer is
+    received into its own allocation, which starts at ``BIG_START`` bytes and gets its full
+    size only once that much has arrived, so a peer announcing a huge frame and sending
+    little costs little. The size of a frame is checked when its header arrives, before a
+    byte of its payload is buffered. State survives any interruption between calls.
     """
 
-    def __init__(self, max_message_size: int) -> None:
+    def __init__(self, max_message_size: int, chunk: int = CHUNK) -> None:
         self.max_message_size = max_message_size
-        self._buffer = bytearray()
+        self._buf = bytearray(chunk)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
         self._need: int | None = None
+        self._big: bytearray | None = None
+        self._big_got = 0
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        self._buffer += data
-        frames: list[bytes] = []
-        while True:
-            if self._need is None:
-                if len(self._buffer) < HEADER_SIZE:
-                    return frames
-                try:
-                    self._need = parse_header(self._buffer[:HEADER_SIZE],
-                                              self.max_message_size)
-                except ProtocolError:
-                    self._buffer.clear()  # the stream is unusable; keep nothing of it
-                    raise
-                del self._buffer[:HEADER_SIZE]
-            if len(self._buffer) < self._need:
-                return frames
-            frames.append(bytes(self._buffer[: self._need]))
-            del self._buffer[: self._need]
+    # -- receiving in place --------------------------------------------------------------
+
+    def recv_buffer(self) -> memoryview:
+        """Where the next received bytes go; call :meth:`advance` with how many arrived."""
+        big = self._big
+        if big is not None:
+            if self._big_got == len(big):
+                # BIG_START bytes arrived: now the frame gets its full size, once.
+                full = bytearray(self._need or 0)
+                full[:self._big_got] = big
+                self._big = big = full
+            return memoryview(big)[self._big_got:]
+        if self._end == len(self._buf):
+            self._compact()
+        return self._view[self._end:]
+
+    def advance(self, count: int) -> None:
+        """``count`` bytes were written at the start of the last :meth:`recv_buffer`."""
+        if self._big is not None:
+            self._big_got += count
+        else:
+            self._end += count
+
+    def next_frame(self) -> bytes | bytearray | None:
+        """The next complete payload, or None until more bytes arrive."""
+        big = self._big
+        if big is not None:
+            if self._big_got != self._need:
+                return None
+            self._big, self._need = None, None
+            return big
+        available = self._end - self._start
+        if self._need is None:
+            if available < HEADER_SIZE:
+                return None
+            try:
+                self._need = check_length(HEADER.unpack_from(self._buf, self._start)[0],
+                                          self.max_message_size)
+            except ProtocolError:
+                self._start = self._end = 0  # the stream is unusable; keep nothing of it
+                raise
+            self._start += HEADER_SIZE
+            available -= HEADER_SIZE
+        need = self._need
+        if available >= need:
+            payload = bytes(self._view[self._start:self._start + need])
+            self._start += need
             self._need = None
+            if self._start == self._end:
+                self._start = self._end = 0
+            return payload
+        if need > len(self._buf) - self._start:
+            if need > len(self._buf):
+                # Too big for the shared buffer: receive it into its own allocation.
+                self._big = bytearray(min(need, max(available, BIG_START)))
+                self._big[:available] = self._view[self._start:self._end]
+                self._big_got = available
+                self._start = self._end = 0
+            else:
+                self._compact()
+        return None
+
+    def buffered(self) -> bool:
+        """True when a complete frame may be available without receiving more bytes."""
+        if self._big is not None:
+            return self._big_got == self._need
+        return self._end - self._start >= HEADER_SIZE
 
     @property
     def pending(self) -> int:
         """Bytes buffered that do not yet form a frame."""
-        return len(self._buffer) + (HEADER_SIZE if self._need is not None else 0)
+        if self._big is not None:
+            return self._big_got + HEADER_SIZE
+        return self._end - self._start + (HEADER_SIZE if self._need is not None else 0)
+
+    # -- feeding copies ------------------------------------------------------------------
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
+        """Copy ``data`` in; the payloads it completes, in order."""
+        frames: list[bytes | bytearray] = []
+        with memoryview(data) as whole, whole.cast("B") as view:
+            offset = 0
+            while True:
+                while (payload := self.next_frame()) is not None:
+                    frames.append(payload)
+                if offset == len(view):
+                    return frames
+                with self.recv_buffer() as target:
+                    count = min(len(target), len(view) - offset)
+                    target[:count] = view[offset:offset + count]
+                self.advance(count)
+                offset += count
+
+    def _compact(self) -> None:
+        remaining = self._end - self._start
+        self._buf[:remaining] = self._buf[self._start:self._end]
+        self._start, self._end = 0, remaining

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from msgpack import ExtType
 
+from remote_kernel.core.transport import FrameReader
 from remote_kernel.errors import ProtocolError
 from remote_kernel.protocol.boxing import Boxer, ObjectTable
 from remote_kernel.protocol.codec import HEADER, FrameDecoder, frame, pack, parse_header
@@ -165,6 +166,45 @@ def test_framing_is_independent_of_how_the_stream_is_cut(payloads: list[bytes],
         start = cut
     assert got == payloads
     assert decoder.pending == 0
+
+
+class _CutStream:
+    """A transport that hands out a byte stream in the given pieces (the reader's view)."""
+
+    def __init__(self, stream: bytes, cuts: list[int]) -> None:
+        bounds = [0, *cuts, len(stream)]
+        self.pieces = [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+    def recv_into(self, buffer: memoryview, timeout: float | None) -> int:
+        if not self.pieces:
+            return 0
+        piece = self.pieces[0]
+        count = min(len(piece), len(buffer))
+        buffer[:count] = piece[:count]
+        self.pieces[0] = piece[count:]
+        if not self.pieces[0]:
+            self.pieces.pop(0)
+        return count
+
+    def has_buffered_data(self) -> bool:
+        return False
+
+
+@SETTINGS
+@given(st.lists(st.binary(max_size=3000), max_size=8), st.data())
+def test_transports_read_frames_with_the_same_framer(payloads: list[bytes],
+                                                      data: st.DataObject) -> None:
+    """Production reads (FrameReader over a transport, receiving in place, large frames in
+    their own buffer) and ``feed`` are one state machine: the same frames either way."""
+    stream = b"".join(frame(p, 1 << 20) for p in payloads)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    reader = FrameReader(_CutStream(stream, cuts), 1 << 20, chunk=512)  # type: ignore[arg-type]
+    assert isinstance(reader.decoder, FrameDecoder)
+    got = []
+    while (payload := reader.read_frame(0)) is not None:
+        got.append(bytes(payload))
+    assert got == payloads
+    assert FrameDecoder(1 << 20, chunk=512).feed(stream) == payloads
 
 
 @SETTINGS

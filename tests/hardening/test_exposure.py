@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import remote_kernel as rk
-from remote_kernel import auth
-from remote_kernel.server import Server
+from remote_kernel.net import auth
+from remote_kernel.net.server import Server
 from tests.hardening.conftest import EchoService
 
 NON_LOOPBACK = ["0.0.0.0", "::", "", "192.168.1.20", "10.0.0.1", "example.com",

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 import remote_kernel as rk
-from remote_kernel.auth import client_handshake
-from remote_kernel.connection import Connection
+from remote_kernel.core.connection import Connection
+from remote_kernel.net.auth import client_handshake
+from remote_kernel.net.transports.sockets import SocketTransport
 from remote_kernel.protocol.codec import HEADER
 from remote_kernel.protocol.messages import Kind, Op
-from remote_kernel.transports.sockets import SocketTransport
 from tests.hardening.rawpeer import RawPeer, frame, packb
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,11 +22,11 @@ import pytest
 from msgpack import ExtType
 
 import remote_kernel as rk
-from remote_kernel.connection import Connection
-from remote_kernel.netref import LOCAL_DENIED
+from remote_kernel.core.connection import Connection
+from remote_kernel.core.netref import LOCAL_DENIED
+from remote_kernel.net.transports.sockets import SocketTransport
 from remote_kernel.protocol.codec import HEADER
 from remote_kernel.protocol.messages import Ext, Kind, Op
-from remote_kernel.transports.sockets import SocketTransport
 from tests.hardening.rawpeer import Decoded, RawPeer, exc, frame, packb, peerref, ref
 
 # Names whose reading would hand a peer the keys to our interpreter.
@@ -297,9 +297,9 @@ NESTED_EXT_CHILD = """
 import socket, sys
 sys.path.insert(0, {root!r})
 import remote_kernel as rk
-from remote_kernel.connection import Connection
+from remote_kernel.core.connection import Connection
 from remote_kernel.protocol.messages import Kind, Op
-from remote_kernel.transports.sockets import SocketTransport
+from remote_kernel.net.transports.sockets import SocketTransport
 from tests.hardening.rawpeer import RawPeer, frame, packb
 from tests.hardening.test_hostile_peer import _nested_frozensets
 left, right = socket.socketpair()

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from remote_kernel import comm as panel
-from remote_kernel.comm import PanelEndpoint
+from remote_kernel.ipython import panel
+from remote_kernel.ipython.panel import PanelEndpoint
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -133,7 +133,7 @@ def test_snapshot_describes_each_connection(fake) -> None:
         "name": "pi", "target": "127.0.0.1:9999", "state": "connected", "error": "",
         "latency": None,
         "stats": {"requests": 3, "bytes_in": 100, "bytes_out": 50},
-        "root_label": "namespace", "code_root": "pi.namespace", "plain_names": False,
+        "root_label": "namespace", "code_root": "pi.namespace",
     }
 
 
@@ -221,7 +221,7 @@ def test_code_root_follows_the_notebook_binding() -> None:
 
 def test_files_lists_live_connection_files_without_tokens(fake, classic_server) -> None:
     registry, endpoint, comm = fake
-    import remote_kernel.connfile as connfile
+    import remote_kernel.net.connfile as connfile
 
     original = connfile.available
     connfile.available = lambda: [{"name": "lab", "port": 1, "token": "secret", "file": "f"}]

@@ -1,6 +1,6 @@
 """`make demo` in a real browser: notebook 02 runs top to bottom and shows a plot and a slider.
 
-Starts `python -m remote_kernel.demo_launcher` as `make demo` does (the simulated bench, the
+Starts `python -m remote_kernel.demo.launcher` as `make demo` does (the simulated bench, the
 `remote-demo` kernelspec and JupyterLab), with its own Jupyter/IPython dirs and a copy of
 notebooks/ so the repository's notebooks are never saved over. Reads the URL it prints, opens
 notebook 02 in headless chromium, runs Run > Run All Cells and waits until every code cell has
@@ -48,7 +48,7 @@ SHOT_SIZE = {"width": 1400, "height": 1360}
 
 
 class Launcher:
-    """`python -m remote_kernel.demo_launcher --port PORT`, its output collected by a thread."""
+    """`python -m remote_kernel.demo.launcher --port PORT`, its output collected by a thread."""
 
     URL = re.compile(r"JupyterLab: (http://127\.0\.0\.1:\d+/lab/tree/\S+\?token=(\w+))")
 
@@ -56,7 +56,7 @@ class Launcher:
         self.env = env
         self.lines: list[str] = []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "remote_kernel.demo_launcher", "--port", str(_free_port()),
+            [sys.executable, "-m", "remote_kernel.demo.launcher", "--port", str(_free_port()),
              "--notebooks", str(env.notebooks)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env.environ,
             cwd=str(env.base), start_new_session=True)  # Ctrl-C in pytest's terminal is ours

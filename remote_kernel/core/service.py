@@ -14,10 +14,10 @@ import linecache
 import sys
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from remote_kernel.protocol.handlers import exposed
+from remote_kernel.protocol.policy import exposed
 
 if TYPE_CHECKING:
-    from remote_kernel.connection import Connection
+    from remote_kernel.core.connection import Connection
 
 
 class Service:
@@ -106,7 +106,7 @@ class ClassicService(Service):
     @property
     def exposed_interpreter(self) -> Any:
         if self._interpreter is None:
-            from remote_kernel.interpreter import Interpreter
+            from remote_kernel.remote.interpreter import Interpreter
 
             self._interpreter = Interpreter(self.exposed_namespace)
         return self._interpreter

@@ -1,4 +1,4 @@
-"""A simulated lab bench, served with ``remote-kernel serve --service remote_kernel.demo:Lab``.
+"""A simulated lab bench, served with ``remote-kernel serve --service remote_kernel.demo.bench:Lab``.
 
 Four instruments, shared by every client like real hardware: a signal generator (settings
 take a moment to apply), a digitizer returning noisy traces of the generated signal, a
@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from remote_kernel.service import ClassicService
+from remote_kernel.core.service import ClassicService
 
 
 class OutOfRange(ValueError):

@@ -15,15 +15,15 @@ import ssl
 import threading
 from typing import Any
 
-from remote_kernel.auth import server_handshake
 from remote_kernel.config import make_config
-from remote_kernel.connection import Connection
+from remote_kernel.core.connection import Connection
+from remote_kernel.core.service import ClassicService, make_service
 from remote_kernel.errors import AuthenticationError, ConnectionClosed, ProtocolError
-from remote_kernel.service import ClassicService, make_service
-from remote_kernel.tls import requires_client_certificates, server_context
-from remote_kernel.transports.sockets import SocketTransport
+from remote_kernel.net.auth import server_handshake
+from remote_kernel.net.tls import requires_client_certificates, server_context
+from remote_kernel.net.transports.sockets import SocketTransport
 
-log = logging.getLogger("remote_kernel.server")
+log = logging.getLogger("remote_kernel.net.server")
 HANDSHAKE_TIMEOUT = 10.0
 
 

@@ -8,11 +8,11 @@ import time
 import weakref
 from typing import TYPE_CHECKING
 
-from remote_kernel import _interrupt
+from remote_kernel.core import interrupt as _interrupt
 from remote_kernel.errors import ConnectionClosed, ProtocolError
 
 if TYPE_CHECKING:
-    from remote_kernel.connection import Connection
+    from remote_kernel.core.connection import Connection
 
 
 class BgServingThread:
@@ -59,27 +59,28 @@ class _Watchdog:
                 self._thread.start()
 
     def _run(self) -> None:
+        # The thread ends when no open connection is left (a new one starts it again).
         while True:
             _interrupt.original_sleep(self.LONG_REQUEST)
-            now = time.monotonic()
-            for conn in list(self._connections):
-                since = conn._busy_since
-                if (since is not None and now - since > self.LONG_REQUEST
-                        and not conn._closed and not conn._recv_lock.locked()
-                        and not conn._lent_reader):
-                    conn._lent_reader = True
-                    threading.Thread(target=self._read_for, args=(conn,), daemon=True,
-                                     name=f"rk-reader-{conn.peer}").start()
+            with self._lock:
+                if not self._check():
+                    self._thread = None
+                    return
 
-    @staticmethod
-    def _read_for(conn: Connection) -> None:
-        try:
-            while conn._busy_since is not None and not conn._closed:
-                conn.serve(0.1)
-        except (ConnectionClosed, ProtocolError):
-            pass
-        finally:
-            conn._lent_reader = False
+    def _check(self) -> bool:
+        """Lend readers where needed; False when no open connection is tracked. Runs in
+        its own frame so that no connection stays referenced while the thread sleeps."""
+        now = time.monotonic()
+        alive = False
+        for conn in list(self._connections):
+            if conn.closed:
+                self._connections.discard(conn)
+                continue
+            alive = True
+            if conn.claim_lent_reader(now, self.LONG_REQUEST):
+                threading.Thread(target=conn.serve_while_busy, daemon=True,
+                                 name=f"rk-reader-{conn.peer}").start()
+        return alive
 
 
 _watchdog = _Watchdog()

@@ -28,8 +28,8 @@ import threading
 import time
 from typing import Any
 
-from remote_kernel.describe import mimebundle, object_info
 from remote_kernel.protocol.boxing import ByValue
+from remote_kernel.protocol.describe import mimebundle, object_info
 
 FLUSH_INTERVAL = 0.05  # seconds between flushes of partial lines
 _local = threading.local()
@@ -185,9 +185,6 @@ def _figures() -> list[tuple[dict, dict]]:
     return bundles
 
 
-_NAME_AT_CURSOR = re.compile(r"([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)\.?([A-Za-z_]\w*)?$")
-
-
 class Interpreter:
     """A cell interpreter over one namespace (the classic service's)."""
 
@@ -336,18 +333,18 @@ class Interpreter:
     # -- comms (the proxy kernel forwards ipywidgets) -------------------------------------
 
     def exposed_attach_comms(self, sink: Any) -> None:
-        from remote_kernel import remote_comms
+        from remote_kernel.remote import comms as remote_comms
 
         remote_comms.attach(sink)
 
     def exposed_comm_message(self, msg_type: str, content: dict, metadata: dict,
                              buffers: tuple) -> None:
-        from remote_kernel import remote_comms
+        from remote_kernel.remote import comms as remote_comms
 
         remote_comms.deliver(msg_type, content, metadata, buffers)
 
     def exposed_comm_info(self) -> ByValue:
-        from remote_kernel import remote_comms
+        from remote_kernel.remote import comms as remote_comms
 
         return remote_comms.comm_info()
 

@@ -22,18 +22,19 @@ import collections
 import threading
 from typing import TYPE_CHECKING, Any
 
-from remote_kernel.protocol.boxing import ByValue, Descriptor
-from remote_kernel.protocol.handlers import (
+from remote_kernel.protocol.boxing import ByValue
+from remote_kernel.protocol.describe import (
     FAKE_CLASSES,
     FLAG_BUFFERED_ITER,
     FLAG_TYPE,
     FLAG_UNHASHABLE,
-    FORWARDED_DUNDERS,
+    Descriptor,
 )
 from remote_kernel.protocol.messages import Op
+from remote_kernel.protocol.policy import FORWARDED_DUNDERS
 
 if TYPE_CHECKING:
-    from remote_kernel.connection import Connection
+    from remote_kernel.core.connection import Connection
 
 # Looked up on objects by numpy, pickle, copy, pandas and IPython; never forwarded.
 LOCAL_DENIED = frozenset("""
@@ -248,7 +249,7 @@ def _build_class(descriptor: Descriptor) -> type:
     module, qualname, methods, dunders, flags, builtin_name = descriptor[:6]
     namespace: dict[str, Any] = {
         "__slots__": ("_rk_buffer",) if flags & FLAG_BUFFERED_ITER else (),
-        "__module__": f"remote_kernel.netref.{module}",
+        "__module__": f"remote_kernel.core.netref.{module}",
         "__qualname__": str(qualname),
         "__doc__": _remote_doc,
         "_rk_descriptor": descriptor,

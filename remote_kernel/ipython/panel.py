@@ -17,7 +17,7 @@ Messages (JSON, the comm's ``data``)::
     kernel -> frontend
       {"type": "snapshot", "version": 1, "current": NAME | null,
        "connections": [{"name", "target", "state", "error", "latency", "root_label", "code_root",
-                        "plain_names", "stats": {"requests", "bytes_in", "bytes_out"}}]}
+                        "stats": {"requests", "bytes_in", "bytes_out"}}]}
       {"type": "reply", "id": N, "ok": true, "result": {...}}
       {"type": "reply", "id": N, "ok": false, "error": "message", "error_type": "ValueError"}
 
@@ -45,6 +45,8 @@ import json
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from remote_kernel.protocol.describe import json_safe
 
 TARGET = "remote_kernel.panel"
 PROTOCOL_VERSION = 1
@@ -155,7 +157,6 @@ class PanelEndpoint:
             "stats": {key: int(stats.get(key) or 0) for key in ("requests", "bytes_in", "bytes_out")},
             "root_label": "namespace" if classic else "root",
             "code_root": self._code_root(entry, classic),
-            "plain_names": False,
         }
 
     def _code_root(self, entry: Any, classic: bool) -> str:
@@ -205,7 +206,7 @@ class PanelEndpoint:
             if not isinstance(args, dict):
                 raise PanelError("args must be an object")
             result = handler(args)
-            reply = {"type": "reply", "id": request_id, "ok": True, "result": _jsonable(result)}
+            reply = {"type": "reply", "id": request_id, "ok": True, "result": json_safe(result)}
         except (Exception, KeyboardInterrupt) as exc:  # the panel always gets an answer
             reply = {"type": "reply", "id": request_id, "ok": False,
                      "error": _message(exc), "error_type": type(exc).__name__}
@@ -236,7 +237,7 @@ class PanelEndpoint:
         return conn
 
     def _files(self, args: dict[str, Any]) -> dict[str, Any]:
-        from remote_kernel import connfile
+        from remote_kernel.net import connfile
 
         files = []
         for info in connfile.available():
@@ -346,19 +347,6 @@ def _message(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     first = text.splitlines()[0] if text else text
     return first[:500]
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types only (tuples become lists, odd keys and values become strings)."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else None
-    if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return str(value)
 
 
 # Wiring into a kernel -----------------------------------------------------------------------

@@ -77,14 +77,14 @@ def available() -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue
         pid = info.get("pid")
-        if isinstance(pid, int) and not _alive(pid):
+        if isinstance(pid, int) and not pid_alive(pid):
             continue
         info["file"] = str(path)
         found.append(info)
     return found
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from remote_kernel.transports.sockets import SocketTransport
+from remote_kernel.net.transports.sockets import SocketTransport
 
 
 def memory_pair(name_a: str = "memory:a", name_b: str = "memory:b") -> tuple[SocketTransport,

@@ -7,9 +7,9 @@ import socket
 import ssl
 import struct
 
+from remote_kernel.core.transport import Transport
 from remote_kernel.errors import ConnectionClosed
-from remote_kernel.tls import explain_ssl_error
-from remote_kernel.transports.base import Transport
+from remote_kernel.net.tls import explain_ssl_error
 
 RECV_SLICE = 1.0  # seconds; matches the connection's READ_SLICE
 

@@ -13,15 +13,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from remote_kernel import connfile
-from remote_kernel.auth import client_handshake
 from remote_kernel.config import make_config
-from remote_kernel.connection import Connection
+from remote_kernel.core.connection import Connection
+from remote_kernel.core.service import VoidService
 from remote_kernel.errors import ConnectionClosed, RemoteKernelError
-from remote_kernel.service import VoidService
-from remote_kernel.tls import client_context
-from remote_kernel.transports.pipes import PipeTransport
-from remote_kernel.transports.sockets import SocketTransport
+from remote_kernel.net import connfile
+from remote_kernel.net.auth import client_handshake
+from remote_kernel.net.tls import client_context
+from remote_kernel.net.transports.pipes import PipeTransport
+from remote_kernel.net.transports.sockets import SocketTransport
 
 
 def parse_address(target: str) -> tuple[str, int] | None:
@@ -104,7 +104,7 @@ def _connect_tcp(host: str, port: int, service: Any, token: str | None, tls: Any
         except (ssl.SSLError, OSError) as exc:
             sock.close()
             from remote_kernel.errors import AuthenticationError
-            from remote_kernel.tls import explain_ssl_error
+            from remote_kernel.net.tls import explain_ssl_error
 
             raise AuthenticationError(
                 f"TLS handshake with {peer} failed: {explain_ssl_error(exc)}"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from remote_kernel.describe import json_safe
 from remote_kernel.protocol.boxing import ByValue
+from remote_kernel.protocol.describe import json_safe
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"sink": None, "manager": None}

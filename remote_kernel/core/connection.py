@@ -30,24 +30,21 @@ from typing import Any
 
 import msgpack
 
-from remote_kernel import _interrupt
-from remote_kernel.asyncresult import AsyncResult
 from remote_kernel.config import ProtocolConfig, make_config
+from remote_kernel.core import interrupt as _interrupt
+from remote_kernel.core.asyncresult import AsyncResult
+from remote_kernel.core.netref import BaseNetref, new_proxy
+from remote_kernel.core.serving import BgServingThread, _watchdog
+from remote_kernel.core.transport import FrameReader, Transport
 from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout
-from remote_kernel.netref import BaseNetref, new_proxy
-from remote_kernel.protocol.boxing import Boxer, Descriptor, Kwargs, ObjectTable
+from remote_kernel.protocol.boxing import Boxer, Kwargs, ObjectTable
 from remote_kernel.protocol.codec import HEADER, frame, pack
-from remote_kernel.protocol.handlers import (
-    HANDLERS,
-    AttributePolicy,
-    RequestContext,
-    describe_type,
-)
+from remote_kernel.protocol.describe import Descriptor, describe_type
+from remote_kernel.protocol.handlers import HANDLERS, RequestContext
 from remote_kernel.protocol.messages import Kind, Op
-from remote_kernel.serving import BgServingThread, _watchdog
-from remote_kernel.transports.base import FrameReader, Transport
+from remote_kernel.protocol.policy import AttributePolicy
 
-log = logging.getLogger("remote_kernel.connection")
+log = logging.getLogger("remote_kernel.core.connection")
 
 _DEFAULT = object()
 READ_SLICE = 1.0  # seconds a reader blocks before re-checking its deadline
@@ -65,7 +62,7 @@ class Connection:
 
     def __init__(self, transport: Transport, service: Any = None, config: Any = None,
                  name: str | None = None, reader: FrameReader | None = None) -> None:
-        from remote_kernel.service import VoidService, make_service
+        from remote_kernel.core.service import VoidService, make_service
 
         self._service = make_service(service if service is not None else VoidService)
         self._config = _effective_config(self._service, config)
@@ -86,7 +83,6 @@ class Connection:
             include_traceback=self._config.include_local_traceback,
         )
         self._ctx = RequestContext(self._service, self._policy)
-        self._ctx.connection = self  # type: ignore[attr-defined]
         self._seq = itertools.count(1)
         self._send_lock = threading.Lock()
         self._packer = msgpack.Packer(use_bin_type=True)  # used under the send lock
@@ -132,6 +128,16 @@ class Connection:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def close_reason(self) -> str:
+        """Why the connection closed ("" while open)."""
+        return self._close_reason
+
+    @property
+    def reader_busy(self) -> bool:
+        """True while some thread holds the reader role (it dispatches what arrives)."""
+        return self._recv_lock.locked()
 
     @property
     def config(self) -> ProtocolConfig:
@@ -377,7 +383,7 @@ class Connection:
     def _deliver(self, seq: Any, outcome: tuple[bool, Any]) -> None:
         result = self._async.pop(seq, None)
         if result is not None:
-            result._set(outcome)
+            result.set_outcome(outcome)
             self._wake_waiters()
             return
         if seq in self._pending:
@@ -530,6 +536,28 @@ class Connection:
 
     def has_pending_input(self) -> bool:
         return self._reader.buffered()
+
+    # -- the watchdog's hooks (core/serving.py) ---------------------------------------------
+
+    def claim_lent_reader(self, now: float, threshold: float) -> bool:
+        """True (and the claim taken) when every reader of this connection has been busy
+        serving requests for over ``threshold`` seconds, so nobody would read a CANCEL."""
+        since = self._busy_since
+        if (since is None or now - since <= threshold or self._closed
+                or self._recv_lock.locked() or self._lent_reader):
+            return False
+        self._lent_reader = True
+        return True
+
+    def serve_while_busy(self) -> None:
+        """Serve as a lent reader while long requests run; gives the claim back at the end."""
+        try:
+            while self._busy_since is not None and not self._closed:
+                self.serve(0.1)
+        except (ConnectionClosed, ProtocolError):
+            pass
+        finally:
+            self._lent_reader = False
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -686,7 +714,7 @@ class Connection:
             self._cond.notify_all()
         error = self._closed_error()
         for result in list(self._async.values()):
-            result._set((False, error))
+            result.set_outcome((False, error))
         self._async.clear()
         self._table.clear()
         self._releases.clear()

@@ -1,4 +1,5 @@
-"""How the peer describes one of its objects to a notebook: display, inspection.
+"""How this side describes its objects: type descriptors for netref classes, display
+bundles, ``dir``, inspection and the object browser's children.
 
 These run on the side that owns the object, with that side's IPython formatters when IPython
 is importable there, so a DataFrame is rendered as HTML by the machine that holds it.
@@ -7,7 +8,12 @@ is importable there, so a DataFrame is rendered as HTML by the machine that hold
 from __future__ import annotations
 
 import inspect
+import types
 from typing import Any
+
+from remote_kernel.protocol.policy import FORWARDED_DUNDERS, AttributePolicy
+
+Descriptor = tuple  # (module, qualname, methods, dunders, flags, builtin_name)
 
 MAX_REPR = 10_000
 _formatter: Any = None
@@ -51,13 +57,17 @@ def mimebundle(obj: Any, include: Any = None, exclude: Any = None) -> tuple[dict
 
 
 def json_safe(value: Any) -> Any:
-    """JSON-like data only (what a display bundle may hold), so it travels by value."""
+    """JSON-like data only (display bundles, comm and panel messages): dicts with string
+    keys, lists, str, bytes, bool, int and finite floats (NaN and infinities become None);
+    anything else becomes its ``str``."""
+    if value is None or isinstance(value, (bool, int, str, bytes)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
-    if value is None or isinstance(value, (str, bytes, int, float, bool)):
-        return value
     return str(value)
 
 
@@ -155,3 +165,67 @@ def children(obj: Any, allowed: Any, limit: int) -> list[dict[str, Any]]:
         if len(found) >= limit:
             break
     return found
+
+
+# Remote objects of these exact types answer isinstance() with the local builtin.
+FAKE_CLASSES = {"list": list, "dict": dict, "set": set, "bytearray": bytearray}
+# Iterators of builtin containers are read in batches (BUFFITER); others item by item.
+BUFFERED_ITERATORS = frozenset(
+    type(iter(value)).__name__
+    for value in ([], (), {}, set(), "", b"", range(1), {}.items(), {}.values(), bytearray())
+)
+
+_METHOD_TYPES = (
+    types.FunctionType, types.BuiltinFunctionType, types.MethodDescriptorType,
+    types.WrapperDescriptorType, types.ClassMethodDescriptorType, classmethod, staticmethod,
+)
+
+FLAG_TYPE = 1  # the object is a class
+FLAG_UNHASHABLE = 2
+FLAG_BUFFERED_ITER = 4
+
+
+def describe_type(cls: type, policy: AttributePolicy) -> Descriptor:
+    """What the peer needs to build a proxy class for instances of ``cls``."""
+    methods: set[str] = set()
+    dunders: set[str] = set()
+    prefix = policy.prefix
+    for klass in cls.__mro__:
+        if klass is object:
+            continue
+        for name, attr in list(vars(klass).items()):
+            if name.startswith("__") and name.endswith("__"):
+                if name in FORWARDED_DUNDERS and attr is not None:
+                    if policy.resolve_on_type(cls, name) is not None:
+                        dunders.add(name)
+                continue
+            if not isinstance(attr, _METHOD_TYPES) and not getattr(attr, "_rk_exposed", False):
+                continue
+            if policy.resolve_on_type(cls, name) is None:
+                continue
+            methods.add(name)
+            if prefix and name.startswith(prefix) and len(name) > len(prefix):
+                methods.add(name[len(prefix):])
+    flags = 0
+    if issubclass(cls, type):
+        flags |= FLAG_TYPE
+    if getattr(cls, "__hash__", None) is None:
+        flags |= FLAG_UNHASHABLE
+    if cls.__module__ == "builtins" and cls.__name__ in BUFFERED_ITERATORS:
+        flags |= FLAG_BUFFERED_ITER
+    builtin_name = cls.__name__ if FAKE_CLASSES.get(cls.__name__) is cls else ""
+    module = getattr(cls, "__module__", None) or "builtins"
+    qualname = getattr(cls, "__qualname__", None) or cls.__name__
+    return (str(module), str(qualname), tuple(sorted(methods)), tuple(sorted(dunders)), flags,
+            builtin_name)
+
+
+def public_dir(obj: Any, prefix: str) -> list[str]:
+    """``dir(obj)`` plus the exposed names without their prefix."""
+    try:
+        names = set(dir(obj))
+    except Exception:
+        names = set()
+    if prefix:
+        names.update(n[len(prefix):] for n in list(names) if n.startswith(prefix) and n != prefix)
+    return sorted(names)

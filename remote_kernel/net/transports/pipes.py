@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 import select
 
+from remote_kernel.core.transport import Transport
 from remote_kernel.errors import ConnectionClosed
-from remote_kernel.transports.base import Transport
 
 
 class PipeTransport(Transport):

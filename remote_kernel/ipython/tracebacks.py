@@ -4,9 +4,10 @@ source lines, colored the way IPython colors its own."""
 
 from __future__ import annotations
 
-import os
-import traceback
 from typing import Any
+
+from remote_kernel import errors
+from remote_kernel.protocol.frames import user_frames
 
 RED = "\x1b[0;31m"
 BOLD_RED = "\x1b[1;31m"
@@ -14,8 +15,6 @@ GREEN = "\x1b[0;32m"
 CYAN = "\x1b[0;36m"
 YELLOW = "\x1b[0;33m"
 RESET = "\x1b[0m"
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-_SKIP = (_PACKAGE_DIR, os.sep + "IPython" + os.sep, os.sep + "ipykernel" + os.sep)
 
 
 def _paint(code: str, text: str, color: bool) -> str:
@@ -31,12 +30,7 @@ def _frame_lines(filename: str, lineno: int, function: str, line: str, color: bo
 
 
 def local_frames(exc: BaseException) -> list[tuple[str, int, str, str]]:
-    frames = []
-    for summary in traceback.extract_tb(exc.__traceback__):
-        if summary.filename.startswith(_SKIP) or any(s in summary.filename for s in _SKIP[1:]):
-            continue
-        frames.append((summary.filename, summary.lineno or 0, summary.name, summary.line or ""))
-    return frames
+    return user_frames(exc.__traceback__)
 
 
 def render_remote_error(exc: Any, color: bool = True) -> list[str]:
@@ -65,3 +59,9 @@ def render_connection_closed(exc: Any, color: bool = True) -> list[str]:
     text = str(exc)
     hint = "" if "reconnect" in text else " (use %remote reconnect)"
     return [f"{_paint(BOLD_RED, 'ConnectionClosed', color)}: {text}{hint}"]
+
+
+def install() -> None:
+    """Make ``RemoteError``/``ConnectionClosed`` render through this module in IPython."""
+    errors.render_remote_error = render_remote_error
+    errors.render_connection_closed = render_connection_closed

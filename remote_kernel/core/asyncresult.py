@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout
 
 if TYPE_CHECKING:
-    from remote_kernel.connection import Connection
+    from remote_kernel.core.connection import Connection
 
-log = logging.getLogger("remote_kernel.connection")
+log = logging.getLogger(__name__)
 
 
 class AsyncResult:
@@ -37,7 +37,8 @@ class AsyncResult:
             "expired" if self.expired else "pending")
         return f"<AsyncResult #{self._seq} from {self._conn.peer} ({state})>"
 
-    def _set(self, outcome: tuple[bool, Any]) -> None:
+    def set_outcome(self, outcome: tuple[bool, Any]) -> None:
+        """Called by the connection with (ok, value) when the reply arrives; once only."""
         with self._lock:
             if self._outcome is not None:
                 return

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from remote_kernel.connection import AsyncResult, Connection
-from remote_kernel.netref import BaseNetref, RemoteMethod
+from remote_kernel.core.asyncresult import AsyncResult
+from remote_kernel.core.connection import Connection
+from remote_kernel.core.netref import BaseNetref, RemoteMethod
 from remote_kernel.protocol.boxing import ByValue, Kwargs
-from remote_kernel.protocol.handlers import LARGE_MARKER
 from remote_kernel.protocol.messages import Op
+from remote_kernel.protocol.values import LARGE_MARKER
 
 LARGE = 4 * 1024 * 1024  # buffers above this come in chunks, with a progress bar
 CHUNK = 4 * 1024 * 1024
@@ -34,9 +36,10 @@ def obtain(obj: Any, progress: bool | None = None) -> Any:
 
 def _progress_bar(total: int, enabled: bool | None) -> Any:
     if enabled is None:
-        from IPython import get_ipython
-
-        shell = get_ipython()
+        # Only a running kernel shows a bar; IPython is asked only if it is already loaded
+        # (a server on a small board may not have it at all).
+        ipython = sys.modules.get("IPython")
+        shell = ipython.get_ipython() if ipython is not None else None
         enabled = shell is not None and getattr(shell, "kernel", None) is not None
     if not enabled:
         return None
@@ -64,7 +67,11 @@ def _obtain_in_chunks(conn: Connection, obj: Any, marker: tuple, progress: bool 
         if bar is not None:
             bar.close()
     if kind == "ndarray":
-        import numpy
+        try:
+            import numpy
+        except ImportError:
+            raise TypeError("the peer sent a numpy array; install numpy to copy it "
+                            "(pip install numpy)") from None
 
         return numpy.frombuffer(buffer, dtype=numpy.dtype(dtype)).reshape(shape)
     if kind == "bytearray":

@@ -1,7 +1,7 @@
 """``make demo``: the simulated bench, the proxy kernelspec and JupyterLab on notebooks/.
 
-    python -m remote_kernel.demo_launcher            # JupyterLab; Ctrl-C stops everything
-    python -m remote_kernel.demo_launcher --check    # headless: execute every notebook
+    python -m remote_kernel.demo.launcher            # JupyterLab; Ctrl-C stops everything
+    python -m remote_kernel.demo.launcher --check    # headless: execute every notebook
 
 Everything it creates (runtime directory with the connection file, the kernelspec) is
 removed on exit.
@@ -27,7 +27,7 @@ CELL_TIMEOUT = 180
 
 def _start_server(env: dict[str, str], runtime: Path) -> subprocess.Popen:
     server = subprocess.Popen(
-        [sys.executable, "-m", "remote_kernel", "serve", "--service", "remote_kernel.demo:Lab",
+        [sys.executable, "-m", "remote_kernel", "serve", "--service", "remote_kernel.demo.bench:Lab",
          "--name", DEMO_NAME], env=env)
     path = runtime / f"remote-kernel-{DEMO_NAME}.json"
     deadline = time.monotonic() + 30
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="run headless: execute every notebook and exit")
     parser.add_argument("--port", type=int, default=8888, help="JupyterLab port")
-    parser.add_argument("--notebooks", default=str(Path(__file__).resolve().parent.parent /
+    parser.add_argument("--notebooks", default=str(Path(__file__).resolve().parents[2] /
                                                    "notebooks"))
     args = parser.parse_args(argv)
     notebooks = Path(args.notebooks).resolve()

@@ -19,14 +19,14 @@ import ssl
 import time
 from typing import Any
 
+from remote_kernel.core.transport import FrameReader, Transport
 from remote_kernel.errors import AuthenticationError, ConnectionClosed, ProtocolError
 from remote_kernel.protocol.codec import frame, pack, unpack
-from remote_kernel.transports.base import FrameReader, Transport
 
 PROTOCOL_VERSION = 1
 HANDSHAKE_LIMIT = 4096
 FAILURE_DELAY = 0.5  # seconds a failed handshake costs the peer
-log = logging.getLogger("remote_kernel.auth")
+log = logging.getLogger("remote_kernel.net.auth")
 
 
 def _mac(token: str, label: bytes, first: bytes, second: bytes) -> bytes:

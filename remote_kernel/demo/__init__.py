@@ -1,0 +1,1 @@
+"""The simulated lab bench (``bench.py``), the ``make demo`` launcher and the scripted session."""

@@ -1,0 +1,119 @@
+"""The attribute policy: which attributes of a local object the peer may reach.
+
+Every handler that reads, writes or calls an attribute on the peer's behalf asks
+:meth:`AttributePolicy.resolve`; none calls ``getattr`` with a name the peer chose without it
+(CVE-2019-16328 was a comparison handler that did). Names follow RPyC's config switches.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from remote_kernel.config import ProtocolConfig
+from remote_kernel.errors import AccessDenied
+
+# RPyC's safe dunders: numbers, containers, iteration, context managers.
+SAFE_DUNDERS = frozenset("""
+__abs__ __add__ __and__ __bool__ __contains__ __delitem__ __divmod__ __doc__ __eq__
+__float__ __floordiv__ __ge__ __getitem__ __gt__ __hash__ __iadd__ __iand__ __ifloordiv__
+__ilshift__ __imod__ __imul__ __index__ __int__ __invert__ __ior__ __ipow__ __irshift__
+__isub__ __iter__ __itruediv__ __ixor__ __le__ __len__ __lshift__ __lt__ __mod__ __mul__
+__ne__ __neg__ __next__ __or__ __pos__ __pow__ __radd__ __rand__ __rdivmod__ __repr__
+__rfloordiv__ __rlshift__ __rmod__ __rmul__ __ror__ __rpow__ __rrshift__ __rshift__
+__rsub__ __rtruediv__ __rxor__ __setitem__ __str__ __sub__ __truediv__ __xor__
+__length_hint__ __enter__ __exit__ __format__ __reversed__ __round__ __trunc__ __floor__
+__ceil__ __complex__ __matmul__ __rmatmul__ __imatmul__ __call__ __aenter__ __aexit__
+""".split())
+
+# Dunders a netref class may define, forwarding to the peer (if the remote type has them).
+FORWARDED_DUNDERS = SAFE_DUNDERS - {"__doc__", "__repr__", "__str__", "__format__", "__hash__",
+                                    "__length_hint__", "__aenter__", "__aexit__"}
+
+# Builtin types whose public methods are safe under allow_safe_attrs.
+SAFE_BUILTIN_TYPES: tuple[type, ...] = (
+    list, dict, set, frozenset, tuple, str, bytes, bytearray, int, float, complex, bool,
+    range, type({}.keys()), type({}.values()), type({}.items()), slice,
+)
+SAFE_BUILTIN_METHODS = frozenset(
+    name for cls in SAFE_BUILTIN_TYPES for name in dir(cls) if not name.startswith("_")
+)
+_MISSING = object()
+
+
+def exposed(obj: Any) -> Any:
+    """Mark a method (or class) as visible to the peer under its own name."""
+    obj._rk_exposed = True
+    return obj
+
+
+class AttributePolicy:
+    """Which attributes of a local object the peer may reach."""
+
+    def __init__(self, config: ProtocolConfig) -> None:
+        self.config = config
+        self.prefix = config.exposed_prefix if config.allow_exposed_attrs else ""
+        self._by_type: dict[tuple[type, str], str | None] = {}
+
+    def resolve(self, obj: Any, name: str, write: bool = False, delete: bool = False) -> str:
+        """The attribute name to use for the peer's ``name``, or raise ``AccessDenied``."""
+        config = self.config
+        if not isinstance(name, str):
+            raise AccessDenied("attribute names must be strings")
+        if write and not config.allow_setattr:
+            raise AccessDenied(f"setting attribute {name!r} is denied (allow_setattr is off)")
+        if delete and not config.allow_delattr:
+            raise AccessDenied(f"deleting attribute {name!r} is denied (allow_delattr is off)")
+        cls = type(obj)
+        # A proxy we forward for a third party stands for its builtin type (list, dict...).
+        cls = getattr(cls, "_rk_builtin", None) or cls
+        instance_dict = getattr(obj, "__dict__", None)
+        if type(instance_dict) is dict and self.prefix and \
+                not isinstance(obj, type) and self.prefix + name in instance_dict:
+            found: str | None = self.prefix + name  # exposed on the instance itself
+        elif isinstance(obj, type) or type(instance_dict) is not dict:
+            found = self._resolve(cls, name, obj)  # classes, modules, odd objects: look now
+        else:
+            key = (cls, name)
+            try:
+                found = self._by_type[key]
+            except KeyError:  # what the class decides is the same for all its instances
+                found = self._by_type[key] = self._resolve(cls, name, None)
+            except TypeError:  # an unhashable class
+                found = self._resolve(cls, name, obj)
+        if found is None:
+            raise AccessDenied(
+                f"access to {name!r} of a {type(obj).__name__} object is denied by the "
+                "attribute policy"
+            )
+        return found
+
+    def resolve_on_type(self, cls: type, name: str) -> str | None:
+        return self._resolve(cls, name, None)
+
+    def _resolve(self, cls: type, name: str, obj: Any) -> str | None:
+        config = self.config
+        prefix = self.prefix
+        if prefix:
+            if name.startswith(prefix):
+                return name
+            # A static lookup: probing must not run the object's __getattr__.
+            target = obj if obj is not None else cls
+            if inspect.getattr_static(target, prefix + name, _MISSING) is not _MISSING:
+                return prefix + name
+            if getattr(getattr(cls, name, None), "_rk_exposed", False):
+                return name
+        if config.allow_all_attrs:
+            return name
+        if config.allow_safe_attrs:
+            if name in SAFE_DUNDERS:
+                return name
+            if name in SAFE_BUILTIN_METHODS and issubclass(cls, SAFE_BUILTIN_TYPES):
+                return name
+        if config.allow_public_attrs and not name.startswith("_"):
+            return name
+        return None
+
+
+__all__ = ["FORWARDED_DUNDERS", "SAFE_BUILTIN_METHODS", "SAFE_BUILTIN_TYPES", "SAFE_DUNDERS",
+           "AttributePolicy", "exposed"]
