@@ -107,6 +107,9 @@ class Connection:
         self._disconnected = False
         self.stats: dict[str, int] = collections.Counter()
         self.on_close: list[Callable[[Connection], None]] = []
+        # Whether the peer's display output reaches a notebook unfiltered (``connect(...,
+        # trust_output=True)``, ``%remote connect --trust``); see core/outputs.py.
+        self.trust_output = False
         _interrupt.install_interruptible_sleep()
         _watchdog.track(self)
         self._service.on_connect(self)

@@ -42,7 +42,8 @@ def _start_server(env: dict[str, str], runtime: Path) -> subprocess.Popen:
 def _install_kernelspec(env: dict[str, str]) -> None:
     subprocess.run([sys.executable, "-m", "remote_kernel", "kernel", "install", "--name",
                     KERNEL_NAME, "--target", DEMO_NAME, "--display-name", "Python on demo",
-                    "--sys-prefix"], env=env, check=True)
+                    "--sys-prefix", "--trust"],  # the demo's own local bench: trusted
+                   env=env, check=True)
 
 
 def _remove_kernelspec(env: dict[str, str]) -> None:

@@ -3,11 +3,25 @@ formatters; no probe ever leaves the notebook."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from remote_kernel.core.netref import BaseNetref, RemoteMethod
+from remote_kernel.core.outputs import filter_bundle_report
 
 LOST = "<remote object, connection lost>"
+log = logging.getLogger(__name__)
+
+
+def untrusted_bundle(data: Any, metadata: Any, trusted: bool, peer: str) -> tuple[dict, dict]:
+    """A peer's display bundle as the notebook may see it (filtered unless trusted)."""
+    if trusted:
+        return dict(data), dict(metadata or {})
+    filtered = filter_bundle_report(data, metadata, trusted=False)
+    if filtered.dropped:
+        log.warning("output of %s: withheld %s (connect with --trust to allow)", peer,
+                    ", ".join(f"{mime} ({why})" for mime, why in filtered.dropped.items()))
+    return filtered.data, filtered.metadata
 
 
 def netref_bundle(obj: Any, include: Any = None, exclude: Any = None) -> tuple[dict, dict]:
@@ -22,7 +36,7 @@ def netref_bundle(obj: Any, include: Any = None, exclude: Any = None) -> tuple[d
         if isinstance(exc, ConnectionClosed):
             return {"text/plain": LOST}, {}
         raise
-    return dict(data), dict(metadata)
+    return untrusted_bundle(data, metadata, conn.trust_output, conn.peer)
 
 
 class _FormatWrapper:

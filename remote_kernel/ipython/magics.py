@@ -31,7 +31,7 @@ from remote_kernel.ipython.sink import NotebookSink
 SUBCOMMANDS = ("connect", "list", "use", "close", "ping", "reconnect", "pull", "push")
 
 USAGE = """\
-%remote connect TARGET [--name NAME] [--token-file F] [--service classic|void]
+%remote connect TARGET [--name NAME] [--token-file F] [--service classic|void] [--trust]
 %remote list | use NAME | close [NAME|--all] | ping [NAME] | reconnect [NAME]
 %remote pull NAME... | push NAME... | %remote EXPR
 %%remote [NAME] [-i a,b] [-o c,d] [--timeout S]"""
@@ -45,6 +45,9 @@ USAGE = """\
 @argument("--service", choices=("void", "classic"), default="void",
           help="what this notebook exposes to the peer: nothing (void, the default) or "
                "its whole interpreter (classic)")
+@argument("--trust", action="store_true",
+          help="publish the peer's display output unfiltered (HTML scripts, JavaScript); "
+               "only for a peer you control")
 def _connect_args(line: str) -> None:
     """%remote connect TARGET: connect and bind the connection to a variable."""
 
@@ -121,6 +124,7 @@ class RemoteMagics(Magics):
         Usage::
 
             %remote connect TARGET [--name NAME] [--token-file F] [--service classic|void]
+                    [--trust]
                 TARGET is a connection-file name (from `remote-kernel serve --name NAME`)
                 or path, host:port, a unix socket path, `subprocess` (a local child
                 interpreter) or ssh:user@host. The connection is bound to NAME in the
@@ -180,7 +184,7 @@ class RemoteMagics(Magics):
         if args.name is not None and not args.name.isidentifier():
             raise UsageError(f"--name must be a valid variable name, not {args.name!r}")
         entry = self.registry.connect(args.target, name=args.name, token_file=args.token_file,
-                                      service=args.service)
+                                      service=args.service, trusted=args.trust)
         self.shell.user_ns[entry.name] = entry.conn
         print(f"connected to {entry.name} ({entry.conn.peer}), bound to `{entry.name}`")
 
@@ -295,7 +299,7 @@ class RemoteMagics(Magics):
                 if name not in self.shell.user_ns:
                     raise UsageError(f"-i {name}: {name!r} is not defined here")
                 namespace[name] = _copy_or_reference(conn, self.shell.user_ns[name])
-        sink = NotebookSink()
+        sink = NotebookSink(trusted=conn.trust_output, peer=entry.name)
         from remote_kernel.protocol.messages import Op
 
         conn.sync_request(Op.CALLATTR, entry.interpreter, "run_cell", (cell, sink), None,

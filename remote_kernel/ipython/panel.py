@@ -17,6 +17,7 @@ Messages (JSON, the comm's ``data``)::
     kernel -> frontend
       {"type": "snapshot", "version": 1, "current": NAME | null,
        "connections": [{"name", "target", "state", "error", "latency", "root_label", "code_root",
+                        "trusted",
                         "stats": {"requests", "bytes_in", "bytes_out"}}]}
       {"type": "reply", "id": N, "ok": true, "result": {...}}
       {"type": "reply", "id": N, "ok": false, "error": "message", "error_type": "ValueError"}
@@ -157,6 +158,7 @@ class PanelEndpoint:
             "stats": {key: int(stats.get(key) or 0) for key in ("requests", "bytes_in", "bytes_out")},
             "root_label": "namespace" if classic else "root",
             "code_root": self._code_root(entry, classic),
+            "trusted": bool(getattr(entry, "trusted", False)),
         }
 
     def _code_root(self, entry: Any, classic: bool) -> str:

@@ -24,8 +24,10 @@ CONNECTED, LOST, RECONNECTING, CLOSED = "connected", "lost", "reconnecting", "cl
 class ConnectionEntry:
     """One named connection of this notebook."""
 
-    def __init__(self, name: str, target: str, token_file: str | None, service: str) -> None:
+    def __init__(self, name: str, target: str, token_file: str | None, service: str,
+                 trusted: bool = False) -> None:
         self.name = name
+        self.trusted = trusted  # the peer's output is published unfiltered
         self.target = target
         self.token_file = token_file
         self.service = service
@@ -62,12 +64,18 @@ class ConnectionEntry:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "target": self.target, "state": self.state,
                 "latency": self.latency, "peer": self.conn.peer if self.conn else "",
-                "error": self.error, **self.stats()}
+                "error": self.error, "trusted": self.trusted, **self.stats()}
 
 
 def open_connection(target: str, token_file: str | None = None,
-                    service: str = "void") -> Connection:
+                    service: str = "void", trusted: bool = False) -> Connection:
     """Connect to anything ``%remote connect`` accepts."""
+    conn = _open(target, token_file, service)
+    conn.trust_output = trusted
+    return conn
+
+
+def _open(target: str, token_file: str | None, service: str) -> Connection:
     local_service = ClassicService if service == "classic" else VoidService
     token = None
     if token_file:
@@ -142,7 +150,7 @@ class ConnectionRegistry:
             raise KeyError(f"no connection named {name!r} (known: {known})") from None
 
     def connect(self, target: str, name: str | None = None, token_file: str | None = None,
-                service: str = "void") -> ConnectionEntry:
+                service: str = "void", trusted: bool = False) -> ConnectionEntry:
         if name is None:
             name = base = default_name(target)
             n = 1
@@ -152,7 +160,7 @@ class ConnectionRegistry:
         old = self.entries.get(name)
         if old is not None and old.conn is not None and not old.conn.closed:
             old.conn.close("replaced by a new connection")
-        entry = ConnectionEntry(name, target, token_file, service)
+        entry = ConnectionEntry(name, target, token_file, service, trusted)
         self._open(entry)
         self.entries[name] = entry
         self.current = name
@@ -160,7 +168,7 @@ class ConnectionRegistry:
         return entry
 
     def _open(self, entry: ConnectionEntry) -> None:
-        conn = open_connection(entry.target, entry.token_file, entry.service)
+        conn = open_connection(entry.target, entry.token_file, entry.service, entry.trusted)
         entry.conn = conn
         entry.state = CONNECTED
         entry.error = ""

@@ -6,7 +6,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from remote_kernel.core.outputs import sanitize_text_stream
 from remote_kernel.core.service import exposed
+from remote_kernel.ipython.display import untrusted_bundle
 
 
 class RemoteResult:
@@ -24,26 +26,30 @@ class RemoteResult:
 
 
 class NotebookSink:
-    """Writes a remote cell's streams and displays into the current notebook cell."""
+    """Writes a remote cell's streams and displays into the current notebook cell; what an
+    untrusted peer sends is filtered first (core/outputs.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, trusted: bool = False, peer: str = "peer") -> None:
         self.value: RemoteResult | None = None
+        self.trusted = trusted
+        self.peer = peer
 
     @exposed
     def stream(self, name: str, text: str) -> None:
         stream = sys.stderr if name == "stderr" else sys.stdout
-        stream.write(text)
+        stream.write(text if self.trusted else sanitize_text_stream(str(text)))
         stream.flush()
 
     @exposed
     def display(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
         from IPython.display import publish_display_data
 
-        publish_display_data(data=dict(data), metadata=dict(metadata))
+        data, metadata = untrusted_bundle(data, metadata, self.trusted, self.peer)
+        publish_display_data(data=data, metadata=metadata)
 
     @exposed
     def result(self, data: dict[str, Any], metadata: dict[str, Any], count: int) -> None:
-        self.value = RemoteResult(dict(data), dict(metadata))
+        self.value = RemoteResult(*untrusted_bundle(data, metadata, self.trusted, self.peer))
 
     @exposed
     def clear_output(self, wait: bool = False) -> None:

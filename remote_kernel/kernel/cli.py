@@ -19,6 +19,9 @@ def add_parser(sub: Any) -> None:
                               "path, host:port, subprocess, ssh:user@host")
     install.add_argument("--display-name", help="name shown in the launcher")
     install.add_argument("--token-file", help="file holding the server's token")
+    install.add_argument("--trust", action="store_true",
+                         help="show the remote's output unfiltered, widgets included (only "
+                              "for a remote you control)")
     where = install.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="install for this user")
     where.add_argument("--sys-prefix", action="store_true",
@@ -39,8 +42,9 @@ def cmd_install(args: argparse.Namespace) -> int:
 
     prefix = sys.prefix if args.sys_prefix else args.prefix
     path = install(args.name, args.target, args.display_name, user=args.user, prefix=prefix,
-                   token_file=args.token_file)
-    print(f"installed kernelspec {args.name!r} ({args.target}) in {path}")
+                   token_file=args.token_file, trust=args.trust)
+    trusted = ", output trusted" if args.trust else ""
+    print(f"installed kernelspec {args.name!r} ({args.target}{trusted}) in {path}")
     return 0
 
 

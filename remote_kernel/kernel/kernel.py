@@ -15,10 +15,11 @@ import sys
 from typing import Any
 
 from ipykernel.kernelbase import Kernel
-from traitlets import Unicode
+from traitlets import Bool, Unicode
 
 from remote_kernel import __version__
 from remote_kernel.core.connection import Connection
+from remote_kernel.core.outputs import filter_bundle_report, sanitize_text_stream
 from remote_kernel.core.service import exposed
 from remote_kernel.errors import ConnectionClosed, RemoteError, RemoteKernelError
 from remote_kernel.ipython.registry import open_connection
@@ -52,16 +53,30 @@ class KernelSink:
                             parent=kernel.get_parent("shell"),
                             ident=f"kernel.{kernel.ident}.{msg_type}".encode(), **kwargs)
 
+    def _bundle(self, data: Any, metadata: Any) -> tuple[dict, dict]:
+        if self.kernel.trust_output:
+            return dict(data), dict(metadata)
+        filtered = filter_bundle_report(data, metadata, trusted=False)
+        if filtered.dropped:
+            self.kernel.log.warning("withheld from the remote's output: %s (trust_output is "
+                                    "off)", ", ".join(filtered.dropped))
+        return filtered.data, filtered.metadata
+
     @exposed
     def stream(self, name: str, text: str) -> None:
-        self._publish("stream", {"name": name, "text": text})
+        if not self.kernel.trust_output:
+            text = sanitize_text_stream(str(text))
+        self._publish("stream", {"name": "stderr" if name == "stderr" else "stdout",
+                                 "text": text})
 
     @exposed
     def display(self, data: dict, metadata: dict) -> None:
+        data, metadata = self._bundle(data, metadata)
         self._publish("display_data", {"data": data, "metadata": metadata, "transient": {}})
 
     @exposed
     def result(self, data: dict, metadata: dict, count: int) -> None:
+        data, metadata = self._bundle(data, metadata)
         self._publish("execute_result", {"data": data, "metadata": metadata,
                                          "execution_count": self.kernel.execution_count})
         self.kernel.record_output(self.kernel.execution_count, str(data.get("text/plain", "")))
@@ -72,6 +87,15 @@ class KernelSink:
 
     @exposed
     def comm(self, msg_type: str, content: dict, metadata: dict, buffers: tuple) -> None:
+        if not self.kernel.trust_output:
+            # A widget's model state becomes page HTML (ipywidgets' HTML widget sets
+            # innerHTML), so an untrusted peer gets no widgets; say so once per kernel.
+            if not self.kernel.warned_widgets:
+                self.kernel.warned_widgets = True
+                self.stream("stderr", "remote_kernel: widgets from this remote are not shown "
+                            "because its output is not trusted; install the kernelspec with "
+                            "--trust if you control the remote\n")
+            return
         self._publish(msg_type, dict(content), metadata=dict(metadata),
                       buffers=[bytes(b) for b in buffers])
 
@@ -85,6 +109,9 @@ class RemoteKernel(Kernel):
     target = Unicode("", config=True, help="what %remote connect accepts: a connection-file "
                                           "name or path, host:port, subprocess, ssh:user@host")
     token_file = Unicode("", config=True, help="file holding the token")
+    trust_output = Bool(False, config=True, help="publish the remote's display output and "
+                                                 "widgets unfiltered (only for a remote you "
+                                                 "control)")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -95,6 +122,7 @@ class RemoteKernel(Kernel):
         self._history: list[tuple[int, int, str]] = []
         self._outputs: dict[int, str] = {}
         self._sink = KernelSink(self)
+        self.warned_widgets = False
         self._loop_server: Any = None
         for msg_type in ("comm_open", "comm_msg", "comm_close"):
             self.shell_handlers[msg_type] = self._forward_comm
@@ -147,6 +175,9 @@ class RemoteKernel(Kernel):
     # -- execution --------------------------------------------------------------------------
 
     def _error(self, ename: str, evalue: str, traceback: list[str]) -> dict[str, Any]:
+        if not self.trust_output:  # the remote wrote these lines (messages, source lines)
+            traceback = [sanitize_text_stream(str(line)) for line in traceback]
+            evalue = sanitize_text_stream(str(evalue))
         content = {"ename": ename, "evalue": evalue, "traceback": traceback}
         self.send_response(self.iopub_socket, "error", content)
         return {"status": "error", "execution_count": self.execution_count, **content}
@@ -178,7 +209,7 @@ class RemoteKernel(Kernel):
 
     def _page(self, interpreter: Any, name: str, detail: int) -> list[dict[str, Any]]:
         info = interpreter.inspect(name, len(name), detail)
-        text = _format_info(info) if info else f"Object `{name}` not found."
+        text = self._text(_format_info(info)) if info else f"Object `{name}` not found."
         return [{"source": "page", "data": {"text/plain": text}, "start": 0}]
 
     async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
@@ -199,7 +230,11 @@ class RemoteKernel(Kernel):
         if not info:
             return {"status": "ok", "found": False, "data": {}, "metadata": {}}
         return {"status": "ok", "found": True, "metadata": {},
-                "data": {"text/plain": _format_info(info)}}
+                "data": {"text/plain": self._text(_format_info(info))}}
+
+    def _text(self, text: str) -> str:
+        """Text the remote wrote, as a terminal-safe string unless the remote is trusted."""
+        return text if self.trust_output else sanitize_text_stream(text)
 
     async def do_is_complete(self, code: str) -> dict[str, Any]:
         try:

@@ -14,11 +14,14 @@ METADATA_KEY = "remote_kernel"
 
 
 def kernel_json(target: str, display_name: str | None = None,
-                token_file: str | None = None, python: str = sys.executable) -> dict[str, Any]:
+                token_file: str | None = None, python: str = sys.executable,
+                trust: bool = False) -> dict[str, Any]:
     argv = [python, "-m", "remote_kernel.kernel", "-f", "{connection_file}",
             f"--RemoteKernel.target={target}"]
     if token_file:
         argv.append(f"--RemoteKernel.token_file={token_file}")
+    if trust:
+        argv.append("--RemoteKernel.trust_output=True")
     return {
         "argv": argv,
         "display_name": display_name or f"Python on {target}",
@@ -29,13 +32,15 @@ def kernel_json(target: str, display_name: str | None = None,
 
 
 def install(name: str, target: str, display_name: str | None = None, *,
-            user: bool = False, prefix: str | None = None, token_file: str | None = None) -> str:
-    """Install the spec; returns the directory it went to."""
+            user: bool = False, prefix: str | None = None, token_file: str | None = None,
+            trust: bool = False) -> str:
+    """Install the spec; returns the directory it went to. ``trust``: the remote's display
+    output and widgets reach the notebook unfiltered (only for a remote you control)."""
     if not name or not all(c.isalnum() or c in "-_." for c in name):
         raise ValueError(f"kernel name {name!r} may only hold letters, digits, - _ and .")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "kernel.json").write_text(
-            json.dumps(kernel_json(target, display_name, token_file), indent=2))
+            json.dumps(kernel_json(target, display_name, token_file, trust=trust), indent=2))
         return KernelSpecManager().install_kernel_spec(tmp, kernel_name=name, user=user,
                                                        prefix=prefix)
 

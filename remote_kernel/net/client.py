@@ -39,9 +39,22 @@ def parse_address(target: str) -> tuple[str, int] | None:
 
 def connect(target: str, port: int | None = None, *, service: Any = VoidService,
             token: str | None = None, tls: Any = None, config: Any = None,
-            timeout: float = 10.0) -> Connection:
+            timeout: float = 10.0, trust_output: bool = False) -> Connection:
     """Connect to ``target``: "host" with ``port``, "host:port", or a connection file (a
-    name written by ``remote-kernel serve`` or a path), which brings host, port, token, TLS."""
+    name written by ``remote-kernel serve`` or a path), which brings host, port, token, TLS.
+
+    ``trust_output=True`` publishes the peer's display output unfiltered in a notebook
+    (JavaScript included); by default it is sanitized (see SECURITY.md)."""
+    return _trusted(_connect(target, port, service, token, tls, config, timeout), trust_output)
+
+
+def _trusted(conn: Connection, trust_output: bool) -> Connection:
+    conn.trust_output = bool(trust_output)
+    return conn
+
+
+def _connect(target: str, port: int | None, service: Any, token: str | None, tls: Any,
+             config: Any, timeout: float) -> Connection:
     make_config(config)
     if port is not None:
         return _connect_tcp(target, port, service, token, tls, config, timeout)
@@ -71,7 +84,8 @@ def _is_socket(path: str) -> bool:
 
 
 def connect_file(path: str | Path, *, service: Any = VoidService, token: str | None = None,
-                 tls: Any = None, config: Any = None, timeout: float = 10.0) -> Connection:
+                 tls: Any = None, config: Any = None, timeout: float = 10.0,
+                 trust_output: bool = False) -> Connection:
     info = connfile.read(Path(path))
     token = token or info.get("token")
     if info.get("transport") == "unix":
@@ -85,7 +99,7 @@ def connect_file(path: str | Path, *, service: Any = VoidService, token: str | N
         conn = _connect_tcp(info["host"], int(info["port"]), service, token, tls, config,
                             timeout)
     conn.connection_file = str(path)  # type: ignore[attr-defined]
-    return conn
+    return _trusted(conn, trust_output)
 
 
 def _connect_tcp(host: str, port: int, service: Any, token: str | None, tls: Any,
@@ -113,7 +127,8 @@ def _connect_tcp(host: str, port: int, service: Any, token: str | None, tls: Any
 
 
 def connect_unix(path: str, *, service: Any = VoidService, token: str | None = None,
-                 config: Any = None, timeout: float = 10.0) -> Connection:
+                 config: Any = None, timeout: float = 10.0,
+                 trust_output: bool = False) -> Connection:
     make_config(config)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -122,7 +137,8 @@ def connect_unix(path: str, *, service: Any = VoidService, token: str | None = N
     except OSError as exc:
         sock.close()
         raise ConnectionClosed(f"cannot connect to {path}: {exc.strerror or exc}") from exc
-    return _finish(SocketTransport(sock, path), service, token, config, timeout)
+    return _trusted(_finish(SocketTransport(sock, path), service, token, config, timeout),
+                    trust_output)
 
 
 def _finish(transport: Any, service: Any, token: str | None, config: Any,
@@ -220,17 +236,17 @@ def _reap(process: subprocess.Popen) -> None:
 
 def connect_subprocess(python: str = sys.executable, *, service: Any = VoidService,
                        config: Any = None, timeout: float = 30.0,
-                       args: list[str] | None = None) -> Connection:
+                       args: list[str] | None = None, trust_output: bool = False) -> Connection:
     """Start ``python -m remote_kernel serve --stdio --classic`` and connect over its pipes."""
     argv = [python, "-m", "remote_kernel", "serve", "--stdio", "--classic", *(args or [])]
-    return _spawn(argv, "subprocess", service, config, timeout,
-                  f"run '{python} -m pip install remote_kernel'", python)
+    return _trusted(_spawn(argv, "subprocess", service, config, timeout,
+                           f"run '{python} -m pip install remote_kernel'", python), trust_output)
 
 
 def connect_ssh(destination: str, python: str = "python3", *, service: Any = VoidService,
                 config: Any = None, timeout: float = 30.0, port: int | None = None,
                 identity: str | None = None, ssh_options: list[str] | None = None,
-                ssh: str = "ssh") -> Connection:
+                ssh: str = "ssh", trust_output: bool = False) -> Connection:
     """Run the server on ``destination`` through the system ssh client (BatchMode: keys or
     an agent, never a password prompt) and talk over its stdin/stdout. No port is opened on
     the far machine."""
@@ -246,8 +262,9 @@ def connect_ssh(destination: str, python: str = "python3", *, service: Any = Voi
     remote = " ".join(shlex.quote(part) for part in
                       [python, "-m", "remote_kernel", "serve", "--stdio", "--classic"])
     argv += ["--", destination, remote]
-    return _spawn(argv, f"ssh:{destination}", service, config, timeout,
-                  f"run 'ssh {destination} {python} -m pip install remote_kernel'", python)
+    return _trusted(_spawn(argv, f"ssh:{destination}", service, config, timeout,
+                           f"run 'ssh {destination} {python} -m pip install remote_kernel'",
+                           python), trust_output)
 
 
 __all__ = ["connect", "connect_file", "connect_ssh", "connect_subprocess", "connect_unix",

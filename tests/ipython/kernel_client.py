@@ -29,8 +29,8 @@ class CellRun:
         return [(t, m["content"]["text"]) for t, m in self.outputs
                 if m["msg_type"] == "stream" and m["content"]["name"] == name]
 
-    def text(self) -> str:
-        return "".join(text for _, text in self.streams())
+    def text(self, name: str = "stdout") -> str:
+        return "".join(text for _, text in self.streams(name))
 
     def of_type(self, msg_type: str) -> list[dict[str, Any]]:
         return [m for _, m in self.outputs if m["msg_type"] == msg_type]

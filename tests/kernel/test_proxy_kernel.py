@@ -24,7 +24,8 @@ SPEC = "rk-test-proxy"
 def installed_spec(classic_server) -> Iterator[str]:
     result = subprocess.run(
         [sys.executable, "-m", "remote_kernel", "kernel", "install", "--name", SPEC,
-         "--target", str(classic_server.file), "--user", "--display-name", "Python (test)"],
+         "--target", str(classic_server.file), "--user", "--display-name", "Python (test)",
+         "--trust"],  # our own test server: its widgets are forwarded
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     listing = subprocess.run([sys.executable, "-m", "remote_kernel", "kernel", "list"],
@@ -173,3 +174,27 @@ def test_nbclient_runs_a_notebook_on_the_remote(classic_server) -> None:
     assert pid == classic_server.pid and pid != os.getpid()
     assert "<h3>remote report</h3>" in notebook.cells[1].outputs[0]["data"]["text/html"]
     nbformat.validate(notebook)
+
+
+def test_an_untrusted_remote_gets_no_script_and_no_widgets(classic_server) -> None:
+    """Installed without --trust: display output is sanitized, widgets are withheld."""
+    kernelspec.install("rk-test-untrusted", str(classic_server.file), user=True)
+    kernel = Kernel("rk-test-untrusted")
+    try:
+        run = kernel.run("from IPython.display import HTML, Javascript, display\n"
+                         "display(HTML('<b>bold</b><script>alert(1)</script>'))\n"
+                         "display(Javascript('alert(2)'))\n"
+                         "HTML('<i onmouseover=\"alert(3)\">x</i>')")
+        assert run.status == "ok", run.reply
+        rich = [m["content"]["data"] for m in run.of_type("display_data")
+                + run.of_type("execute_result")]
+        text = repr(rich)
+        assert "<b>bold</b>" in text
+        assert "<script" not in text and "alert" not in text and "javascript" not in text
+        run = kernel.run("import ipywidgets\nipywidgets.IntSlider(value=3)")
+        assert run.status == "ok", run.reply
+        assert run.of_type("comm_open") == []
+        assert "--trust" in run.text("stderr")
+    finally:
+        kernel.close()
+        kernelspec.remove("rk-test-untrusted")

@@ -133,7 +133,7 @@ def test_snapshot_describes_each_connection(fake) -> None:
         "name": "pi", "target": "127.0.0.1:9999", "state": "connected", "error": "",
         "latency": None,
         "stats": {"requests": 3, "bytes_in": 100, "bytes_out": 50},
-        "root_label": "namespace", "code_root": "pi.namespace",
+        "root_label": "namespace", "code_root": "pi.namespace", "trusted": False,
     }
 
 
