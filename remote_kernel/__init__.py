@@ -35,6 +35,8 @@ _EXPORTS: dict[str, str] = {
     "VoidService": "remote_kernel.core.service",
     "exposed": "remote_kernel.core.service",
     "async_": "remote_kernel.core.api",
+    "batch": "remote_kernel.core.api",
+    "Batch": "remote_kernel.core.api",
     "deliver": "remote_kernel.core.api",
     "obtain": "remote_kernel.core.api",
     "connect": "remote_kernel.net.client",
@@ -51,6 +53,7 @@ __all__ = [
     "AsyncResult",
     "AuthenticationError",
     "BaseNetref",
+    "Batch",
     "BgServingThread",
     "ClassicService",
     "Connection",
@@ -65,6 +68,7 @@ __all__ = [
     "VoidService",
     "__version__",
     "async_",
+    "batch",
     "connect",
     "connect_file",
     "connect_ssh",
@@ -106,7 +110,7 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
-    from remote_kernel.core.api import async_, deliver, obtain
+    from remote_kernel.core.api import Batch, async_, batch, deliver, obtain
     from remote_kernel.core.asyncresult import AsyncResult
     from remote_kernel.core.connection import Connection
     from remote_kernel.core.netref import BaseNetref, is_netref

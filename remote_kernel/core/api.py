@@ -1,4 +1,4 @@
-"""Helpers that work on netrefs: obtain, deliver, async_."""
+"""Helpers that work on netrefs: obtain, deliver, async_, batch."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Any
 from remote_kernel.core.asyncresult import AsyncResult
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import BaseNetref, RemoteMethod
+from remote_kernel.errors import ProtocolError, RemoteKernelError
 from remote_kernel.protocol.boxing import ByValue, Kwargs
 from remote_kernel.protocol.messages import Op
 from remote_kernel.protocol.values import LARGE_MARKER
 
+DEFAULT: Any = object()  # "the connection's own timeout"
 LARGE = 4 * 1024 * 1024  # buffers above this come in chunks, with a progress bar
 CHUNK = 4 * 1024 * 1024
 
@@ -112,3 +114,79 @@ def async_(proxy: Any) -> _AsyncCaller:
     if not isinstance(proxy, (BaseNetref, RemoteMethod)):
         raise TypeError(f"async_ needs a remote callable (a netref), got {type(proxy).__name__}")
     return _AsyncCaller(proxy)
+
+
+class Batch:
+    """Calls collected inside ``with rk.batch(conn) as batch:``, sent as ONE request when the
+    block ends and answered in ONE reply; the calls run in order on the peer. Each
+    :meth:`call` returns an :class:`AsyncResult` that is ready after the block: its value, or
+    its own remote exception (the other calls still ran). If the block raises, nothing is
+    sent and every result fails with ``RemoteKernelError``."""
+
+    def __init__(self, conn: Connection, timeout: float | None | object = DEFAULT) -> None:
+        self._conn = conn
+        self._timeout = timeout
+        self._calls: list[tuple[Any, str | None, tuple, Kwargs | None]] = []
+        self._results: list[AsyncResult] = []
+        self._sent = False
+
+    def call(self, function: Any, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Queue ``function(*args, **kwargs)``; ``function`` is a remote callable of this
+        batch's connection (a netref or a netref's method)."""
+        if self._sent:
+            raise RemoteKernelError("this batch was already sent; start a new `with rk.batch`")
+        if isinstance(function, RemoteMethod):
+            owner, name = function._rk_owner, function._rk_name
+        elif isinstance(function, BaseNetref):
+            owner, name = function, None
+        else:
+            raise TypeError(f"batch.call needs a remote callable (a netref), got "
+                            f"{type(function).__name__}")
+        if owner._rk_conn is not self._conn:
+            raise ValueError(f"this batch is for {self._conn.peer}; the callable lives on "
+                             f"{owner._rk_conn.peer}")
+        self._calls.append((owner, name, args, Kwargs(kwargs) if kwargs else None))
+        result = AsyncResult(self._conn, 0)
+        self._results.append(result)
+        return result
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._sent = True
+        if exc_type is not None:
+            self._fail_all(RemoteKernelError("the batch was not sent: its block raised"))
+            return
+        if not self._calls:
+            return
+        try:
+            kwargs = {} if self._timeout is DEFAULT else {"timeout": self._timeout}
+            outcomes = self._conn.sync_request(Op.BATCH, tuple(self._calls), **kwargs)
+        except BaseException as error:
+            self._fail_all(error)
+            raise
+        if type(outcomes) is not tuple or len(outcomes) != len(self._results) or not all(
+                type(item) is tuple and len(item) == 2 and item[0] in (0, 1)
+                and (item[0] == 1 or isinstance(item[1], BaseException)) for item in outcomes):
+            error = ProtocolError(f"malformed batch reply from {self._conn.peer}")
+            self._fail_all(error)
+            raise error
+        for result, (ok, value) in zip(self._results, outcomes, strict=True):
+            result.set_outcome((ok == 1, value))
+
+    def _fail_all(self, error: BaseException) -> None:
+        for result in self._results:
+            result.set_outcome((False, error))
+
+
+def batch(conn: Connection, timeout: float | None | object = DEFAULT) -> Batch:
+    """``with rk.batch(conn) as batch: r = batch.call(fn, *args)`` — see :class:`Batch`.
+    ``timeout``: seconds for the one request, None to wait as long as it takes (default:
+    the connection's ``sync_request_timeout``)."""
+    if not isinstance(conn, Connection):
+        raise TypeError(f"rk.batch needs a Connection, got {type(conn).__name__}")
+    return Batch(conn, timeout)

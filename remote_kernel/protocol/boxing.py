@@ -66,6 +66,15 @@ class ByValue:
         self.soft = soft  # fall back to a reference when a copy is impossible
 
 
+class BatchOutcomes:
+    """A BATCH handler's result: each call's (ok, value or exception), boxed in order."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[bool, Any]]) -> None:
+        self.items = items
+
+
 class Kwargs(dict):
     """Keyword arguments: sent as a msgpack map (a plain dict would go by reference)."""
 
@@ -281,6 +290,9 @@ class Boxer:
                 return self.box(obj.value)
         if t is Kwargs:
             return {str(key): self.box(value) for key, value in obj.items()}
+        if t is BatchOutcomes:
+            return [[1, self.box(value)] if ok else [0, self.box_exception(value)]
+                    for ok, value in obj.items]
         oid = self._proxy_oid(obj)
         if oid is not None:
             return _ext(_PEERREF, OID.pack(oid))

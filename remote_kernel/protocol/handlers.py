@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from remote_kernel.errors import AccessDenied
-from remote_kernel.protocol.boxing import ByValue, remote_exception_class
+from remote_kernel.protocol.boxing import BatchOutcomes, ByValue, remote_exception_class
 from remote_kernel.protocol.describe import (
     children,
     describe_type,
@@ -163,6 +163,31 @@ def _read(ctx: RequestContext, obj: Any, offset: int, length: int) -> bytes:
     return view[int(offset):int(offset) + int(length)].tobytes()
 
 
+MAX_BATCH = 100_000  # calls in one BATCH request
+
+
+def _batch(ctx: RequestContext, calls: tuple) -> BatchOutcomes:
+    """Run the calls in order; each failure is kept with its call, the rest still run. A
+    KeyboardInterrupt (a cancel of the whole batch) ends it."""
+    if type(calls) is not tuple or len(calls) > MAX_BATCH:
+        raise ValueError(f"a batch is a sequence of at most {MAX_BATCH} calls")
+    outcomes: list[tuple[bool, Any]] = []
+    for call in calls:
+        try:
+            if type(call) is not tuple or len(call) != 4:
+                raise ValueError("a batched call is (callable, name, args, kwargs)")
+            target, name, args, kwargs = call
+            if type(args) is not tuple or not (kwargs is None or type(kwargs) is dict):
+                raise ValueError("a batched call's arguments are a tuple and a dict")
+            if name is None:
+                outcomes.append((True, _call(ctx, target, args, kwargs)))
+            else:
+                outcomes.append((True, _callattr(ctx, target, name, args, kwargs)))
+        except Exception as exc:  # noqa: BLE001 - each call's failure goes back with it
+            outcomes.append((False, exc))
+    return BatchOutcomes(outcomes)
+
+
 HANDLERS: dict[int, Callable[..., Any]] = {
     Op.PING: lambda ctx, payload=None: payload,
     Op.GETROOT: lambda ctx: ctx.root,
@@ -188,6 +213,7 @@ HANDLERS: dict[int, Callable[..., Any]] = {
     Op.OINFO: _oinfo,
     Op.KEYS: _keys,
     Op.CHILDREN: _children,
+    Op.BATCH: _batch,
 }
 
 __all__ = ["HANDLERS", "LARGE_MARKER", "RequestContext"]
