@@ -85,7 +85,10 @@ def open_connection(target: str, token_file: str | None = None,
     except ValueError as exc:  # no such address, connection file or socket: maybe advertised
         server = find_discovered(target)
         if server is None:
-            raise
+            if discovery_module() is None:
+                raise
+            raise ValueError(f"{exc}; nor is a server named {target!r} advertised on the "
+                             f"network") from None
         return _connect_discovered(server, token, local_service, exc)
 
 
