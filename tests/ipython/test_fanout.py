@@ -103,6 +103,13 @@ def test_each_peer_streams_labelled_lines_as_they_come(kernel: Kernel) -> None:
     assert run.ended - run.started < 3 + 2.5
     # Labels line the text up: "[p1] tick 0".
     assert "[p1] tick 0\n" in run.text()
+    # The lab panel heard which cell ran on each connection, and when it ended.
+    snapshots = [m["content"]["data"] for m in run.of_type("comm_msg")
+                 if m["content"]["data"].get("type") == "snapshot"]
+    running = [{c["name"]: c["running"] for c in s["connections"]} for s in snapshots]
+    assert any(all(state and state["code"] == "import time" and state["count"] > 0
+                   for name, state in seen.items() if name in PEERS) for seen in running)
+    assert all(state is None for state in running[-1].values())
 
 
 def test_outputs_gather_a_dict_and_inputs_go_to_all(kernel: Kernel,
