@@ -159,7 +159,9 @@ def running_cell(shell: Any, cell: str) -> dict[str, Any]:
     """What the lab panel shows while a cell runs on a connection: its execution count and
     first line."""
     text = cell.strip()
-    return {"count": shell.execution_count, "code": text.splitlines()[0][:80] if text else ""}
+    # IPython counts the running cell before running it: its In[n] is the count minus one.
+    count = max(shell.execution_count - 1, 0)
+    return {"count": count, "code": text.splitlines()[0][:80] if text else ""}
 
 
 def show_peer_error(shell: Any, peer: str, exc: BaseException) -> None:

@@ -107,7 +107,8 @@ def test_each_peer_streams_labelled_lines_as_they_come(kernel: Kernel) -> None:
     snapshots = [m["content"]["data"] for m in run.of_type("comm_msg")
                  if m["content"]["data"].get("type") == "snapshot"]
     running = [{c["name"]: c["running"] for c in s["connections"]} for s in snapshots]
-    assert any(all(state and state["code"] == "import time" and state["count"] > 0
+    count = run.reply["content"]["execution_count"]  # the cell's In[n]
+    assert any(all(state == {"code": "import time", "count": count}
                    for name, state in seen.items() if name in PEERS) for seen in running)
     assert all(state is None for state in running[-1].values())
 
