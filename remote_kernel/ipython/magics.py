@@ -41,7 +41,7 @@ USAGE = """\
 %remote connect TARGET... [--name NAME] [--token-file F] [--service classic|void]
 %remote list | use NAME | close [NAME|--all] | ping [NAME] | reconnect [NAME]
 %remote pull NAME... | push NAME... | %remote EXPR
-%remote group [NAME [MEMBER...]] | discover [--timeout S]
+%remote group [NAME [MEMBER...]] | discover [--timeout S] [--interface IP]
 %%remote [NAME...|--all] [-i a,b] [-o c,d] [--timeout S]"""
 
 
@@ -104,8 +104,9 @@ def _group_args(line: str) -> None:
 
 @magic_arguments()
 @argument("--timeout", type=float, default=2.0, help="seconds to listen (default 2)")
+@argument("--interface", metavar="IP", help="listen on this address of this host only")
 def _discover_args(line: str) -> None:
-    """%remote discover [--timeout S]"""
+    """%remote discover [--timeout S] [--interface IP]"""
 
 
 def _split_names(text: str) -> list[str]:
@@ -368,7 +369,7 @@ class RemoteMagics(Magics):
             raise UsageError("discovery is not available here: it needs the zeroconf package "
                              "(pip install zeroconf)")
         try:
-            servers = discovery.discover(args.timeout)
+            servers = discovery.discover(args.timeout, interface=args.interface)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         if not servers:
