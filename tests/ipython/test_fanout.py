@@ -175,6 +175,33 @@ def test_stop_interrupts_every_peer_and_they_still_answer(kernel: Kernel) -> Non
     assert _value(kernel, "after") == dict.fromkeys(PEERS, "awake")
 
 
+def test_a_timeout_interrupts_the_slow_peers_only(kernel: Kernel) -> None:
+    kernel.run("%%remote --all\nbroken = False\n")
+    kernel.run("%%remote p5\nbroken = True\n")
+    run = kernel.run("%%remote --all --timeout 1 -o quick\nimport time\nif broken:\n"
+                     "    time.sleep(30)\nquick = True\n", timeout=30)
+    assert run.status == "error"
+    assert run.ended - run.started < 1 + 3.0
+    errors = run.of_type("error")
+    assert len(errors) == 1 and errors[0]["content"]["traceback"][0] == "[p5]"
+    assert "RequestTimeout" in "\n".join(errors[0]["content"]["traceback"])
+    assert _value(kernel, "sorted(quick)") == sorted(set(PEERS) - {"p5"})
+    run = kernel.run("%remote ping p5")  # interrupted, not stuck in its sleep
+    assert run.status == "ok", run.reply
+    kernel.run("%%remote --all\nbroken = False\n")
+
+
+def test_a_single_peer_cell_is_shown_running_too(kernel: Kernel) -> None:
+    run = kernel.run("%%remote p1\nx = 1\n")
+    assert run.status == "ok", run.reply
+    snapshots = [m["content"]["data"] for m in run.of_type("comm_msg")
+                 if m["content"]["data"].get("type") == "snapshot"]
+    seen = [{c["name"]: c["running"] for c in s["connections"]} for s in snapshots]
+    count = run.reply["content"]["execution_count"]
+    assert {"count": count, "code": "x = 1"} in [state["p1"] for state in seen]
+    assert seen[-1]["p1"] is None
+
+
 def test_rich_output_and_results_come_labelled(kernel: Kernel) -> None:
     run = kernel.run("%%remote p1 p2\nclass Table:\n    def _repr_html_(self):\n"
                      "        return '<table><tr><td>42</td></tr></table>'\n"
@@ -208,6 +235,12 @@ def test_a_named_group(kernel: Kernel) -> None:
     assert run.status == "error"
     assert run.reply["content"]["ename"] == "UsageError"
     assert "nobody" in run.reply["content"]["evalue"]
+    run = kernel.run("%remote group p1 p2 p3")  # a connection's name is not a group's
+    assert run.reply["content"]["ename"] == "UsageError"
+    run = kernel.run("%remote group")
+    assert "bench: p1 p2 p3" in run.text()
+    run = kernel.run("%remote group pair bench p4")  # a group expands into its members
+    assert "group pair: p1 p2 p3 p4" in run.text()
 
 
 def test_connecting_several_binds_those_that_connect(kernel: Kernel, start_server,
