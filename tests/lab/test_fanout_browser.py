@@ -4,6 +4,8 @@ Four `remote-kernel serve --classic` processes; the notebook connects to all fou
 groups them, and runs one `%%remote rack` cell on all of them: each line arrives labelled
 with its peer while the cell runs, the panel shows the group and the cell running on each
 connection, `-o` gathers a dict, and the Stop button ends a cell sleeping on all four.
+Last, the connect dialog lists a server "advertised on the network" (discovery is replaced by
+tests/discovery_stub.py in the kernel) and connects to it by name.
 The screenshot of the finished cell is docs/fanout.png (RK_UPDATE_DOCS=1 copies it there;
 RK_SCREENSHOT_DIR keeps the screenshots). The extension built in this tree
 (remote_kernel/labextension) is used when present, else the installed one.
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests import discovery_stub as stub
 
 from .test_browser import (
     CHROMIUM,
@@ -77,6 +81,17 @@ def test_a_fan_out_cell_in_jupyterlab(tmp_path_factory: pytest.TempPathFactory) 
     shots.mkdir(parents=True, exist_ok=True)
     _use_this_tree_extension(env)
     servers = [RemoteServer(env, name) for name in PEERS]
+    # One more, known only from the network: no connection file under the name it announces.
+    hidden = RemoteServer(env, "hidden")
+    servers.append(hidden)
+    port = __import__("json").loads(hidden.file.read_text())["port"]
+    site = env.base / "site"
+    site.mkdir()
+    stub.sitecustomize(site)
+    env.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(site), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env.environ["RK_DISCOVERY_SERVERS"] = stub.servers_env(
+        stub.ServerInfo("labpc", "127.0.0.1", port, False, "ClassicService"))
     lab = Lab(env)
     try:
         with playwright_api.sync_playwright() as p:
@@ -161,5 +176,20 @@ def _drive(page: Any, env: Env, lab: Lab, shots: Path) -> None:
                                                          timeout=10_000)
     assert time.monotonic() - stop < 3 + 1  # one browser round trip on top of the 3 s
     assert "KeyboardInterrupt" in _output_text(cell)
-    nb.run("sorted(rk_group.ping()) if (rk_group := rack) else None",
-           expect_output="['pi1', 'pi2', 'pi3', 'pi4']")
+    nb.run("sorted(rack.ping())", expect_output="['pi1', 'pi2', 'pi3', 'pi4']")
+
+    # The connect dialog: this machine's connection files, then what the network announces.
+    panel.locator(".rk-connect-button").click()
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog.locator(".rk-connect-file[data-name='pi1']")).to_be_visible()
+    server = dialog.locator(".rk-connect-server[data-name='labpc']")
+    expect(server).to_contain_text("127.0.0.1:")
+    expect(dialog.locator(".rk-connect-network-heading")).to_contain_text(
+        "Advertised on the local network")
+    server.click()
+    expect(dialog.locator(".rk-connect-target")).to_have_value("labpc")
+    page.screenshot(path=str(shots / "fanout-dialog.png"))
+    dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+    labpc = panel.locator(".rk-connection[data-name='labpc']")
+    expect(labpc.locator(".rk-state")).to_have_text("connected")
+    nb.run("labpc.eval('6 * 7')", expect_output="42")
