@@ -1,12 +1,26 @@
-# Benchmarks: remote_kernel side by side with RPyC, Pyro5 (msgpack) and the raw floor.
+# Benchmarks: remote_kernel side by side with RPyC, Pyro5 (msgpack), ipyparallel and the floor.
 # Writes benchmarks/results/latest.{md,json,png} (a full run also full.{md,json,png}).
-.PHONY: bench bench-quick bench-profile
+#   make bench                    timed rounds (both pinnings), instruction counts, fan-out
+#   make bench NO_INSTRUCTIONS=1 NO_FANOUT=1    the same without the two slow groups
+#   make bench-quick              a few minutes; shows the last instruction/fan-out results
+#   make bench-instructions       instructions per call under valgrind (both processes)
+#   make bench-fanout             one call to 1, 8 and 32 peers vs ipyparallel
+#   make bench-profile            cProfile of both ends + CPU per call of every system
+.PHONY: bench bench-quick bench-profile bench-instructions bench-fanout
+
+BENCH_FLAGS = $(if $(NO_INSTRUCTIONS),--no-instructions) $(if $(NO_FANOUT),--no-fanout)
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run $(BENCH_FLAGS)
 
 bench-quick: $(STAMP)
-	$(PY) -m benchmarks.run --quick
+	$(PY) -m benchmarks.run --quick $(BENCH_FLAGS)
+
+bench-instructions: $(STAMP)
+	$(PY) -m benchmarks.instructions
+
+bench-fanout: $(STAMP)
+	$(PY) -m benchmarks.fanout
 
 bench-profile: $(STAMP)
 	$(PY) -m benchmarks.profile_rk all

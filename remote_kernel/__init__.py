@@ -12,6 +12,7 @@ above it, so a server on a small board needs neither IPython nor numpy.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -21,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "AccessDenied": "remote_kernel.errors",
     "AuthenticationError": "remote_kernel.errors",
     "ConnectionClosed": "remote_kernel.errors",
+    "GroupError": "remote_kernel.errors",
     "ProtocolError": "remote_kernel.errors",
     "RemoteError": "remote_kernel.errors",
     "RemoteKernelError": "remote_kernel.errors",
@@ -44,9 +46,16 @@ _EXPORTS: dict[str, str] = {
     "connect_ssh": "remote_kernel.net.client",
     "connect_subprocess": "remote_kernel.net.client",
     "connect_unix": "remote_kernel.net.client",
+    "Group": "remote_kernel.net.group",
     "Server": "remote_kernel.net.server",
     "ThreadedServer": "remote_kernel.net.server",
 }
+# Discovery (net/discovery.py, zeroconf) resolves on use only; listed when the module is
+# present, checked without importing anything.
+_DISCOVERY = {"discover": "remote_kernel.net.discovery",
+              "ServerInfo": "remote_kernel.net.discovery"}
+if os.path.exists(os.path.join(os.path.dirname(__file__), "net", "discovery.py")):
+    _EXPORTS.update(_DISCOVERY)
 
 __all__ = [
     "AccessDenied",
@@ -58,10 +67,13 @@ __all__ = [
     "ClassicService",
     "Connection",
     "ConnectionClosed",
+    "Group",
+    "GroupError",
     "ProtocolError",
     "RemoteError",
     "RemoteKernelError",
     "RequestTimeout",
+    *(["ServerInfo"] if "ServerInfo" in _EXPORTS else []),
     "Server",
     "Service",
     "ThreadedServer",
@@ -75,6 +87,7 @@ __all__ = [
     "connect_subprocess",
     "connect_unix",
     "deliver",
+    *(["discover"] if "discover" in _EXPORTS else []),
     "exposed",
     "is_netref",
     "load_ipython_extension",
@@ -120,6 +133,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         AccessDenied,
         AuthenticationError,
         ConnectionClosed,
+        GroupError,
         ProtocolError,
         RemoteError,
         RemoteKernelError,
@@ -132,4 +146,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         connect_subprocess,
         connect_unix,
     )
+    from remote_kernel.net.discovery import ServerInfo as ServerInfo  # when installed
+    from remote_kernel.net.discovery import discover as discover
+    from remote_kernel.net.group import Group
     from remote_kernel.net.server import Server, ThreadedServer

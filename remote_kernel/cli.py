@@ -1,4 +1,5 @@
-"""The ``remote-kernel`` command: ``serve``, ``kernel install|list|remove``, ``demo``."""
+"""The ``remote-kernel`` command: ``serve``, ``discover``, ``kernel install|list|remove``,
+``demo``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from remote_kernel.errors import RemoteKernelError
 from remote_kernel.net import connfile
 
 
@@ -85,8 +87,33 @@ def _tls_from_args(args: argparse.Namespace) -> dict[str, str] | None:
     return tls
 
 
+def _advertise(args: argparse.Namespace, name: str, port: int, tls: bool, service: str) -> Any:
+    """Announce the server on the local network (DNS-SD); never its token."""
+    try:
+        from remote_kernel.net import discovery
+    except ImportError as exc:
+        raise SystemExit(f"remote-kernel serve: --advertise needs discovery ({exc}); "
+                         f"pip install zeroconf") from None
+    if args.host in ("127.0.0.1", "localhost", "::1"):
+        print(f"remote-kernel: note: listening on {args.host} only; other machines find "
+              f"this server but cannot connect (use --host)", file=sys.stderr, flush=True)
+    try:
+        advertisement = discovery.advertise(name, port, tls=tls, service=service,
+                                            interface=args.interface)
+    except (ValueError, OSError, RemoteKernelError) as exc:  # DiscoveryError: name taken
+        raise SystemExit(f"remote-kernel serve: cannot advertise {name!r}: {exc}") from None
+    print(f"remote-kernel: advertised as {getattr(advertisement, 'name', name)!r} on the local "
+          f"network (DNS-SD, _remote-kernel._tcp)", flush=True)
+    return advertisement
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     service = _load_service(args.service, args.classic)
+    if args.interface and not args.advertise:
+        raise SystemExit("remote-kernel serve: --interface goes with --advertise")
+    if args.advertise and (args.stdio or args.unix):
+        raise SystemExit("remote-kernel serve: --advertise announces a TCP server; "
+                         "not with --stdio or --unix")
     if args.stdio:
         return _serve_stdio(service)
     from remote_kernel.net.server import Server
@@ -127,11 +154,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"remote-kernel: connection file {path}", flush=True)
     print(f"remote-kernel: connect with  %remote connect {name}   or   "
           f"remote_kernel.connect({name!r})", flush=True)
+    advertisement = None
     try:
+        if args.advertise:
+            advertisement = _advertise(args, name, server.port, bool(tls), info["service"])
         server.start()
     except KeyboardInterrupt:
         pass
     finally:
+        if advertisement is not None:  # goodbye packets first: browsers drop us at once
+            advertisement.close()
         server.close()
         try:
             path.unlink()
@@ -165,7 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", help="TLS private key (PEM)")
     serve.add_argument("--tls-client-ca", help="require client certificates signed by this CA")
     serve.add_argument("--tls-ca", help="CA clients should trust (recorded in the file)")
+    serve.add_argument("--advertise", action="store_true",
+                       help="announce this server on the local network (DNS-SD/mDNS) under "
+                            "its name; the token is never announced")
+    serve.add_argument("--interface", metavar="IP",
+                       help="with --advertise: announce on this address of this host only")
     serve.set_defaults(func=cmd_serve)
+
+    discover = sub.add_parser("discover", help="list servers advertised on the local network")
+    discover.add_argument("--timeout", type=float, default=2.0,
+                          help="seconds to listen (default 2)")
+    discover.add_argument("--interface", metavar="IP",
+                          help="listen on this address of this host only")
+    discover.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    discover.set_defaults(func=cmd_discover)
 
     from remote_kernel.kernel import cli as kernel_cli
 
@@ -174,6 +219,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a scripted session against a local classic server")
     demo.set_defaults(func=_cmd_demo)
     return parser
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    try:
+        from remote_kernel.net import discovery
+    except ImportError as exc:
+        print(f"remote-kernel discover: discovery is not available ({exc}); "
+              f"pip install zeroconf", file=sys.stderr)
+        return 2
+    try:
+        servers = discovery.discover(args.timeout, interface=args.interface)
+    except (ValueError, OSError, RemoteKernelError) as exc:
+        print(f"remote-kernel discover: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        import dataclasses
+        import json
+
+        print(json.dumps([dataclasses.asdict(server) for server in servers], indent=2))
+        return 0
+    if not servers:
+        print(f"no servers advertised on the network (listened {args.timeout:g} s)",
+              file=sys.stderr)
+        return 0
+    rows = [("NAME", "ADDRESS", "TLS", "SERVICE")]
+    rows += [(server.name, f"{server.host}:{server.port}", "yes" if server.tls else "no",
+              server.service) for server in servers]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

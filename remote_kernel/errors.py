@@ -11,7 +11,7 @@ the local instance is *also* of the original type, so ``except ValueError`` work
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 # How IPython shows our errors. The IPython layer (``remote_kernel.ipython.tracebacks``) sets
@@ -91,10 +91,51 @@ class RemoteError(RemoteKernelError):
         return render_remote_error(self)
 
 
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    if len(line) > limit:
+        line = line[: limit - 1] + "…"
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+class GroupError(RemoteKernelError):
+    """Some members of a group failed. ``errors`` maps each failed member's name to its
+    exception (a remote error keeps its traceback); ``results`` keeps what the others
+    returned."""
+
+    def __init__(self, errors: Mapping[str, BaseException],
+                 results: Mapping[str, Any] | None = None) -> None:
+        self.errors: dict[str, BaseException] = dict(errors)
+        self.results: dict[str, Any] = dict(results or {})
+        # Members whose error was already shown on its own (a notebook's error outputs):
+        # the traceback of this error then summarises them in its last line only.
+        self.shown: set[str] = set()
+        total = len(self.errors) + len(self.results)
+        failed = "; ".join(f"{name}: {_first_line(exc)}" for name, exc in self.errors.items())
+        super().__init__(f"{len(self.errors)} of {total} failed: {failed}")
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.errors, self.results)
+
+    def _render_traceback_(self) -> list[str]:
+        """Each failure not shown yet, headed by its member's name, then the summary."""
+        lines: list[str] = []
+        for name, exc in self.errors.items():
+            if name in self.shown:
+                continue
+            render = getattr(exc, "_render_traceback_", None)
+            lines.append(f"[{name}]")
+            lines.extend(render() if callable(render) else _plain(exc))
+        lines.append(f"{type(self).__name__}: {self}")
+        return lines
+
+
 __all__ = [
     "AccessDenied",
     "AuthenticationError",
     "ConnectionClosed",
+    "GroupError",
     "ProtocolError",
     "RemoteError",
     "RemoteFrame",

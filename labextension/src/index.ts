@@ -164,9 +164,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
           return;
         }
         const files = await model.files().catch(() => []);
+        // Asked after the files (the kernel answers in order), shown when it arrives.
+        const discovered = model.discover().catch(() => null);
         const result = await showDialog<IConnectValues>({
           title: 'Connect to a remote interpreter',
-          body: new ConnectBody(files),
+          body: new ConnectBody(files, discovered),
           buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Connect' })],
           focusNodeSelector: '.rk-connect-target'
         });

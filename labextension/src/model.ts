@@ -12,6 +12,8 @@ import {
   IChildInfo,
   IConnectionFile,
   IConnectionInfo,
+  IDiscovery,
+  IGroupInfo,
   IObjectInfo,
   IRequestMessage,
   KernelMessage,
@@ -72,6 +74,7 @@ export interface IModelOptions {
 export class RemoteModel {
   readonly changed = new Emitter<void>();
   connections: IConnectionInfo[] = [];
+  groups: IGroupInfo[] = [];
   current: string | null = null;
   /** Whether a kernel-side endpoint is attached (the IPython extension is loaded). */
   attached = false;
@@ -123,6 +126,7 @@ export class RemoteModel {
 
   handleMessage(message: KernelMessage): void {
     if (message.type === 'snapshot') {
+      this.groups = message.groups ?? [];
       this._applySnapshot(message.connections, message.current);
     } else if (message.type === 'reply') {
       const pending = this._pending.get(message.id);
@@ -195,6 +199,23 @@ export class RemoteModel {
 
   files(): Promise<IConnectionFile[]> {
     return this.request('files').then(result => result.files as IConnectionFile[]);
+  }
+
+  /** Servers advertised on the local network (the kernel listens for `timeout` s). */
+  discover(timeout?: number): Promise<IDiscovery> {
+    const args: Record<string, any> = {};
+    if (timeout !== undefined) {
+      args.timeout = timeout;
+    }
+    return this.request('discover', args).then(result => ({
+      available: !!result.available,
+      servers: (result.servers ?? []) as IDiscovery['servers']
+    }));
+  }
+
+  /** The groups a connection belongs to. */
+  groupsOf(name: string): string[] {
+    return this.groups.filter(g => g.members.includes(name)).map(g => g.name);
   }
 
   /**

@@ -48,6 +48,20 @@ export interface IConnectionInfo {
   plain_names: boolean;
   /** "namespace" for classic connections, "root" otherwise. */
   root_label: string;
+  /** The notebook cell running on this connection (a `%%remote` cell), if any. */
+  running?: IRunningCell | null;
+}
+
+/** A cell running on a connection: its execution count and first line. */
+export interface IRunningCell {
+  count: number | null;
+  code: string;
+}
+
+/** A named group of connections (`%remote group NAME a b c`). */
+export interface IGroupInfo {
+  name: string;
+  members: string[];
 }
 
 export interface ISnapshotMessage {
@@ -55,6 +69,8 @@ export interface ISnapshotMessage {
   version: number;
   current: string | null;
   connections: IConnectionInfo[];
+  /** Named groups; absent from kernels that predate them. */
+  groups?: IGroupInfo[];
 }
 
 export interface IReplyMessage {
@@ -73,6 +89,7 @@ export type PathStep = [kind: 'attr' | 'item', key: string | number | boolean];
 export type Action =
   | 'snapshot'
   | 'files'
+  | 'discover'
   | 'connect'
   | 'disconnect'
   | 'reconnect'
@@ -105,6 +122,21 @@ export interface IConnectionFile {
   file?: string;
   service?: string;
   [key: string]: any;
+}
+
+/** A server advertised on the local network (DNS-SD); never a token. */
+export interface IDiscoveredServer {
+  name: string;
+  host: string;
+  port: number;
+  tls: boolean;
+  service: string;
+}
+
+/** The answer to `discover`: `available` is false where the kernel has no zeroconf. */
+export interface IDiscovery {
+  available: boolean;
+  servers: IDiscoveredServer[];
 }
 
 /** The documentation of a node (the OINFO request). */

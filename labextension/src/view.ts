@@ -4,7 +4,7 @@
  */
 
 import { formatBytes, formatLatency, ITreeNode, pathKey, RemoteModel, shorten } from './model';
-import { IChildInfo, IConnectionInfo, PathStep } from './protocol';
+import { IChildInfo, IConnectionInfo, IGroupInfo, PathStep } from './protocol';
 
 /** What the view asks its owner to do. */
 export interface IViewActions {
@@ -184,11 +184,45 @@ function build(host: HTMLElement, model: RemoteModel | null): void {
     host.append(el('div', 'rk-message', 'No connections yet: use Connect… or %remote connect.'));
     return;
   }
+  if (model.groups.length) {
+    host.append(renderGroups(model, model.groups));
+  }
   const list = el('ul', 'rk-connections');
   for (const info of model.connections) {
     list.append(renderConnection(model, info));
   }
   host.append(list);
+}
+
+/** One line per group: its name, then its members (a dot each: running or not). */
+function renderGroups(model: RemoteModel, groups: IGroupInfo[]): HTMLElement {
+  const section = el('div', 'rk-groups');
+  section.append(el('div', 'rk-groups-title', 'Groups'));
+  for (const group of groups) {
+    const row = el('div', 'rk-group');
+    row.dataset.name = group.name;
+    row.append(el('span', 'rk-group-name', group.name));
+    for (const member of group.members) {
+      const info = model.get(member);
+      const chip = el('span', 'rk-group-member', member);
+      chip.dataset.state = info?.state ?? 'closed';
+      if (info?.running) {
+        chip.classList.add('rk-busy');
+        chip.title = `running ${runningLabel(info.running)}`;
+      } else {
+        chip.title = info ? info.state : 'not connected';
+      }
+      row.append(chip);
+    }
+    section.append(row);
+  }
+  return section;
+}
+
+/** "[12] for i in range(3):" or "a cell" when the count is unknown. */
+export function runningLabel(running: { count: number | null; code: string }): string {
+  const count = running.count !== null && running.count !== undefined ? `[${running.count}] ` : '';
+  return `${count}${running.code || 'a cell'}`;
 }
 
 function renderConnection(model: RemoteModel, info: IConnectionInfo) {
@@ -209,6 +243,15 @@ function renderConnection(model: RemoteModel, info: IConnectionInfo) {
   item.append(header);
 
   item.append(el('div', 'rk-conn-target', info.target));
+  const groups = model.groupsOf(info.name);
+  if (groups.length) {
+    item.append(el('div', 'rk-conn-groups', `in ${groups.join(', ')}`));
+  }
+  if (info.running) {
+    const running = el('div', 'rk-conn-running', `▶ ${runningLabel(info.running)}`);
+    running.title = 'the notebook cell running on this connection';
+    item.append(running);
+  }
   if (!connected && info.error) {
     item.append(el('div', 'rk-conn-error', info.error));
   }

@@ -265,6 +265,21 @@ class Connection:
         finally:
             self._replies.pop(seq, None)
 
+    def interrupt(self) -> int:
+        """Ask the peer to cancel every request this side is waiting for, from any thread:
+        what Ctrl-C does for the waiting thread, for all of them at once. Each waiting call
+        then raises ``KeyboardInterrupt`` (sent back by the peer) and the connection stays
+        usable. Returns how many requests were cancelled; never waits."""
+        if self._closed:
+            return 0
+        seqs = [*self._pending, *self._async]  # copied under the GIL, in one C call each
+        for seq in seqs:
+            try:
+                self._send_message(Kind.NOTIFY, None, Op.CANCEL, (seq,))
+            except (ConnectionClosed, ProtocolError):
+                return 0
+        return len(seqs)
+
     # -- the reader role -------------------------------------------------------------------
 
     def _drive_until(self, done: Callable[[], bool], deadline: float | None) -> None:

@@ -1,5 +1,9 @@
 """``make demo``: the simulated bench, the proxy kernelspec and JupyterLab on notebooks/.
 
+Besides the ``demo`` bench it starts four more, ``bench1`` .. ``bench4`` (each its own
+process, like four lab PCs) for notebook 06; where discovery is installed they advertise
+themselves on this machine's loopback only (``--advertise --interface 127.0.0.1``).
+
     python -m remote_kernel.demo.launcher            # JupyterLab; Ctrl-C stops everything
     python -m remote_kernel.demo.launcher --check    # headless: execute every notebook
 
@@ -10,6 +14,7 @@ removed on exit.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import secrets
 import shutil
@@ -21,22 +26,49 @@ import time
 from pathlib import Path
 
 DEMO_NAME = "demo"
+BENCHES = ("bench1", "bench2", "bench3", "bench4")  # notebook 06: many instruments at once
 KERNEL_NAME = "remote-demo"
 CELL_TIMEOUT = 180
 
 
-def _start_server(env: dict[str, str], runtime: Path) -> subprocess.Popen:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "remote_kernel", "serve", "--service", "remote_kernel.demo.bench:Lab",
-         "--name", DEMO_NAME], env=env)
-    path = runtime / f"remote-kernel-{DEMO_NAME}.json"
+def _can_advertise() -> bool:
+    try:
+        return importlib.util.find_spec("remote_kernel.net.discovery") is not None
+    except ImportError:
+        return False
+
+
+def _start_servers(env: dict[str, str], runtime: Path) -> list[subprocess.Popen]:
+    """The demo bench and the four of notebook 06, started at once; waits for their files."""
+    advertise = ["--advertise", "--interface", "127.0.0.1"] if _can_advertise() else []
+    servers: dict[str, subprocess.Popen] = {}
+    for name in (DEMO_NAME, *BENCHES):
+        servers[name] = subprocess.Popen(
+            [sys.executable, "-m", "remote_kernel", "serve", "--service",
+             "remote_kernel.demo.bench:Lab", "--name", name,
+             *(advertise if name in BENCHES else [])], env=env,
+            # the demo bench says where it is; the four others would only repeat it
+            stdout=subprocess.DEVNULL if name in BENCHES else None)
     deadline = time.monotonic() + 30
-    while not path.exists():
-        if server.poll() is not None or time.monotonic() > deadline:
+    for name, server in servers.items():
+        path = runtime / f"remote-kernel-{name}.json"
+        while not path.exists():
+            if server.poll() is not None or time.monotonic() > deadline:
+                _stop_servers(list(servers.values()))
+                raise SystemExit(f"the {name} server did not start")
+            time.sleep(0.05)
+    return list(servers.values())
+
+
+def _stop_servers(servers: list[subprocess.Popen]) -> None:
+    for server in servers:
+        if server.poll() is None:
+            server.terminate()
+    for server in servers:
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
             server.kill()
-            raise SystemExit("the demo server did not start")
-        time.sleep(0.05)
-    return server
 
 
 def _install_kernelspec(env: dict[str, str]) -> None:
@@ -88,7 +120,7 @@ def run_lab(notebooks: Path, env: dict[str, str], port: int) -> None:
     with open(log_path, "w") as log:  # a file, not a pipe nobody reads (it would fill up)
         lab = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/lab/tree/02-instrument-control.ipynb?token={token}"
-    print(f"\nJupyterLab: {url}\n(Ctrl-C stops JupyterLab and the demo server)\n", flush=True)
+    print(f"\nJupyterLab: {url}\n(Ctrl-C stops JupyterLab and the demo servers)\n", flush=True)
     try:
         code = lab.wait()
         if code:
@@ -115,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     notebooks = Path(args.notebooks).resolve()
     runtime = Path(tempfile.mkdtemp(prefix="rk-demo-"))
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(runtime), PYTHONUNBUFFERED="1")
-    server = _start_server(env, runtime)
+    servers = _start_servers(env, runtime)
     try:
         _install_kernelspec(env)
         if args.check:
@@ -127,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         _remove_kernelspec(env)
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop_servers(servers)
         shutil.rmtree(runtime, ignore_errors=True)
 
 

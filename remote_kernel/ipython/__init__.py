@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from remote_kernel.core import group
 from remote_kernel.ipython import completion, display, inspection, loop, tracebacks
 from remote_kernel.ipython.magics import RemoteMagics
 from remote_kernel.ipython.registry import get_registry, reset_registry
@@ -16,8 +17,14 @@ from remote_kernel.ipython.registry import get_registry, reset_registry
 tracebacks.install()  # importing the IPython layer is enough to render remote errors
 
 
+def _group_member(item: Any) -> group.Member | None:
+    return get_registry().member(item)
+
+
 def load(shell: Any) -> None:
     shell.register_magics(RemoteMagics)
+    if _group_member not in group.resolvers:  # rk.Group(["pi1"]) finds notebook connections
+        group.resolvers.append(_group_member)
     display.install(shell)
     completion.install(shell)
     inspection.install(shell)
@@ -39,6 +46,8 @@ def unload(shell: Any) -> None:
         except ImportError:
             pass
     loop.uninstall(shell)
+    if _group_member in group.resolvers:
+        group.resolvers.remove(_group_member)
     inspection.uninstall(shell)
     completion.uninstall(shell)
     display.uninstall(shell)

@@ -11,6 +11,11 @@ Example session::
        ...: y = x * 2
        ...: print("remote says", y)
     remote says 42
+    In [5]: %remote connect pi1 pi2        # several at once
+    In [6]: %%remote pi1 pi2 -o host       # the cell runs on both at the same time
+       ...: import socket; host = socket.gethostname(); print(host)
+    [pi1] raspberrypi-1
+    [pi2] raspberrypi-2
 """
 
 from __future__ import annotations
@@ -25,21 +30,26 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from remote_kernel.core.api import deliver, obtain
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import is_netref
+from remote_kernel.ipython import fanout
 from remote_kernel.ipython.registry import ConnectionEntry, get_registry
 from remote_kernel.ipython.sink import NotebookSink
 
-SUBCOMMANDS = ("connect", "list", "use", "close", "ping", "reconnect", "pull", "push")
+SUBCOMMANDS = ("connect", "list", "use", "close", "ping", "reconnect", "pull", "push",
+               "group", "discover")
 
 USAGE = """\
-%remote connect TARGET [--name NAME] [--token-file F] [--service classic|void] [--trust]
+%remote connect TARGET... [--name NAME] [--token-file F] [--service classic|void] [--trust]
 %remote list | use NAME | close [NAME|--all] | ping [NAME] | reconnect [NAME]
 %remote pull NAME... | push NAME... | %remote EXPR
-%%remote [NAME] [-i a,b] [-o c,d] [--timeout S]"""
+%remote group [NAME [MEMBER...]] | discover [--timeout S] [--interface IP]
+%%remote [NAME...|--all] [-i a,b] [-o c,d] [--timeout S]"""
 
 
 @magic_arguments()
-@argument("target", help="a connection-file name or path, host:port, a unix socket path, "
-                         "'subprocess' (a local child interpreter) or ssh:user@host")
+@argument("targets", nargs="+", metavar="TARGET",
+          help="a connection-file name or path, host:port, a unix socket path, "
+               "'subprocess' (a local child interpreter), ssh:user@host, or the name of a "
+               "server advertised on the network; several connect at once")
 @argument("--name", help="the variable the connection is bound to (default: from TARGET)")
 @argument("--token-file", help="read the token from this file")
 @argument("--service", choices=("void", "classic"), default="void",
@@ -73,13 +83,33 @@ def _names_args(line: str) -> None:
 
 
 @magic_arguments()
-@argument("name", nargs="?", help="connection name (default: the current one)")
+@argument("names", nargs="*", metavar="NAME",
+          help="connection or group names (default: the current connection); with several, "
+               "the cell runs on each at the same time")
+@argument("--all", action="store_true", help="run on every open connection at once")
 @argument("-i", "--inputs", default="", help="local variables to send in, comma separated")
-@argument("-o", "--outputs", default="", help="remote variables to bring back")
+@argument("-o", "--outputs", default="",
+          help="remote variables to bring back (from several peers: {peer: value} each)")
 @argument("--timeout", type=float, default=None,
           help="seconds before the cell is abandoned (default: none; Stop interrupts)")
 def _cell_args(line: str) -> None:
-    """%%remote [NAME] [-i a,b] [-o c,d] [--timeout S]"""
+    """%%remote [NAME...|--all] [-i a,b] [-o c,d] [--timeout S]"""
+
+
+@magic_arguments()
+@argument("name", nargs="?", help="the group's name (a variable bound to the group)")
+@argument("members", nargs="*", metavar="MEMBER",
+          help="connection names, group names or targets (those are connected)")
+@argument("--token-file", help="token for the members this connects")
+def _group_args(line: str) -> None:
+    """%remote group [NAME [MEMBER...]]"""
+
+
+@magic_arguments()
+@argument("--timeout", type=float, default=2.0, help="seconds to listen (default 2)")
+@argument("--interface", metavar="IP", help="listen on this address of this host only")
+def _discover_args(line: str) -> None:
+    """%remote discover [--timeout S] [--interface IP]"""
 
 
 def _split_names(text: str) -> list[str]:
@@ -123,12 +153,14 @@ class RemoteMagics(Magics):
 
         Usage::
 
-            %remote connect TARGET [--name NAME] [--token-file F] [--service classic|void]
+            %remote connect TARGET... [--name NAME] [--token-file F] [--service classic|void]
                     [--trust]
                 TARGET is a connection-file name (from `remote-kernel serve --name NAME`)
                 or path, host:port, a unix socket path, `subprocess` (a local child
-                interpreter) or ssh:user@host. The connection is bound to NAME in the
-                notebook and becomes the current one.
+                interpreter), ssh:user@host, or the name of a server advertised on the
+                network (`remote-kernel serve --advertise`; it still needs its token:
+                --token-file). The connection is bound to NAME in the notebook and becomes
+                the current one. Several targets connect at once (`ssh:pi1 ssh:pi2`).
             %remote list                 table of connections: state, latency, traffic
             %remote use NAME             make NAME the current connection
             %remote close [NAME|--all]   close one (default: the current) or all
@@ -136,6 +168,10 @@ class RemoteMagics(Magics):
             %remote reconnect [NAME]     connect again to the same target
             %remote pull x y             copy remote variables here (by value if possible)
             %remote push x y             copy local variables there
+            %remote group NAME a b c     a named group: `%%remote NAME` runs on a, b, c;
+                                         NAME is bound to it (an rk.Group)
+            %remote group                the groups
+            %remote discover             table of servers advertised on the network
             %remote EXPR                 evaluate EXPR remotely and return the result
 
         Example::
@@ -183,10 +219,38 @@ class RemoteMagics(Magics):
         args = self._parse(_connect_args, rest)
         if args.name is not None and not args.name.isidentifier():
             raise UsageError(f"--name must be a valid variable name, not {args.name!r}")
-        entry = self.registry.connect(args.target, name=args.name, token_file=args.token_file,
-                                      service=args.service, trusted=args.trust)
+        if len(args.targets) > 1:
+            if args.name is not None:
+                raise UsageError(f"--name names one connection; with several targets each "
+                                 f"is named after its target\n{USAGE}")
+            self._connect_many(args.targets, args.token_file, args.service, args.trust)
+            return
+        entry = self.registry.connect(args.targets[0], name=args.name,
+                                      token_file=args.token_file, service=args.service,
+                                      trusted=args.trust)
         self.shell.user_ns[entry.name] = entry.conn
         print(f"connected to {entry.name} ({entry.conn.peer}), bound to `{entry.name}`")
+
+    def _connect_many(self, targets: list[str], token_file: str | None,
+                      service: str = "void", trusted: bool = False) -> list[ConnectionEntry]:
+        """Connect several targets at once; bind each that connected, then raise
+        GroupError naming those that did not."""
+        from remote_kernel.errors import GroupError
+
+        try:
+            entries = self.registry.connect_many(targets, token_file=token_file,
+                                                 service=service, trusted=trusted)
+        except GroupError as exc:
+            entries = list(exc.results.values())
+            self._bind_connected(entries)
+            raise
+        self._bind_connected(entries)
+        return entries
+
+    def _bind_connected(self, entries: list[ConnectionEntry]) -> None:
+        for entry in entries:
+            self.shell.user_ns[entry.name] = entry.conn
+            print(f"connected to {entry.name} ({entry.conn.peer}), bound to `{entry.name}`")
 
     def _do_list(self, rest: str) -> None:
         if rest:
@@ -206,6 +270,8 @@ class RemoteMagics(Magics):
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         for row in rows:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        for group, members in self.registry.groups.items():
+            print(f"group {group}: {' '.join(members)}")
 
     def _do_use(self, rest: str) -> None:
         args = self._parse(_name_args, rest)
@@ -259,6 +325,71 @@ class RemoteMagics(Magics):
                 raise UsageError(f"{name!r} is not defined here")
             namespace[name] = _copy_or_reference(conn, self.shell.user_ns[name])
 
+    def _do_group(self, rest: str) -> None:
+        args = self._parse(_group_args, rest)
+        registry = self.registry
+        if args.name is None:
+            if not registry.groups:
+                print("no groups; use %remote group NAME MEMBER...")
+            for group, members in registry.groups.items():
+                print(f"{group}: {' '.join(members)}")
+            return
+        name = args.name
+        if not args.members:
+            if name not in registry.groups:
+                raise UsageError(f"no group named {name!r} (known: "
+                                 f"{', '.join(registry.groups) or 'none'})")
+            print(f"{name}: {' '.join(registry.groups[name])}")
+            return
+        if not name.isidentifier():
+            raise UsageError(f"a group name must be a valid variable name, not {name!r}")
+        if name in registry.entries:
+            raise UsageError(f"{name!r} is a connection; choose another name for the group")
+        members: list[str] = []
+        targets: list[str] = []
+        for member in args.members:
+            if member in registry.groups:
+                members += registry.groups[member]
+            elif member in registry.entries:
+                members.append(member)
+            else:
+                targets.append(member)
+                members.append(member)
+        if targets:
+            entries = self._connect_many(targets, args.token_file)
+            connected = dict(zip(targets, (entry.name for entry in entries), strict=True))
+            members = [connected.get(member, member) for member in members]
+        members = list(dict.fromkeys(members))  # each once, in the order given
+        registry.groups[name] = members
+        registry.changed()
+        self.shell.user_ns[name] = fanout.RegistryGroup(registry, members)
+        print(f"group {name}: {' '.join(members)}, bound to `{name}`")
+
+    def _do_discover(self, rest: str) -> None:
+        from remote_kernel.ipython.registry import discovery_module
+
+        args = self._parse(_discover_args, rest)
+        discovery = discovery_module()
+        if discovery is None:
+            raise UsageError("discovery is not available here: it needs the zeroconf package "
+                             "(pip install zeroconf)")
+        try:
+            servers = discovery.discover(args.timeout, interface=args.interface)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if not servers:
+            print(f"no servers advertised on the network (listened {args.timeout:g} s; "
+                  f"servers announce themselves with `remote-kernel serve --advertise`)")
+            return
+        rows = [("name", "address", "tls", "service")]
+        rows += [(server.name, f"{server.host}:{server.port}", "yes" if server.tls else "no",
+                  server.service) for server in servers]
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        for row in rows:
+            print("  ".join(cell.ljust(width)
+                            for cell, width in zip(row, widths, strict=True)).rstrip())
+        print("connect with  %remote connect NAME --token-file FILE")
+
     def _eval(self, expression: str) -> Any:
         entry = self._entry()
         entry.require()
@@ -272,12 +403,18 @@ class RemoteMagics(Magics):
 
         Usage::
 
-            %%remote [NAME] [-i a,b] [-o c,d] [--timeout S]
+            %%remote [NAME...|--all] [-i a,b] [-o c,d] [--timeout S]
 
         The cell runs in the remote namespace with IPython's semantics: its output streams
         here while it runs, display() and the last expression arrive as rich output
         computed remotely. -i sends local variables in (by value where possible), -o brings
         remote variables back. The Stop button interrupts the remote code.
+
+        With several names, a group's name (`%remote group`) or --all, the cell runs on
+        every peer at the same time; each line of output is labelled with its peer as it
+        arrives, -i sends the same values to all, -o x binds x to {peer: value}, each
+        failing peer gives its own error and the others' results are kept. Stop
+        interrupts every peer.
 
         Example::
 
@@ -285,14 +422,24 @@ class RemoteMagics(Magics):
                ...: total = sum(range(n))
                ...: total
             Out[5]: 4950
+            In [6]: %%remote pi1 pi2 -o t
+               ...: t = sensor.read()
+               ...: print(t)
+            [pi1] 21.4
+            [pi2] 22.0
+            In [7]: t
+            Out[7]: {'pi1': 21.4, 'pi2': 22.0}
         """
         try:
             args = parse_argstring(_cell_args, line)
         except UsageError as exc:
             raise UsageError(f"{exc}\n{USAGE}") from None
-        entry = self._entry(args.name)
-        conn = entry.require()
         inputs, outputs = _split_names(args.inputs), _split_names(args.outputs)
+        peers = self._cell_peers(args.names, args.all)
+        if peers is not None:
+            return self._fan_out_cell(peers, cell, inputs, outputs, args.timeout)
+        entry = self._entry(args.names[0] if args.names else None)
+        conn = entry.require()
         if inputs:
             namespace = conn.namespace
             for name in inputs:
@@ -302,8 +449,12 @@ class RemoteMagics(Magics):
         sink = NotebookSink(trusted=conn.trust_output, peer=entry.name)
         from remote_kernel.protocol.messages import Op
 
-        conn.sync_request(Op.CALLATTR, entry.interpreter, "run_cell", (cell, sink), None,
-                          timeout=args.timeout)
+        self.registry.set_running([entry.name], fanout.running_cell(self.shell, cell))
+        try:
+            conn.sync_request(Op.CALLATTR, entry.interpreter, "run_cell", (cell, sink), None,
+                              timeout=args.timeout)
+        finally:
+            self.registry.set_running([entry.name], None)
         if outputs:
             namespace = conn.namespace
             for name in outputs:
@@ -312,6 +463,40 @@ class RemoteMagics(Magics):
                 except KeyError:
                     raise UsageError(f"-o {name}: not defined on {conn.peer}") from None
         return sink.value
+
+    def _cell_peers(self, names: list[str], every: bool) -> list[str] | None:
+        """The connections a fan-out cell runs on, or None for the single-peer cell."""
+        registry = self.registry
+        if every:
+            if names:
+                raise UsageError(f"--all takes no connection names\n{USAGE}")
+            peers = [name for name, entry in registry.entries.items()
+                     if entry.state == "connected"]
+            if not peers:
+                raise UsageError("no open connections; use %remote connect TARGET")
+            return peers
+        if len(names) <= 1 and not (names and names[0] in registry.groups):
+            return None
+        peers = []
+        for name in names:
+            members = registry.groups.get(name, [name])
+            for member in members:
+                if member not in registry.entries:
+                    known = ", ".join([*registry.entries, *registry.groups]) or "none"
+                    raise UsageError(f"no connection or group named {member!r} "
+                                     f"(known: {known})")
+                peers.append(member)
+        return list(dict.fromkeys(peers))
+
+    def _fan_out_cell(self, peers: list[str], cell: str, inputs: list[str],
+                      outputs: list[str], timeout: float | None) -> None:
+        values = {}
+        for name in inputs:
+            if name not in self.shell.user_ns:
+                raise UsageError(f"-i {name}: {name!r} is not defined here")
+            values[name] = self.shell.user_ns[name]
+        fanout.run_cell(self.shell, self.registry, peers, cell, inputs=values, outputs=outputs,
+                        send=_copy_or_reference, receive=_local_copy, timeout=timeout)
 
 
 __all__ = ["USAGE", "RemoteMagics"]

@@ -17,14 +17,17 @@ Messages (JSON, the comm's ``data``)::
     kernel -> frontend
       {"type": "snapshot", "version": 1, "current": NAME | null,
        "connections": [{"name", "target", "state", "error", "latency", "root_label", "code_root",
-                        "trusted",
-                        "stats": {"requests", "bytes_in", "bytes_out"}}]}
+                        "trusted", "stats": {"requests", "bytes_in", "bytes_out"},
+                        "running": {"count", "code"} | null}],
+       "groups": [{"name", "members": [NAME, ...]}]}
       {"type": "reply", "id": N, "ok": true, "result": {...}}
       {"type": "reply", "id": N, "ok": false, "error": "message", "error_type": "ValueError"}
 
     frontend -> kernel: {"type": "request", "id": N, "action": ACTION, "args": {...}}
       snapshot    {}                                 -> {}            (a snapshot follows)
       files       {}                                 -> {"files": [live connection files]}
+      discover    {"timeout"?}                       -> {"available": bool, "servers":
+                                                         [{name, host, port, tls, service}]}
       connect     {"target", "token_file"?, "name"?} -> {"name": NAME}
       disconnect  {"name"}                           -> {}
       reconnect   {"name"}                           -> {}
@@ -36,7 +39,10 @@ Messages (JSON, the comm's ``data``)::
 A ``path`` is a list of ``[kind, key]`` steps below the connection's browser root (the
 namespace of a classic connection, else its root), ``kind`` being ``"attr"`` or ``"item"``.
 A snapshot is sent after every action and whenever the registry reports a change (only when
-it differs from the last one sent). The TypeScript side of this is ``labextension/src/
+it differs from the last one sent). ``running`` is the notebook cell running on a connection
+(its execution count and first line), set while a ``%%remote`` cell runs there; the snapshot
+that says so is sent from the cell itself (the kernel is busy, but comm messages go out on
+iopub at once). The TypeScript side of this is ``labextension/src/
 protocol.ts`` and ``model.ts``.
 """
 
@@ -52,6 +58,7 @@ from remote_kernel.protocol.describe import json_safe
 TARGET = "remote_kernel.panel"
 PROTOCOL_VERSION = 1
 REQUEST_TIMEOUT = 10.0  # seconds for one remote request made for the panel
+DISCOVER_TIMEOUT = 1.5  # seconds the connect dialog listens for advertised servers (max 5)
 MAX_CHILDREN = 1000
 MAX_COMMS = 8  # comms of reloaded pages are never closed by the browser: keep the newest
 
@@ -89,6 +96,7 @@ class PanelEndpoint:
         self._actions: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "snapshot": lambda args: {},
             "files": self._files,
+            "discover": self._discover,
             "connect": self._connect,
             "disconnect": self._disconnect,
             "reconnect": self._reconnect,
@@ -139,6 +147,8 @@ class PanelEndpoint:
             "version": PROTOCOL_VERSION,
             "current": self.registry.current,
             "connections": [self._describe(entry) for entry in entries],
+            "groups": [{"name": name, "members": list(members)}
+                       for name, members in getattr(self.registry, "groups", {}).items()],
         }
 
     def _describe(self, entry: Any) -> dict[str, Any]:
@@ -159,6 +169,7 @@ class PanelEndpoint:
             "root_label": "namespace" if classic else "root",
             "code_root": self._code_root(entry, classic),
             "trusted": bool(getattr(entry, "trusted", False)),
+            "running": getattr(entry, "running", None),
         }
 
     def _code_root(self, entry: Any, classic: bool) -> str:
@@ -246,6 +257,22 @@ class PanelEndpoint:
             safe = {key: value for key, value in info.items() if "token" not in key.lower()}
             files.append(safe)
         return {"files": files}
+
+    def _discover(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Servers advertised on the local network (never a token: none is announced)."""
+        from remote_kernel.ipython.registry import discovery_module
+
+        timeout = args.get("timeout", DISCOVER_TIMEOUT)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not 0 < timeout <= 5:
+            raise PanelError("timeout must be a number of seconds up to 5")
+        discovery = discovery_module()
+        if discovery is None:
+            return {"available": False, "servers": []}
+        servers = discovery.discover(float(timeout))
+        return {"available": True, "servers": [
+            {"name": server.name, "host": server.host, "port": server.port,
+             "tls": bool(server.tls), "service": server.service} for server in servers]}
 
     def _connect(self, args: dict[str, Any]) -> dict[str, Any]:
         target = args.get("target")

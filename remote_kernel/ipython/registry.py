@@ -7,12 +7,13 @@ import keyword
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from remote_kernel.core.connection import Connection
+from remote_kernel.core.group import Member, fan_out
 from remote_kernel.core.service import ClassicService, VoidService
-from remote_kernel.errors import ConnectionClosed, RequestTimeout
+from remote_kernel.errors import AuthenticationError, ConnectionClosed, GroupError, RequestTimeout
 from remote_kernel.net import connfile
 from remote_kernel.net.client import connect, connect_ssh, connect_subprocess, parse_address
 
@@ -35,6 +36,8 @@ class ConnectionEntry:
         self.conn: Connection | None = None
         self.latency: float | None = None
         self.error: str = ""
+        # The notebook cell running on this connection: {"count": n, "code": first line}.
+        self.running: dict[str, Any] | None = None
         self._interpreter: Any = None
 
     def stats(self) -> dict[str, int]:
@@ -64,7 +67,8 @@ class ConnectionEntry:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "target": self.target, "state": self.state,
                 "latency": self.latency, "peer": self.conn.peer if self.conn else "",
-                "error": self.error, "trusted": self.trusted, **self.stats()}
+                "error": self.error, "trusted": self.trusted, "running": self.running,
+                **self.stats()}
 
 
 def open_connection(target: str, token_file: str | None = None,
@@ -85,7 +89,60 @@ def _open(target: str, token_file: str | None, service: str) -> Connection:
         return connect_subprocess(service=local_service)
     if target.startswith("ssh:"):
         return connect_ssh(target[4:], service=local_service)
-    return connect(target, service=local_service, token=token)
+    try:
+        return connect(target, service=local_service, token=token)
+    except ValueError as exc:  # no such address, connection file or socket: maybe advertised
+        server = find_discovered(target)
+        if server is None:
+            if discovery_module() is None:
+                raise
+            raise ValueError(f"{exc}; nor is a server named {target!r} advertised on the "
+                             f"network") from None
+        return _connect_discovered(server, token, local_service, exc)
+
+
+DISCOVERY_TIMEOUT = 2.0  # seconds `%remote connect NAME` listens for NAME on the network
+
+
+def discovery_module() -> Any:
+    """``remote_kernel.net.discovery``, or None where it (or zeroconf) is not installed."""
+    try:
+        from remote_kernel.net import discovery
+    except ImportError:
+        return None
+    return discovery
+
+
+def find_discovered(name: str, timeout: float = DISCOVERY_TIMEOUT) -> Any:
+    """The server advertised on the local network as ``name`` (a ServerInfo), or None."""
+    discovery = discovery_module()
+    if discovery is None or not name or "/" in name or name.endswith(".json"):
+        return None
+    try:
+        servers = discovery.discover(timeout)
+    except Exception as exc:  # no network for mDNS: as if nothing was found
+        log.debug("discovery failed: %s", exc)
+        return None
+    for server in servers:
+        if server.name == name:
+            return server
+    for server in servers:
+        if server.name.casefold() == name.casefold():
+            return server
+    return None
+
+
+def _connect_discovered(server: Any, token: str | None, service: Any,
+                        cause: Exception) -> Connection:
+    """Connect to a discovered server; it still authenticates with the token the user has."""
+    try:
+        return connect(server.host, server.port, service=service, token=token,
+                       tls=True if server.tls else None)
+    except AuthenticationError as exc:
+        hint = "" if token else (f"; it needs its token: %remote connect {server.name} "
+                                 f"--token-file FILE")
+        raise AuthenticationError(f"{server.name} was found on the network at "
+                                  f"{server.host}:{server.port}: {exc}{hint}") from cause
 
 
 def default_name(target: str) -> str:
@@ -113,6 +170,7 @@ class ConnectionRegistry:
         self._listeners: list[Callable[[], None]] = []
         self.loop: Any = None  # the kernel's IOLoop, set by the loop module
         self.on_open: list[Callable[[ConnectionEntry], None]] = []
+        self.groups: dict[str, list[str]] = {}  # `%remote group NAME a b c`
 
     # -- listeners ------------------------------------------------------------------------
 
@@ -167,8 +225,45 @@ class ConnectionRegistry:
         self.changed()
         return entry
 
+    def connect_many(self, targets: Sequence[str], token_file: str | None = None,
+                     service: str = "void", trusted: bool = False) -> list[ConnectionEntry]:
+        """Connect several targets at once, each named as ``connect`` would name it. Those
+        that opened are registered even when others failed; then GroupError names those."""
+        taken = {name for name, entry in self.entries.items() if entry.state == CONNECTED}
+        fresh: dict[str, ConnectionEntry] = {}
+        for target in targets:
+            name = base = default_name(target)
+            n = 1
+            while name in taken:
+                n += 1
+                name = f"{base}{n}"
+            taken.add(name)
+            fresh[name] = ConnectionEntry(name, target, token_file, service, trusted)
+        opened, errors = fan_out({
+            name: (lambda entry=entry: open_connection(entry.target, entry.token_file,
+                                                       entry.service, entry.trusted))
+            for name, entry in fresh.items()})
+        entries = []
+        for name, conn in opened.items():
+            old = self.entries.get(name)
+            if old is not None and old.conn is not None and not old.conn.closed:
+                old.conn.close("replaced by a new connection")
+            entry = fresh[name]
+            self._adopt(entry, conn)
+            self.entries[name] = entry
+            self.current = name
+            entries.append(entry)
+        self.changed()
+        if errors:
+            raise GroupError({fresh[name].target: exc for name, exc in errors.items()},
+                             {entry.target: entry for entry in entries})
+        return entries
+
     def _open(self, entry: ConnectionEntry) -> None:
-        conn = open_connection(entry.target, entry.token_file, entry.service, entry.trusted)
+        self._adopt(entry, open_connection(entry.target, entry.token_file, entry.service,
+                                                    entry.trusted))
+
+    def _adopt(self, entry: ConnectionEntry, conn: Connection) -> None:
         entry.conn = conn
         entry.state = CONNECTED
         entry.error = ""
@@ -232,6 +327,29 @@ class ConnectionRegistry:
     def close_all(self) -> None:
         for name in list(self.entries):
             self.close(name)
+        self.groups.clear()
+
+    # -- groups and running cells ------------------------------------------------------------
+
+    def set_running(self, names: Sequence[str], cell: dict[str, Any] | None) -> None:
+        """Mark (or with None, unmark) the cell running on these connections."""
+        for name in names:
+            entry = self.entries.get(name)
+            if entry is not None:
+                entry.running = cell
+        self.changed()
+
+    def member(self, item: Any) -> Member | None:
+        """A group member for a connection name or a Connection of this registry (the
+        group does not own it), or None: ``rk.Group`` finds notebook connections this way."""
+        if isinstance(item, str):
+            entry = self.entries.get(item)
+            return Member(entry.name, entry.require(), owned=False) if entry else None
+        if isinstance(item, Connection):
+            for entry in self.entries.values():
+                if entry.conn is item:
+                    return Member(entry.name, item, owned=False)
+        return None
 
 
 _registry: ConnectionRegistry | None = None
@@ -253,4 +371,4 @@ def reset_registry() -> None:
 
 
 __all__ = ["CLOSED", "CONNECTED", "LOST", "RECONNECTING", "ConnectionEntry",
-           "ConnectionRegistry", "get_registry"]
+           "ConnectionRegistry", "find_discovered", "get_registry"]

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ def _keygen(path: Path) -> None:
 class Sshd:
     """An sshd on 127.0.0.1 accepting one generated user key, nothing else."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, extra_config: Sequence[str] = ()) -> None:
         self.directory = directory
         self.user = getpass.getuser()
         self.host_key = directory / "host_ed25519"
@@ -71,6 +71,7 @@ class Sshd:
             "X11Forwarding no",
             "PrintMotd no",
             "LogLevel ERROR",
+            *extra_config,
             "",
         ]))
         if os.geteuid() == 0:

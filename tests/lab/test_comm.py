@@ -134,7 +134,41 @@ def test_snapshot_describes_each_connection(fake) -> None:
         "latency": None,
         "stats": {"requests": 3, "bytes_in": 100, "bytes_out": 50},
         "root_label": "namespace", "code_root": "pi.namespace", "trusted": False,
+        "running": None,
     }
+    assert snapshot["groups"] == []
+
+
+def test_snapshot_shows_groups_and_the_cell_running_on_each_connection(fake) -> None:
+    registry, endpoint, comm = fake
+    registry.connect("x", name="pi1")
+    registry.connect("y", name="pi2")
+    registry.groups = {"bench": ["pi1", "pi2"]}
+    registry.entries["pi2"].running = {"count": 12, "code": "for i in range(3):"}
+    registry.changed()
+    snapshot = comm.snapshots()[-1]
+    assert snapshot["groups"] == [{"name": "bench", "members": ["pi1", "pi2"]}]
+    running = {c["name"]: c["running"] for c in snapshot["connections"]}
+    assert running == {"pi1": None, "pi2": {"count": 12, "code": "for i in range(3):"}}
+
+
+def test_discover_lists_advertised_servers_without_tokens(fake, monkeypatch) -> None:
+    from remote_kernel.ipython import registry as registry_module
+    from tests import discovery_stub as stub
+
+    registry, endpoint, comm = fake
+    stub.install(monkeypatch)
+    monkeypatch.setenv("RK_DISCOVERY_SERVERS", stub.servers_env(
+        stub.ServerInfo("bench-a", "192.168.1.20", 40001, True, "Lab")))
+    reply = comm.request("discover", request_id=2)
+    assert reply["result"] == {"available": True, "servers": [
+        {"name": "bench-a", "host": "192.168.1.20", "port": 40001, "tls": True,
+         "service": "Lab"}]}
+    assert comm.request("discover", request_id=3, timeout=60)["error"] == \
+        "timeout must be a number of seconds up to 5"
+    monkeypatch.setattr(registry_module, "discovery_module", lambda: None)
+    assert comm.request("discover", request_id=4)["result"] == {"available": False,
+                                                                "servers": []}
 
 
 def test_connect_action_replies_with_the_name_then_a_snapshot(fake) -> None:

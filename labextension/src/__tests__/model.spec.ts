@@ -250,6 +250,50 @@ describe('RemoteModel', () => {
   });
 });
 
+describe('groups, running cells and discovery', () => {
+  it('keeps the groups of each snapshot and says which groups a connection is in', () => {
+    const { model } = setup();
+    model.handleMessage({
+      ...snapshot([info('pi1', { running: { count: 7, code: 'acquire()' } }), info('pi2')]),
+      groups: [
+        { name: 'bench', members: ['pi1', 'pi2'] },
+        { name: 'left', members: ['pi1'] }
+      ]
+    });
+    expect(model.groups.map(g => g.name)).toEqual(['bench', 'left']);
+    expect(model.groupsOf('pi1')).toEqual(['bench', 'left']);
+    expect(model.groupsOf('pi2')).toEqual(['bench']);
+    expect(model.get('pi1')?.running).toEqual({ count: 7, code: 'acquire()' });
+    // A kernel without groups (an older extension) sends none: nothing breaks.
+    model.handleMessage(snapshot([info('pi1')]));
+    expect(model.groups).toEqual([]);
+    expect(model.groupsOf('pi1')).toEqual([]);
+  });
+
+  it('asks the kernel for advertised servers', async () => {
+    const { model, channel } = setup();
+    const found = model.discover(1);
+    expect(channel.last()).toMatchObject({ action: 'discover', args: { timeout: 1 } });
+    const server = { name: 'bench-a', host: '10.0.0.2', port: 4000, tls: false, service: 'Lab' };
+    model.handleMessage({
+      type: 'reply',
+      id: channel.last().id,
+      ok: true,
+      result: { available: true, servers: [server] }
+    });
+    await expect(found).resolves.toEqual({ available: true, servers: [server] });
+    const none = model.discover();
+    expect(channel.last().args).toEqual({});
+    model.handleMessage({
+      type: 'reply',
+      id: channel.last().id,
+      ok: true,
+      result: { available: false, servers: [] }
+    });
+    await expect(none).resolves.toEqual({ available: false, servers: [] });
+  });
+});
+
 describe('formatting helpers', () => {
   it('writes Python literals and paths', () => {
     expect(pyLiteral('a"b')).toBe('"a\\"b"');

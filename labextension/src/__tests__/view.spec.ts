@@ -1,6 +1,6 @@
 import { RemoteModel } from '../model';
 import { IChannel, IConnectionInfo, IRequestMessage } from '../protocol';
-import { IViewActions, renderPanel } from '../view';
+import { IViewActions, renderPanel, runningLabel } from '../view';
 
 class FakeChannel implements IChannel {
   sent: IRequestMessage[] = [];
@@ -145,5 +145,48 @@ describe('renderPanel', () => {
       ['menu', 'pi', [['item', 'd']]],
       ['menu', 'pi', [['item', 'd']]]
     ]);
+  });
+
+  it('shows the cell running on each connection and the groups', () => {
+    const model = new RemoteModel();
+    model.setChannel(new FakeChannel());
+    model.handleMessage({
+      type: 'snapshot',
+      version: 1,
+      current: 'pi1',
+      connections: [
+        info('pi1', { running: { count: 12, code: 'for i in range(3):' } }),
+        info('pi2'),
+        info('pi3', { state: 'lost' })
+      ],
+      groups: [{ name: 'bench', members: ['pi1', 'pi2', 'pi3', 'gone'] }]
+    });
+    const host = document.createElement('div');
+    renderPanel(host, model, actions());
+    const group = host.querySelector('.rk-group[data-name="bench"]') as HTMLElement;
+    expect(group.querySelector('.rk-group-name')?.textContent).toBe('bench');
+    const members = Array.from(group.querySelectorAll('.rk-group-member')) as HTMLElement[];
+    expect(members.map(m => m.textContent)).toEqual(['pi1', 'pi2', 'pi3', 'gone']);
+    expect(members.map(m => m.dataset.state)).toEqual(['connected', 'connected', 'lost', 'closed']);
+    expect(members[0].classList.contains('rk-busy')).toBe(true);
+    expect(members[0].title).toBe('running [12] for i in range(3):');
+    expect(members[1].classList.contains('rk-busy')).toBe(false);
+    const pi1 = host.querySelector('.rk-connection[data-name="pi1"]') as HTMLElement;
+    expect(pi1.querySelector('.rk-conn-running')?.textContent).toBe('▶ [12] for i in range(3):');
+    expect(pi1.querySelector('.rk-conn-groups')?.textContent).toBe('in bench');
+    const pi2 = host.querySelector('.rk-connection[data-name="pi2"]') as HTMLElement;
+    expect(pi2.querySelector('.rk-conn-running')).toBeNull();
+    // The cell ends: the next snapshot says so and the line goes away.
+    model.handleMessage({
+      type: 'snapshot',
+      version: 1,
+      current: 'pi1',
+      connections: [info('pi1'), info('pi2')],
+      groups: []
+    });
+    renderPanel(host, model, actions());
+    expect(host.querySelector('.rk-conn-running')).toBeNull();
+    expect(host.querySelector('.rk-groups')).toBeNull();
+    expect(runningLabel({ count: null, code: '' })).toBe('a cell');
   });
 });

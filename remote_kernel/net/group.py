@@ -1,0 +1,85 @@
+"""``remote_kernel.Group``: the core :class:`~remote_kernel.core.group.Group` that also
+connects members given as targets, all at once.
+
+    group = rk.Group(["pi1", "pi2", "10.0.0.7:4000", conn3])
+    group.eval("socket.gethostname()")      # {"pi1": ..., "pi2": ..., ...}
+
+A target is what ``rk.connect`` takes (a connection-file name or path, ``host:port``, a unix
+socket path), ``ssh:user@host`` or ``subprocess``. Inside a notebook with ``%load_ext
+remote_kernel``, the notebook's connection names are found first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from remote_kernel.core import group as _core
+from remote_kernel.core.connection import Connection
+from remote_kernel.core.group import Member
+from remote_kernel.core.service import VoidService
+from remote_kernel.net import connfile
+from remote_kernel.net.client import connect, connect_ssh, connect_subprocess, parse_address
+
+
+def target_name(target: str) -> str:
+    """The member name of a target: the connection file's name, the ssh host, or the
+    target itself (``host:port``)."""
+    if target.startswith("ssh:"):
+        return target[4:].rpartition("@")[2] or target
+    if parse_address(target) is None and (target.endswith(".json") or "/" in target):
+        stem = Path(target).name.removesuffix(".json")
+        return stem.removeprefix(connfile.PREFIX) or target
+    return target
+
+
+def connection_name(conn: Connection) -> str:
+    """A Connection's member name: its connection file's name if it was opened from one,
+    else its peer (``host:port``, a socket path)."""
+    path = getattr(conn, "connection_file", None)
+    if isinstance(path, str):
+        return target_name(path)
+    return conn.peer
+
+
+def connect_target(target: str, *, service: Any = VoidService, token: str | None = None,
+                   tls: Any = None, config: Any = None, timeout: float = 10.0) -> Member:
+    """Open a connection to ``target`` for a group (which then owns it)."""
+    if target == "subprocess":
+        conn = connect_subprocess(service=service, config=config)
+    elif target.startswith("ssh:"):
+        conn = connect_ssh(target[4:], service=service, config=config)
+    else:
+        conn = connect(target, service=service, token=token, tls=tls, config=config,
+                       timeout=timeout)
+    return Member(target_name(target), conn, owned=True)
+
+
+class Group(_core.Group):
+    """Several connections used as one; members are Connections, connection names (a
+    notebook's, or connection files) or targets, connected concurrently.
+
+    ``token``/``token_file``, ``tls``, ``config``, ``service`` and ``connect_timeout`` apply
+    to the members this group connects; ``timeout`` is the default per call.
+    """
+
+    def __init__(self, members: Iterable[Any] | Mapping[str, Any] = (), *,
+                 token: str | None = None, token_file: str | None = None, tls: Any = None,
+                 config: Any = None, service: Any = VoidService, connect_timeout: float = 10.0,
+                 timeout: float | None = None, max_workers: int = _core.MAX_WORKERS) -> None:
+        if token_file is not None:
+            token = Path(token_file).expanduser().read_text().strip()
+
+        def open_member(target: str) -> Member:
+            return connect_target(target, service=service, token=token, tls=tls,
+                                  config=config, timeout=connect_timeout)
+
+        super().__init__(members, connect=open_member, timeout=timeout,
+                         max_workers=max_workers)
+
+    def name_of(self, conn: Connection) -> str:
+        return connection_name(conn)
+
+
+__all__ = ["Group", "connect_target", "connection_name", "target_name"]
