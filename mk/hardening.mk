@@ -14,15 +14,16 @@ SETUP_STEPS += hardening-deps
 
 # The ssh test starts a real sshd on a loopback port. CI runs as root on a fresh Debian
 # machine: install openssh when sshd is missing (elsewhere, say what to install).
+# The discovery tests join two network namespaces with a veth pair: iproute2's `ip`.
 hardening-deps: $(STAMP)
-	@if [ ! -x $(SSHD_PATH) ] || ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; then \
+	@if [ ! -x $(SSHD_PATH) ] || ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing openssh-server and openssh-client for the ssh tests"; \
+	    echo "installing openssh-server, openssh-client and iproute2 for the ssh and discovery tests"; \
 	    apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 \
-	      --no-install-recommends openssh-server openssh-client >/dev/null; \
+	      --no-install-recommends openssh-server openssh-client iproute2 >/dev/null; \
 	  else \
-	    echo "note: install openssh-server and openssh-client to run the ssh tests"; \
+	    echo "note: install openssh-server, openssh-client and iproute2 to run the ssh and discovery tests"; \
 	  fi; \
 	fi
 	@$(PY) -c "import cryptography" 2>/dev/null || $(PY) -m pip install -q cryptography

@@ -12,7 +12,6 @@ above it, so a server on a small board needs neither IPython nor numpy.
 from __future__ import annotations
 
 import importlib
-import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -49,13 +48,10 @@ _EXPORTS: dict[str, str] = {
     "Group": "remote_kernel.net.group",
     "Server": "remote_kernel.net.server",
     "ThreadedServer": "remote_kernel.net.server",
+    "discover": "remote_kernel.net.discovery",
+    "ServerInfo": "remote_kernel.net.discovery",
+    "DiscoveryError": "remote_kernel.net.discovery",
 }
-# Discovery (net/discovery.py, zeroconf) resolves on use only; listed when the module is
-# present, checked without importing anything.
-_DISCOVERY = {"discover": "remote_kernel.net.discovery",
-              "ServerInfo": "remote_kernel.net.discovery"}
-if os.path.exists(os.path.join(os.path.dirname(__file__), "net", "discovery.py")):
-    _EXPORTS.update(_DISCOVERY)
 
 __all__ = [
     "AccessDenied",
@@ -67,13 +63,14 @@ __all__ = [
     "ClassicService",
     "Connection",
     "ConnectionClosed",
+    "DiscoveryError",
     "Group",
     "GroupError",
     "ProtocolError",
     "RemoteError",
     "RemoteKernelError",
     "RequestTimeout",
-    *(["ServerInfo"] if "ServerInfo" in _EXPORTS else []),
+    "ServerInfo",
     "Server",
     "Service",
     "ThreadedServer",
@@ -87,7 +84,7 @@ __all__ = [
     "connect_subprocess",
     "connect_unix",
     "deliver",
-    *(["discover"] if "discover" in _EXPORTS else []),
+    "discover",
     "exposed",
     "is_netref",
     "load_ipython_extension",
@@ -146,7 +143,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         connect_subprocess,
         connect_unix,
     )
-    from remote_kernel.net.discovery import ServerInfo as ServerInfo  # when installed
-    from remote_kernel.net.discovery import discover as discover
+    from remote_kernel.net.discovery import DiscoveryError, ServerInfo, discover
     from remote_kernel.net.group import Group
     from remote_kernel.net.server import Server, ThreadedServer

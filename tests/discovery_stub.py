@@ -31,6 +31,8 @@ class ServerInfo:
     port: int
     tls: bool
     service: str
+    addresses: tuple[str, ...] = ()
+    protocol: int | None = None
 
 
 def _log(*event: Any) -> None:

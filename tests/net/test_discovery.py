@@ -599,3 +599,42 @@ def test_a_stopped_server_says_goodbye_and_is_not_found_again(lan: Lan, watcher:
     assert "short lived" not in names
     assert "bench one" in names  # still advertised: the discovery itself worked
     assert ready["port"] not in {server["port"] for server in again["servers"]}
+
+
+def test_the_cli_advertises_and_discovers_across_hosts(lan: Lan, tmp_path: Path) -> None:
+    """`remote-kernel serve --advertise` on host A, `remote-kernel discover` on host B, then a
+    connection with the token from A's connection file (never from the network)."""
+    assert IP is not None
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    env = dict(lan.env, JUPYTER_RUNTIME_DIR=str(runtime))
+    serve = Proc([IP, "netns", "exec", lan.ns_a, sys.executable, "-m", "remote_kernel", "serve",
+                  "--host", ADDRESS_A, "--name", "clibench", "--advertise",
+                  "--interface", ADDRESS_A], env, tmp_path / "serve.stderr")
+    lan.procs.append(serve)
+    connection_file = runtime / "remote-kernel-clibench.json"
+    deadline = time.monotonic() + 30
+    while not connection_file.exists():
+        assert serve.process.poll() is None and time.monotonic() < deadline, serve.report()
+        time.sleep(0.1)
+    time.sleep(4)  # advertise() probes the name before announcing (about 3.5 s)
+    listing = subprocess.run(
+        [IP, "netns", "exec", lan.ns_b, sys.executable, "-m", "remote_kernel", "discover",
+         "--json", "--timeout", "3"], capture_output=True, text=True, timeout=60, env=env)
+    assert listing.returncode == 0, listing.stderr
+    servers = {s["name"]: s for s in json.loads(listing.stdout)}
+    assert servers["clibench"]["host"] == ADDRESS_A
+    info = json.loads(connection_file.read_text())
+    assert info["token"] not in listing.stdout
+    script = ("import json, sys, remote_kernel as rk\n"
+              "host, port, token = sys.argv[1], int(sys.argv[2]), sys.argv[3]\n"
+              "with rk.connect(host, port, token=token) as conn:\n"
+              "    print(json.dumps({'sum': conn.eval('20 + 22')}))\n")
+    client = subprocess.run(
+        [IP, "netns", "exec", lan.ns_b, sys.executable, "-c", script, ADDRESS_A,
+         str(servers["clibench"]["port"]), info["token"]],
+        capture_output=True, text=True, timeout=60, env=env)
+    assert client.returncode == 0, client.stderr
+    assert json.loads(client.stdout) == {"sum": 42}
+    assert serve.stop(10.0) == 0, serve.report()
+    assert not connection_file.exists()  # removed on SIGTERM
