@@ -94,12 +94,23 @@ def _advertise(args: argparse.Namespace, name: str, port: int, tls: bool, servic
     except ImportError as exc:
         raise SystemExit(f"remote-kernel serve: --advertise needs discovery ({exc}); "
                          f"pip install zeroconf") from None
-    if args.host in ("127.0.0.1", "localhost", "::1"):
-        print(f"remote-kernel: note: listening on {args.host} only; other machines find "
-              f"this server but cannot connect (use --host)", file=sys.stderr, flush=True)
+    # Announce only an address the server listens on: the host it is bound to, unless that
+    # is a wildcard (then every address of this machine) or --interface narrows it.
+    loopback = ("127.0.0.1", "localhost", "::1")
+    interface = args.interface or (None if args.host in ("0.0.0.0", "::", "") else args.host)
+    if interface == "localhost":
+        interface = "127.0.0.1"
+    if args.host in loopback and interface not in loopback:
+        raise SystemExit(f"remote-kernel serve: --advertise --interface {interface} announces "
+                         f"an address this server does not listen on ({args.host}); use "
+                         f"--host {interface} or --host 0.0.0.0")
+    if interface in loopback:
+        print("remote-kernel: note: advertised on this machine only (loopback); listen on a "
+              "network address (--host) to be found by other machines", file=sys.stderr,
+              flush=True)
     try:
         advertisement = discovery.advertise(name, port, tls=tls, service=service,
-                                            interface=args.interface)
+                                            interface=interface)
     except (ValueError, OSError, RemoteKernelError) as exc:  # DiscoveryError: name taken
         raise SystemExit(f"remote-kernel serve: cannot advertise {name!r}: {exc}") from None
     print(f"remote-kernel: advertised as {getattr(advertisement, 'name', name)!r} on the local "

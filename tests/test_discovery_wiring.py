@@ -69,7 +69,7 @@ def test_serve_advertises_without_the_token_and_withdraws_on_sigterm(tmp_path: P
             process.wait(5)
     out, err = process.communicate()
     assert "advertised as 'bench'" in out
-    assert "other machines find this server but cannot connect" in err  # it listens on lo
+    assert "advertised on this machine only (loopback)" in err  # it listens on lo
     assert [e[0] for e in stub.events(log)] == ["advertise", "close"]
     assert not connection_file.exists()
 
