@@ -343,7 +343,7 @@ export class RemoteModel {
   /** Python code that reaches the node at `path` of connection `name`. */
   codeFor(name: string, path: PathStep[]): string {
     const info = this.get(name);
-    return pathCode(info?.code_root ?? name, path, info?.plain_names ?? false);
+    return pathCode(info?.code_root ?? name, path);
   }
 
   dispose(): void {
@@ -438,16 +438,11 @@ export function pyLiteral(key: string | number | boolean): string {
   return JSON.stringify(key);
 }
 
-/**
- * Python code for a path below `root`. With `plain`, a first item step whose key is an
- * identifier is a notebook variable of its own (`d["a"]` rather than `pi.namespace["d"]["a"]`).
- */
-export function pathCode(root: string, path: PathStep[], plain = false): string {
+/** Python code for a path below `root`. */
+export function pathCode(root: string, path: PathStep[]): string {
   let code = root;
-  path.forEach(([kind, key], index) => {
-    if (index === 0 && plain && kind === 'item' && typeof key === 'string' && isIdentifier(key)) {
-      code = key;
-    } else if (kind === 'attr') {
+  path.forEach(([kind, key]) => {
+    if (kind === 'attr') {
       code += `.${key}`;
     } else {
       code += `[${pyLiteral(key)}]`;

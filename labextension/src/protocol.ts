@@ -44,8 +44,8 @@ export interface IConnectionInfo {
   stats: IStats;
   /** Python code that reaches the browser root, e.g. `pi.namespace`. */
   code_root: string;
-  /** Whether the root's top-level names are notebook variables of their own. */
-  plain_names: boolean;
+  /** The user trusts this connection's output: it is shown unfiltered (`--trust`). */
+  trusted?: boolean;
   /** "namespace" for classic connections, "root" otherwise. */
   root_label: string;
   /** The notebook cell running on this connection (a `%%remote` cell), if any. */

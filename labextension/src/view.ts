@@ -236,6 +236,11 @@ function renderConnection(model: RemoteModel, info: IConnectionInfo) {
   const header = el('div', 'rk-conn-header');
   header.append(el('span', 'rk-conn-name', info.name));
   header.append(el('span', `rk-state rk-state-${info.state}`, info.state));
+  if (info.trusted) {
+    const trusted = el('span', 'rk-trusted', 'trusted');
+    trusted.title = "this connection's output is shown unfiltered (connected with --trust)";
+    header.append(trusted);
+  }
   const connected = info.state === 'connected';
   const latency = el('span', 'rk-latency', connected ? formatLatency(info.latency) : '–');
   latency.title = 'round trip of the last ping';

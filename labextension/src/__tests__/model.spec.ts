@@ -29,7 +29,6 @@ function info(name: string, extra: Partial<IConnectionInfo> = {}): IConnectionIn
     latency: null,
     stats: { requests: 1, bytes_in: 10, bytes_out: 20 },
     code_root: `${name}.namespace`,
-    plain_names: false,
     root_label: 'namespace',
     ...extra
   };
@@ -231,8 +230,6 @@ describe('RemoteModel', () => {
     model.handleMessage(snapshot([info('pi')]));
     expect(model.codeFor('pi', [['item', 'd'], ['item', 'a']])).toBe('pi.namespace["d"]["a"]');
     expect(model.codeFor('pi', [['item', 'box'], ['attr', 'size']])).toBe('pi.namespace["box"].size');
-    model.handleMessage(snapshot([info('pi', { plain_names: true })]));
-    expect(model.codeFor('pi', [['item', 'd'], ['item', 7]])).toBe('d[7]');
   });
 
   it('asks for the documentation of a node', async () => {
@@ -300,7 +297,7 @@ describe('formatting helpers', () => {
     expect(pyLiteral(3)).toBe('3');
     expect(pyLiteral(true)).toBe('True');
     expect(pathCode('c.root', [['attr', 'scope'], ['item', 0]])).toBe('c.root.scope[0]');
-    expect(pathCode('c.namespace', [['item', 'class']], true)).toBe('c.namespace["class"]');
+    expect(pathCode('c.namespace', [['item', 'class']])).toBe('c.namespace["class"]');
     expect(isIdentifier('x_1')).toBe(true);
     expect(isIdentifier('1x')).toBe(false);
     expect(isIdentifier('lambda')).toBe(false);

@@ -17,7 +17,6 @@ function info(name: string, extra: Partial<IConnectionInfo> = {}): IConnectionIn
     latency: 0.0021,
     stats: { requests: 12, bytes_in: 3400, bytes_out: 900 },
     code_root: `${name}.namespace`,
-    plain_names: false,
     root_label: 'namespace',
     ...extra
   };
@@ -145,6 +144,23 @@ describe('renderPanel', () => {
       ['menu', 'pi', [['item', 'd']]],
       ['menu', 'pi', [['item', 'd']]]
     ]);
+  });
+
+  it('marks the connections whose output is trusted', () => {
+    const model = new RemoteModel();
+    model.setChannel(new FakeChannel());
+    model.handleMessage({
+      type: 'snapshot',
+      version: 1,
+      current: 'pi1',
+      connections: [info('pi1', { trusted: true }), info('pi2')]
+    });
+    const host = document.createElement('div');
+    renderPanel(host, model, actions());
+    const badge = (name: string) =>
+      host.querySelector(`.rk-connection[data-name="${name}"] .rk-trusted`);
+    expect(badge('pi1')?.textContent).toBe('trusted');
+    expect(badge('pi2')).toBeNull();
   });
 
   it('shows the cell running on each connection and the groups', () => {
