@@ -36,7 +36,7 @@ from remote_kernel.core.asyncresult import AsyncResult
 from remote_kernel.core.netref import BaseNetref, new_proxy
 from remote_kernel.core.serving import BgServingThread, _watchdog
 from remote_kernel.core.transport import FrameReader, Transport
-from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout
+from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout, mark_stop
 from remote_kernel.protocol.boxing import Boxer, Kwargs, ObjectTable
 from remote_kernel.protocol.codec import HEADER, frame, pack
 from remote_kernel.protocol.describe import Descriptor, describe_type
@@ -242,11 +242,10 @@ class Connection:
             self._drive_until(lambda: seq in replies, deadline)
         except RequestTimeout:
             self._replies.pop(seq, None)
-            raise RequestTimeout(
-                f"no reply from {self.peer} to {_op_name(op)} within {timeout} s"
-            ) from None
-        except KeyboardInterrupt:
+            raise RequestTimeout(f"no reply from {self.peer} within {timeout} s") from None
+        except KeyboardInterrupt as exc:  # the user's Ctrl-C / Stop: cancel it over there
             self._cancel(seq)
+            mark_stop(exc, self.peer)  # one short line in IPython, no frames of the wait
             raise
         return replies.pop(seq)
 
@@ -739,11 +738,4 @@ def _effective_config(service: Any, config: Any) -> ProtocolConfig:
     make_config(config)  # validate what the user wrote, naming their key
     overrides = getattr(service, "_protocol_config", None) or {}
     return make_config({**overrides, **(config or {})})
-
-
-def _op_name(op: int) -> str:
-    try:
-        return Op(op).name
-    except ValueError:
-        return str(op)
 

@@ -21,6 +21,7 @@ def load(shell: Any) -> None:
     display.install(shell)
     completion.install(shell)
     inspection.install(shell)
+    tracebacks.show_remote_syntax_error(shell)
     loop.install(shell)
     if getattr(shell, "kernel", None) is not None:
         try:
@@ -39,6 +40,7 @@ def unload(shell: Any) -> None:
         except ImportError:
             pass
     loop.uninstall(shell)
+    tracebacks.restore_syntax_error(shell)
     inspection.uninstall(shell)
     completion.uninstall(shell)
     display.uninstall(shell)
