@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 # an import, so this bottom module depends on nothing of the package.
 render_remote_error: Callable[[Any], list[str]] | None = None
 render_connection_closed: Callable[[Any], list[str]] | None = None
-render_stop: Callable[[BaseException], list[str]] | None = None
+render_one_line: Callable[[BaseException], list[str]] | None = None
 
 HAS_NOTES = sys.version_info >= (3, 11)  # the traceback module prints __notes__
 _hide_note: contextvars.ContextVar[bool] = contextvars.ContextVar("rk_hide_note", default=False)
@@ -73,6 +73,16 @@ class ConnectionClosed(RemoteKernelError, EOFError):
 
 class RequestTimeout(RemoteKernelError, TimeoutError):
     """A request got no reply within its timeout; the connection stays usable."""
+
+    def _render_traceback_(self) -> list[str]:
+        """In a notebook: one line (the frames of the wait say nothing)."""
+        return _one_line(self)
+
+
+def _one_line(exc: BaseException) -> list[str]:
+    if render_one_line is not None:
+        return render_one_line(exc)
+    return [f"{type(exc).__name__}: {exc}"]
 
 
 class AuthenticationError(RemoteKernelError):
@@ -281,9 +291,7 @@ class _StopLines:
         self.exc = exc
 
     def __call__(self) -> list[str]:
-        if render_stop is not None:
-            return render_stop(self.exc)
-        return [f"{type(self.exc).__name__}: {self.exc}"]
+        return _one_line(self.exc)
 
 
 __all__ = [

@@ -12,7 +12,7 @@ from typing import Any
 
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.service import ClassicService, VoidService
-from remote_kernel.errors import ConnectionClosed, RequestTimeout
+from remote_kernel.errors import ConnectionClosed, RemoteKernelError, RequestTimeout
 from remote_kernel.net import connfile
 from remote_kernel.net.client import connect, connect_ssh, connect_subprocess, parse_address
 
@@ -71,8 +71,12 @@ def open_connection(target: str, token_file: str | None = None,
     local_service = ClassicService if service == "classic" else VoidService
     token = None
     if token_file:
-        with open(token_file) as handle:
-            token = handle.read().strip()
+        try:
+            with open(token_file) as handle:
+                token = handle.read().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the token file {token_file}: "
+                             f"{exc.strerror or exc}") from exc
     if target == "subprocess":
         return connect_subprocess(service=local_service)
     if target.startswith("ssh:"):
@@ -141,6 +145,18 @@ class ConnectionRegistry:
             known = ", ".join(self.entries) or "none"
             raise KeyError(f"no connection named {name!r} (known: {known})") from None
 
+    def connected(self, target: str, name: str | None = None) -> ConnectionEntry | None:
+        """The live connection to ``target`` that ``connect(target, name)`` would duplicate
+        (answering a ping now), or None."""
+        entry = self.entries.get(name or default_name(target))
+        if entry is None or entry.target != target or entry.state != CONNECTED:
+            return None
+        try:
+            self.ping(entry.name)
+        except RemoteKernelError:
+            return None
+        return entry
+
     def connect(self, target: str, name: str | None = None, token_file: str | None = None,
                 service: str = "void") -> ConnectionEntry:
         if name is None:
@@ -205,10 +221,10 @@ class ConnectionRegistry:
         self.changed()
         return entry
 
-    def ping(self, name: str | None = None) -> float:
+    def ping(self, name: str | None = None, timeout: float = 3.0) -> float:
         entry = self.get(name)
         try:
-            entry.latency = entry.require().ping()
+            entry.latency = entry.require().ping(timeout)
         except ConnectionClosed as exc:
             if entry.state == CONNECTED:
                 entry.state = LOST

@@ -17,8 +17,10 @@ look is IPython's default: Context mode, the "linux" colors.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import types
+from collections.abc import Iterator
 from typing import Any
 
 from pygments.token import Token
@@ -185,6 +187,17 @@ class RemoteTracebackFormatter:
         return self.theme.format(tokens)
 
 
+@contextlib.contextmanager
+def remote_frames_only() -> Iterator[None]:
+    """Around a magic's remote call: an error shows the remote frames alone, without the
+    cell's local ``get_ipython().run_cell_magic(...)`` line."""
+    try:
+        yield
+    except RemoteError as exc:
+        exc.__dict__["_rk_hide_local"] = True
+        raise
+
+
 def render_remote_error(exc: Any) -> list[str]:
     """``RemoteError._render_traceback_``: the structured traceback IPython shows."""
     try:
@@ -203,8 +216,8 @@ def render_connection_closed(exc: Any) -> list[str]:
     return [_one_line("ConnectionClosed", text)]
 
 
-def render_stop(exc: BaseException) -> list[str]:
-    """A Stop while waiting for the peer: one line, no frames of the wait."""
+def render_one_line(exc: BaseException) -> list[str]:
+    """A Stop or a timeout while waiting for the peer: one line, no frames of the wait."""
     return [_one_line(type(exc).__name__, str(exc))]
 
 
@@ -251,7 +264,7 @@ def restore_syntax_error(shell: Any) -> None:
 
 
 def install() -> None:
-    """Make ``RemoteError``/``ConnectionClosed``/a Stop render through this module."""
+    """Make remote errors, a closed connection, a Stop and a timeout render here."""
     errors.render_remote_error = render_remote_error
     errors.render_connection_closed = render_connection_closed
-    errors.render_stop = render_stop
+    errors.render_one_line = render_one_line
