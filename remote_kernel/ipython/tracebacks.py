@@ -18,6 +18,7 @@ look is IPython's default: Context mode, the "linux" colors.
 from __future__ import annotations
 
 import contextlib
+import linecache
 import sys
 import types
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from pygments.token import Token
 
 from remote_kernel import errors
 from remote_kernel.errors import RemoteError, RemoteFrame, chain_of, traceback_note_hidden
-from remote_kernel.protocol.frames import user_frames, user_tracebacks
+from remote_kernel.protocol.frames import user_tracebacks
 
 DEFAULT_MODE, DEFAULT_THEME = "Context", "linux"
 MAIN_CONTEXT, CHAINED_CONTEXT = 5, 3  # source lines around a frame, as IPython shows them
@@ -75,12 +76,17 @@ class RemoteTracebackFormatter:
             if self.mode == "Minimal":
                 return self._exception_lines(exc)
             parts: list[str] = []
-            if self.context_mode:
+            sections = [(linked, link, self._frames(linked)) for linked, link in chain_of(exc)]
+            if self.context_mode and any(entries or remote for _, _, (entries, remote)
+                                         in sections):
                 parts.append(self._paint([(Token.Topline, self.theme.symbols["top_line"]
                                            * 75)]))
-            for linked, link in chain_of(exc):
+            for linked, link, (entries, remote) in sections:
                 context = MAIN_CONTEXT if linked is exc else CHAINED_CONTEXT
-                parts.extend(self._section(linked, context))
+                if self.context_mode:
+                    parts.extend(self._context_section(linked, entries, remote, context))
+                else:
+                    parts.extend(self._plain_section(linked, entries, remote))
                 if link:
                     parts.extend(self.tb.prepare_chained_exception_message(
                         _LINK_CAUSE[link])[0])  # type: ignore[arg-type]
@@ -92,26 +98,32 @@ class RemoteTracebackFormatter:
 
     # -- one exception of the chain -----------------------------------------------------
 
-    def _section(self, exc: BaseException, context: int) -> list[str]:
-        local = not exc.__dict__.get("_rk_hide_local", False)
+    def _frames(self, exc: BaseException) -> tuple[list[types.TracebackType],
+                                                    list[RemoteFrame]]:
+        """The local entries that led to the call (none when a magic made the call) and
+        the remote frames of one exception of the chain."""
+        local = [] if exc.__dict__.get("_rk_hide_local", False) else \
+            user_tracebacks(exc.__traceback__)
         remote = list(getattr(exc, "remote_frames", None) or []) \
             if isinstance(exc, RemoteError) else []
-        if self.context_mode:
-            return self._context_section(exc, local, remote, context)
-        return self._plain_section(exc, local, remote)
+        return local, remote
 
-    def _plain_section(self, exc: BaseException, local: bool,
+    def _plain_section(self, exc: BaseException, entries: list[types.TracebackType],
                        remote: list[RemoteFrame]) -> list[str]:
-        local_frames = user_frames(exc.__traceback__) if local else []
+        local_frames = [(entry.tb_frame.f_code.co_filename, entry.tb_lineno,
+                         entry.tb_frame.f_code.co_name,
+                         linecache.getline(entry.tb_frame.f_code.co_filename, entry.tb_lineno,
+                                           entry.tb_frame.f_globals).strip())
+                        for entry in entries]
         lines: list[str] = []
         if local_frames or remote:
             lines.append(self._paint([(Token, "Traceback"), (Token, " "),
                                       (Token.NormalEm, "(most recent call last)"),
                                       (Token, ":"), (Token, "\n")]))
-        entries = self.tb._format_list([*local_frames, *(tuple(f) for f in remote)])
-        lines.extend(entries[:len(local_frames)])
+        formatted = self.tb._format_list([*local_frames, *(tuple(f) for f in remote)])
+        lines.extend(formatted[:len(local_frames)])
         where: str | None = "" if local_frames else None
-        for frame, entry in zip(remote, entries[len(local_frames):], strict=True):
+        for frame, entry in zip(remote, formatted[len(local_frames):], strict=True):
             if frame.where != where:
                 lines.append(self._label(frame.where, indent="  ") + "\n")
                 where = frame.where
@@ -119,10 +131,10 @@ class RemoteTracebackFormatter:
         lines.extend(self._exception_lines(exc))
         return lines
 
-    def _context_section(self, exc: BaseException, local: bool, remote: list[RemoteFrame],
-                         context: int) -> list[str]:
-        parts = [self.tb.prepare_header(type(exc).__name__, False)]
-        entries = user_tracebacks(exc.__traceback__) if local else []
+    def _context_section(self, exc: BaseException, entries: list[types.TracebackType],
+                         remote: list[RemoteFrame], context: int) -> list[str]:
+        parts = [self.tb.prepare_header(type(exc).__name__, False)] if entries or remote \
+            else []
         if entries:
             parts.extend(self._local_records(entries, context))
         where: str | None = "" if entries else None

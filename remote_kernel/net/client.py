@@ -83,7 +83,10 @@ def _unknown_target(target: str) -> str:
     if close:
         return f"no connection file named {target!r}: did you mean {close[0]!r}?"
     running = f" (running: {', '.join(names)})" if names else ""
-    if not target or any(c.isspace() for c in target) or "/" in target:
+    if target.endswith(".json") or "/" in target or os.sep in target:
+        return (f"there is no connection file {target} (a server removes its file when it "
+                f"stops): start the server, or give HOST:PORT")
+    if not target or any(c.isspace() for c in target):
         return f"cannot connect to {target!r}: it is neither HOST:PORT nor a connection file"
     return (f"no connection file named {target!r}{running}: start a server with "
             f"'remote-kernel serve --name {target}', or give HOST:PORT")
