@@ -26,7 +26,10 @@ frames. Three printers show them:
 - Python 3.10 prints no notes. There the remote frames are hung, as concurrent.futures does,
   on a :class:`RemoteTraceback` set as ``__cause__`` of the *innermost* exception of the
   printed chain (the one printed first, which has no cause of its own), so the real chain
-  above it is kept; its text is the whole remote chain.
+  above it is kept. Its text is the whole remote chain with its frames; the real chain then
+  follows without them, so a chained error reads its exception lines twice on 3.10. (Notes
+  or a chained object are the only two ways into that printout; one ``__cause__`` per
+  exception cannot carry a frame list for each link of a chain without replacing it.)
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def open_missing(path: str) -> Any:
 
 def fault(code: int) -> None:
     exc = InstrumentFault("the instrument reported a fault", code)
-    exc.add_note("check the cable")
+    exc.__notes__ = ["check the cable"]  # as add_note() does (Python 3.11+)
     raise exc
 
 
