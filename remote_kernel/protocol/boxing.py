@@ -292,10 +292,9 @@ class Boxer:
             self._depth -= 1
 
     def _decode_ext(self, code: int, data: bytes) -> Any:
-        if self.exception_depth and (code == Ext.REF or code == Ext.REFDESC
-                                     or code == Ext.PEERREF):
-            raise ProtocolError("an exception may not carry references")
         if code == Ext.REF:
+            if self.exception_depth:
+                raise ProtocolError("an exception may not carry references")
             if len(data) != REF.size:
                 raise ProtocolError("malformed reference")
             oid, tid = REF.unpack(data)
@@ -304,6 +303,8 @@ class Boxer:
                 raise ProtocolError(f"reference to unknown type id {tid}")
             return self._make_proxy(oid, descriptor)
         if code == Ext.REFDESC:
+            if self.exception_depth:
+                raise ProtocolError("an exception may not carry references")
             oid, tid, descriptor = self._unpack_tuple(data, length=3)
             if type(oid) is not int or type(tid) is not int or oid < 0 or tid < 0 \
                     or oid > INT_MAX or tid > 0xFFFFFFFF:
@@ -311,6 +312,8 @@ class Boxer:
             self._peer_types[tid] = _checked_descriptor(descriptor)
             return self._make_proxy(oid, self._peer_types[tid])
         if code == Ext.PEERREF:
+            if self.exception_depth:
+                raise ProtocolError("an exception may not carry references")
             if len(data) != OID.size:
                 raise ProtocolError("malformed object id")
             return self.table.get(OID.unpack(data)[0])

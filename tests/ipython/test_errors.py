@@ -214,6 +214,24 @@ def test_inspection_and_completion_of_a_dead_connection_answer_at_once(shell,
     assert time.monotonic() - started < 2.0
 
 
+def test_a_dead_connection_is_one_line_with_a_hint_that_works(shell, start_server,
+                                                              capsys) -> None:
+    server = start_server("--classic")
+    shell.run_line_magic("remote", f"connect {server.file} --name dying")
+    shell.user_ns["items"] = shell.user_ns["dying"].eval("[1, 2, 3]")
+    peer = shell.user_ns["dying"].peer
+    server.process.kill()
+    server.process.wait(10)
+    with pytest.raises(rk.ConnectionClosed):  # no kernel loop here: read until it notices
+        shell.user_ns["dying"].poll(5)
+    assert get_registry().entries["dying"].state == "lost"
+    for code in ("items.append(4)", "items?"):
+        _, text = output(shell, capsys, code)
+        line = one_line_error(text)
+        assert line.startswith(f"ConnectionClosed: connection to {peer} is closed"), line
+        assert line.endswith("(%remote reconnect dying connects again)"), line
+
+
 # -- every mistake of the issue: one line -------------------------------------------------
 
 
