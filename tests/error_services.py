@@ -14,6 +14,8 @@ TABLE = {"alpha": 1}
 class InstrumentFault(Exception):
     """A custom exception with attributes, as an instrument library raises them."""
 
+    channel: int | None = None  # a class default, set per instance
+
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
@@ -59,6 +61,7 @@ def open_missing(path: str) -> Any:
 
 def fault(code: int) -> None:
     exc = InstrumentFault("the instrument reported a fault", code)
+    exc.channel = 3
     exc.__notes__ = ["check the cable"]  # as add_note() does (Python 3.11+)
     raise exc
 

@@ -144,7 +144,7 @@ def test_custom_attributes_by_value_and_the_original_class(lab) -> None:
         assert isinstance(exc, RemoteError)
         assert type(exc).__name__ == "InstrumentFault"
         assert exc.remote_type == "tests.error_services.InstrumentFault"
-        assert exc.code == 42
+        assert exc.code == 42 and exc.channel == 3
         assert not hasattr(exc, "handle")  # a lock cannot be copied: left out, no netref
         assert not hasattr(exc, "_private")
         assert exc.args == ("the instrument reported a fault",)
@@ -370,6 +370,26 @@ def test_attributes_never_replace_what_the_class_defines(boxer: Boxer) -> None:
     assert exc.remote_type == "builtins.ValueError" and exc.peer == "hostile:1"
     assert exc.args == ("x",) and str(exc) == "x" and type(exc).__name__ == "ValueError"
     assert exc.code == 7 and callable(exc.with_traceback)
+    exc = boxer.decode(msgpack.packb(full(module="tests.error_services",
+                                          qualname="InstrumentFault", base="Exception",
+                                          attributes={"channel": 5, "__init__": 1}),
+                                     use_bin_type=True))
+    assert isinstance(exc, InstrumentFault) and exc.channel == 5  # a default: replaced
+    assert "__init__" not in vars(exc)
+    exc = boxer.decode(msgpack.packb(full(module=__name__, qualname="_WithProperty",
+                                          base="Exception", attributes={"level": 1}),
+                                     use_bin_type=True))
+    assert isinstance(exc, _WithProperty) and "level" not in vars(exc)  # no setter ran
+
+
+class _WithProperty(Exception):
+    @property
+    def level(self) -> int:
+        return 0
+
+    @level.setter
+    def level(self, value: int) -> None:
+        raise AssertionError("the peer made this run")
 
 
 class _Registers(Exception):

@@ -94,8 +94,9 @@ def encode(boxer: Boxer, exc: BaseException, depth: int = 0,
     args = _by_value(boxer, tuple(getattr(exc, "args", ()) or ()))
     frames = _frames_out(exc) if boxer.include_traceback else []
     cause = _linked(boxer, exc.__cause__, depth, seen)
+    context: ExtType | bool | None
     if exc.__context__ is not None and exc.__context__ is exc.__cause__:
-        context: Any = cause is not None or None
+        context = True if cause is not None else None  # `raise ... from e` in `except e`
     else:
         context = _linked(boxer, exc.__context__, depth, seen)
     return ExtType(Ext.EXC, pack([
@@ -181,7 +182,8 @@ def standard_attributes(cls: type) -> frozenset[str]:
         if getattr(klass, "__module__", None) == "builtins" and klass is not RemoteError:
             names.update(name for name, value in vars(klass).items()
                          if isinstance(value, _DESCRIPTORS))
-    return frozenset(names - _RESERVED - _SKIPPED_STANDARD)
+    return frozenset(name for name in names - _RESERVED - _SKIPPED_STANDARD
+                     if not name.startswith("_"))
 
 
 def _attributes_out(boxer: Boxer, exc: BaseException) -> dict[str, Any]:
@@ -322,14 +324,20 @@ def _set_attributes(exc: BaseException, attributes: Any) -> None:
                 setattr(exc, name, value)  # a C descriptor of a builtin class: no user code
             except (TypeError, ValueError, AttributeError, OverflowError):
                 pass
-        elif not name.startswith("_") and not _defined_on(cls, name):
+        elif not name.startswith("_") and not _class_behaviour(cls, name):
             exc.__dict__[name] = value
 
 
-def _defined_on(cls: type, name: str) -> bool:
-    """Whether the class has something by that name that an instance value would hide or
-    that would not be hidden (a property): such an attribute is left out."""
-    return any(name in vars(klass) for klass in cls.__mro__)
+def _class_behaviour(cls: type, name: str) -> bool:
+    """Whether the class defines ``name`` as behaviour (a method, a property, any
+    descriptor): a value from the peer would hide it, or be hidden by it. A plain class
+    value (a default) is replaced by the instance's, as on the peer."""
+    for klass in cls.__mro__:
+        namespace = vars(klass)
+        if name in namespace:
+            value = namespace[name]
+            return hasattr(type(value), "__get__") or callable(value)
+    return False
 
 
 def _set_chain(exc: BaseException, cause: Any, context: Any, suppress: Any) -> None:
