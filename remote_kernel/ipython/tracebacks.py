@@ -46,8 +46,7 @@ def _shell_settings() -> tuple[str, str]:
         shell = None
     formatter = getattr(shell, "InteractiveTB", None)
     mode = getattr(formatter, "mode", None) or DEFAULT_MODE
-    theme = getattr(formatter, "_theme_name", None) or str(
-        getattr(shell, "colors", DEFAULT_THEME)).lower()
+    theme = str(getattr(shell, "colors", None) or DEFAULT_THEME).lower()  # what %colors sets
     return mode, theme
 
 
@@ -91,10 +90,6 @@ class RemoteTracebackFormatter:
                     parts.extend(self.tb.prepare_chained_exception_message(
                         _LINK_CAUSE[link])[0])  # type: ignore[arg-type]
             return parts
-
-    def text(self, exc: BaseException) -> str:
-        joiner = "\n" if self.context_mode else ""
-        return joiner.join(self.structured(exc))
 
     # -- one exception of the chain -----------------------------------------------------
 
