@@ -169,7 +169,7 @@ class RemoteKernel(Kernel):
         except KeyboardInterrupt as exc:  # the Stop button: one line (errors.mark_stop)
             render = getattr(exc, "_render_traceback_", None)
             return self._error("KeyboardInterrupt", str(exc),
-                               render() if render else [f"KeyboardInterrupt: {exc}"])
+                               render() if render else ["KeyboardInterrupt"])
         except RemoteError as exc:  # the chain, each exception with its remote frames
             return self._error(type(exc).__name__, str(exc), exc._render_traceback_())
         except ConnectionClosed as exc:
