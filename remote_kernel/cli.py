@@ -10,11 +10,31 @@ import os
 import secrets
 import signal
 import sys
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from remote_kernel.errors import RemoteKernelError
 from remote_kernel.net import connfile
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a mistake on the command line reported in one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def port_number(text: str) -> int:
+    """``--port``: 0 (any free port) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0 to 65535; "
+                                         f"0 picks a free one)")
+    return port
 
 
 def _load_service(spec: str | None, classic: bool) -> Any:
@@ -23,13 +43,35 @@ def _load_service(spec: str | None, classic: bool) -> Any:
 
         return ClassicService
     module_name, _, attr = spec.partition(":")
-    if not attr:
-        raise SystemExit(f"--service must look like 'package.module:ClassName', not {spec!r}")
-    module = importlib.import_module(module_name)
+    if not attr or not module_name:
+        raise SystemExit(f"remote-kernel serve: --service must look like "
+                         f"'package.module:ClassName', not {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise SystemExit(f"remote-kernel serve: --service {spec}: no module named "
+                             f"{exc.name!r} here; check the name, or run from the folder "
+                             f"that has it (or put it on PYTHONPATH)") from None
+        raise SystemExit(_import_failure(spec, exc)) from None
+    except Exception as exc:  # the module itself failed: say where, in one line
+        raise SystemExit(_import_failure(spec, exc)) from None
     try:
         return getattr(module, attr)
     except AttributeError:
-        raise SystemExit(f"module {module_name!r} has no attribute {attr!r}") from None
+        raise SystemExit(f"remote-kernel serve: --service {spec}: module {module_name!r} has "
+                         f"no attribute {attr!r}") from None
+
+
+def _import_failure(spec: str, exc: BaseException) -> str:
+    """One line: the error the service's module raised, and the line that raised it."""
+    where = ""
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__)
+              if "importlib" not in frame.filename]
+    if frames:
+        where = f" ({frames[-1].filename}, line {frames[-1].lineno})"
+    return (f"remote-kernel serve: --service {spec}: importing it failed: "
+            f"{type(exc).__name__}: {exc}{where}")
 
 
 def _free_name(base: str) -> str:
@@ -132,7 +174,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.no_auth:
         token = None
     elif args.token_file:
-        token = Path(args.token_file).read_text().strip()
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            print(f"remote-kernel serve: cannot read --token-file {args.token_file}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 2
     else:
         token = secrets.token_urlsafe(32)
     tls = _tls_from_args(args)
@@ -184,7 +231,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="remote-kernel", description=__doc__)
+    parser = Parser(prog="remote-kernel", description=__doc__)
     parser.add_argument("--log-level", default="WARNING",
                         help="logging level (DEBUG, INFO, WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -192,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve this interpreter to notebooks")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=0, help="port (default: any free port)")
+    serve.add_argument("--port", type=port_number, default=0,
+                       help="port, 0 to 65535 (default 0: any free port)")
     serve.add_argument("--unix", metavar="PATH", help="listen on a unix socket instead")
     serve.add_argument("--stdio", action="store_true",
                        help="speak the protocol on stdin/stdout (used by subprocess and ssh)")

@@ -142,7 +142,7 @@ def test_exception_round_trip_keeps_type_and_traceback() -> None:
         payload = pack(boxer.box_exception(exc))
     decoded = boxer.decode(payload)
     assert isinstance(decoded, KeyError)
-    assert decoded.remote_type == "KeyError"
+    assert decoded.remote_type == "builtins.KeyError"
     assert decoded.args == ("missing",)
     assert "test_exception_round_trip" in decoded.remote_traceback
     assert decoded.remote_frames[-1].function == "test_exception_round_trip_keeps_type_and_traceback"

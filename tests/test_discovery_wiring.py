@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import remote_kernel as rk
@@ -142,7 +143,7 @@ def test_connect_by_a_discovered_name_needs_the_token(shell: InteractiveShell, t
         server.file.unlink()  # no connection file here: only the network knows it
         monkeypatch.setenv("RK_DISCOVERY_SERVERS", stub.servers_env(
             stub.ServerInfo("labpc", "127.0.0.1", server.port, False, "ClassicService")))
-        with pytest.raises(rk.AuthenticationError) as caught:
+        with pytest.raises(UsageError) as caught:  # a user's mistake: one line
             shell.run_line_magic("remote", "connect labpc")
         message = str(caught.value)
         assert "labpc was found on the network at 127.0.0.1:" in message

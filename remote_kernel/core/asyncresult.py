@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout
+from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout, mark_stop
 
 if TYPE_CHECKING:
     from remote_kernel.core.connection import Connection
@@ -93,8 +93,9 @@ class AsyncResult:
         except RequestTimeout:
             what = "expired" if self.expired else f"not ready within {timeout} s"
             raise RequestTimeout(f"result #{self._seq} from {self._conn.peer} {what}") from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             self._conn._cancel(self._seq)
+            mark_stop(exc, self._conn.peer)
             raise
 
     @property

@@ -36,7 +36,7 @@ from remote_kernel.core.asyncresult import AsyncResult
 from remote_kernel.core.netref import BaseNetref, new_proxy
 from remote_kernel.core.serving import BgServingThread, _watchdog
 from remote_kernel.core.transport import FrameReader, Transport
-from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout
+from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout, mark_stop
 from remote_kernel.protocol.boxing import Boxer, Kwargs, ObjectTable
 from remote_kernel.protocol.codec import HEADER, frame, pack
 from remote_kernel.protocol.describe import Descriptor, describe_type
@@ -94,6 +94,7 @@ class Connection:
         self._buffers_bytes = 0
         self._delivering: set[int] = set()  # threads holding a reply not yet handed over
         self._pending: set[int] = set()
+        self._interrupted: set[int] = set()  # requests this side cancelled (interrupt())
         self._async: dict[int, AsyncResult] = {}
         self._proxies: dict[int, weakref.ref] = {}
         self._releases: collections.deque[tuple[int, int]] = collections.deque()
@@ -209,9 +210,23 @@ class Connection:
             ok, value = self._wait_reply(seq, op, timeout)
         finally:
             self._pending.discard(seq)
+        if self._interrupted:
+            value = self._as_local_stop(seq, value) if not ok else value
+            self._interrupted.discard(seq)
         if ok:
             return value
         raise value
+
+    def _as_local_stop(self, seq: int, error: BaseException) -> BaseException:
+        """The KeyboardInterrupt a peer sends back for a request WE cancelled is our own
+        Stop: a real KeyboardInterrupt here. Any other one stays a RemoteError, so a peer
+        cannot interrupt us uninvited."""
+        if seq not in self._interrupted:
+            return error
+        self._interrupted.discard(seq)
+        if getattr(error, "remote_type", "") == "builtins.KeyboardInterrupt":
+            return mark_stop(KeyboardInterrupt(), self.peer)
+        return error
 
     def callattr(self, obj: Any, name: str, args: tuple, kwargs: dict | None) -> Any:
         return self.sync_request(Op.CALLATTR, obj, name, args, Kwargs(kwargs) if kwargs else None)
@@ -245,11 +260,10 @@ class Connection:
             self._drive_until(lambda: seq in replies, deadline)
         except RequestTimeout:
             self._replies.pop(seq, None)
-            raise RequestTimeout(
-                f"no reply from {self.peer} to {_op_name(op)} within {timeout} s"
-            ) from None
-        except KeyboardInterrupt:
+            raise RequestTimeout(f"no reply from {self.peer} within {timeout} s") from None
+        except KeyboardInterrupt as exc:  # the user's Ctrl-C / Stop: cancel it over there
             self._cancel(seq)
+            mark_stop(exc, self.peer)  # one short line in IPython, no frames of the wait
             raise
         return replies.pop(seq)
 
@@ -273,6 +287,7 @@ class Connection:
         if self._closed:
             return 0
         seqs = [*self._pending, *self._async]  # copied under the GIL, in one C call each
+        self._interrupted.update(seqs)
         for seq in seqs:
             try:
                 self._send_message(Kind.NOTIFY, None, Op.CANCEL, (seq,))
@@ -401,6 +416,8 @@ class Connection:
     def _deliver(self, seq: Any, outcome: tuple[bool, Any]) -> None:
         result = self._async.pop(seq, None)
         if result is not None:
+            if not outcome[0] and self._interrupted:
+                outcome = (False, self._as_local_stop(seq, outcome[1]))
             result.set_outcome(outcome)
             self._wake_waiters()
             return
@@ -757,11 +774,4 @@ def _effective_config(service: Any, config: Any) -> ProtocolConfig:
     make_config(config)  # validate what the user wrote, naming their key
     overrides = getattr(service, "_protocol_config", None) or {}
     return make_config({**overrides, **(config or {})})
-
-
-def _op_name(op: int) -> str:
-    try:
-        return Op(op).name
-    except ValueError:
-        return str(op)
 

@@ -28,6 +28,7 @@ def load(shell: Any) -> None:
     display.install(shell)
     completion.install(shell)
     inspection.install(shell)
+    tracebacks.show_remote_syntax_error(shell)
     loop.install(shell)
     if getattr(shell, "kernel", None) is not None:
         try:
@@ -48,6 +49,7 @@ def unload(shell: Any) -> None:
     loop.uninstall(shell)
     if _group_member in group.resolvers:
         group.resolvers.remove(_group_member)
+    tracebacks.restore_syntax_error(shell)
     inspection.uninstall(shell)
     completion.uninstall(shell)
     display.uninstall(shell)

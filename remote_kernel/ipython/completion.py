@@ -16,9 +16,11 @@ from IPython.core.completer import SimpleCompletion, context_matcher
 
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import BaseNetref
+from remote_kernel.errors import RemoteKernelError
 from remote_kernel.protocol.messages import Op
 
 CACHE_SECONDS = 2.0
+TIMEOUT = 5.0  # seconds a completion may take on the peer
 _KEY_EXPRESSION = re.compile(r"([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*)\[\s*(['\"]?)([^'\"\]]*)$")
 _MAGIC_LINE = re.compile(r"^\s*%remote\s+(\w*)(?:\s+([\w.-]*))?$")
 _ATTRIBUTE_TOKEN = re.compile(r"([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*)\.(\w*)$")
@@ -40,7 +42,7 @@ class RemoteCompleter:
             self._cache = {k: v for k, v in self._cache.items() if now - v[0] < CACHE_SECONDS}
         return value
 
-    def _resolve(self, dotted: str) -> tuple[BaseNetref, tuple[str, ...]] | None:
+    def _resolve(self, dotted: str) -> tuple[Any, tuple[str, ...]] | None:
         """The first netref along ``dotted`` and the attribute path after it."""
         parts = dotted.split(".")
         obj = self.shell.user_ns.get(parts[0], _MISSING)
@@ -50,28 +52,39 @@ class RemoteCompleter:
         if isinstance(obj, Connection):
             if not rest or rest[0] != "root":
                 return None
+            if obj.closed:
+                return _DEAD, ()
             obj, rest = obj.root, rest[1:]
-        if not isinstance(obj, BaseNetref) or obj._rk_conn.closed:
+        if not isinstance(obj, BaseNetref):
             return None
         return obj, tuple(rest)
 
     def attribute_names(self, dotted: str) -> tuple[str, ...] | None:
+        """Names after ``dotted.``; None when it is not remote, () when the connection is
+        dead or does not answer in time (nothing to offer, and nothing else may ask)."""
         resolved = self._resolve(dotted)
         if resolved is None:
             return None
         obj, path = resolved
-        conn = obj._rk_conn
-        return self._cached(("dir", id(conn), obj._rk_oid, path),
-                            lambda: conn.sync_request(Op.COMPLETE, obj, path))
+        return self._ask(obj, ("dir", path), lambda conn: conn.sync_request(
+            Op.COMPLETE, obj, path, timeout=TIMEOUT))
 
     def keys(self, dotted: str) -> tuple | None:
         resolved = self._resolve(dotted)
         if resolved is None or resolved[1]:
             return None
         obj = resolved[0]
+        return self._ask(obj, ("keys",), lambda conn: conn.sync_request(
+            Op.KEYS, obj, timeout=TIMEOUT))
+
+    def _ask(self, obj: Any, what: tuple, fetch: Any) -> tuple:
+        if obj is _DEAD or obj._rk_conn.closed:
+            return ()
         conn = obj._rk_conn
-        return self._cached(("keys", id(conn), obj._rk_oid),
-                            lambda: conn.sync_request(Op.KEYS, obj))
+        try:
+            return self._cached((*what, id(conn), obj._rk_oid), lambda: fetch(conn))
+        except RemoteKernelError:  # lost meanwhile, or too slow: no completions
+            return ()
 
     def cell_completions(self, context: Any) -> dict[str, Any] | None:
         text = context.full_text
@@ -90,9 +103,13 @@ class RemoteCompleter:
         name = parts[1] if len(parts) > 1 and not parts[1].startswith("-") else None
         try:
             entry = get_registry().get(name)
-            reply = entry.interpreter.complete(code, cursor - offset)
-        except Exception:
+        except KeyError:
             return None
+        try:
+            reply = entry.require().sync_request(Op.CALLATTR, entry.interpreter, "complete",
+                                                 (code, cursor - offset), None, timeout=TIMEOUT)
+        except RemoteKernelError:  # a dead or silent peer: nothing to offer, at once
+            return {"completions": [], "suppress": True}
         start = reply["cursor_start"]
         fragment = code[start:cursor - offset]
         return {"completions": [SimpleCompletion(m, type="remote") for m in reply["matches"]],
@@ -161,6 +178,7 @@ class RemoteCompleter:
 
 
 _MISSING = object()
+_DEAD = object()  # the root of a closed connection
 
 
 def install(shell: Any) -> RemoteCompleter:

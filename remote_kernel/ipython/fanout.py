@@ -31,7 +31,7 @@ from typing import Any
 from remote_kernel.core.group import Group, Member, fan_out
 from remote_kernel.core.outputs import sanitize_text_stream
 from remote_kernel.core.service import exposed
-from remote_kernel.errors import GroupError
+from remote_kernel.errors import GroupError, mark_stop
 from remote_kernel.ipython.display import untrusted_bundle
 from remote_kernel.ipython.registry import ConnectionRegistry
 from remote_kernel.ipython.sink import NotebookSink
@@ -154,12 +154,8 @@ class RegistryGroup(Group):
 
 def _stopped(names: Sequence[str]) -> KeyboardInterrupt:
     """The Stop button's KeyboardInterrupt: one short line, as for a single peer."""
-    from remote_kernel.ipython.tracebacks import BOLD_RED, RESET
-
-    stop = KeyboardInterrupt(f"interrupted on {', '.join(names)}")
-    line = f"{BOLD_RED}KeyboardInterrupt{RESET}: {stop}"
-    stop._render_traceback_ = lambda: [line]  # type: ignore[attr-defined]
-    return stop
+    stop = KeyboardInterrupt(f"interrupted on {', '.join(names)}; the connections stay usable")
+    return mark_stop(stop, ", ".join(names))  # type: ignore[return-value]
 
 
 def running_cell(shell: Any, cell: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 from IPython.core.oinspect import Inspector
 
 from remote_kernel.core.netref import BaseNetref, RemoteMethod
+from remote_kernel.errors import RemoteKernelError
 from remote_kernel.protocol.messages import Op
 
 _FIELDS = ("type_name", "base_class", "string_form", "namespace", "length", "file",
@@ -15,15 +16,40 @@ _FIELDS = ("type_name", "base_class", "string_form", "namespace", "length", "fil
            "init_docstring", "call_def", "call_docstring", "subclasses")
 
 
+TIMEOUT = 5.0  # seconds an inspection may take on the peer
+
+
 def remote_info(obj: Any, detail_level: int) -> dict[str, Any]:
     if isinstance(obj, RemoteMethod):
         owner = obj._rk_owner
-        return owner._rk_conn.sync_request(Op.OINFO, owner, obj._rk_name, detail_level)
-    return obj._rk_conn.sync_request(Op.OINFO, obj, None, detail_level)
+        return owner._rk_conn.sync_request(Op.OINFO, owner, obj._rk_name, detail_level,
+                                           timeout=TIMEOUT)
+    return obj._rk_conn.sync_request(Op.OINFO, obj, None, detail_level, timeout=TIMEOUT)
 
 
 class RemoteInspector(Inspector):
-    """IPython's inspector, answering for netrefs from one OINFO request."""
+    """IPython's inspector, answering for netrefs from one OINFO request.
+
+    When the connection is dead (or the peer does not answer within ``TIMEOUT``), a
+    frontend's inspect request (Shift-Tab) gets "not found" at once: ipykernel answers
+    found=false for a ``KeyError``. ``obj?`` shows the one-line reason instead.
+    """
+
+    def _get_info(self, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super()._get_info(obj, *args, **kwargs)
+        except RemoteKernelError as exc:
+            if not isinstance(obj, (BaseNetref, RemoteMethod)):
+                raise
+            raise KeyError(str(exc)) from exc
+
+    def pinfo(self, obj: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().pinfo(obj, *args, **kwargs)
+        except KeyError as exc:
+            if isinstance(exc.__cause__, RemoteKernelError):
+                raise exc.__cause__ from None
+            raise
 
     def info(self, obj: Any, oname: str = "", info: Any = None, detail_level: int = 0) -> Any:
         if not isinstance(obj, (BaseNetref, RemoteMethod)):

@@ -20,7 +20,9 @@ Example session::
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+from collections.abc import Iterator
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -30,9 +32,11 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from remote_kernel.core.api import deliver, obtain
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import is_netref
+from remote_kernel.errors import RemoteKernelError, RequestTimeout
 from remote_kernel.ipython import fanout
 from remote_kernel.ipython.registry import ConnectionEntry, get_registry
 from remote_kernel.ipython.sink import NotebookSink
+from remote_kernel.ipython.tracebacks import remote_frames_only
 
 SUBCOMMANDS = ("connect", "list", "use", "close", "ping", "reconnect", "pull", "push",
                "group", "discover")
@@ -112,6 +116,30 @@ def _discover_args(line: str) -> None:
     """%remote discover [--timeout S] [--interface IP]"""
 
 
+class RoundTrip(float):
+    """``%remote ping``: the round trip in seconds, shown in milliseconds."""
+
+    name: str
+
+    def __new__(cls, seconds: float, name: str) -> RoundTrip:
+        value = super().__new__(cls, seconds)
+        value.name = name
+        return value
+
+    def __repr__(self) -> str:
+        return f"{self.name}: round trip {self * 1e3:.3f} ms"
+
+
+@contextlib.contextmanager
+def _mistakes_as_usage_errors(prefix: str = "") -> Iterator[None]:
+    """A target that is not one, a refused or failed connect, a token file that cannot be
+    read: one line saying so (IPython shows a UsageError without a traceback)."""
+    try:
+        yield
+    except (ValueError, OSError, RemoteKernelError) as exc:
+        raise UsageError(f"{prefix}{exc}") from None
+
+
 def _split_names(text: str) -> list[str]:
     names = [name.strip() for name in text.replace(" ", ",").split(",") if name.strip()]
     for name in names:
@@ -164,7 +192,7 @@ class RemoteMagics(Magics):
             %remote list                 table of connections: state, latency, traffic
             %remote use NAME             make NAME the current connection
             %remote close [NAME|--all]   close one (default: the current) or all
-            %remote ping [NAME]          round-trip time
+            %remote ping [NAME]          round-trip time (returned, in seconds)
             %remote reconnect [NAME]     connect again to the same target
             %remote pull x y             copy remote variables here (by value if possible)
             %remote push x y             copy local variables there
@@ -225,9 +253,16 @@ class RemoteMagics(Magics):
                                  f"is named after its target\n{USAGE}")
             self._connect_many(args.targets, args.token_file, args.service, args.trust)
             return
-        entry = self.registry.connect(args.targets[0], name=args.name,
-                                      token_file=args.token_file, service=args.service,
-                                      trusted=args.trust)
+        with _mistakes_as_usage_errors():
+            kept = self.registry.connected(args.targets[0], args.name)
+            if kept is not None:
+                self.shell.user_ns[kept.name] = kept.conn
+                print(f"{kept.name} is already connected to {kept.conn.peer}: kept it "
+                      f"(--name NAME opens a second connection)")
+                return
+            entry = self.registry.connect(args.targets[0], name=args.name,
+                                          token_file=args.token_file, service=args.service,
+                                          trusted=args.trust)
         self.shell.user_ns[entry.name] = entry.conn
         print(f"connected to {entry.name} ({entry.conn.peer}), bound to `{entry.name}`")
 
@@ -283,23 +318,24 @@ class RemoteMagics(Magics):
 
     def _do_close(self, rest: str) -> None:
         args = self._parse(_close_args, rest)
-        if args.all:
-            for name in list(self.registry.entries):
-                self.registry.close(name)
-            return
-        entry = self._entry(args.name)
-        self.registry.close(entry.name)
+        names = list(self.registry.entries) if args.all else [self._entry(args.name).name]
+        closed = []
+        for name in names:
+            entry = self.registry.entries[name]
+            closed.append(f"{name} ({entry.conn.peer if entry.conn else entry.target})")
+            self.registry.close(name)
+        print(f"closed {', '.join(closed)}" if closed else "no connections to close")
 
-    def _do_ping(self, rest: str) -> float:
+    def _do_ping(self, rest: str) -> RoundTrip:
         args = self._parse(_name_args, rest)
         entry = self._entry(args.name)
-        latency = self.registry.ping(entry.name)
-        print(f"{entry.name}: {latency * 1e3:.3f} ms")
-        return latency
+        return RoundTrip(self.registry.ping(entry.name), entry.name)
 
     def _do_reconnect(self, rest: str) -> None:
         args = self._parse(_name_args, rest)
-        entry = self.registry.reconnect(self._entry(args.name).name)
+        name = self._entry(args.name).name
+        with _mistakes_as_usage_errors(f"cannot reconnect {name}: "):
+            entry = self.registry.reconnect(name)
         self.shell.user_ns[entry.name] = entry.conn
         print(f"reconnected {entry.name} ({entry.conn.peer})")
 
@@ -393,7 +429,8 @@ class RemoteMagics(Magics):
     def _eval(self, expression: str) -> Any:
         entry = self._entry()
         entry.require()
-        return entry.interpreter.eval(expression)
+        with remote_frames_only():
+            return entry.interpreter.eval(expression)
 
     # -- the cell magic -----------------------------------------------------------------------
 
@@ -451,8 +488,13 @@ class RemoteMagics(Magics):
 
         self.registry.set_running([entry.name], fanout.running_cell(self.shell, cell))
         try:
-            conn.sync_request(Op.CALLATTR, entry.interpreter, "run_cell", (cell, sink), None,
-                              timeout=args.timeout)
+            with remote_frames_only():
+                conn.sync_request(Op.CALLATTR, entry.interpreter, "run_cell", (cell, sink),
+                                  None, timeout=args.timeout)
+        except RequestTimeout:
+            raise UsageError(f"the cell did not finish on {entry.name} within {args.timeout:g} s "
+                             f"(--timeout) and may still be running there: give it a longer "
+                             f"--timeout, or none and stop it with the Stop button") from None
         finally:
             self.registry.set_running([entry.name], None)
         if outputs:

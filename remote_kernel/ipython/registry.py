@@ -13,7 +13,13 @@ from typing import Any
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.group import Member, fan_out
 from remote_kernel.core.service import ClassicService, VoidService
-from remote_kernel.errors import AuthenticationError, ConnectionClosed, GroupError, RequestTimeout
+from remote_kernel.errors import (
+    AuthenticationError,
+    ConnectionClosed,
+    GroupError,
+    RemoteKernelError,
+    RequestTimeout,
+)
 from remote_kernel.net import connfile
 from remote_kernel.net.client import connect, connect_ssh, connect_subprocess, parse_address
 
@@ -83,8 +89,12 @@ def _open(target: str, token_file: str | None, service: str) -> Connection:
     local_service = ClassicService if service == "classic" else VoidService
     token = None
     if token_file:
-        with open(token_file) as handle:
-            token = handle.read().strip()
+        try:
+            with open(token_file) as handle:
+                token = handle.read().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the token file {token_file}: "
+                             f"{exc.strerror or exc}") from exc
     if target == "subprocess":
         return connect_subprocess(service=local_service)
     if target.startswith("ssh:"):
@@ -139,10 +149,12 @@ def _connect_discovered(server: Any, token: str | None, service: Any,
         return connect(server.host, server.port, service=service, token=token,
                        tls=True if server.tls else None)
     except AuthenticationError as exc:
-        hint = "" if token else (f"; it needs its token: %remote connect {server.name} "
-                                 f"--token-file FILE")
-        raise AuthenticationError(f"{server.name} was found on the network at "
-                                  f"{server.host}:{server.port}: {exc}{hint}") from cause
+        where = f"{server.name} was found on the network at {server.host}:{server.port}"
+        if token:
+            raise AuthenticationError(f"{where}: {exc}") from cause
+        raise AuthenticationError(f"{where} but needs its token (the network never carries "
+                                  f"it): %remote connect {server.name} --token-file FILE"
+                                  ) from cause
 
 
 def default_name(target: str) -> str:
@@ -206,6 +218,18 @@ class ConnectionRegistry:
         except KeyError:
             known = ", ".join(self.entries) or "none"
             raise KeyError(f"no connection named {name!r} (known: {known})") from None
+
+    def connected(self, target: str, name: str | None = None) -> ConnectionEntry | None:
+        """The live connection to ``target`` that ``connect(target, name)`` would duplicate
+        (answering a ping now), or None."""
+        entry = self.entries.get(name or default_name(target))
+        if entry is None or entry.target != target or entry.state != CONNECTED:
+            return None
+        try:
+            self.ping(entry.name)
+        except RemoteKernelError:
+            return None
+        return entry
 
     def connect(self, target: str, name: str | None = None, token_file: str | None = None,
                 service: str = "void", trusted: bool = False) -> ConnectionEntry:
@@ -308,10 +332,10 @@ class ConnectionRegistry:
         self.changed()
         return entry
 
-    def ping(self, name: str | None = None) -> float:
+    def ping(self, name: str | None = None, timeout: float = 3.0) -> float:
         entry = self.get(name)
         try:
-            entry.latency = entry.require().ping()
+            entry.latency = entry.require().ping(timeout)
         except ConnectionClosed as exc:
             if entry.state == CONNECTED:
                 entry.state = LOST

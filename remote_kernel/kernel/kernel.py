@@ -27,6 +27,7 @@ from remote_kernel.protocol.boxing import ByValue
 from remote_kernel.protocol.describe import json_safe
 from remote_kernel.protocol.messages import Op
 
+QUICK_TIMEOUT = 5.0  # seconds a completion or inspection may take on the remote
 _PAGER = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(\?{1,2})\s*$")
 DEFAULT_LANGUAGE_INFO = {
     "name": "python",
@@ -196,9 +197,11 @@ class RemoteKernel(Kernel):
             else:
                 conn.sync_request(Op.CALLATTR, interpreter, "run_cell",
                                   (code, self._sink, store_history, silent), None, timeout=None)
-        except KeyboardInterrupt:
-            return self._error("KeyboardInterrupt", "", ["KeyboardInterrupt: interrupted"])
-        except RemoteError as exc:
+        except KeyboardInterrupt as exc:  # the Stop button: one line (errors.mark_stop)
+            render = getattr(exc, "_render_traceback_", None)
+            return self._error("KeyboardInterrupt", str(exc),
+                               render() if render else ["KeyboardInterrupt"])
+        except RemoteError as exc:  # the chain, each exception with its remote frames
             return self._error(type(exc).__name__, str(exc), exc._render_traceback_())
         except ConnectionClosed as exc:
             return self._error("ConnectionClosed", str(exc), exc._render_traceback_())
@@ -212,21 +215,29 @@ class RemoteKernel(Kernel):
         text = self._text(_format_info(info)) if info else f"Object `{name}` not found."
         return [{"source": "page", "data": {"text/plain": text}, "start": 0}]
 
-    async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
+    def _ask(self, method: str, *args: Any) -> Any:
+        """A quick question to the remote interpreter (completion, inspection): never
+        connects (an unreachable target would keep the frontend waiting), never waits long.
+        None when there is no live connection or no answer in time."""
+        conn, interpreter = self._conn, self._interpreter
+        if conn is None or conn.closed or interpreter is None:
+            return None
         try:
-            _, interpreter = self._connect()
-            reply = dict(interpreter.complete(code, cursor_pos))
-        except Exception:
+            return conn.sync_request(Op.CALLATTR, interpreter, method, args, None,
+                                     timeout=QUICK_TIMEOUT)
+        except Exception as exc:
+            self.log.debug("%s on %s failed: %s", method, self.target, exc)
+            return None
+
+    async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
+        reply = self._ask("complete", code, cursor_pos)
+        if reply is None:
             reply = {"matches": [], "cursor_start": cursor_pos, "cursor_end": cursor_pos}
-        return {"status": "ok", "metadata": {}, **reply}
+        return {"status": "ok", "metadata": {}, **dict(reply)}
 
     async def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0,
                          omit_sections: Any = ()) -> dict[str, Any]:
-        try:
-            _, interpreter = self._connect()
-            info = interpreter.inspect(code, cursor_pos, detail_level)
-        except Exception:
-            info = None
+        info = self._ask("inspect", code, cursor_pos, detail_level)
         if not info:
             return {"status": "ok", "found": False, "data": {}, "metadata": {}}
         return {"status": "ok", "found": True, "metadata": {},
@@ -237,11 +248,8 @@ class RemoteKernel(Kernel):
         return text if self.trust_output else sanitize_text_stream(text)
 
     async def do_is_complete(self, code: str) -> dict[str, Any]:
-        try:
-            _, interpreter = self._connect()
-            return dict(interpreter.is_complete(code))
-        except Exception:
-            return {"status": "unknown"}
+        reply = self._ask("is_complete", code)
+        return dict(reply) if reply is not None else {"status": "unknown"}
 
     async def do_history(self, hist_access_type: str, output: bool, raw: bool,
                          session: int | None = None, start: int | None = None,

@@ -4,6 +4,7 @@ interpreter over pipes, and ssh."""
 from __future__ import annotations
 
 import collections
+import difflib
 import os
 import shlex
 import socket
@@ -25,16 +26,31 @@ from remote_kernel.net.transports.sockets import SocketTransport
 
 
 def parse_address(target: str) -> tuple[str, int] | None:
-    """"host:port" or "[v6]:port" -> (host, port); None if ``target`` is not one."""
+    """"host:port" or "[v6]:port" -> (host, port); None if ``target`` is not one.
+
+    A target shaped like an address whose port is not a port ("localhost:abc",
+    "127.0.0.1:99999") is a ``ValueError`` saying so, not a connection-file name."""
     if target.startswith("["):
         host, _, rest = target[1:].partition("]")
-        if rest.startswith(":") and rest[1:].isdigit():
-            return host, int(rest[1:])
+        if host and rest.startswith(":"):
+            return host, _port(rest[1:], target)
         return None
     host, sep, port = target.rpartition(":")
-    if sep and host and port.isdigit() and ":" not in host:
-        return host, int(port)
-    return None
+    if not sep or not host or ":" in host or "/" in target or os.sep in target \
+            or target.endswith(".json") or connfile.find(target) is not None:
+        return None
+    return host, _port(port, target)
+
+
+def _port(text: str, target: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"cannot connect to {target!r}: {text!r} is not a port number; "
+                         f"use HOST:PORT with a port from 1 to 65535")
+    port = int(text)
+    if not 0 < port <= 65535:
+        raise ValueError(f"cannot connect to {target!r}: port {port} is out of range; "
+                         f"use a port from 1 to 65535")
+    return port
 
 
 def connect(target: str, port: int | None = None, *, service: Any = VoidService,
@@ -57,6 +73,8 @@ def _connect(target: str, port: int | None, service: Any, token: str | None, tls
              config: Any, timeout: float) -> Connection:
     make_config(config)
     if port is not None:
+        if not isinstance(port, int) or not 0 < port <= 65535:
+            raise ValueError(f"port {port!r} is not a port number from 1 to 65535")
         return _connect_tcp(target, port, service, token, tls, config, timeout)
     address = parse_address(target)
     if address is not None:
@@ -68,10 +86,23 @@ def _connect(target: str, port: int | None, service: Any, token: str | None, tls
     if os.path.exists(target) and _is_socket(target):
         return connect_unix(target, service=service, token=token, config=config,
                             timeout=timeout)
-    raise ValueError(
-        f"cannot connect to {target!r}: it is not host:port, and there is no connection file "
-        f"{connfile.path_for(target)} (start one with 'remote-kernel serve --name {target}')"
-    )
+    raise ValueError(_unknown_target(target))
+
+
+def _unknown_target(target: str) -> str:
+    """One line: what ``target`` is not, and what would work."""
+    names = [str(info.get("name")) for info in connfile.available() if info.get("name")]
+    close = difflib.get_close_matches(target, names, n=1)
+    if close:
+        return f"no connection file named {target!r}: did you mean {close[0]!r}?"
+    running = f" (running: {', '.join(names)})" if names else ""
+    if target.endswith(".json") or "/" in target or os.sep in target:
+        return (f"there is no connection file {target} (a server removes its file when it "
+                f"stops): start the server, or give HOST:PORT")
+    if not target or any(c.isspace() for c in target):
+        return f"cannot connect to {target!r}: it is neither HOST:PORT nor a connection file"
+    return (f"no connection file named {target!r}{running}: start a server with "
+            f"'remote-kernel serve --name {target}', or give HOST:PORT")
 
 
 def _is_socket(path: str) -> bool:
@@ -88,16 +119,25 @@ def connect_file(path: str | Path, *, service: Any = VoidService, token: str | N
                  trust_output: bool = False) -> Connection:
     info = connfile.read(Path(path))
     token = token or info.get("token")
-    if info.get("transport") == "unix":
-        conn = connect_unix(info["path"], service=service, token=token, config=config,
-                            timeout=timeout)
-    else:
-        if tls is None and info.get("tls"):
-            tls = {"ca": info["ca"]} if info.get("ca") else True
-            if isinstance(tls, dict):
-                tls["check_hostname"] = bool(info.get("check_hostname", False))
-        conn = _connect_tcp(info["host"], int(info["port"]), service, token, tls, config,
-                            timeout)
+    try:
+        if info.get("transport") == "unix":
+            conn = connect_unix(info["path"], service=service, token=token, config=config,
+                                timeout=timeout)
+        else:
+            if tls is None and info.get("tls"):
+                tls = {"ca": info["ca"]} if info.get("ca") else True
+                if isinstance(tls, dict):
+                    tls["check_hostname"] = bool(info.get("check_hostname", False))
+            conn = _connect_tcp(info["host"], int(info["port"]), service, token, tls, config,
+                                timeout)
+    except ConnectionClosed as exc:
+        pid = info.get("pid")
+        if isinstance(pid, int) and not connfile.pid_alive(pid):
+            name = info.get("name") or Path(path).stem
+            raise ConnectionClosed(
+                f"the server of connection file {name!r} (pid {pid}) is not running any "
+                f"more: start it again with 'remote-kernel serve --name {name}'") from exc
+        raise
     conn.connection_file = str(path)  # type: ignore[attr-defined]
     return _trusted(conn, trust_output)
 
@@ -108,7 +148,8 @@ def _connect_tcp(host: str, port: int, service: Any, token: str | None, tls: Any
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
-        raise ConnectionClosed(f"cannot connect to {peer}: {exc.strerror or exc}") from exc
+        raise ConnectionClosed(f"cannot connect to {peer}: {_why(exc, host, timeout)}") \
+            from exc
     context, server_name = client_context(tls)
     if context is not None:
         import ssl
@@ -124,6 +165,17 @@ def _connect_tcp(host: str, port: int, service: Any, token: str | None, tls: Any
                 f"TLS handshake with {peer} failed: {explain_ssl_error(exc)}"
             ) from exc
     return _finish(SocketTransport(sock, peer), service, token, config, timeout)
+
+
+def _why(exc: OSError, host: str, timeout: float) -> str:
+    """Why a TCP connect failed, in the words a user can act on."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (no server is listening there)"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host {host!r}"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    return str(exc.strerror or exc)
 
 
 def connect_unix(path: str, *, service: Any = VoidService, token: str | None = None,

@@ -19,21 +19,19 @@ bytearrays and numpy arrays (raw bytes + dtype + shape, never pickle) are copied
 
 from __future__ import annotations
 
-import builtins
 import itertools
 import struct
 import threading
-import traceback
 from collections.abc import Callable
 from typing import Any
 
 from msgpack import ExtType
 
-from remote_kernel import errors
-from remote_kernel.errors import ProtocolError, RemoteError, RemoteFrame
+from remote_kernel.errors import ProtocolError
+from remote_kernel.protocol import exceptions
 from remote_kernel.protocol.codec import pack, unpack
 from remote_kernel.protocol.describe import Descriptor
-from remote_kernel.protocol.frames import user_frames
+from remote_kernel.protocol.exceptions import local_class
 from remote_kernel.protocol.messages import Ext
 from remote_kernel.protocol.values import array_from_parts, array_parts, is_numpy
 
@@ -130,66 +128,6 @@ class ObjectTable:
         return len(self._objects)
 
 
-def _builtin_exceptions() -> dict[str, type[BaseException]]:
-    return {
-        name: obj
-        for name, obj in vars(builtins).items()
-        if isinstance(obj, type) and issubclass(obj, BaseException)
-    }
-
-
-_BUILTIN_EXCEPTIONS = _builtin_exceptions()
-_OUR_ERRORS: dict[str, type[BaseException]] = {
-    name: getattr(errors, name)
-    for name in ("ProtocolError", "ConnectionClosed", "RequestTimeout",
-                 "AuthenticationError", "AccessDenied", "RemoteKernelError")
-}
-# BaseExceptions outside Exception stay what they are: ``except Exception`` must not catch
-# a remote KeyboardInterrupt.
-_PLAIN = (KeyboardInterrupt,)  # a peer must not make us exit: SystemExit is a RemoteError
-_exception_classes: dict[tuple[str, str], type[BaseException]] = {}
-_exception_classes_lock = threading.Lock()
-
-
-def remote_exception_class(module: str, qualname: str,
-                           builtin_base: str = "") -> type[BaseException]:
-    """The local class standing for a remote exception type. Never imports ``module``.
-    A custom class also derives from its nearest builtin base (``builtin_base``), so
-    ``except ValueError`` catches a remote subclass of ValueError."""
-    key = (module, qualname, builtin_base)
-    cls = _exception_classes.get(key)
-    if cls is not None:
-        return cls
-    with _exception_classes_lock:
-        cls = _exception_classes.get(key)
-        if cls is not None:
-            return cls
-        base: type[BaseException] | None = None
-        if module == "builtins":
-            base = _BUILTIN_EXCEPTIONS.get(qualname)
-        elif module == "remote_kernel.errors":
-            base = _OUR_ERRORS.get(qualname)
-        if base is None and builtin_base:
-            base = _BUILTIN_EXCEPTIONS.get(builtin_base)
-            if base is not None and (issubclass(base, _PLAIN) or base is Exception
-                                     or base is BaseException):
-                base = None  # a custom class is never a KeyboardInterrupt here
-        name = qualname.rsplit(".", 1)[-1] or "RemoteException"
-        namespace = {"__module__": module, "__qualname__": qualname}
-        if base is not None and not issubclass(base, Exception) and not issubclass(base, _PLAIN):
-            base = None  # SystemExit, GeneratorExit: a RemoteError like any other
-        if base is not None and issubclass(base, _PLAIN):
-            cls = type(name, (base,), namespace)
-        else:
-            bases = (RemoteError, base) if base is not None else (RemoteError,)
-            try:
-                cls = type(name, bases, namespace)
-            except TypeError:  # an incompatible layout: keep the name, lose the base
-                cls = type(name, (RemoteError,), namespace)
-        _exception_classes[key] = cls
-        return cls
-
-
 def _checked_descriptor(descriptor: Any) -> Descriptor:
     """A peer's type descriptor, with every field of the expected type."""
     if type(descriptor) is not tuple or len(descriptor) < 6:
@@ -200,25 +138,6 @@ def _checked_descriptor(descriptor: Any) -> Descriptor:
             and all(type(n) is str for n in methods) and all(type(n) is str for n in dunders)):
         raise ProtocolError("malformed type descriptor")
     return (module, qualname, methods, dunders, flags, builtin_name)
-
-
-def _safe_str(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:
-        return f"<unprintable {type(exc).__name__}>"
-
-
-def _frames_of(exc: BaseException) -> list[tuple[str, int, str, str]]:
-    return user_frames(exc.__traceback__)  # our own plumbing is noise in a user's traceback
-
-
-def _traceback_text(exc: BaseException) -> str:
-    """The traceback as Python prints it, without machinery frames."""
-    lines = ["Traceback (most recent call last):\n"]
-    lines += traceback.format_list(_frames_of(exc))
-    lines += traceback.format_exception_only(type(exc), exc)
-    return "".join(lines)
 
 
 class Boxer:
@@ -242,8 +161,14 @@ class Boxer:
         self._describe = describe
         self._make_proxy = make_proxy
         self._proxy_oid = proxy_oid
-        self._peer_name = peer_name
+        self.peer_name = peer_name
         self.include_traceback = include_traceback
+        # Exceptions on the wire (protocol/exceptions.py): the local classes made for the
+        # peer's exception types (per connection, bounded), the nesting of the one being
+        # decoded, and whether a copy may hold references (not inside an exception).
+        self.exception_classes: dict[tuple[str, str, str], type[BaseException]] = {}
+        self.exception_depth = 0
+        self._plain_only = False
         self._type_ids: dict[type, int] = {}
         self._peer_types: dict[int, Descriptor] = {}
         # Out-of-band buffers of the message being encoded / decoded (send / receive lock).
@@ -336,9 +261,17 @@ class Boxer:
             return self.box(obj.tobytes())
         if is_numpy(obj):
             return self._box_ndarray(obj)
-        if self._proxy_oid(obj) is not None:
+        if self._proxy_oid(obj) is not None and not self._plain_only:
             return self.box(obj)
         raise TypeError(f"cannot copy a {t.__module__}.{t.__qualname__} object by value")
+
+    def box_plain_value(self, obj: Any) -> Any:
+        """``box_value`` that refuses references too (a proxy is a TypeError)."""
+        self._plain_only = True
+        try:
+            return self.box_value(obj)
+        finally:
+            self._plain_only = False
 
     def _box_ndarray(self, obj: Any) -> ExtType:
         dtype, shape, scalar, raw = array_parts(obj)
@@ -346,27 +279,8 @@ class Boxer:
         return ExtType(Ext.NDARRAY, pack([dtype, shape, scalar, body]))
 
     def box_exception(self, exc: BaseException) -> ExtType:
-        cls = type(exc)
-        module = getattr(cls, "__module__", "builtins") or "builtins"
-        qualname = getattr(cls, "__qualname__", cls.__name__)
-        message = _safe_str(exc)
-        try:
-            args = self.box_value(tuple(exc.args))
-        except Exception:
-            args = [message]
-        text, frames = "", []
-        if self.include_traceback:
-            text = _traceback_text(exc)
-            frames = _frames_of(exc)
-            if isinstance(exc, RemoteError):
-                text = (f"{exc.remote_traceback.rstrip()}\n\n"
-                        f"... the exception above came from {exc.peer} and was re-raised:\n\n"
-                        f"{text}")
-                frames = [tuple(f) for f in exc.remote_frames] + frames
-        builtin_base = next((klass.__name__ for klass in cls.__mro__
-                             if klass.__module__ == "builtins"), "")
-        return ExtType(Ext.EXC, pack([module, qualname, args, message, text, frames,
-                                      builtin_base]))
+        """The EXC value of ``exc``: class, args, frames, attributes, notes, chain."""
+        return exceptions.encode(self, exc)
 
     # -- decoding -------------------------------------------------------------------
 
@@ -391,6 +305,8 @@ class Boxer:
 
     def _decode_ext(self, code: int, data: bytes) -> Any:
         if code == Ext.REF:
+            if self.exception_depth:
+                raise ProtocolError("an exception may not carry references")
             if len(data) != REF.size:
                 raise ProtocolError("malformed reference")
             oid, tid = REF.unpack(data)
@@ -399,6 +315,8 @@ class Boxer:
                 raise ProtocolError(f"reference to unknown type id {tid}")
             return self._make_proxy(oid, descriptor)
         if code == Ext.REFDESC:
+            if self.exception_depth:
+                raise ProtocolError("an exception may not carry references")
             oid, tid, descriptor = self._unpack_tuple(data, length=3)
             if type(oid) is not int or type(tid) is not int or oid < 0 or tid < 0 \
                     or oid > INT_MAX or tid > 0xFFFFFFFF:
@@ -406,6 +324,8 @@ class Boxer:
             self._peer_types[tid] = _checked_descriptor(descriptor)
             return self._make_proxy(oid, self._peer_types[tid])
         if code == Ext.PEERREF:
+            if self.exception_depth:
+                raise ProtocolError("an exception may not carry references")
             if len(data) != OID.size:
                 raise ProtocolError("malformed object id")
             return self.table.get(OID.unpack(data)[0])
@@ -451,7 +371,7 @@ class Boxer:
         if code == Ext.NDARRAY:
             return self._decode_ndarray(data)
         if code == Ext.EXC:
-            return self._decode_exception(data)
+            return exceptions.decode(self, data)
         raise ProtocolError(f"unknown ext type {code}")
 
     def _unpack_tuple(self, data: bytes, length: int | None = None) -> tuple:
@@ -459,6 +379,8 @@ class Boxer:
         if type(items) is not tuple or (length is not None and len(items) != length):
             raise ProtocolError("malformed container value")
         return items
+
+    unpack_tuple = _unpack_tuple
 
     def _decode_ndarray(self, data: bytes) -> Any:
         self._raw_buffers = True
@@ -471,22 +393,8 @@ class Boxer:
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed numpy array: {exc}") from None
 
-    def _decode_exception(self, data: bytes) -> BaseException:
-        module, qualname, args, message, text, frames, builtin_base = \
-            self._unpack_tuple(data, length=7)
-        if not (isinstance(module, str) and isinstance(qualname, str)
-                and isinstance(builtin_base, str)):
-            raise ProtocolError("malformed exception")
-        cls = remote_exception_class(module, qualname, builtin_base)
-        try:
-            exc = cls.__new__(cls)
-            exc.args = args if isinstance(args, tuple) else (message,)
-        except Exception:
-            exc = cls.__new__(cls)
-            exc.args = (message,)
-        exc._rk_message = message
-        exc.remote_type = qualname if module == "builtins" else f"{module}.{qualname}"
-        exc.remote_traceback = text
-        exc.remote_frames = [RemoteFrame(*frame) for frame in frames]
-        exc.peer = self._peer_name()
-        return exc
+
+def remote_exception_class(module: str, qualname: str,
+                           builtin_base: str = "") -> type[BaseException]:
+    """The local class standing for a remote exception type (see protocol/exceptions.py)."""
+    return local_class(module, qualname, builtin_base)

@@ -205,7 +205,10 @@ class Interpreter:
         count = self.execution_count
         filename = f"<remote-cell-{next(self._counter)}>"
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-        tree = ast.parse(code, filename, "exec")
+        try:
+            tree = ast.parse(code, filename, "exec")
+        except SyntaxError as exc:  # the user's mistake: no frame of ast.parse with it
+            raise exc.with_traceback(None) from None
         last_expr = None
         if tree.body and isinstance(tree.body[-1], ast.Expr) and not silent:
             last_expr = ast.Expression(tree.body.pop().value)
@@ -240,6 +243,8 @@ class Interpreter:
         try:
             code = compile(expression, filename, "eval")
         except SyntaxError:
+            code = None  # a statement; compiled below, so its own SyntaxError has no context
+        if code is None:
             exec(compile(expression, filename, "exec"), self.namespace)  # noqa: S102
             return None
         for _ in range(5):

@@ -55,8 +55,8 @@ class Decoded:
         elif code == Ext.REFDESC:
             self.oid = msgpack.unpackb(data, strict_map_key=False)[0]
         elif code == Ext.EXC:
-            module, qualname, _args, message, _text, _frames, _base = msgpack.unpackb(
-                data, ext_hook=Decoded, strict_map_key=False)
+            module, qualname, _args, message = msgpack.unpackb(
+                data, ext_hook=Decoded, strict_map_key=False)[:4]
             self.qualname = f"{module}.{qualname}"
             self.message = message
 

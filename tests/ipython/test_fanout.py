@@ -134,7 +134,7 @@ def test_one_failing_peer_gives_its_error_and_keeps_the_others(kernel: Kernel) -
     assert run.reply["content"]["ename"] == "GroupError"
     errors = run.of_type("error")
     assert len(errors) == 1, errors
-    traceback = "\n".join(errors[0]["content"]["traceback"])
+    traceback = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(errors[0]["content"]["traceback"]))
     assert traceback.startswith("[p3]")
     assert "raise ValueError('sensor 3 is unplugged')" in traceback  # the remote frame
     assert "ValueError" in traceback and "1 of 8 failed" in traceback

@@ -195,7 +195,7 @@ def test_remote_traceback_shows_remote_frames(shell, lab) -> None:
     result = shell.run_cell("%remote explode()")
     exc = result.error_in_exec
     assert isinstance(exc, ZeroDivisionError)
-    lines = "\n".join(exc._render_traceback_())
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(exc._render_traceback_()))
     assert "explode" in lines and "return 1 / 0" in lines
     assert lab.peer in lines
     result = shell.run_cell("%remote g.fail()")
