@@ -14,7 +14,8 @@ Boxing happens under the connection's send lock and unboxing under its receive l
 descriptors are always seen before the REFs that use them.
 
 ``box_value`` is the deep by-value encoding of ``obtain``/``deliver``: lists, dicts, sets,
-bytearrays and numpy arrays (raw bytes + dtype + shape, never pickle) are copied.
+bytearrays, numpy arrays (masked ones too) and pandas objects are copied; ``values.py`` holds
+the codecs of numpy and pandas (raw bytes + dtype + shape, never pickle).
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from msgpack import ExtType
 
 from remote_kernel import errors
 from remote_kernel.errors import ProtocolError, RemoteError, RemoteFrame
+from remote_kernel.protocol import values
 from remote_kernel.protocol.codec import pack, unpack
 from remote_kernel.protocol.describe import Descriptor
 from remote_kernel.protocol.frames import user_frames
 from remote_kernel.protocol.messages import Ext
-from remote_kernel.protocol.values import array_from_parts, array_parts, is_numpy
 
 INT_MIN = -(2**63)
 INT_MAX = 2**64 - 1
@@ -193,6 +194,12 @@ def _checked_descriptor(descriptor: Any) -> Descriptor:
     return (module, qualname, methods, dunders, flags, builtin_name)
 
 
+def _take_buffer(item: Any) -> bytes | bytearray:
+    if type(item) not in (bytes, bytearray):
+        raise ValueError("expected a buffer")
+    return item
+
+
 def _safe_str(exc: BaseException) -> str:
     try:
         return str(exc)
@@ -322,16 +329,16 @@ class Boxer:
             return ExtType(Ext.BYTEARRAY, pack(self.box(bytes(obj))))
         if t is memoryview:
             return self.box(obj.tobytes())
-        if is_numpy(obj):
-            return self._box_ndarray(obj)
+        if values.is_codec_value(obj):
+            code, fields = values.encode(obj, self._put_buffer)
+            return ExtType(code, pack(fields))
         if self._proxy_oid(obj) is not None:
             return self.box(obj)
         raise TypeError(f"cannot copy a {t.__module__}.{t.__qualname__} object by value")
 
-    def _box_ndarray(self, obj: Any) -> ExtType:
-        dtype, shape, scalar, raw = array_parts(obj)
-        body = self._out_of_band(raw) if raw.nbytes >= OOB_MIN else raw
-        return ExtType(Ext.NDARRAY, pack([dtype, shape, scalar, body]))
+    def _put_buffer(self, view: memoryview) -> Any:
+        """Where a value's raw buffer goes: inline, or out of band when large."""
+        return self._out_of_band(view) if view.nbytes >= OOB_MIN else view
 
     def box_exception(self, exc: BaseException) -> ExtType:
         cls = type(exc)
@@ -436,8 +443,8 @@ class Boxer:
                 raise ProtocolError(f"reference to missing out-of-band buffer {index}")
             return bytes(self.incoming[index]) if not self._raw_buffers else \
                 self.incoming[index]
-        if code == Ext.NDARRAY:
-            return self._decode_ndarray(data)
+        if code in values.CODES:
+            return self._decode_value(code, data)
         if code == Ext.EXC:
             return self._decode_exception(data)
         raise ProtocolError(f"unknown ext type {code}")
@@ -448,16 +455,22 @@ class Boxer:
             raise ProtocolError("malformed container value")
         return items
 
-    def _decode_ndarray(self, data: bytes) -> Any:
+    def _decode_value(self, code: int, data: bytes) -> Any:
+        """A numpy/pandas value (values.py); one this side cannot rebuild (a library is
+        missing) becomes an ``Unavailable`` marker, so the message is still read and the
+        request that carried it fails with a ``TypeError`` instead of the connection."""
         self._raw_buffers = True
         try:
-            dtype_str, shape, scalar, raw = self._unpack_tuple(data, length=4)
+            fields = self._unpack_tuple(data)
         finally:
             self._raw_buffers = False
         try:
-            return array_from_parts(dtype_str, shape, scalar, raw)
-        except (TypeError, ValueError) as exc:
-            raise ProtocolError(f"malformed numpy array: {exc}") from None
+            return values.decode(code, fields, _take_buffer)
+        except values.MissingLibrary as exc:
+            return values.Unavailable(str(exc))
+        except Exception as exc:  # ValueError, TypeError, numpy's and pandas' own errors
+            raise ProtocolError(f"malformed {Ext(code).name.lower()} value: "
+                                f"{type(exc).__name__}: {exc}") from None
 
     def _decode_exception(self, data: bytes) -> BaseException:
         module, qualname, args, message, text, frames, builtin_base = \
