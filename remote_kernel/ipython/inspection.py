@@ -56,7 +56,21 @@ class RemoteInspector(Inspector):
             out[key] = f"{short}{signature}"
         if out["source"] and out["docstring"] and out["docstring"] in out["source"]:
             out["docstring"] = None
+        out["_rk_simple_callable"] = bool(remote.get("simple_callable"))
         return out
+
+    def _make_info_unformatted(self, obj: Any, info: Any, formatter: Any, detail_level: int,
+                               omit_sections: Any) -> Any:
+        """IPython lays out functions and methods apart from other objects (signature,
+        docstring, file; no string form): a remote function or method is laid out so too."""
+        if isinstance(obj, (BaseNetref, RemoteMethod)) and info.get("_rk_simple_callable"):
+            obj = _a_function
+        return super()._make_info_unformatted(obj, info, formatter, detail_level, omit_sections)
+
+
+def _a_function() -> None:
+    """Stands for a remote function in IPython's layout choice (is_simple_callable)."""
+
 
 
 def install(shell: Any) -> Any:
