@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from remote_kernel.ipython import completion, display, inspection, loop, tracebacks
+from remote_kernel.ipython import completion, display, inspection, loop, routing, tracebacks
 from remote_kernel.ipython.magics import RemoteMagics
 from remote_kernel.ipython.registry import get_registry, reset_registry
 
@@ -22,6 +22,7 @@ def load(shell: Any) -> None:
     completion.install(shell)
     inspection.install(shell)
     loop.install(shell)
+    routing.install(shell)
     if getattr(shell, "kernel", None) is not None:
         try:
             from remote_kernel.ipython import panel
@@ -38,6 +39,7 @@ def unload(shell: Any) -> None:
             panel.uninstall(shell)
         except ImportError:
             pass
+    routing.uninstall(shell)
     loop.uninstall(shell)
     inspection.uninstall(shell)
     completion.uninstall(shell)

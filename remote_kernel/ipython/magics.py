@@ -27,6 +27,7 @@ from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import is_netref
 from remote_kernel.ipython.registry import ConnectionEntry, get_registry
 from remote_kernel.ipython.sink import NotebookSink
+from remote_kernel.ipython.widgets import bridge_for
 
 SUBCOMMANDS = ("connect", "list", "use", "close", "ping", "reconnect", "pull", "push")
 
@@ -295,6 +296,7 @@ class RemoteMagics(Magics):
                 if name not in self.shell.user_ns:
                     raise UsageError(f"-i {name}: {name!r} is not defined here")
                 namespace[name] = _copy_or_reference(conn, self.shell.user_ns[name])
+        bridge_for(entry, self.shell)  # widgets the cell creates stay live here
         sink = NotebookSink()
         from remote_kernel.protocol.messages import Op
 

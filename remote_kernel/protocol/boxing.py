@@ -77,14 +77,18 @@ class ObjectTable:
     """Local objects the peer holds references to, with reference counts.
 
     Ids come from a counter, never from ``id()``, so a freed id cannot be confused with a
-    new object. The same live object always gets the same id.
+    new object. The same live object always gets the same id. ``origin()``, when given, is
+    called when an object is first sent; what it returns (where the object came from, such
+    as the notebook cell that sent it) is kept with it while the peer holds it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, origin: Callable[[], Any] | None = None) -> None:
         self._objects: dict[int, list[Any]] = {}  # oid -> [obj, count]
         self._oid_of: dict[int, int] = {}  # id(obj) -> oid, valid while obj is held
+        self._origins: dict[int, Any] = {}  # oid -> origin, for objects that have one
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
+        self.origin = origin
 
     def add(self, obj: Any) -> int:
         with self._lock:
@@ -95,6 +99,10 @@ class ObjectTable:
             oid = next(self._counter)
             self._objects[oid] = [obj, 1]
             self._oid_of[id(obj)] = oid
+            if self.origin is not None:
+                origin = self.origin()
+                if origin is not None:
+                    self._origins[oid] = origin
             return oid
 
     def get(self, oid: int) -> Any:
@@ -102,6 +110,16 @@ class ObjectTable:
             return self._objects[oid][0]
         except KeyError:
             raise ProtocolError(f"unknown object id {oid}") from None
+
+    def origin_of(self, obj: Any) -> Any:
+        """The origin recorded when ``obj`` was first sent, or None."""
+        if not self._origins:
+            return None
+        oid = self._oid_of.get(id(obj))
+        entry = self._objects.get(oid) if oid is not None else None
+        if entry is None or entry[0] is not obj:
+            return None
+        return self._origins.get(oid)
 
     def decref(self, oid: int, count: int) -> None:
         with self._lock:
@@ -112,11 +130,13 @@ class ObjectTable:
             if entry[1] <= 0:
                 del self._objects[oid]
                 self._oid_of.pop(id(entry[0]), None)
+                self._origins.pop(oid, None)
 
     def clear(self) -> None:
         with self._lock:
             self._objects.clear()
             self._oid_of.clear()
+            self._origins.clear()
 
     def __len__(self) -> int:
         return len(self._objects)

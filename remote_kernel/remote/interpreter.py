@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import builtins
 import codeop
+import contextlib
 import importlib.util
 import io
 import itertools
@@ -248,6 +249,7 @@ class Interpreter:
         self._counter = itertools.count(1)
         self._transformer: Any = ipyshell.transformer()  # None without IPython here
         self._shell: Any = None  # IPython's shell over the namespace, made when needed
+        self._comm_sink: Any = None  # where widgets created in this interpreter's cells go
         self._lock = threading.Lock()
         _install_streams()
 
@@ -272,6 +274,7 @@ class Interpreter:
         cell = _Cell(sink, shell.display_formatter if shell is not None else None)
         previous = getattr(_local, "cell", None)
         _local.cell = cell
+        widgets = self._widgets()
         try:
             if shell is not None:
                 shell.events.trigger("pre_execute")
@@ -298,7 +301,17 @@ class Interpreter:
                 cell.flush()
             finally:
                 _local.cell = previous
+                widgets.close()
         return count
+
+    def _widgets(self) -> contextlib.ExitStack:
+        """While a cell runs, widgets it creates talk to this interpreter's comm sink."""
+        stack = contextlib.ExitStack()
+        if self._comm_sink is not None:
+            from remote_kernel.remote import comms as remote_comms
+
+            stack.enter_context(remote_comms.using(self._comm_sink))
+        return stack
 
     def _parse(self, source: str, code: str, filename: str) -> ast.Module:
         try:
@@ -418,9 +431,12 @@ class Interpreter:
     # -- comms (the proxy kernel forwards ipywidgets) -------------------------------------
 
     def exposed_attach_comms(self, sink: Any) -> None:
+        """Forward comms (ipywidgets) to ``sink``: the proxy kernel, or the notebook's comm
+        bridge for ``%%remote`` cells. ModuleNotFoundError without the comm package."""
         from remote_kernel.remote import comms as remote_comms
 
         remote_comms.attach(sink)
+        self._comm_sink = sink
 
     def exposed_comm_message(self, msg_type: str, content: dict, metadata: dict,
                              buffers: tuple) -> None:
