@@ -271,3 +271,32 @@ def test_time_zones_travel_by_name_or_offset(lab: rk.Connection) -> None:
     assert str(local.dtype) == "datetime64[ns, UTC]" or str(local.dtype).endswith(", UTC]")
     fixed = rk.obtain(_remote(lab, "frame"))["offset_tz"]
     assert fixed.dt.tz.utcoffset(None) == datetime.timedelta(hours=-5)
+
+
+def test_a_stopped_chunked_obtain_frees_its_snapshot(monkeypatch) -> None:
+    """Stop (Ctrl-C) while the chunks arrive: KeyboardInterrupt here, the snapshot released
+    there, the connection still usable. The bar's update is where the interrupt lands."""
+    from remote_kernel.core import api
+
+    class StoppingBar:
+        def update(self, count: int) -> None:
+            raise KeyboardInterrupt
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(api, "_progress_bar", lambda total, enabled: StoppingBar())
+    with rk.Server(rk.ClassicService) as server:
+        conn = rk.connect("127.0.0.1", server.port)
+        try:
+            conn.execute("import numpy as np\nbig = np.arange(2_000_000.0)[::-1]")
+            served = server.connections[0]
+            with pytest.raises(KeyboardInterrupt):
+                rk.obtain(conn.namespace["big"])
+            assert conn.ping() > 0
+            deadline = time.monotonic() + 5
+            while any(type(obj).__name__ == "Snapshot" for obj in _table_objects(served)):
+                assert time.monotonic() < deadline, "the snapshot was not released"
+                conn.ping()
+        finally:
+            conn.close()

@@ -51,9 +51,8 @@ class RemoteInspector(Inspector):
             "namespace": (info.namespace if info is not None else None) or "Interactive",
         })
         if signature:
-            short = name.rsplit(".", 1)[-1] or "obj"
             key = "init_definition" if remote.get("isclass") else "definition"
-            out[key] = f"{short}{signature}"
+            out[key] = f"{name or 'obj'}{signature}"  # as IPython: the name as typed
         if out["source"] and out["docstring"] and out["docstring"] in out["source"]:
             out["docstring"] = None
         out["_rk_simple_callable"] = bool(remote.get("simple_callable"))
