@@ -21,6 +21,7 @@ from remote_kernel.protocol.ndarrays import (
 )
 
 MAX_LABEL_DEPTH = 8
+MAX_INDEX_DEPTH = 3  # a level of a MultiIndex, or the categories of a category, are nested
 
 _TZ_NAME = re.compile(r"[A-Za-z0-9_+\-]{1,64}(/[A-Za-z0-9_+\-]{1,64}){0,4}")
 _FREQ = re.compile(r"-?\d{0,9}[A-Za-z][A-Za-z0-9\-]{0,31}")
@@ -239,8 +240,8 @@ def pandas_from(fields: tuple, take: Take) -> Any:
 
 def _index_from(fields: Any, take: Take, depth: int = 0) -> Any:
     pandas = _pandas()
-    if type(fields) is not tuple or not fields or depth > 2:
-        raise ValueError("malformed index")
+    if type(fields) is not tuple or not fields or depth > MAX_INDEX_DEPTH:
+        raise ValueError("malformed index (or nested too deeply)")
     kind = fields[0]
     if kind == "range" and len(fields) == 5:
         _, start, stop, step, name = fields
@@ -250,7 +251,7 @@ def _index_from(fields: Any, take: Take, depth: int = 0) -> Any:
         return pandas.RangeIndex(start, stop, step, name=_checked_label(name))
     if kind == "index" and len(fields) == 4:
         _, values_fields, name, freq = fields
-        values = _values_from(values_fields, take)
+        values = _values_from(values_fields, take, depth=depth)
         index = pandas.Index(values, dtype=values.dtype, name=_checked_label(name), copy=False)
         if freq is not None:
             if type(freq) is not str or _FREQ.fullmatch(freq) is None:
@@ -281,7 +282,7 @@ def _int_array(fields: Any, take: Take) -> Any:
     return array
 
 
-def _values_from(fields: Any, take: Take, length: int | None = None) -> Any:
+def _values_from(fields: Any, take: Take, length: int | None = None, depth: int = 0) -> Any:
     """One column: a numpy array or a pandas extension array."""
     numpy = numpy_module()
     pandas = _pandas()
@@ -303,7 +304,7 @@ def _values_from(fields: Any, take: Take, length: int | None = None) -> Any:
         if type(ordered) is not bool:
             raise ValueError("malformed categorical column")
         codes = _int_array(codes_fields, take)
-        categories = _index_from(categories_fields, take)
+        categories = _index_from(categories_fields, take, depth + 1)
         values = pandas.Categorical.from_codes(
             codes, dtype=pandas.CategoricalDtype(categories, ordered=ordered))
     elif kind == "masked" and len(fields) == 4 and fields[1] in _MASKED_DTYPES \

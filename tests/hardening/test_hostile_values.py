@@ -313,3 +313,12 @@ def test_fields_are_plain_data_on_the_wire() -> None:
         return value is None or isinstance(value, (bool, int, float, str, bytes))
 
     assert ext.code == Ext.PANDAS and plain(fields)
+
+
+def test_categories_of_categories_nest_only_so_deep() -> None:
+    pytest.importorskip("pandas")
+    index: Any = ["index", ["numpy", _array("<i8", [1], b"\0" * 8)], None, None]
+    for _ in range(50):
+        index = ["index", ["category", _array("|i1", [1], b"\0"), index, False], None, None]
+    with pytest.raises(rk.ProtocolError, match="nested too deeply"):
+        _decode(Ext.PANDAS, index)
