@@ -356,6 +356,8 @@ class Interpreter:
         self.namespace.clear()
         self.namespace.update(keep)
         self.execution_count = 0
+        with self._lock:
+            self._shell = None  # a new IPython shell, if needed, over the fresh namespace
 
     # -- introspection ---------------------------------------------------------------------
 

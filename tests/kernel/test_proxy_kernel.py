@@ -9,6 +9,7 @@ import sys
 import time
 import unittest
 from collections.abc import Iterator
+from typing import Any
 
 import jupyter_kernel_test
 import pytest
@@ -94,7 +95,7 @@ def test_errors_carry_the_remote_type_and_frames() -> None:
 def test_interrupt_and_restart(classic_server) -> None:
     kernel = Kernel(SPEC)
     try:
-        kernel.run("import time\nstate = 'kept'")
+        kernel.run("import time\nstate = 'kept'\n%time 1")
         run = kernel.run("time.sleep(60)", interrupt_after=1.0, timeout=30)
         assert run.status == "error" and run.reply["content"]["ename"] == "KeyboardInterrupt"
         assert run.ended - run.started < 1.0 + 2.0
@@ -104,6 +105,8 @@ def test_interrupt_and_restart(classic_server) -> None:
         kernel.client.wait_for_ready(timeout=60)
         run = kernel.run("'state' in globals()")
         assert run.of_type("execute_result")[0]["content"]["data"]["text/plain"] == "False"
+        run = kernel.run("%time 6 * 7")  # IPython syntax works again after the restart
+        assert run.status == "ok", run.reply
     finally:
         kernel.close()
 
@@ -217,9 +220,29 @@ def _is_complete(kernel: Kernel, code: str) -> dict:
 class _Sink:
     def __init__(self) -> None:
         self.text: list[str] = []
+        self.results: list[str] = []
 
     def stream(self, name: str, text: str) -> None:
         self.text.append(text)
+
+    def result(self, data: Any, metadata: Any, count: int) -> None:
+        self.results.append(dict(getattr(data, "value", data))["text/plain"])
+
+
+def test_reset_gives_ipython_syntax_a_fresh_shell(classic_server) -> None:
+    import remote_kernel as rk
+
+    conn = classic_server.connect(service=rk.ClassicService)  # the sink's methods are public
+    try:
+        interpreter = conn.root.interpreter
+        sink = _Sink()
+        interpreter.run_cell("x = 20\n%time x + 1", sink)
+        interpreter.reset()
+        assert conn.eval("'x' not in globals() and 'get_ipython' not in globals()")
+        interpreter.run_cell("%time 6 * 7", sink)
+        assert sink.results == ["21", "42"]
+    finally:
+        conn.close()
 
 
 def test_ipython_syntax_without_ipython_remotely_says_what_to_install(start_server) -> None:
