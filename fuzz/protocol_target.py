@@ -193,6 +193,16 @@ def seeds() -> list[bytes]:
                          ExtType(Ext.SET, _packb([1])), ExtType(Ext.DICT, _packb(["a", 1])),
                          ExtType(Ext.BYTEARRAY, b"ab"),
                          ExtType(Ext.NDARRAY, _packb(["<i4", [2], False, b"\1\0\0\0\2\0\0\0"])),
+                         ExtType(Ext.MASKED, _packb([
+                             ["<i4", [2], False, b"\1\0\0\0\2\0\0\0", "C"],
+                             ["|b1", [2], False, b"\0\1", "C"],
+                             ["<i4", [], True, b"\7\0\0\0", "C"], False])),
+                         ExtType(Ext.PANDAS, _packb([
+                             "series", ["strings", "object", ["|u1", [2], False, b"ab", "C"],
+                                        ["<i8", [3], False, bytes(8) + b"\1" + bytes(7)
+                                         + b"\2" + bytes(7), "C"],
+                                        ["|u1", [2], False, b"\0\0", "C"]],
+                             ["range", 0, 2, 1, "idx"], "name"])),
                          ExtType(Ext.REF, _packb([9, 1, ["m", "C", ["f"], ["__len__"], 0, ""]]))]],
     ]
     payloads = [_packb(message) for message in messages]

@@ -32,12 +32,26 @@ def _isolated_jupyter_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator
     yield
 
 
-class ServerProcess:
-    """``remote-kernel serve`` in a child process; reads its connection file."""
+BLOCKER = """import os, sys
+for _name in os.environ.get("RK_TEST_BLOCK", "").split(","):
+    if _name:
+        sys.modules[_name] = None  # an import of it fails, as if it were not installed
+"""
 
-    def __init__(self, tmp: Path, *args: str, name: str = "test") -> None:
+
+class ServerProcess:
+    """``remote-kernel serve`` in a child process; reads its connection file. ``block``
+    names modules the server must behave as if it lacked (numpy, pandas, IPython)."""
+
+    def __init__(self, tmp: Path, *args: str, name: str = "test",
+                 block: tuple[str, ...] = ()) -> None:
         self.file = tmp / f"{name}.json"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
+        if block:
+            site = tmp / f"{name}-site"
+            site.mkdir(exist_ok=True)
+            (site / "sitecustomize.py").write_text(BLOCKER)
+            env.update(PYTHONPATH=f"{site}{os.pathsep}{ROOT}", RK_TEST_BLOCK=",".join(block))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "remote_kernel", "serve", "--name", name,
              "--connection-file", str(self.file), *args],
@@ -80,8 +94,8 @@ class ServerProcess:
 def start_server(tmp_path: Path) -> Iterator[Any]:
     servers: list[ServerProcess] = []
 
-    def start(*args: str, name: str = "test") -> ServerProcess:
-        server = ServerProcess(tmp_path, *args, name=f"{name}{len(servers)}")
+    def start(*args: str, name: str = "test", block: tuple[str, ...] = ()) -> ServerProcess:
+        server = ServerProcess(tmp_path, *args, name=f"{name}{len(servers)}", block=block)
         servers.append(server)
         return server
 

@@ -11,7 +11,11 @@ from remote_kernel.core.netref import BaseNetref, RemoteMethod
 from remote_kernel.errors import ProtocolError, RemoteKernelError
 from remote_kernel.protocol.boxing import ByValue, Kwargs
 from remote_kernel.protocol.messages import Op
-from remote_kernel.protocol.values import LARGE_MARKER
+from remote_kernel.protocol.values import (
+    LARGE_MARKER,
+    check_available,
+    decode_planned,
+)
 
 DEFAULT: Any = object()  # "the connection's own timeout"
 LARGE = 4 * 1024 * 1024  # buffers above this come in chunks, with a progress bar
@@ -19,12 +23,13 @@ CHUNK = 4 * 1024 * 1024
 
 
 def obtain(obj: Any, progress: bool | None = None) -> Any:
-    """A local copy of a remote object, by value (containers of values, numpy arrays,
-    buffers). ``TypeError`` if it holds something that cannot be copied. A local object is
-    returned as it is.
+    """A local copy of a remote object, by value: containers of values, numpy arrays of any
+    non-object dtype, masked arrays, pandas DataFrames/Series/Index, buffers.
+    ``TypeError`` if it holds something that cannot be copied. A local object is returned
+    as it is.
 
-    A numpy array or buffer over 4 MiB comes in chunks; ``progress`` shows a tqdm bar
-    (default: in a notebook when tqdm is installed). Ctrl-C / Stop interrupts it."""
+    A value over 4 MiB comes in chunks; ``progress`` shows a tqdm bar (default: in a
+    notebook when tqdm is installed). Ctrl-C / Stop interrupts it."""
     if isinstance(obj, RemoteMethod):
         raise TypeError("a remote method cannot be copied by value")
     if not isinstance(obj, BaseNetref):
@@ -32,7 +37,10 @@ def obtain(obj: Any, progress: bool | None = None) -> Any:
     conn = obj._rk_conn
     value = conn.sync_request(Op.OBTAIN, obj, LARGE)
     if type(value) is tuple and len(value) == 5 and value[0] == LARGE_MARKER:
-        return _obtain_in_chunks(conn, obj, value, progress)
+        parts = list(value)
+        del value  # the snapshot's netref lives in ``parts`` alone, released when done
+        return _obtain_in_chunks(conn, parts, progress)
+    check_available(value)
     return value
 
 
@@ -52,33 +60,56 @@ def _progress_bar(total: int, enabled: bool | None) -> Any:
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="obtain")
 
 
-def _obtain_in_chunks(conn: Connection, obj: Any, marker: tuple, progress: bool | None) -> Any:
-    _, kind, dtype, shape, nbytes = marker
-    buffer = bytearray(nbytes)
-    view = memoryview(buffer)
-    bar = _progress_bar(nbytes, progress)
+def _obtain_in_chunks(conn: Connection, parts: list, progress: bool | None) -> Any:
+    """READ the snapshot an OBTAIN announced, chunk by chunk, into one buffer per array;
+    memory grows with what arrives, not with what the peer announced."""
+    _, code, fields, sizes, snapshot = parts
+    parts.clear()
+    if type(sizes) is not tuple or not all(type(n) is int and n >= 0 for n in sizes) \
+            or not isinstance(snapshot, BaseNetref):
+        raise ProtocolError(f"{conn.peer} announced a malformed large value")
+    total = sum(sizes)
+    buffers = [bytearray() for _ in sizes]
+    bar = _progress_bar(total, progress)
     try:
-        offset = 0
-        while offset < nbytes:
-            chunk = conn.sync_request(Op.READ, obj, offset, min(CHUNK, nbytes - offset))
-            view[offset:offset + len(chunk)] = chunk
+        offset, index = 0, 0
+        while offset < total:
+            length = min(CHUNK, total - offset)
+            chunk = conn.sync_request(Op.READ, snapshot, offset, length)
+            if type(chunk) is not bytes or not 0 < len(chunk) <= length:
+                raise ProtocolError(f"{conn.peer} answered a READ with a malformed chunk")
+            view = memoryview(chunk)
+            while view:
+                while len(buffers[index]) == sizes[index]:
+                    index += 1
+                room = sizes[index] - len(buffers[index])
+                buffers[index] += view[:room]
+                view = view[room:]
             offset += len(chunk)
             if bar is not None:
                 bar.update(len(chunk))
     finally:
         if bar is not None:
             bar.close()
-    if kind == "ndarray":
-        try:
-            import numpy
-        except ImportError:
-            raise TypeError("the peer sent a numpy array; install numpy to copy it "
-                            "(pip install numpy)") from None
+        del snapshot  # the peer frees its snapshot with this release, sent right away
+        conn._flush_releases()
+    try:
+        return decode_planned(code, fields, buffers)
+    except (ValueError, IndexError) as exc:
+        raise ProtocolError(f"{conn.peer} sent a malformed large value: {exc}") from None
 
-        return numpy.frombuffer(buffer, dtype=numpy.dtype(dtype)).reshape(shape)
-    if kind == "bytearray":
-        return buffer
-    return bytes(buffer)
+
+def array_of(netref: Any, dtype: Any = None) -> Any:
+    """``numpy.asarray(netref)`` of a remote numpy array or scalar: one OBTAIN, a local
+    ndarray. Whatever the peer answers is decoded as data only (no code of the peer runs
+    here); anything but a numpy array or scalar is refused."""
+    import numpy
+
+    value = obtain(netref)
+    if not issubclass(type(value), (numpy.ndarray, numpy.generic)):
+        raise TypeError(f"{netref._rk_conn.peer} answered for an array with a "
+                        f"{type(value).__name__}")
+    return numpy.asarray(value, dtype=dtype)
 
 
 def deliver(conn: Connection, obj: Any) -> Any:

@@ -57,6 +57,38 @@ DELIVERY_SLICE = 0.005  # a reader's wait while another thread hands over a repl
 new_connection_hooks: list[Callable[[Connection], None]] = []
 
 
+class OutputRouting:
+    """Where the output of a request goes: the IPython extension (inside ipykernel) sets
+    ``output_routing`` to one of these, so that a callback prints into the notebook cell
+    that sent it across, as ipykernel routes a thread's output to the cell that started it.
+    ``capture()`` is called when a local object is first sent to a peer (in the sending
+    thread); ``enter(origin)`` around serving a request addressed to that object returns a
+    token for ``leave``."""
+
+    def capture(self) -> Any:
+        return None
+
+    def enter(self, origin: Any) -> Any:
+        return None
+
+    def leave(self, token: Any) -> None:
+        pass
+
+
+output_routing: OutputRouting | None = None
+
+
+def _capture_origin() -> Any:
+    routing = output_routing
+    if routing is None:
+        return None
+    try:
+        return routing.capture()
+    except Exception:
+        log.exception("capturing the output route failed")
+        return None
+
+
 class Connection:
     """One end of a remote_kernel connection. Symmetric: both ends serve requests."""
 
@@ -72,7 +104,7 @@ class Connection:
         self._reader = reader or FrameReader(transport, self._config.max_message_size)
         self._reader.max_message_size = self._config.max_message_size
         self._policy = AttributePolicy(self._config)
-        self._table = ObjectTable()
+        self._table = ObjectTable(origin=_capture_origin)
         self._descriptors: dict[type, Descriptor] = {}
         self._boxer = Boxer(
             self._table,
@@ -437,6 +469,7 @@ class Connection:
         if self._busy_since is None:
             self._busy_since = time.monotonic()
         outcome: tuple[bool, Any] | None = None
+        route = self._route_output(args)
         try:
             try:
                 if handler is None:
@@ -447,6 +480,9 @@ class Connection:
                     outcome = (True, handler(self._ctx, *args))
             except BaseException as exc:  # noqa: BLE001 - every failure goes to the peer
                 outcome = (False, exc)
+            finally:
+                if route is not None:
+                    self._unroute_output(route)
             self._end_request(seq, token)
         except KeyboardInterrupt as exc:  # a cancel that landed after the handler returned
             self._end_request(seq, token)
@@ -457,6 +493,29 @@ class Connection:
         self._reply(seq, outcome)
         if op == Op.CLOSE:
             self.close("closed by the peer")
+
+    def _route_output(self, args: tuple) -> tuple[OutputRouting, Any] | None:
+        """Output of a request addressed to a local object goes where that object came
+        from (see OutputRouting); (routing, token) to undo it, or None."""
+        routing = output_routing
+        if routing is None or not args:
+            return None
+        origin = self._table.origin_of(args[0])
+        if origin is None:
+            return None
+        try:
+            return routing, routing.enter(origin)
+        except Exception:
+            log.exception("routing the output of a request failed")
+            return None
+
+    @staticmethod
+    def _unroute_output(route: tuple[OutputRouting, Any]) -> None:
+        routing, token = route
+        try:
+            routing.leave(token)
+        except Exception:
+            log.exception("restoring the output route failed")
 
     def _end_request(self, seq: Any, token: _interrupt.CancelToken) -> None:
         with self._running_lock:

@@ -10,7 +10,19 @@ become local classes: ``isinstance(x, type(y))`` works and nothing is looked up 
 What stays local (no request): the object's identity, ``__class__``, IPython's probes
 (``_ipython_*``, ``_repr_*`` except the one ``_repr_mimebundle_`` that makes the single
 display request), and hooks through which a peer could make us run its code uninvited
-(``__array__`` and friends, pickling and copying hooks). What is forwarded: a method named in
+(``__array__`` and friends, pickling and copying hooks).
+
+The one exception is ``__array__`` on proxies of numpy arrays and scalars (the remote type
+is ``numpy.ndarray``, a masked array, a recarray or a numpy scalar type): it is a local
+method that makes ONE OBTAIN request and builds a local ndarray from the data that comes
+back, so ``numpy.asarray(proxy)`` and ``local_array + proxy`` copy by value in one request.
+CVE-2024-27758 (RPyC) was numpy calling ``__array__`` through a netref and running what the
+server returned. Here nothing is looked up on the peer and nothing it returns is called: the
+reply is decoded as data only (values.py: no pickle, no eval, a dtype from allowed kinds,
+sizes bounded by the bytes received) and must be a numpy array or scalar, else TypeError.
+A hostile server can at most claim a numpy type for any object, which costs the client one
+OBTAIN of a value the server chose; ``__array_interface__``, ``__array_struct__``,
+``__array_ufunc__`` and the rest stay denied. What is forwarded: a method named in
 the descriptor is called by name in ONE request (CALLATTR); any other attribute is ONE
 GETATTR; the dunders the remote type defines become real methods, so ``len()``, operators,
 ``with`` and iteration work.
@@ -48,6 +60,19 @@ __pandas_priority__ __geo_interface__ __await__ __aiter__ __anext__ _fields
 __signature__ __text_signature__ __get__ __set__ __delete__ __set_name__ __buffer__
 """.split())
 LOCAL_PREFIXES = ("_ipython_", "_repr_", "_rk_")
+
+# Remote types whose proxies answer ``numpy.asarray()`` with a by-value copy (see above).
+NUMPY_ARRAY_TYPES = frozenset({
+    ("numpy", "ndarray"), ("numpy", "memmap"), ("numpy.ma", "MaskedArray"),
+    ("numpy.ma.core", "MaskedArray"), ("numpy.rec", "recarray"), ("numpy", "recarray"),
+    ("numpy.core.records", "recarray"), ("numpy._core.records", "recarray"),
+})
+NUMPY_SCALAR_TYPES = frozenset("""
+bool bool_ int8 int16 int32 int64 uint8 uint16 uint32 uint64 intc uintc intp uintp byte ubyte
+short ushort long ulong longlong ulonglong float16 float32 float64 longdouble half single
+double complex64 complex128 clongdouble csingle cdouble datetime64 timedelta64 str_ bytes_
+void record float96 float128 complex192 complex256
+""".split())
 
 BUFFER_CHUNK = 256
 _SLOTS = frozenset({"_rk_conn", "_rk_oid", "_rk_refs", "_rk_buffer"})
@@ -221,6 +246,23 @@ def _buffered_init(self: Any) -> None:
     object.__setattr__(self, "_rk_buffer", collections.deque())
 
 
+def _array(self: BaseNetref, dtype: Any = None, copy: Any = None) -> Any:
+    """numpy's ``__array__(dtype, copy)``: one OBTAIN, a local ndarray (see the module
+    docstring for why this hook, alone of numpy's, is answered)."""
+    if copy is False:
+        raise ValueError("a remote array cannot be used without copying it here "
+                         "(numpy.asarray(x, copy=False) of a netref)")
+    from remote_kernel.core.api import array_of
+
+    return array_of(self, dtype)
+
+
+def is_numpy_array_type(module: str, qualname: str) -> bool:
+    """Whether a remote type is a numpy array or scalar type, by its descriptor."""
+    return (module, qualname) in NUMPY_ARRAY_TYPES or \
+        (module == "numpy" and qualname in NUMPY_SCALAR_TYPES)
+
+
 def _fetch_doc(self: BaseNetref) -> Any:
     return self._rk_conn.sync_request(Op.GETATTR, self, "__doc__")
 
@@ -274,6 +316,8 @@ def _build_class(descriptor: Descriptor) -> type:
         namespace["__iter__"] = _iter_self
         if flags & FLAG_BUFFERED_ITER:
             namespace["__next__"] = _buffered_next
+    if not flags & FLAG_TYPE and is_numpy_array_type(module, qualname):
+        namespace["__array__"] = _array
     if flags & FLAG_TYPE:
         namespace["__instancecheck__"] = _instancecheck
         namespace["__subclasscheck__"] = _subclasscheck

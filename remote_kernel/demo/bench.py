@@ -70,11 +70,12 @@ class SignalGenerator:
 
 
 class Digitizer:
-    """Samples the generator's output with noise."""
+    """Samples the generator's output with noise; its input range is ±``range_volts``."""
 
     def __init__(self, generator: SignalGenerator) -> None:
         self.generator = generator
         self.noise = 0.05
+        self.range_volts = 2.5
 
     def acquire(self, samples: int = 1000, rate: float = 50_000.0) -> Any:
         """A trace of ``samples`` points at ``rate`` samples/s (a numpy array of volts)."""
@@ -87,6 +88,36 @@ class Digitizer:
         if not self.generator.output_enabled:
             signal[:] = 0.0
         return signal + numpy.random.default_rng().normal(0.0, self.noise, samples)
+
+    def acquire_masked(self, samples: int = 1000, rate: float = 50_000.0) -> Any:
+        """A trace as a numpy masked array: samples outside the input range are clipped by
+        the hardware, so they are masked (not valid readings), with NaN as fill value."""
+        import numpy
+
+        trace = self.acquire(samples, rate)
+        clipped = numpy.abs(trace) > self.range_volts
+        return numpy.ma.masked_array(numpy.clip(trace, -self.range_volts, self.range_volts),
+                                     mask=clipped, fill_value=numpy.nan)
+
+    def sweep(self, frequencies: Any, samples: int = 2000) -> Any:
+        """Measure at each frequency: a pandas DataFrame with one row per step (time,
+        frequency, RMS and peak volts, clipped samples, and a status category)."""
+        import numpy
+        import pandas
+
+        rows = []
+        for hertz in frequencies:
+            self.generator.frequency = hertz
+            trace = self.acquire_masked(samples)
+            rows.append({"time": pandas.Timestamp.now(tz="UTC"), "frequency": float(hertz),
+                         "rms": float(numpy.sqrt((trace.filled(0.0) ** 2).mean())),
+                         "peak": float(numpy.abs(trace).max()),
+                         "clipped": int(trace.mask.sum()),
+                         "status": "clipped" if trace.mask.any() else "ok"})
+        table = pandas.DataFrame(rows)
+        table["status"] = pandas.Categorical(table["status"], categories=["ok", "clipped"])
+        table.index.name = "step"
+        return table
 
     def acquire_slowly(self, seconds: float = 10.0, samples: int = 1000) -> Any:
         """A long acquisition (averaging for ``seconds``); Stop interrupts it."""

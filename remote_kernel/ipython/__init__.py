@@ -1,8 +1,10 @@
 """The IPython extension: ``%load_ext remote_kernel``.
 
 Installs the ``%remote``/``%%remote`` magics, one-request display, completion and
-inspection of netrefs, and (inside ipykernel) serving of connections from the kernel's
-event loop plus the channel to the JupyterLab panel. ``%unload_ext`` removes all of it.
+inspection of netrefs, serving of connections while idle (inside ipykernel from the kernel's
+event loop, with callback output routed to the cell that sent the callback; in terminal
+IPython from the prompt's input hook) and the channel to the JupyterLab panel.
+``%unload_ext`` removes all of it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 from remote_kernel.core import group
-from remote_kernel.ipython import completion, display, inspection, loop, tracebacks
+from remote_kernel.ipython import (
+    completion,
+    display,
+    inspection,
+    loop,
+    routing,
+    terminal,
+    tracebacks,
+)
 from remote_kernel.ipython.magics import RemoteMagics
 from remote_kernel.ipython.registry import get_registry, reset_registry
 
@@ -30,6 +40,8 @@ def load(shell: Any) -> None:
     inspection.install(shell)
     tracebacks.show_remote_syntax_error(shell)
     loop.install(shell)
+    routing.install(shell)
+    terminal.install(shell)
     if getattr(shell, "kernel", None) is not None:
         try:
             from remote_kernel.ipython import panel
@@ -46,6 +58,8 @@ def unload(shell: Any) -> None:
             panel.uninstall(shell)
         except ImportError:
             pass
+    terminal.uninstall(shell)
+    routing.uninstall(shell)
     loop.uninstall(shell)
     if _group_member in group.resolvers:
         group.resolvers.remove(_group_member)

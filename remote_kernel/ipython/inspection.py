@@ -77,12 +77,25 @@ class RemoteInspector(Inspector):
             "namespace": (info.namespace if info is not None else None) or "Interactive",
         })
         if signature:
-            short = name.rsplit(".", 1)[-1] or "obj"
             key = "init_definition" if remote.get("isclass") else "definition"
-            out[key] = f"{short}{signature}"
+            out[key] = f"{name or 'obj'}{signature}"  # as IPython: the name as typed
         if out["source"] and out["docstring"] and out["docstring"] in out["source"]:
             out["docstring"] = None
+        out["_rk_simple_callable"] = bool(remote.get("simple_callable"))
         return out
+
+    def _make_info_unformatted(self, obj: Any, info: Any, formatter: Any, detail_level: int,
+                               omit_sections: Any) -> Any:
+        """IPython lays out functions and methods apart from other objects (signature,
+        docstring, file; no string form): a remote function or method is laid out so too."""
+        if isinstance(obj, (BaseNetref, RemoteMethod)) and info.get("_rk_simple_callable"):
+            obj = _a_function
+        return super()._make_info_unformatted(obj, info, formatter, detail_level, omit_sections)
+
+
+def _a_function() -> None:
+    """Stands for a remote function in IPython's layout choice (is_simple_callable)."""
+
 
 
 def install(shell: Any) -> Any:

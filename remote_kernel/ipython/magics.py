@@ -37,6 +37,7 @@ from remote_kernel.ipython import fanout
 from remote_kernel.ipython.registry import ConnectionEntry, get_registry
 from remote_kernel.ipython.sink import NotebookSink
 from remote_kernel.ipython.tracebacks import remote_frames_only
+from remote_kernel.ipython.widgets import bridge_for
 
 SUBCOMMANDS = ("connect", "list", "use", "close", "ping", "reconnect", "pull", "push",
                "group", "discover")
@@ -483,6 +484,8 @@ class RemoteMagics(Magics):
                 if name not in self.shell.user_ns:
                     raise UsageError(f"-i {name}: {name!r} is not defined here")
                 namespace[name] = _copy_or_reference(conn, self.shell.user_ns[name])
+        if conn.trust_output:
+            bridge_for(entry, self.shell)  # widgets the cell creates stay live here
         sink = NotebookSink(trusted=conn.trust_output, peer=entry.name)
         from remote_kernel.protocol.messages import Op
 
@@ -492,6 +495,8 @@ class RemoteMagics(Magics):
                 conn.sync_request(Op.CALLATTR, entry.interpreter, "run_cell", (cell, sink),
                                   None, timeout=args.timeout)
         except RequestTimeout:
+            if args.timeout is None:
+                raise  # a request the cell made timed out, not the cell
             raise UsageError(f"the cell did not finish on {entry.name} within {args.timeout:g} s "
                              f"(--timeout) and may still be running there: give it a longer "
                              f"--timeout, or none and stop it with the Stop button") from None

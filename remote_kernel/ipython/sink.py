@@ -56,3 +56,10 @@ class NotebookSink:
         from IPython.display import clear_output
 
         clear_output(wait)
+
+    @exposed
+    def page(self, data: dict[str, Any], start: int = 0) -> None:
+        """IPython's pager of the remote cell (``%pinfo x``): the notebook's pager."""
+        from IPython.core import page
+
+        page.page(dict(data), start)

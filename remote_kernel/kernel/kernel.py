@@ -87,6 +87,11 @@ class KernelSink:
         self._publish("clear_output", {"wait": bool(wait)})
 
     @exposed
+    def page(self, data: dict, start: int = 0) -> None:
+        """IPython's pager in a remote cell (``%pinfo``, ``obj?`` inside a cell)."""
+        self.kernel.pages.append({"source": "page", "data": dict(data), "start": int(start)})
+
+    @exposed
     def comm(self, msg_type: str, content: dict, metadata: dict, buffers: tuple) -> None:
         if not self.kernel.trust_output:
             # A widget's model state becomes page HTML (ipywidgets' HTML widget sets
@@ -124,6 +129,7 @@ class RemoteKernel(Kernel):
         self._outputs: dict[int, str] = {}
         self._sink = KernelSink(self)
         self.warned_widgets = False
+        self.pages: list[dict[str, Any]] = []  # pager payloads of the running cell
         self._loop_server: Any = None
         for msg_type in ("comm_open", "comm_msg", "comm_close"):
             self.shell_handlers[msg_type] = self._forward_comm
@@ -189,6 +195,7 @@ class RemoteKernel(Kernel):
         if store_history and not silent:
             self._history.append((1, self.execution_count, code))
         payload: list[dict[str, Any]] = []
+        self.pages = []
         try:
             conn, interpreter = self._connect()
             pager = _PAGER.match(code)
@@ -207,8 +214,8 @@ class RemoteKernel(Kernel):
             return self._error("ConnectionClosed", str(exc), exc._render_traceback_())
         except RemoteKernelError as exc:
             return self._error(type(exc).__name__, str(exc), [f"{type(exc).__name__}: {exc}"])
-        return {"status": "ok", "execution_count": self.execution_count, "payload": payload,
-                "user_expressions": {}}
+        return {"status": "ok", "execution_count": self.execution_count,
+                "payload": payload + self.pages, "user_expressions": {}}
 
     def _page(self, interpreter: Any, name: str, detail: int) -> list[dict[str, Any]]:
         info = interpreter.inspect(name, len(name), detail)
@@ -308,7 +315,7 @@ def _format_info(info: dict[str, Any]) -> str:
     if signature:
         lines.append(f"Signature: {name.rsplit('.', 1)[-1]}{signature}")
     lines.append(f"Type:      {info.get('type_qualname') or info.get('type_name')}")
-    if info.get("string_form"):
+    if info.get("string_form") and not (info.get("isclass") or info.get("simple_callable")):
         lines.append(f"String form: {info['string_form']}")
     if info.get("file"):
         lines.append(f"File:      {info['file']}")

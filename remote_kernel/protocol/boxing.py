@@ -14,7 +14,8 @@ Boxing happens under the connection's send lock and unboxing under its receive l
 descriptors are always seen before the REFs that use them.
 
 ``box_value`` is the deep by-value encoding of ``obtain``/``deliver``: lists, dicts, sets,
-bytearrays and numpy arrays (raw bytes + dtype + shape, never pickle) are copied.
+bytearrays, numpy arrays (masked ones too) and pandas objects are copied; ``values.py`` holds
+the codecs of numpy and pandas (raw bytes + dtype + shape, never pickle).
 """
 
 from __future__ import annotations
@@ -28,12 +29,11 @@ from typing import Any
 from msgpack import ExtType
 
 from remote_kernel.errors import ProtocolError
-from remote_kernel.protocol import exceptions
+from remote_kernel.protocol import exceptions, values
 from remote_kernel.protocol.codec import pack, unpack
 from remote_kernel.protocol.describe import Descriptor
 from remote_kernel.protocol.exceptions import local_class
 from remote_kernel.protocol.messages import Ext
-from remote_kernel.protocol.values import array_from_parts, array_parts, is_numpy
 
 INT_MIN = -(2**63)
 INT_MAX = 2**64 - 1
@@ -83,14 +83,18 @@ class ObjectTable:
     """Local objects the peer holds references to, with reference counts.
 
     Ids come from a counter, never from ``id()``, so a freed id cannot be confused with a
-    new object. The same live object always gets the same id.
+    new object. The same live object always gets the same id. ``origin()``, when given, is
+    called when an object is first sent; what it returns (where the object came from, such
+    as the notebook cell that sent it) is kept with it while the peer holds it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, origin: Callable[[], Any] | None = None) -> None:
         self._objects: dict[int, list[Any]] = {}  # oid -> [obj, count]
         self._oid_of: dict[int, int] = {}  # id(obj) -> oid, valid while obj is held
+        self._origins: dict[int, Any] = {}  # oid -> origin, for objects that have one
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
+        self.origin = origin
 
     def add(self, obj: Any) -> int:
         with self._lock:
@@ -101,6 +105,10 @@ class ObjectTable:
             oid = next(self._counter)
             self._objects[oid] = [obj, 1]
             self._oid_of[id(obj)] = oid
+            if self.origin is not None:
+                origin = self.origin()
+                if origin is not None:
+                    self._origins[oid] = origin
             return oid
 
     def get(self, oid: int) -> Any:
@@ -108,6 +116,16 @@ class ObjectTable:
             return self._objects[oid][0]
         except KeyError:
             raise ProtocolError(f"unknown object id {oid}") from None
+
+    def origin_of(self, obj: Any) -> Any:
+        """The origin recorded when ``obj`` was first sent, or None."""
+        if not self._origins:
+            return None
+        oid = self._oid_of.get(id(obj))
+        entry = self._objects.get(oid) if oid is not None else None
+        if entry is None or entry[0] is not obj:
+            return None
+        return self._origins.get(oid)
 
     def decref(self, oid: int, count: int) -> None:
         with self._lock:
@@ -118,11 +136,13 @@ class ObjectTable:
             if entry[1] <= 0:
                 del self._objects[oid]
                 self._oid_of.pop(id(entry[0]), None)
+                self._origins.pop(oid, None)
 
     def clear(self) -> None:
         with self._lock:
             self._objects.clear()
             self._oid_of.clear()
+            self._origins.clear()
 
     def __len__(self) -> int:
         return len(self._objects)
@@ -138,6 +158,12 @@ def _checked_descriptor(descriptor: Any) -> Descriptor:
             and all(type(n) is str for n in methods) and all(type(n) is str for n in dunders)):
         raise ProtocolError("malformed type descriptor")
     return (module, qualname, methods, dunders, flags, builtin_name)
+
+
+def _take_buffer(item: Any) -> bytes | bytearray:
+    if type(item) not in (bytes, bytearray):
+        raise ValueError("expected a buffer")
+    return item
 
 
 class Boxer:
@@ -259,8 +285,9 @@ class Boxer:
             return ExtType(Ext.BYTEARRAY, pack(self.box(bytes(obj))))
         if t is memoryview:
             return self.box(obj.tobytes())
-        if is_numpy(obj):
-            return self._box_ndarray(obj)
+        if values.is_codec_value(obj):
+            code, fields = values.encode(obj, self._put_buffer)
+            return ExtType(code, pack(fields))
         if self._proxy_oid(obj) is not None and not self._plain_only:
             return self.box(obj)
         raise TypeError(f"cannot copy a {t.__module__}.{t.__qualname__} object by value")
@@ -273,10 +300,9 @@ class Boxer:
         finally:
             self._plain_only = False
 
-    def _box_ndarray(self, obj: Any) -> ExtType:
-        dtype, shape, scalar, raw = array_parts(obj)
-        body = self._out_of_band(raw) if raw.nbytes >= OOB_MIN else raw
-        return ExtType(Ext.NDARRAY, pack([dtype, shape, scalar, body]))
+    def _put_buffer(self, view: memoryview) -> Any:
+        """Where a value's raw buffer goes: inline, or out of band when large."""
+        return self._out_of_band(view) if view.nbytes >= OOB_MIN else view
 
     def box_exception(self, exc: BaseException) -> ExtType:
         """The EXC value of ``exc``: class, args, frames, attributes, notes, chain."""
@@ -368,8 +394,8 @@ class Boxer:
                 raise ProtocolError(f"reference to missing out-of-band buffer {index}")
             return bytes(self.incoming[index]) if not self._raw_buffers else \
                 self.incoming[index]
-        if code == Ext.NDARRAY:
-            return self._decode_ndarray(data)
+        if code in values.CODES:
+            return self._decode_value(code, data)
         if code == Ext.EXC:
             return exceptions.decode(self, data)
         raise ProtocolError(f"unknown ext type {code}")
@@ -382,16 +408,22 @@ class Boxer:
 
     unpack_tuple = _unpack_tuple
 
-    def _decode_ndarray(self, data: bytes) -> Any:
+    def _decode_value(self, code: int, data: bytes) -> Any:
+        """A numpy/pandas value (values.py); one this side cannot rebuild (a library is
+        missing) becomes an ``Unavailable`` marker, so the message is still read and the
+        request that carried it fails with a ``TypeError`` instead of the connection."""
         self._raw_buffers = True
         try:
-            dtype_str, shape, scalar, raw = self._unpack_tuple(data, length=4)
+            fields = self._unpack_tuple(data)
         finally:
             self._raw_buffers = False
         try:
-            return array_from_parts(dtype_str, shape, scalar, raw)
-        except (TypeError, ValueError) as exc:
-            raise ProtocolError(f"malformed numpy array: {exc}") from None
+            return values.decode(code, fields, _take_buffer)
+        except values.MissingLibrary as exc:
+            return values.Unavailable(str(exc))
+        except Exception as exc:  # ValueError, TypeError, numpy's and pandas' own errors
+            raise ProtocolError(f"malformed {Ext(code).name.lower()} value: "
+                                f"{type(exc).__name__}: {exc}") from None
 
 
 def remote_exception_class(module: str, qualname: str,

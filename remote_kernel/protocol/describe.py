@@ -7,7 +7,14 @@ is importable there, so a DataFrame is rendered as HTML by the machine that hold
 
 from __future__ import annotations
 
+import ast
+import base64
 import inspect
+import io
+import linecache
+import os
+import re
+import sys
 import types
 from typing import Any
 
@@ -43,17 +50,51 @@ def _safe_repr(obj: Any) -> str:
     return text if len(text) <= MAX_REPR else text[:MAX_REPR] + "..."
 
 
-def mimebundle(obj: Any, include: Any = None, exclude: Any = None) -> tuple[dict, dict]:
-    """(data, metadata) as IPython would display ``obj`` here; repr when IPython is absent."""
-    formatter = _display_formatter()
+def mimebundle(obj: Any, include: Any = None, exclude: Any = None,
+               formatter: Any = None) -> tuple[dict, dict]:
+    """(data, metadata) as IPython would display ``obj`` here (with ``formatter``, an IPython
+    DisplayFormatter, or this process's); repr when IPython is absent. A matplotlib figure
+    is rendered as PNG, as IPython's inline backend does."""
+    data: dict = {}
+    metadata: dict = {}
+    if formatter is None:
+        formatter = _display_formatter()
     if formatter is not None:
         try:
             data, metadata = formatter.format(obj, include=include, exclude=exclude)
-            if data:
-                return json_safe(data), json_safe(metadata)
+            data, metadata = json_safe(data), json_safe(metadata)
         except Exception:
-            pass
-    return {"text/plain": _safe_repr(obj)}, {}
+            data, metadata = {}, {}
+    if not data:
+        data, metadata = {"text/plain": _safe_repr(obj)}, {}
+    if "image/png" not in data and (not include or "image/png" in include) \
+            and not (exclude and "image/png" in exclude):
+        png = figure_png(obj)
+        if png is not None:
+            data["image/png"] = png
+    return data, metadata
+
+
+def is_figure(obj: Any) -> bool:
+    """True for a matplotlib Figure (without importing matplotlib when it is not loaded)."""
+    if "matplotlib.figure" not in sys.modules or \
+            not type(obj).__module__.startswith("matplotlib"):
+        return False
+    from matplotlib.figure import Figure
+
+    return isinstance(obj, Figure)
+
+
+def figure_png(obj: Any) -> str | None:
+    """A matplotlib figure as base64 PNG, rendered as IPython's inline backend renders it
+    (tight bounding box, the figure's own colors and dpi); None for anything else and for
+    a figure with nothing drawn in it."""
+    if not is_figure(obj) or not (obj.axes or obj.lines or obj.images or obj.texts):
+        return None
+    buffer = io.BytesIO()
+    obj.canvas.print_figure(buffer, format="png", bbox_inches="tight", dpi=obj.dpi,
+                            facecolor=obj.get_facecolor(), edgecolor=obj.get_edgecolor())
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def json_safe(value: Any) -> Any:
@@ -78,45 +119,113 @@ def _signature(obj: Any) -> str:
         return ""
 
 
+def is_simple_callable(obj: Any) -> bool:
+    """IPython's test (oinspect.is_simple_callable): functions, methods and builtins show
+    signature, docstring and file, and no "String form"."""
+    return inspect.isfunction(obj) or inspect.ismethod(obj) or \
+        isinstance(obj, (types.BuiltinFunctionType, types.MethodDescriptorType))
+
+
 def object_info(obj: Any, detail: int = 0) -> dict[str, Any]:
     """Type, name, doc, signature, file and (detail >= 1) source of ``obj``."""
     cls = type(obj)
+    simple = is_simple_callable(obj)
+    isclass = isinstance(obj, type)
     info: dict[str, Any] = {
         "type_name": cls.__name__,
         "type_qualname": f"{cls.__module__}.{cls.__qualname__}",
         "name": str(getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "") or ""),
-        "string_form": _safe_repr(obj),
+        # As IPython: no string form for classes and plain callables (a bound method's
+        # repr would show its whole object, a DataFrame for df.describe).
+        "string_form": "" if simple or isclass else _safe_repr(obj),
         "docstring": inspect.getdoc(obj) or "",
         "signature": _signature(obj) if callable(obj) else "",
         "file": "",
         "source": "",
         "length": None,
         "init_docstring": "",
-        "class_docstring": "" if isinstance(obj, type) or inspect.isroutine(obj)
+        "class_docstring": "" if isclass or inspect.isroutine(obj)
         else inspect.getdoc(cls) or "",
         "callable": callable(obj),
-        "isclass": isinstance(obj, type),
+        "isclass": isclass,
+        "simple_callable": simple,
     }
     try:
         info["length"] = len(obj) if hasattr(cls, "__len__") else None
     except Exception:
         info["length"] = None
     target = obj if inspect.isclass(obj) or inspect.isroutine(obj) or inspect.ismodule(obj) else cls
-    try:
-        info["file"] = inspect.getsourcefile(target) or inspect.getfile(target) or ""
-    except (TypeError, OSError):
-        info["file"] = ""
+    info["file"] = defining_file(target)
     if detail >= 1:
-        try:
-            info["source"] = inspect.getsource(target)
-        except (TypeError, OSError):
-            info["source"] = ""
+        info["source"] = _source(target, info["file"])
     if isinstance(obj, type):
         init = getattr(obj, "__init__", None)
         if init is not None and init is not object.__init__:
             info["init_docstring"] = inspect.getdoc(init) or ""
             info["signature"] = _signature(obj)
     return info
+
+
+def _known_file(filename: str) -> bool:
+    return bool(filename) and (filename in linecache.cache or os.path.exists(filename))
+
+
+def _defines_class(filename: str, cls: type) -> bool:
+    pattern = re.compile(rf"^\s*class\s+{re.escape(cls.__name__)}\b")
+    return any(pattern.match(line) for line in linecache.getlines(filename))
+
+
+def defining_file(target: Any) -> str:
+    """Where ``target`` (a class, routine or module) was defined. For a class that is its
+    module's file only if that file defines it: a class made in a remote cell (module
+    ``__main__``, the server's script) is found through its methods' code, in
+    ``<remote-cell-N>``; "" when nothing tells."""
+    try:
+        found = inspect.getsourcefile(target) or inspect.getfile(target) or ""
+    except (TypeError, OSError):
+        found = ""
+    if not inspect.isclass(target) or (found and _defines_class(found, target)):
+        return found
+    for attr in list(vars(target).values()):
+        if isinstance(attr, (classmethod, staticmethod)):
+            attr = attr.__func__
+        elif isinstance(attr, property):
+            attr = attr.fget
+        code = getattr(attr, "__code__", None)
+        if code is not None and _known_file(code.co_filename) \
+                and _defines_class(code.co_filename, target):
+            return code.co_filename
+    if target.__module__ == "__main__":  # no method to tell: the latest cell defining it
+        cells = [name for name in list(linecache.cache) if name.startswith("<remote-")
+                 and _defines_class(name, target)]
+        if cells:
+            return max(cells, key=lambda name: (len(name), name))
+    return ""
+
+
+def _source(target: Any, filename: str) -> str:
+    try:
+        return inspect.getsource(target)
+    except (TypeError, OSError):
+        pass
+    if inspect.isclass(target) and filename:
+        return _class_source(target, filename)
+    return ""
+
+
+def _class_source(cls: type, filename: str) -> str:
+    """The source of ``cls`` in ``filename`` (a cell in linecache), found by its name."""
+    lines = linecache.getlines(filename)
+    try:
+        tree = ast.parse("".join(lines))
+    except SyntaxError:
+        return ""
+    path = [part for part in cls.__qualname__.split(".") if part != "<locals>"]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == path[-1]:
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            return "".join(lines[first - 1:node.end_lineno])
+    return ""
 
 
 _LEAF_TYPES = (str, bytes, int, float, complex, bool, type(None))

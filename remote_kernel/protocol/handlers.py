@@ -23,7 +23,7 @@ from remote_kernel.protocol.describe import (
 )
 from remote_kernel.protocol.messages import Op
 from remote_kernel.protocol.policy import AttributePolicy
-from remote_kernel.protocol.values import LARGE_MARKER, buffer_view
+from remote_kernel.protocol.values import LARGE_MARKER, Snapshot, check_available, large_plan
 
 
 class RequestContext:
@@ -145,22 +145,28 @@ def _children(ctx: RequestContext, obj: Any, path: tuple, limit: int) -> ByValue
     return ByValue(children(target, allowed, max(1, min(int(limit), 1000))))
 
 
-def _obtain(ctx: RequestContext, obj: Any, inline_limit: int | None = None) -> ByValue:
-    """A copy by value; a buffer over ``inline_limit`` bytes is announced instead, for the
-    client to READ in chunks (with progress and a chance to stop)."""
+def _obtain(ctx: RequestContext, obj: Any, inline_limit: int | None = None) -> Any:
+    """A copy by value; a value over ``inline_limit`` bytes is announced instead, for the
+    client to READ in chunks (with progress and a chance to stop): ``(LARGE_MARKER, code,
+    fields, sizes, snapshot)``, the snapshot by reference, freed when the client drops it."""
     if inline_limit is not None:
-        try:
-            view, (kind, dtype, shape) = buffer_view(obj)
-        except TypeError:
-            view = None
-        if view is not None and view.nbytes > inline_limit:
-            return ByValue((LARGE_MARKER, kind, dtype, shape, view.nbytes))
+        plan = large_plan(obj, int(inline_limit))
+        if plan is not None:
+            code, fields, snapshot = plan
+            return (LARGE_MARKER, code, fields, snapshot.sizes, snapshot)
     return ByValue(obj)
 
 
-def _read(ctx: RequestContext, obj: Any, offset: int, length: int) -> bytes:
-    view, _ = buffer_view(obj)
-    return view[int(offset):int(offset) + int(length)].tobytes()
+def _read(ctx: RequestContext, snapshot: Any, offset: int, length: int) -> bytes:
+    """Bytes of a snapshot that an OBTAIN announced (nothing else can be read)."""
+    if type(snapshot) is not Snapshot:
+        raise TypeError("READ reads a snapshot announced by OBTAIN")
+    return snapshot.read(offset, length)
+
+
+def _deliver(ctx: RequestContext, value: Any) -> Any:
+    check_available(value)  # a TypeError for the client, not a value we cannot use
+    return value
 
 
 MAX_BATCH = 100_000  # calls in one BATCH request
@@ -207,7 +213,7 @@ HANDLERS: dict[int, Callable[..., Any]] = {
     Op.INSTANCECHECK: _instancecheck,
     Op.OBTAIN: _obtain,
     Op.READ: _read,
-    Op.DELIVER: lambda ctx, value: value,
+    Op.DELIVER: _deliver,
     Op.DISPLAY: _display,
     Op.COMPLETE: _complete,
     Op.OINFO: _oinfo,

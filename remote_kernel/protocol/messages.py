@@ -79,3 +79,5 @@ class Ext(IntEnum):
     BYTEARRAY = 15
     BUFFER = 16  # a large bytes/array payload sent out of band: its index in the message
     REFDESC = 17  # a REF that carries its type's descriptor (the first time a type is sent)
+    MASKED = 18  # a numpy masked array (values.py)
+    PANDAS = 19  # a pandas DataFrame, Series or Index (values.py)

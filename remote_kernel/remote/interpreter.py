@@ -13,9 +13,9 @@ Interrupting the request raises ``KeyboardInterrupt`` in the cell (see ``_interr
 from __future__ import annotations
 
 import ast
-import base64
 import builtins
 import codeop
+import contextlib
 import importlib.util
 import io
 import itertools
@@ -29,7 +29,14 @@ import time
 from typing import Any
 
 from remote_kernel.protocol.boxing import ByValue
-from remote_kernel.protocol.describe import mimebundle, object_info
+from remote_kernel.protocol.describe import (
+    figure_png,
+    is_figure,
+    json_safe,
+    mimebundle,
+    object_info,
+)
+from remote_kernel.remote import ipyshell
 
 FLUSH_INTERVAL = 0.05  # seconds between flushes of partial lines
 _local = threading.local()
@@ -82,22 +89,40 @@ def _install_streams() -> None:
         sys.stderr = _CellStream("stderr", sys.stderr)
         os.environ.setdefault("MPLBACKEND", "Agg")
         _patch_ipython_display()
-        if not hasattr(builtins, "display"):
-            # As IPython does: display() works in cells without an import, and stays out of
-            # the namespace the object browser shows.
-            builtins.display = _display  # type: ignore[attr-defined]
+        _install_builtin_display()
         _installed = True
 
 
+_outside_cells: list[Any] = [None]  # the display() builtins had before ours (IPython's)
+
+
+def _install_builtin_display() -> None:
+    """As IPython does: display() works in cells without an import, and stays out of the
+    namespace the object browser shows. Outside cells it is what it was before."""
+    current = getattr(builtins, "display", None)
+    if current is not _display:
+        _outside_cells[0] = current
+        builtins.display = _display  # type: ignore[attr-defined]
+
+
 def _patch_ipython_display() -> None:
-    """Inside a cell, IPython's display()/clear_output() reach the notebook."""
+    """Inside a cell, IPython's display()/clear_output() and its pager reach the notebook."""
     try:
         import IPython.core.display_functions as functions
+        import IPython.core.page as pager
         import IPython.display as public
     except ImportError:
         return
     original_display = functions.display
     original_clear = functions.clear_output
+    original_page = pager.page
+
+    def page(data: Any, start: int = 0, screen_lines: int = 0, pager_cmd: Any = None) -> Any:
+        cell = getattr(_local, "cell", None)
+        if cell is None:
+            return original_page(data, start, screen_lines, pager_cmd)
+        cell.page(data if isinstance(data, dict) else {"text/plain": str(data)}, start)
+        return None
 
     def display(*objs: Any, **kwargs: Any) -> Any:
         if getattr(_local, "cell", None) is None:
@@ -114,31 +139,51 @@ def _patch_ipython_display() -> None:
     for module in (functions, public):
         module.display = display
         module.clear_output = clear_output
+    pager.page = page
 
 
 def _display(*objs: Any, include: Any = None, exclude: Any = None, metadata: Any = None,
-             raw: bool = False, **kwargs: Any) -> None:
+             raw: bool = False, **kwargs: Any) -> Any:
     cell = getattr(_local, "cell", None)
     if cell is None:
+        outside = _outside_cells[0]
+        if outside is not None:
+            return outside(*objs, include=include, exclude=exclude, metadata=metadata,
+                           raw=raw, **kwargs)
         print(*objs)
-        return
+        return None
     for obj in objs:
         if raw:
             data, md = dict(obj), dict(metadata or {})
+        elif is_figure(obj) and not cell.figure_changed(obj):
+            continue  # already sent in this cell as it is now (matplotlib inline's flush)
         else:
-            data, md = mimebundle(obj, include, exclude)
+            data, md = mimebundle(obj, include, exclude, cell.formatter)
             if metadata:
                 md.update(metadata)
         cell.display(data, md)
+        if is_figure(obj):
+            cell.figure_shown(obj)
 
 
 class _Cell:
     """Output of one running cell: buffers partial lines, flushes whole lines at once."""
 
-    def __init__(self, sink: Any) -> None:
+    def __init__(self, sink: Any, formatter: Any = None) -> None:
         self.sink = sink
+        self.formatter = formatter  # the interpreter's IPython shell's, once it has one
         self.buffers: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self.pending_since = {"stdout": 0.0, "stderr": 0.0}
+        self.shown_figures: set[int] = set()
+
+    def figure_shown(self, figure: Any) -> None:
+        """A figure was sent as it is now: not again at the end of the cell unless it
+        changes (drawing on it marks it stale again)."""
+        self.shown_figures.add(id(figure))
+        figure.stale = False
+
+    def figure_changed(self, figure: Any) -> bool:
+        return id(figure) not in self.shown_figures or bool(figure.stale)
 
     def write(self, name: str, text: str) -> None:
         buffer = self.buffers[name]
@@ -156,7 +201,8 @@ class _Cell:
             if buffer:
                 text = "".join(buffer)
                 buffer.clear()
-                self.sink.stream(key, text)
+                if text:
+                    self.sink.stream(key, text)
 
     def display(self, data: dict, metadata: dict) -> None:
         self.flush()
@@ -166,19 +212,28 @@ class _Cell:
         self.flush()
         self.sink.clear_output(wait)
 
+    def page(self, data: dict, start: int = 0) -> None:
+        """IPython's pager (``obj?`` in a cell): the notebook's pager, or the output."""
+        self.flush()
+        self.sink.page(ByValue(json_safe(data)), int(start))
 
-def _figures() -> list[tuple[dict, dict]]:
-    """PNG bundles of the matplotlib figures a cell left open (then closed), as inline."""
+
+def _figures(cell: _Cell) -> list[tuple[dict, dict]]:
+    """PNG bundles of the matplotlib figures a cell left open (then closed), as inline;
+    a figure the cell already displayed and did not change since is not sent again."""
     pyplot = sys.modules.get("matplotlib.pyplot")
     if pyplot is None:
         return []
     bundles = []
     for number in pyplot.get_fignums():
         figure = pyplot.figure(number)
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", bbox_inches="tight")
+        if not cell.figure_changed(figure):
+            continue
+        png = figure_png(figure)
+        if png is None:
+            continue
         width, height = figure.get_size_inches() * figure.dpi
-        bundles.append(({"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"),
+        bundles.append(({"image/png": png,
                          "text/plain": f"<Figure size {width:g}x{height:g} with "
                                        f"{len(figure.axes)} Axes>"}, {}))
     pyplot.close("all")
@@ -192,48 +247,88 @@ class Interpreter:
         self.namespace = namespace
         self.execution_count = 0
         self._counter = itertools.count(1)
+        self._transformer: Any = ipyshell.transformer()  # None without IPython here
+        self._shell: Any = None  # IPython's shell over the namespace, made when needed
+        self._comm_sink: Any = None  # where widgets created in this interpreter's cells go
+        self._lock = threading.Lock()
         _install_streams()
 
     # -- execution ---------------------------------------------------------------------------
 
     def exposed_run_cell(self, code: str, sink: Any, store_history: bool = True,
                          silent: bool = False) -> int:
-        """Run ``code``; output goes to ``sink`` as it happens. Returns the execution count.
-        Exceptions propagate to the caller with this side's traceback."""
+        """Run ``code`` (Python, or IPython syntax when IPython is installed here); output
+        goes to ``sink`` as it happens. Returns the execution count. Exceptions propagate to
+        the caller with this side's traceback."""
         if store_history and not silent:
             self.execution_count += 1
         count = self.execution_count
         filename = f"<remote-cell-{next(self._counter)}>"
-        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-        try:
-            tree = ast.parse(code, filename, "exec")
-        except SyntaxError as exc:  # the user's mistake: no frame of ast.parse with it
-            raise exc.with_traceback(None) from None
+        source = self._transformer.transform_cell(code) if self._transformer else code
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        tree = self._parse(source, code, filename)
+        shell = self._ipython_shell() if ipyshell.needs_shell(source) else self._shell
         last_expr = None
         if tree.body and isinstance(tree.body[-1], ast.Expr) and not silent:
             last_expr = ast.Expression(tree.body.pop().value)
-        cell = _Cell(sink)
+        cell = _Cell(sink, shell.display_formatter if shell is not None else None)
         previous = getattr(_local, "cell", None)
         _local.cell = cell
+        widgets = self._widgets()
         try:
-            if tree.body:
-                exec(compile(tree, filename, "exec"), self.namespace)  # noqa: S102
-            value = None
-            if last_expr is not None:
-                value = eval(compile(last_expr, filename, "eval"), self.namespace)  # noqa: S307
-            cell.flush()
-            for data, metadata in _figures():
-                cell.display(data, metadata)
-            if value is not None and not code.rstrip().endswith(";"):
-                self.namespace["_"] = value
-                data, metadata = mimebundle(value)
-                sink.result(ByValue(data), ByValue(metadata), count)
+            if shell is not None:
+                shell.events.trigger("pre_execute")
+            try:
+                if tree.body:
+                    exec(compile(tree, filename, "exec"), self.namespace)  # noqa: S102
+                value = None
+                if last_expr is not None:
+                    value = eval(compile(last_expr, filename, "eval"), self.namespace)  # noqa: S307
+                cell.flush()
+                if value is not None and not code.rstrip().endswith(";"):
+                    self.namespace["_"] = value
+                    data, metadata = mimebundle(value, formatter=cell.formatter)
+                    sink.result(ByValue(data), ByValue(metadata), count)
+                    if is_figure(value):
+                        cell.figure_shown(value)
+            finally:
+                if shell is not None:
+                    shell.events.trigger("post_execute")  # %matplotlib inline shows figures
+                for data, metadata in _figures(cell):
+                    cell.display(data, metadata)
         finally:
             try:
                 cell.flush()
             finally:
                 _local.cell = previous
+                widgets.close()
         return count
+
+    def _widgets(self) -> contextlib.ExitStack:
+        """While a cell runs, widgets it creates talk to this interpreter's comm sink, and
+        never to another interpreter's (None: this notebook takes no widgets)."""
+        from remote_kernel.remote import comms as remote_comms
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(remote_comms.using(self._comm_sink))
+        return stack
+
+    def _parse(self, source: str, code: str, filename: str) -> ast.Module:
+        try:
+            return ast.parse(source, filename, "exec")
+        except SyntaxError as exc:
+            if self._transformer is None:
+                explained = ipyshell.without_ipython(exc, code, platform.node())
+                if explained is not None:
+                    raise explained from None
+            raise exc.with_traceback(None) from None  # the user's mistake: no ast.parse frame
+
+    def _ipython_shell(self) -> Any:
+        with self._lock:
+            if self._shell is None:
+                self._shell = ipyshell.make_shell(self.namespace)
+                _install_builtin_display()  # IPython's shell put its own into builtins
+            return self._shell
 
     def exposed_eval(self, expression: str) -> Any:
         """Evaluate an expression (``%remote EXPR``); a statement is executed instead.
@@ -263,6 +358,8 @@ class Interpreter:
         self.namespace.clear()
         self.namespace.update(keep)
         self.execution_count = 0
+        with self._lock:
+            self._shell = None  # a new IPython shell, if needed, over the fresh namespace
 
     # -- introspection ---------------------------------------------------------------------
 
@@ -338,9 +435,12 @@ class Interpreter:
     # -- comms (the proxy kernel forwards ipywidgets) -------------------------------------
 
     def exposed_attach_comms(self, sink: Any) -> None:
+        """Forward comms (ipywidgets) to ``sink``: the proxy kernel, or the notebook's comm
+        bridge for ``%%remote`` cells. ModuleNotFoundError without the comm package."""
         from remote_kernel.remote import comms as remote_comms
 
         remote_comms.attach(sink)
+        self._comm_sink = sink
 
     def exposed_comm_message(self, msg_type: str, content: dict, metadata: dict,
                              buffers: tuple) -> None:

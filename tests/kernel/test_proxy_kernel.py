@@ -10,6 +10,7 @@ import sys
 import time
 import unittest
 from collections.abc import Iterator
+from typing import Any
 
 import jupyter_kernel_test
 import pytest
@@ -98,7 +99,7 @@ def test_errors_carry_the_remote_type_and_frames() -> None:
 def test_interrupt_and_restart(classic_server) -> None:
     kernel = Kernel(SPEC)
     try:
-        kernel.run("import time\nstate = 'kept'")
+        kernel.run("import time\nstate = 'kept'\n%time 1")
         run = kernel.run("time.sleep(60)", interrupt_after=1.0, timeout=30)
         assert run.status == "error" and run.reply["content"]["ename"] == "KeyboardInterrupt"
         assert run.ended - run.started < 1.0 + 2.0
@@ -108,6 +109,8 @@ def test_interrupt_and_restart(classic_server) -> None:
         kernel.client.wait_for_ready(timeout=60)
         run = kernel.run("'state' in globals()")
         assert run.of_type("execute_result")[0]["content"]["data"]["text/plain"] == "False"
+        run = kernel.run("%time 6 * 7")  # IPython syntax works again after the restart
+        assert run.status == "ok", run.reply
     finally:
         kernel.close()
 
@@ -201,3 +204,87 @@ def test_an_untrusted_remote_gets_no_script_and_no_widgets(classic_server) -> No
     finally:
         kernel.close()
         kernelspec.remove("rk-test-untrusted")
+
+
+def test_ipython_syntax_runs_remotely(classic_server) -> None:
+    kernel = Kernel(SPEC)
+    try:
+        run = kernel.run("import os\nremote_pid = os.getpid()\n%time 6 * 7")
+        assert run.status == "ok", run.reply
+        assert "Wall time" in run.text()
+        assert run.of_type("execute_result")[0]["content"]["data"]["text/plain"] == "42"
+        run = kernel.run("%timeit -n1 -r1 sum(range(10))")
+        assert run.status == "ok", run.reply
+        assert "per loop" in run.text()
+        run = kernel.run("!echo hi from $remote_pid")
+        assert run.status == "ok", run.reply
+        assert f"hi from {classic_server.pid}" in run.text()
+        run = kernel.run("%who")
+        assert "os" in run.text().split() and "remote_pid" in run.text().split()
+        run = kernel.run("%matplotlib inline\nimport matplotlib.pyplot as plt")
+        assert run.status == "ok", run.reply
+        run = kernel.run("plt.plot([1, 3, 2]);")
+        assert run.status == "ok", run.reply
+        images = [m for m in run.of_type("display_data") if "image/png" in m["content"]["data"]]
+        assert len(images) == 1
+        run = kernel.run("x = 1\nzip?")
+        assert run.reply["content"]["payload"][0]["source"] == "page"
+        assert "zip" in run.reply["content"]["payload"][0]["data"]["text/plain"]
+        for code in ("%time 1", "!ls", "zip?", "x = !ls"):
+            assert _is_complete(kernel, code)["status"] == "complete", code
+        assert _is_complete(kernel, "for i in range(3):")["status"] == "incomplete"
+    finally:
+        kernel.close()
+
+
+def _is_complete(kernel: Kernel, code: str) -> dict:
+    msg_id = kernel.client.is_complete(code)
+    while True:
+        reply = kernel.client.get_shell_msg(timeout=30)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply["content"]
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.results: list[str] = []
+
+    def stream(self, name: str, text: str) -> None:
+        self.text.append(text)
+
+    def result(self, data: Any, metadata: Any, count: int) -> None:
+        self.results.append(dict(getattr(data, "value", data))["text/plain"])
+
+
+def test_reset_gives_ipython_syntax_a_fresh_shell(classic_server) -> None:
+    import remote_kernel as rk
+
+    conn = classic_server.connect(service=rk.ClassicService)  # the sink's methods are public
+    try:
+        interpreter = conn.root.interpreter
+        sink = _Sink()
+        interpreter.run_cell("x = 20\n%time x + 1", sink)
+        interpreter.reset()
+        assert conn.eval("'x' not in globals() and 'get_ipython' not in globals()")
+        interpreter.run_cell("%time 6 * 7", sink)
+        assert sink.results == ["21", "42"]
+    finally:
+        conn.close()
+
+
+def test_ipython_syntax_without_ipython_remotely_says_what_to_install(start_server) -> None:
+    server = start_server("--classic", name="plain", block=("IPython",))
+    conn = server.connect(service=__import__("remote_kernel").ClassicService)
+    try:
+        interpreter = conn.root.interpreter
+        assert conn.eval("__import__('sys').modules.get('IPython', 0) is None")  # blocked
+        with pytest.raises(SyntaxError, match="pip install ipython"):
+            interpreter.run_cell("x = 1\n%time x", _Sink())
+        assert dict(interpreter.is_complete("%time 1"))["status"] == "invalid"
+        assert dict(interpreter.is_complete("x = 1"))["status"] == "complete"
+        sink = _Sink()
+        interpreter.run_cell("print('plain python still runs')", sink)
+        assert sink.text == ["plain python still runs\n"]
+    finally:
+        conn.close()
