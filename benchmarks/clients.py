@@ -1,26 +1,43 @@
 """The client side: one adapter per system, all with the same small interface.
 
 Each adapter turns a benchmark operation ("call echo", "download n bytes", ...) into that
-system's idiomatic code. Where a system cannot do something (Pyro5 has no transparent
-proxies, no async calls) the method raises :class:`Unsupported` and the cell stays empty.
+system's idiomatic code, through its public API only (``import remote_kernel as rk``).
+Where a system cannot do something (Pyro5 has no transparent proxies and no async calls,
+RPyC no batches) the method raises :class:`Unsupported` and the cell stays empty, with the
+reason as a note.
+
+Like for like: every system sets TCP_NODELAY on both ends (see ``socket_options``);
+"pre-bound" means the remote method was looked up once, before the timed calls, on every
+system; "one shared connection" means the threads share one connection (and one pre-bound
+method) on every system that allows it.
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
 import numpy as np
 
-from benchmarks.servers import HEADER, OP_ECHO, OP_GET, OP_PUT, recv_exactly
+from benchmarks.servers import HEADER, OP_BATCH, OP_ECHO, OP_GET, OP_PUT, recv_exactly
 
-TIMEOUT = 300.0  # seconds; every request of every system is bounded by it
+TIMEOUT = 300.0  # seconds; every request of every system is bounded by it (or the watchdog)
 
 
 class Unsupported(Exception):
-    """The system has no equivalent of this operation."""
+    """The system has no equivalent of this operation (the message says why)."""
+
+
+def _nodelay(sock: socket.socket | None) -> int | None:
+    if sock is None:
+        return None
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    except OSError:
+        return None
 
 
 class Client:
@@ -61,9 +78,24 @@ class Client:
         """Send ``n`` echo calls without waiting, then wait for all the replies."""
         raise Unsupported
 
-    def thread_caller(self) -> Callable[[], Any]:
-        """A callable for one of several threads sharing this client."""
-        return self.echo
+    def batch(self, n: int) -> None:
+        """``n`` echo calls sent as one message, answered in one message."""
+        raise Unsupported
+
+    def shared_caller(self) -> Callable[[], Any]:
+        """A pre-bound call for one of several threads that share this client's connection."""
+        raise Unsupported
+
+    def own_connection_caller(self) -> Callable[[], Any]:
+        """A pre-bound call on a new connection of its own (closed by :meth:`close`)."""
+        raise Unsupported
+
+    def socket_options(self) -> dict[str, Any]:
+        """TCP_NODELAY as read back from the client's socket, and notes."""
+        return {}
+
+    def reclaim(self) -> None:
+        """Make the main thread the user of this client again after a threaded metric."""
 
     def close(self) -> None:
         pass
@@ -76,9 +108,14 @@ class RemoteKernelClient(Client):
         import remote_kernel as rk
 
         self.rk = rk
-        config = {"sync_request_timeout": TIMEOUT, "max_message_size": 1 << 30}
-        self.conn = rk.connect("127.0.0.1", port, config=config)
+        self.port = port
+        self.conn = self._connect()
         self.root = self.conn.root
+        self._extra: list[Any] = []
+
+    def _connect(self) -> Any:
+        config = {"sync_request_timeout": TIMEOUT, "max_message_size": 1 << 30}
+        return self.rk.connect("127.0.0.1", self.port, config=config)
 
     def echo(self) -> Any:
         return self.root.echo(1)
@@ -109,7 +146,31 @@ class RemoteKernelClient(Client):
             result.wait(TIMEOUT)
         assert results[-1].value == n - 1
 
+    def batch(self, n: int) -> None:
+        if not hasattr(self.rk, "batch"):
+            raise Unsupported("rk.batch does not exist yet")
+        echo = self.root.echo
+        with self.rk.batch(self.conn) as b:
+            results = [b.call(echo, i) for i in range(n)]
+        assert results[-1].value == n - 1
+
+    def shared_caller(self) -> Callable[[], Any]:
+        return self.prebound()
+
+    def own_connection_caller(self) -> Callable[[], Any]:
+        conn = self._connect()
+        self._extra.append(conn)
+        echo = conn.root.echo
+        return lambda: echo(1)
+
+    def socket_options(self) -> dict[str, Any]:
+        return {"TCP_NODELAY": "set on both ends by remote_kernel's socket transport "
+                "(not readable through the public API)"}
+
     def close(self) -> None:
+        for conn in self._extra:
+            conn.close()
+        self._extra.clear()
         self.conn.close()
 
 
@@ -120,9 +181,19 @@ class RPyCClient(Client):
         import rpyc
 
         self.rpyc = rpyc
-        self.conn = rpyc.connect("127.0.0.1", port,
-                                 config={"sync_request_timeout": TIMEOUT})
+        self.port = port
+        self.conn = self._connect()
         self.root = self.conn.root
+        self._extra: list[Any] = []
+
+    def _connect(self) -> Any:
+        # rpyc.connect() leaves Nagle on; connect through a stream with TCP_NODELAY instead
+        # (the server's listener sets it too), as every other system here does.
+        from rpyc.core.stream import SocketStream
+        from rpyc.utils.factory import connect_stream
+
+        stream = SocketStream.connect("127.0.0.1", self.port, nodelay=True)
+        return connect_stream(stream, config={"sync_request_timeout": TIMEOUT})
 
     def echo(self) -> Any:
         return self.root.echo(1)
@@ -155,7 +226,26 @@ class RPyCClient(Client):
             result.wait()
         assert results[-1].value == n - 1
 
+    def batch(self, n: int) -> None:
+        raise Unsupported("RPyC has no batch API")
+
+    def shared_caller(self) -> Callable[[], Any]:
+        return self.prebound()
+
+    def own_connection_caller(self) -> Callable[[], Any]:
+        conn = self._connect()
+        self._extra.append(conn)
+        echo = conn.root.echo
+        return lambda: echo(1)
+
+    def socket_options(self) -> dict[str, Any]:
+        return {"TCP_NODELAY": _nodelay(self.conn._channel.stream.sock),
+                "note": "client via SocketStream.connect(nodelay=True); server listener set"}
+
     def close(self) -> None:
+        for conn in self._extra:
+            conn.close()
+        self._extra.clear()
         self.conn.close()
 
 
@@ -167,13 +257,17 @@ class Pyro5Client(Client):
         import Pyro5.api
 
         Pyro5.config.SERIALIZER = "msgpack"
-        Pyro5.config.COMMTIMEOUT = TIMEOUT
+        # Pyro5's default COMMTIMEOUT (0): blocking sockets, no poll() before each receive.
+        # Hung calls are bounded by the runner's watchdog (it kills the server).
+        Pyro5.config.COMMTIMEOUT = 0.0
+        Pyro5.config.SOCK_NODELAY = True
         Pyro5.config.MAX_MESSAGE_SIZE = 1 << 30
         self.api = Pyro5.api
         self.uri = f"PYRO:bench@127.0.0.1:{port}"
         self.proxy = self.api.Proxy(self.uri)
         self.proxy._pyroBind()
         self._extra: list[Any] = []
+        self._lock = threading.Lock()
 
     def echo(self) -> Any:
         return self.proxy.echo(1)
@@ -198,17 +292,51 @@ class Pyro5Client(Client):
     def put_array(self, arr: np.ndarray) -> int:
         return self.proxy.put_array_raw(arr.tobytes(), arr.dtype.str, list(arr.shape))
 
-    def thread_caller(self) -> Callable[[], Any]:
-        # A Pyro5 proxy belongs to one thread: each thread gets its own (own connection).
+    def pipelined(self, n: int) -> None:
+        raise Unsupported("Pyro5 has no async calls (only oneway and batches)")
+
+    def batch(self, n: int) -> None:
+        self.proxy._pyroClaimOwnership()
+        batch = self.api.BatchProxy(self.proxy)
+        for i in range(n):
+            batch.echo(i)
+        results = list(batch())
+        assert results[-1] == n - 1 and len(results) == n
+
+    def shared_caller(self) -> Callable[[], Any]:
+        # A Pyro5 proxy checks that the calling thread owns it; threads may share one by
+        # claiming ownership (_pyroClaimOwnership) before each call. The claim and the call
+        # must not interleave with another thread's, so a lock holds them together (the
+        # connection carries one call at a time anyway).
+        proxy, lock = self.proxy, self._lock
+        echo = proxy.echo
+
+        def call() -> Any:
+            with lock:
+                proxy._pyroClaimOwnership()
+                return echo(1)
+
+        return call
+
+    def own_connection_caller(self) -> Callable[[], Any]:
         proxy = self.api.Proxy(self.uri)
         proxy._pyroBind()
         self._extra.append(proxy)
+        echo = proxy.echo
 
         def call() -> Any:
-            proxy._pyroClaimOwnership()
-            return proxy.echo(1)
+            proxy._pyroClaimOwnership()  # created here, called from a worker thread
+            return echo(1)
 
         return call
+
+    def reclaim(self) -> None:
+        self.proxy._pyroClaimOwnership()
+
+    def socket_options(self) -> dict[str, Any]:
+        conn = getattr(self.proxy, "_pyroConnection", None)
+        return {"TCP_NODELAY": _nodelay(getattr(conn, "sock", None)),
+                "note": "SOCK_NODELAY=True both ends; COMMTIMEOUT=0 (blocking, no poll mode)"}
 
     def close(self) -> None:
         for proxy in [self.proxy, *self._extra]:
@@ -223,10 +351,16 @@ class FloorClient(Client):
     name = "floor"
 
     def __init__(self, port: int) -> None:
+        self.port = port
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Blocking, like every other system here: with a timeout Python would poll() before
+        # every receive (the watchdog bounds a hung call instead).
+        self.sock.settimeout(None)
         self.header = bytearray(4)
         self.packb, self.unpackb = msgpack.packb, msgpack.unpackb
+        self._lock = threading.Lock()
+        self._extra: list[FloorClient] = []
 
     def _request(self, op: int, arg: Any) -> bytes:
         body = self.packb((op, arg))
@@ -273,10 +407,32 @@ class FloorClient(Client):
             last = self._frame()
         assert self.unpackb(last)[1] == n - 1
 
-    def thread_caller(self) -> Callable[[], Any]:
-        raise Unsupported
+    def batch(self, n: int) -> None:
+        results = self.unpackb(self._request(OP_BATCH, list(range(n))))[1]
+        assert results[-1] == n - 1 and len(results) == n
+
+    def shared_caller(self) -> Callable[[], Any]:
+        # One request in flight per socket: threads take turns under a lock.
+        lock, echo = self._lock, self.echo
+
+        def call() -> Any:
+            with lock:
+                return echo()
+
+        return call
+
+    def own_connection_caller(self) -> Callable[[], Any]:
+        other = FloorClient(self.port)
+        self._extra.append(other)
+        return other.echo
+
+    def socket_options(self) -> dict[str, Any]:
+        return {"TCP_NODELAY": _nodelay(self.sock), "note": "set on both ends; blocking"}
 
     def close(self) -> None:
+        for other in self._extra:
+            other.close()
+        self._extra.clear()
         self.sock.close()
 
 

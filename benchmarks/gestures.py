@@ -2,9 +2,9 @@
 
     python -m benchmarks.gestures {remote_kernel,rpyc} PORT [--ext] [--reps N]
 
-Prints one JSON object: for each gesture (display, completion with jedi, ``obj?``) the round
-trips of the first try and of every try, the requests sent (releases included) and the
-times. Round trips are counted with ``conn.stats["requests"]`` for remote_kernel and with a
+Prints one JSON object: for each gesture (display, completion with jedi, the same completion
+repeated on the same object, ``obj?``) the round trips of the first try and of every try,
+the requests sent (releases included) and the times. Round trips are counted with ``conn.stats["requests"]`` for remote_kernel and with a
 counting wrapper around RPyC's ``Connection.sync_request`` (round trips) and ``_send``
 (every request message, asynchronous releases included).
 """
@@ -68,7 +68,8 @@ def make_shell() -> Any:
     return shell
 
 
-def gestures(shell: Any) -> dict[str, Callable[[], Any]]:
+def gestures(shell: Any) -> dict[str, tuple[Callable[[], Any] | None, Callable[[], Any]]]:
+    """name -> (an uncounted step before the try, or None; the counted gesture)."""
     from IPython.core.completer import provisionalcompleter
 
     def display() -> Any:
@@ -83,14 +84,16 @@ def gestures(shell: Any) -> dict[str, Callable[[], Any]]:
     def inspect() -> Any:
         return shell.object_inspect_mime("obj")
 
-    return {"display": display, "completion (jedi)": complete, "obj?": inspect}
+    return {"display": (None, display), "completion (jedi)": (None, complete),
+            # The same completion again on the same object: what a cache saves.
+            "completion (jedi), repeated": (complete, complete), "obj?": (None, inspect)}
 
 
 def warm_up(shell: Any) -> None:
     """Import and prime jedi, the formatters and the inspector on a local object, so the
     first measured gesture does not pay for IPython's own start-up."""
     shell.user_ns["obj"] = shell  # any local object with attributes
-    for gesture in gestures(shell).values():
+    for _prepare, gesture in gestures(shell).values():
         gesture()
     shell.user_ns.pop("obj", None)
 
@@ -132,10 +135,12 @@ def main(argv: list[str] | None = None) -> None:
     counter = Counter(args.system, conn)
     warm_up(shell)
     out: dict[str, Any] = {"system": args.system, "ext": args.ext, "gestures": {}}
-    for name, gesture in gestures(shell).items():
+    for name, (prepare, gesture) in gestures(shell).items():
         rows = []
         for _ in range(max(1, args.reps)):
             shell.user_ns["obj"] = root.make_obj()
+            if prepare is not None:
+                prepare()
             rt0, sent0 = counter.read()
             start = time.perf_counter()
             result = gesture()

@@ -26,8 +26,9 @@ MiB = 1 << 20
 
 def serve_profiled(path: str, cpu_args: list[str]) -> None:
     """The server side: every connection thread's ``serve_all`` runs under cProfile."""
-    from remote_kernel.connection import Connection
+    import remote_kernel as rk
 
+    Connection = rk.Connection  # the public name: the module it lives in may move
     original = Connection.serve_all
 
     def serve_all(self: Any) -> None:

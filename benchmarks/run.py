@@ -1,12 +1,24 @@
 """The benchmark runner: remote_kernel, RPyC, Pyro5 (msgpack) and the floor, side by side.
 
-    python -m benchmarks.run [--quick] [--rounds N] [--out benchmarks/results]
+    python -m benchmarks.run [--quick] [--rounds N] [--pin same|split|none] [--out DIR]
+                             [--no-instructions] [--no-fanout] [--no-second-pass]
 
-Every server runs in its own process on 127.0.0.1, pinned to one CPU; this client is pinned
-to the other. Measurements are interleaved: in each round every metric runs for every
-system back to back (in a rotating order), so all share the machine's conditions. A cell
-reports the median of the rounds and their min-max. Every loop is bounded by a count and,
-for throughput, by a duration; every request by a timeout.
+Every server runs in its own process on 127.0.0.1. Pinning, ``--pin same`` (the default):
+the client and every server share one CPU, because on this VM a wake-up across CPUs costs
+~100 µs, which would swamp every latency; ``--pin split``: the client on one CPU, the
+servers on another, the setting where threads and pipelining can overlap client and
+server work; ``--pin none``: no pinning. A shorter second pass with the other of
+same/split measures the rows whose targets name both (threads, pipelining).
+
+Measurements are interleaved: in each round every metric runs for every system back to
+back (in a rotating order), so all share the machine's conditions. Every metric is warmed
+up once per system before the first round, and a cell is the median of the rounds (their
+min-max beside it). Every loop is bounded by a count and, for throughput, by a duration;
+every cell by a watchdog that kills a hung server.
+
+A full run also counts instructions per call under valgrind (``benchmarks.instructions``)
+and times the fan-out to 1, 8 and 32 peers against ipyparallel (``benchmarks.fanout``);
+a quick run skips both and shows their last results, labelled with their date.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ from benchmarks.clients import CLIENTS, SERVER_OF, Client, Unsupported
 SYSTEMS = ["remote_kernel", "rpyc", "pyro5_msgpack", "floor"]
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 @dataclass
@@ -43,20 +56,26 @@ class Settings:
     threads: int = 8
     small_reps: int = 5  # 1 MiB transfers per round
     big_reps: int = 1  # 64 MiB transfers per round
-    rpyc_big_rounds: int = 0  # RPyC moves 64 MiB at ~5 MiB/s: cap its rounds
+    rpyc_big_rounds: int = 0  # RPyC moves 64 MiB at ~5 MiB/s: cap its rounds ...
+    capped_budget_s: float = 300.0  # ... and the time they may take in all
     pipelined: int = 1000
+    batch: int = 1000
     memory_n: dict[str, int] = field(default_factory=dict)
     gesture_reps: int = 5
+    cell_timeout_s: float = 300.0  # the watchdog's limit for one cell
+    second_pass_rounds: int = 3
 
 
 def settings_for(quick: bool, rounds: int | None) -> Settings:
     if quick:
         return Settings(quick=True, rounds=rounds or 3, latency_calls=300,
                         throughput_seconds=0.4, small_reps=3, rpyc_big_rounds=0,
-                        memory_n={"remote_kernel": 100_000, "rpyc": 2_000}, gesture_reps=3)
+                        memory_n={"remote_kernel": 100_000, "rpyc": 2_000}, gesture_reps=3,
+                        second_pass_rounds=rounds or 3)
     return Settings(quick=False, rounds=rounds or 7, latency_calls=1000,
-                    throughput_seconds=1.0, small_reps=7, big_reps=1, rpyc_big_rounds=1,
-                    memory_n={"remote_kernel": 100_000, "rpyc": 10_000}, gesture_reps=7)
+                    throughput_seconds=1.0, small_reps=7, big_reps=1, rpyc_big_rounds=3,
+                    memory_n={"remote_kernel": 100_000, "rpyc": 10_000}, gesture_reps=7,
+                    second_pass_rounds=5)
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -68,6 +87,7 @@ class Metric:
     lower_is_better: bool
     measure: Callable[[Client, Settings], float]
     rounds_cap: dict[str, int] = field(default_factory=dict)
+    second_pass: bool = False  # also measured with the other pinning
 
 
 def per_call_median_us(call: Callable[[], Any], n: int) -> float:
@@ -106,11 +126,11 @@ def m_calls_1(client: Client, s: Settings) -> float:
     return count / (time.perf_counter() - start)
 
 
-def m_calls_threads(client: Client, s: Settings) -> float:
-    callers = [client.thread_caller() for _ in range(s.threads)]
-    counts = [0] * s.threads
+def _calls_threads(callers: list[Callable[[], Any]], s: Settings) -> float:
+    n_threads = len(callers)
+    counts = [0] * n_threads
     errors: list[BaseException] = []
-    barrier = threading.Barrier(s.threads + 1, timeout=30)
+    barrier = threading.Barrier(n_threads + 1, timeout=30)
     stop = threading.Event()
 
     def worker(i: int) -> None:
@@ -126,7 +146,7 @@ def m_calls_threads(client: Client, s: Settings) -> float:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True)
-               for i in range(s.threads)]
+               for i in range(n_threads)]
     for t in threads:
         t.start()
     barrier.wait()
@@ -141,6 +161,26 @@ def m_calls_threads(client: Client, s: Settings) -> float:
     if any(t.is_alive() for t in threads):
         raise RuntimeError("a benchmark thread did not finish within 60 s")
     return sum(counts) / elapsed
+
+
+def m_calls_shared(client: Client, s: Settings) -> float:
+    """Threads share one connection and one pre-bound method."""
+    try:
+        return _calls_threads([client.shared_caller() for _ in range(s.threads)], s)
+    finally:
+        client.reclaim()
+
+
+def m_calls_own(client: Client, s: Settings) -> float:
+    """Each thread has its own connection (opened once, outside the timing; the client
+    closes them with its own)."""
+    callers: list[Callable[[], Any]] = client.__dict__.setdefault("_bench_own_callers", [])
+    while len(callers) < s.threads:
+        callers.append(client.own_connection_caller())
+    try:
+        return _calls_threads(callers[: s.threads], s)
+    finally:
+        client.reclaim()
 
 
 def _transfer(fn: Callable[[], int], nbytes: int, reps: int) -> float:
@@ -186,28 +226,53 @@ def transfer_metric(kind: str, direction: str, nbytes: int) -> Callable[[Client,
     return measure
 
 
-def m_sync_1000(client: Client, s: Settings) -> float:
+def _timed_ms(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
-    client.sync_calls(s.pipelined)
+    fn()
     return (time.perf_counter() - start) * 1000
 
 
-def m_async_1000(client: Client, s: Settings) -> float:
-    start = time.perf_counter()
-    client.pipelined(s.pipelined)
-    return (time.perf_counter() - start) * 1000
+def m_sync(client: Client, s: Settings) -> float:
+    return _timed_ms(lambda: client.sync_calls(s.pipelined))
+
+
+def m_async(client: Client, s: Settings) -> float:
+    return _timed_ms(lambda: client.pipelined(s.pipelined))
+
+
+def m_batch(client: Client, s: Settings) -> float:
+    return _timed_ms(lambda: client.batch(s.batch))
+
+
+def metric_names(s: Settings) -> dict[str, str]:
+    """Short keys for the metrics the targets and the report refer to."""
+    return {
+        "echo": "root.echo(1) latency",
+        "prebound": "pre-bound call latency",
+        "attr": "attribute read latency",
+        "calls1": "calls/s, 1 thread (pre-bound)",
+        "shared": f"calls/s, {s.threads} threads, one shared connection (pre-bound)",
+        "own": f"calls/s, {s.threads} threads, a connection each (pre-bound)",
+        "sync": f"{s.pipelined} sync calls (pre-bound)",
+        "async": f"{s.pipelined} pipelined async calls",
+        "batch": f"{s.batch} calls in one batch",
+        "speedup": "pipelining speed-up (sync time / async time)",
+    }
 
 
 def metrics(s: Settings) -> list[Metric]:
+    names = metric_names(s)
     big_cap = {"rpyc": s.rpyc_big_rounds}
     out = [
-        Metric("root.echo(1) latency", "µs", True, m_echo),
-        Metric("pre-bound call latency", "µs", True, m_prebound),
-        Metric("attribute read latency", "µs", True, m_attr),
-        Metric("calls/s, 1 thread", "calls/s", False, m_calls_1),
-        Metric(f"calls/s, {s.threads} threads", "calls/s", False, m_calls_threads),
-        Metric(f"{s.pipelined} sync calls", "ms", True, m_sync_1000),
-        Metric(f"{s.pipelined} pipelined async calls", "ms", True, m_async_1000),
+        Metric(names["echo"], "µs", True, m_echo),
+        Metric(names["prebound"], "µs", True, m_prebound),
+        Metric(names["attr"], "µs", True, m_attr),
+        Metric(names["calls1"], "calls/s", False, m_calls_1, second_pass=True),
+        Metric(names["shared"], "calls/s", False, m_calls_shared, second_pass=True),
+        Metric(names["own"], "calls/s", False, m_calls_own, second_pass=True),
+        Metric(names["sync"], "ms", True, m_sync, second_pass=True),
+        Metric(names["async"], "ms", True, m_async, second_pass=True),
+        Metric(names["batch"], "ms", True, m_batch),
     ]
     for kind in ("bytes", "numpy"):
         for size, label in ((MiB, "1 MiB"), (64 * MiB, "64 MiB")):
@@ -218,15 +283,22 @@ def metrics(s: Settings) -> list[Metric]:
     return out
 
 
+def pass_suffix(mode: str) -> str:
+    return f" [pin {mode}]"
+
+
 # -- servers -------------------------------------------------------------------------------
 
 class ServerProcess:
-    def __init__(self, system: str, cpu: int | None, cmd: list[str] | None = None) -> None:
+    def __init__(self, system: str, cpu: int | None, cmd: list[str] | None = None,
+                 env: dict[str, str] | None = None, stderr: Any = None) -> None:
         cmd = cmd or [sys.executable, "-m", "benchmarks.servers", SERVER_OF[system]]
         if cpu is not None:
             cmd += ["--cpu", str(cpu)]
+        self.system = system
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=_env())
+                                     stdout=subprocess.PIPE, stderr=stderr,
+                                     env=env or _env())
         self.port = 0
 
     def wait_port(self, timeout: float = 30.0) -> int:
@@ -245,11 +317,14 @@ class ServerProcess:
         self.port = int(line[0].split()[1])
         return self.port
 
-    def stop(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()  # the server exits when its stdin closes
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()  # the server exits when its stdin closes
+            except OSError:
+                pass
         try:
-            self.proc.wait(10)
+            self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
@@ -271,51 +346,153 @@ def pin_plan(mode: str) -> tuple[int | None, int | None]:
     return cpus[0], cpus[1]
 
 
+class Watchdog:
+    """Kills the server of a cell that runs past its limit, so a hung call (Pyro5 runs with
+    blocking sockets, without a timeout) fails instead of stalling the run."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._label = ""
+        self._victim: ServerProcess | None = None
+        self.fired: list[str] = []
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def arm(self, seconds: float, label: str, victim: ServerProcess | None) -> None:
+        with self._cond:
+            self._deadline = time.monotonic() + seconds
+            self._label, self._victim = label, victim
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._deadline = None
+            self._victim = None
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._deadline is None:
+                    self._cond.wait(5.0)
+                    continue
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(min(left, 5.0))
+                    continue
+                victim, label = self._victim, self._label
+                self._deadline, self._victim = None, None
+            self.fired.append(label)
+            log(f"  WATCHDOG: {label} ran past its limit; killing its server")
+            if victim is not None:
+                victim.proc.kill()
+
+
 # -- the run -------------------------------------------------------------------------------
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_rounds(clients: dict[str, Client], s: Settings) -> dict[str, dict[str, list[float]]]:
-    samples: dict[str, dict[str, list[float]]] = {}
-    errors: dict[str, str] = {}
-    by_round: dict[str, dict[str, dict[int, float]]] = {}  # for paired (same-round) ratios
-    ms = metrics(s)
-    # Warm up every path once (imports, caches, connection buffers, proxy classes).
-    warm = Settings(**{**s.__dict__, "latency_calls": 50, "throughput_seconds": 0.05})
-    for metric in ms[:4]:
-        for client in clients.values():
+@dataclass
+class Pass:
+    """One set of servers and clients with one pinning."""
+
+    mode: str
+    client_cpu: int | None
+    server_cpu: int | None
+    servers: dict[str, ServerProcess] = field(default_factory=dict)
+    clients: dict[str, Client] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def start(self, systems: list[str]) -> None:
+        self.servers = {sys_: ServerProcess(sys_, self.server_cpu) for sys_ in systems}
+        self.ports = {sys_: srv.wait_port() for sys_, srv in self.servers.items()}
+        for sys_ in systems:
+            self.clients[sys_] = CLIENTS[sys_](self.ports[sys_])
+
+    def close_clients(self) -> None:
+        for client in self.clients.values():
             try:
-                metric.measure(client, warm)
-            except Unsupported:
+                client.close()
+            except Exception:  # noqa: BLE001 - a dead server's client may fail to close
                 pass
-    for r in range(s.rounds):
+        self.clients.clear()
+
+    def stop(self) -> None:
+        self.close_clients()
+        for srv in self.servers.values():
+            srv.stop()
+
+
+@dataclass
+class Samples:
+    values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    by_round: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def run_rounds(p: Pass, ms: list[Metric], s: Settings, rounds: int, watchdog: Watchdog,
+               out: Samples, suffix: str = "") -> None:
+    dead: set[str] = set()
+    capped_time: dict[str, float] = {}
+
+    def cell(metric: Metric, system: str, settings: Settings, r: int | None) -> None:
+        name = metric.name + suffix
+        client = p.clients.get(system)
+        key = f"{name}/{system}"
+        if client is None or key in out.errors or system in dead:
+            return
+        cap = metric.rounds_cap.get(system)
+        if cap is not None:
+            if r is not None and r >= cap or cap == 0:
+                out.notes.setdefault(key, f"{cap} round(s) at most" if cap else
+                                     "skipped in a quick run (RPyC moves 64 MiB at ~5 MiB/s); "
+                                     "a full run takes 3 samples after a warm-up")
+                return
+            if capped_time.get(system, 0.0) > s.capped_budget_s:
+                out.notes[key] = f"stopped after {s.capped_budget_s:.0f} s of capped cells"
+                return
+        watchdog.arm(s.cell_timeout_s, key, p.servers.get(system))
+        t0 = time.perf_counter()
+        try:
+            value = metric.measure(client, settings)
+        except Unsupported as exc:
+            if str(exc):
+                out.notes[key] = str(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - one cell fails, the run goes on
+            out.errors[key] = f"{type(exc).__name__}: {exc}"
+            log(f"  {name} / {system}: {type(exc).__name__}: {exc}")
+            if key in watchdog.fired:
+                dead.add(system)
+            return
+        finally:
+            watchdog.disarm()
+            if cap is not None:
+                capped_time[system] = capped_time.get(system, 0.0) + time.perf_counter() - t0
+        if r is None:
+            return
+        out.values.setdefault(name, {}).setdefault(system, []).append(value)
+        out.by_round.setdefault(name, {}).setdefault(system, {})[r] = value
+
+    # Warm up every metric for every system once (imports, caches, connection buffers,
+    # proxy classes, the servers' cached payloads) with shorter loops.
+    warm = Settings(**{**s.__dict__, "latency_calls": 50, "throughput_seconds": 0.05,
+                       "small_reps": 1, "big_reps": 1})
+    t0 = time.perf_counter()
+    for metric in ms:
+        for system in SYSTEMS:
+            cell(metric, system, warm, None)
+    log(f"warm-up{suffix} done in {time.perf_counter() - t0:.1f} s")
+    for r in range(rounds):
         t0 = time.perf_counter()
         order = SYSTEMS[r % len(SYSTEMS):] + SYSTEMS[:r % len(SYSTEMS)]
         for metric in ms:
-            cells = samples.setdefault(metric.name, {})
+            out.values.setdefault(metric.name + suffix, {})
             for system in order:
-                client = clients.get(system)
-                if client is None or f"{metric.name}/{system}" in errors:
-                    continue
-                cap = metric.rounds_cap.get(system)
-                if cap is not None and r >= cap:
-                    continue
-                try:
-                    value = metric.measure(client, s)
-                except Unsupported:
-                    continue
-                except Exception as exc:  # noqa: BLE001 - one cell fails, the run goes on
-                    errors[f"{metric.name}/{system}"] = f"{type(exc).__name__}: {exc}"
-                    log(f"  {metric.name} / {system}: {type(exc).__name__}: {exc}")
-                    continue
-                cells.setdefault(system, []).append(value)
-                by_round.setdefault(metric.name, {}).setdefault(system, {})[r] = value
-        log(f"round {r + 1}/{s.rounds} done in {time.perf_counter() - t0:.1f} s")
-    samples["_errors"] = errors  # type: ignore[assignment]
-    samples["_by_round"] = by_round  # type: ignore[assignment]
-    return samples
+                cell(metric, system, s, r)
+        log(f"round {r + 1}/{rounds}{suffix} done in {time.perf_counter() - t0:.1f} s")
 
 
 def run_subprocess(module: str, args: list[str], timeout: float) -> dict[str, Any] | None:
@@ -333,11 +510,9 @@ def run_subprocess(module: str, args: list[str], timeout: float) -> dict[str, An
 
 
 def extension_available() -> bool:
-    try:
-        import remote_kernel.ipython as ext
-    except ImportError:
-        return False
-    return callable(getattr(ext, "load", None))
+    import remote_kernel as rk
+
+    return callable(getattr(rk, "load_ipython_extension", None))
 
 
 def run_side_tests(ports: dict[str, int], s: Settings,
@@ -372,20 +547,48 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for dist in ("remote_kernel", "rpyc", "Pyro5", "msgpack", "numpy", "ipython", "jedi"):
+    for dist in ("remote_kernel", "rpyc", "Pyro5", "msgpack", "numpy", "ipython", "jedi",
+                 "ipyparallel"):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
             out[dist] = "-"
+    out["remote_kernel commit"] = git_commit()
+    return out
+
+
+def git_commit() -> str:
+    """HEAD's short hash, and whether remote_kernel/ differs from it (read-only git)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                                 capture_output=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "remote_kernel"], cwd=ROOT,
                                text=True, capture_output=True, timeout=10).stdout.strip()
-        out["remote_kernel commit"] = commit + (" (+uncommitted changes)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        pass
-    return out
+        return "?"
+    return (commit or "?") + (" (+uncommitted changes)" if dirty else "")
+
+
+def source_digest() -> str:
+    """A digest of remote_kernel's source files, to tell whether the package changed while
+    it was being measured (other engineers work in the same tree)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "remote_kernel").rglob("*.py")):
+        try:
+            digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+        except OSError:
+            continue
+    return digest.hexdigest()[:16]
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
 
 
 def machine() -> dict[str, Any]:
@@ -398,75 +601,127 @@ def machine() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"cpu": model, "cpus": os.cpu_count(), "os": platform.platform(),
-            "loadavg_at_start": load}
+            "loadavg_at_start": loadavg()}
+
+
+def run_group(module: str, out_dir: Path, args: list[str], timeout: float) -> None:
+    """Run benchmarks.instructions or benchmarks.fanout into its own JSON file."""
+    log(f"running {module} (at most {timeout:.0f} s)")
+    cmd = [sys.executable, "-m", module, "--out", str(out_dir), "--no-merge", *args]
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, env=_env(), timeout=timeout,
+                              stdout=subprocess.DEVNULL)
+        if done.returncode != 0:
+            log(f"  {module} failed with exit status {done.returncode}")
+    except subprocess.TimeoutExpired:
+        log(f"  {module} timed out after {timeout:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the under-2-minutes variant")
+    parser.add_argument("--quick", action="store_true", help="the few-minutes variant")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--systems", default=",".join(SYSTEMS),
                         help="comma-separated subset of " + ",".join(SYSTEMS))
     parser.add_argument("--pin", choices=["split", "same", "none"], default="same",
-                        help="same: client and servers share one CPU, as ANCHORS.md (default); "
-                        "split: client on one CPU, servers on the other")
+                        help="same: the client and every server share one CPU (default; a "
+                        "wake-up across CPUs costs ~100 µs on this VM); split: client on one "
+                        "CPU, servers on another; none: no pinning")
+    parser.add_argument("--no-second-pass", action="store_true",
+                        help="skip the pass with the other pinning (threads, pipelining)")
     parser.add_argument("--no-side", action="store_true", help="skip memory and gestures")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--instructions", action=argparse.BooleanOptionalAction, default=None,
+                        help="count instructions per call under valgrind (default: full run "
+                        "only; otherwise the last results are shown)")
+    parser.add_argument("--fanout", action=argparse.BooleanOptionalAction, default=None,
+                        help="fan-out vs ipyparallel (default: full run only)")
+    parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     s = settings_for(args.quick, args.rounds)
     systems = [x for x in args.systems.split(",") if x]
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems: {sorted(unknown)}")
+    out_dir = Path(args.out)
     started = time.time()
+    load_start = loadavg()
+    digest_start = source_digest()
     workarounds: list[str] = []  # patches applied to the core for a run (none today)
-    for w in workarounds:
-        log(f"WORKAROUND: {w}")
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     client_cpu, server_cpu = pin_plan(args.pin)
     if client_cpu is not None:
         os.sched_setaffinity(0, {client_cpu})
-    servers = {sys_: ServerProcess(sys_, server_cpu) for sys_ in systems}
-    clients: dict[str, Client] = {}
+    watchdog = Watchdog()
+    samples = Samples()
+    ms = metrics(s)
+    main_pass = Pass(args.pin, client_cpu, server_cpu)
+    second: Pass | None = None
+    if not args.no_second_pass and args.pin in ("same", "split") and len(cpus) >= 2:
+        other = "split" if args.pin == "same" else "same"
+        second = Pass(other, client_cpu, cpus[1] if other == "split" else client_cpu)
+    side: dict[str, Any] = {"memory": {}, "gestures": {}}
+    sockopts: dict[str, Any] = {}
     try:
-        ports = {sys_: srv.wait_port() for sys_, srv in servers.items()}
-        for sys_ in systems:
-            clients[sys_] = CLIENTS[sys_](ports[sys_])
-        log(f"servers up on {ports}; {s.rounds} rounds ({'quick' if s.quick else 'full'})")
-        samples = run_rounds(clients, s)
-        for client in clients.values():
-            client.close()
-        clients.clear()
-        side = {"memory": {}, "gestures": {}} if args.no_side else run_side_tests(
-            ports, s, client_cpu)
+        main_pass.start(systems)
+        sockopts = {name: c.socket_options() for name, c in main_pass.clients.items()}
+        log(f"servers up on {main_pass.ports}; {s.rounds} rounds "
+            f"({'quick' if s.quick else 'full'}), pin {args.pin}")
+        run_rounds(main_pass, ms, s, s.rounds, watchdog, samples)
+        main_pass.close_clients()
+        if not args.no_side:
+            side = run_side_tests(main_pass.ports, s, client_cpu)
+        main_pass.stop()
+        if second is not None:
+            second.start(systems)
+            log(f"second pass, pin {second.mode}: servers on CPU {second.server_cpu}")
+            run_rounds(second, [m for m in ms if m.second_pass], s, s.second_pass_rounds,
+                       watchdog, samples, pass_suffix(second.mode))
+            second.stop()
     finally:
-        for client in clients.values():
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001
-                pass
-        for srv in servers.values():
-            srv.stop()
+        main_pass.stop()
+        if second is not None:
+            second.stop()
+    load_end_rounds = loadavg()
+    full = not s.quick
+    if cpus:  # the groups choose their own pinning: give them every CPU back
+        os.sched_setaffinity(0, set(cpus))
+    if args.instructions if args.instructions is not None else full:
+        run_group("benchmarks.instructions", out_dir, ["--pin", args.pin], 3600)
+    if args.fanout if args.fanout is not None else full:
+        run_group("benchmarks.fanout", out_dir, ["--quick"] if s.quick else [], 1200)
     from benchmarks import report
 
-    errors = samples.pop("_errors", {})
-    by_round = samples.pop("_by_round", {})
     meta = {
         "mode": "quick" if s.quick else "full",
         "rounds": s.rounds,
         "pinning": {"mode": args.pin, "client_cpu": client_cpu, "server_cpu": server_cpu},
+        "second_pass": None if second is None else {
+            "mode": second.mode, "client_cpu": second.client_cpu,
+            "server_cpu": second.server_cpu, "rounds": s.second_pass_rounds,
+            "suffix": pass_suffix(second.mode)},
         "machine": machine(),
+        "loadavg": {"start": load_start, "end_of_rounds": load_end_rounds, "end": loadavg()},
         "versions": versions(),
+        "source_changed_during_run": source_digest() != digest_start,
+        "socket_options": sockopts,
         "workarounds": workarounds,
-        "errors": errors,
+        "errors": samples.errors,
+        "notes": samples.notes,
+        "watchdog": watchdog.fired,
         "duration_s": round(time.time() - started, 1),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "started": started,
         "settings": {k: v for k, v in s.__dict__.items()},
     }
-    result = report.build(samples, side, meta, [m.__dict__ for m in metrics(s)], by_round)
-    paths = report.write(result, Path(args.out))
+    meta["machine"]["loadavg_at_start"] = load_start
+    defs = [{"name": m.name + suffix, "unit": m.unit, "lower_is_better": m.lower_is_better}
+            for m in ms for suffix in [""] + (
+                [pass_suffix(second.mode)] if second is not None and m.second_pass else [])]
+    result = report.build(samples.values, side, meta, defs, samples.by_round)
+    report.attach_groups(result, out_dir)
+    paths = report.write(result, out_dir)
     print(report.markdown(result))
     log("wrote " + ", ".join(str(p) for p in paths))
     return 0
