@@ -2,9 +2,12 @@
 
 Python can raise an exception in another thread only between bytecodes
 (``PyThreadState_SetAsyncExc``), which leaves a thread blocked in ``time.sleep`` asleep.
-So ``time.sleep`` is replaced once by a version that, inside a request that can be
-cancelled, waits on that request's cancel event instead; outside requests it is the
-original. Blocking C calls other than sleep finish before the interrupt lands.
+So while requests run, ``time.sleep`` is a version that, inside a request that can be
+cancelled, waits on that request's cancel event instead; in any other thread it is the
+original. It is put in place when a request starts in a process where none runs, and the
+original is put back when the last one ends (unless someone else replaced it meanwhile):
+no patch outlives the requests that need it. Blocking C calls other than sleep finish
+before the interrupt lands.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ _tokens: dict[int, CancelToken] = {}
 def _interruptible_sleep(seconds: float) -> None:
     token = _tokens.get(threading.get_ident())
     if token is None:
-        return original_sleep(seconds)
+        return _replaced[0](seconds)
     if seconds < 0:
         raise ValueError("sleep length must be non-negative")
     if token.wait(seconds):
@@ -52,9 +55,21 @@ def _interruptible_sleep(seconds: float) -> None:
     return None
 
 
+_replaced = [original_sleep]  # what time.sleep was when it was last installed
+
+
 def install_interruptible_sleep() -> None:
-    if time.sleep is not _interruptible_sleep:
+    current = time.sleep
+    if current is not _interruptible_sleep:
+        _replaced[0] = current
         time.sleep = _interruptible_sleep
+
+
+def _restore_sleep() -> None:
+    if time.sleep is _interruptible_sleep:
+        time.sleep = _replaced[0]
+    if _tokens:  # a request started meanwhile: it needs the interruptible sleep
+        install_interruptible_sleep()
 
 
 def enter_request() -> tuple[CancelToken, CancelToken | None]:
@@ -63,6 +78,8 @@ def enter_request() -> tuple[CancelToken, CancelToken | None]:
     token = CancelToken()
     previous = _tokens.get(ident)
     _tokens[ident] = token
+    if time.sleep is not _interruptible_sleep:
+        install_interruptible_sleep()
     return token, previous
 
 
@@ -70,6 +87,8 @@ def leave_request(previous: CancelToken | None) -> None:
     ident = threading.get_ident()
     if previous is None:
         _tokens.pop(ident, None)
+        if not _tokens:
+            _restore_sleep()
     else:
         _tokens[ident] = previous
 

@@ -11,7 +11,14 @@ crosses the connection its descriptor travels with the REF; later REFs carry 12 
 A proxy of the peer's object going back is a PEERREF and decodes to the original object.
 
 Boxing happens under the connection's send lock and unboxing under its receive lock, so type
-descriptors are always seen before the REFs that use them.
+descriptors are always seen before the REFs that use them. Sending is all or nothing: what
+boxing one message changed (types marked as described, object-table entries) is recorded and
+undone by ``rollback()`` when that message is not sent.
+
+Decoding is bounded by what arrived: a message holds at most ``MAX_ITEMS`` items (array
+elements, map keys and values, nested ext values included), counted while it is decoded
+(a payload shorter than that cannot hold more, so it takes the fast path); the peer's type
+descriptors are capped per connection, and so is the cache of exception classes.
 
 ``box_value`` is the deep by-value encoding of ``obtain``/``deliver``: lists, dicts, sets,
 bytearrays and numpy arrays (raw bytes + dtype + shape, never pickle) are copied.
@@ -31,7 +38,7 @@ from msgpack import ExtType
 
 from remote_kernel import errors
 from remote_kernel.errors import ProtocolError, RemoteError, RemoteFrame
-from remote_kernel.protocol.codec import pack, unpack
+from remote_kernel.protocol.codec import ItemBudget, pack, unpack
 from remote_kernel.protocol.describe import Descriptor
 from remote_kernel.protocol.frames import user_frames
 from remote_kernel.protocol.messages import Ext
@@ -44,8 +51,13 @@ OID = struct.Struct(">Q")
 COMPLEX = struct.Struct(">dd")
 MAX_DEPTH = 64
 MAX_DECODE_DEPTH = 32  # nested ext values (each is a C-level unpack: the C stack is finite)
+MAX_ITEMS = 1 << 22  # items one decoded message may hold (4,194,304)
+MAX_VALUE_ITEMS = MAX_ITEMS // 2  # items a sender packs by value in one message
+MAX_PEER_TYPES = 16_384  # type descriptors a peer may send over one connection
+MAX_PEER_TYPE_NAMES = 1_000_000  # method and dunder names in all of them together
 
 _PASSTHROUGH = frozenset({str, float, bool, type(None)})
+_CONTAINERS = frozenset({tuple, list, dict, set, frozenset})
 _REF, _PEERREF = int(Ext.REF), int(Ext.PEERREF)
 
 
@@ -138,47 +150,49 @@ _OUR_ERRORS: dict[str, type[BaseException]] = {
 # BaseExceptions outside Exception stay what they are: ``except Exception`` must not catch
 # a remote KeyboardInterrupt.
 _PLAIN = (KeyboardInterrupt,)  # a peer must not make us exit: SystemExit is a RemoteError
-_exception_classes: dict[tuple[str, str], type[BaseException]] = {}
-_exception_classes_lock = threading.Lock()
+MAX_EXCEPTION_CLASSES = 1024  # per connection; the oldest is forgotten beyond that
 
 
-def remote_exception_class(module: str, qualname: str,
-                           builtin_base: str = "") -> type[BaseException]:
+def remote_exception_class(module: str, qualname: str, builtin_base: str = "",
+                           cache: dict[tuple[str, str, str], type[BaseException]] | None = None
+                           ) -> type[BaseException]:
     """The local class standing for a remote exception type. Never imports ``module``.
     A custom class also derives from its nearest builtin base (``builtin_base``), so
-    ``except ValueError`` catches a remote subclass of ValueError."""
+    ``except ValueError`` catches a remote subclass of ValueError. ``cache`` is the
+    connection's (the names are the peer's choice: nothing of them is kept process-wide);
+    it is used by the one thread that decodes for that connection."""
     key = (module, qualname, builtin_base)
-    cls = _exception_classes.get(key)
-    if cls is not None:
-        return cls
-    with _exception_classes_lock:
-        cls = _exception_classes.get(key)
+    if cache is not None:
+        cls = cache.get(key)
         if cls is not None:
             return cls
-        base: type[BaseException] | None = None
-        if module == "builtins":
-            base = _BUILTIN_EXCEPTIONS.get(qualname)
-        elif module == "remote_kernel.errors":
-            base = _OUR_ERRORS.get(qualname)
-        if base is None and builtin_base:
-            base = _BUILTIN_EXCEPTIONS.get(builtin_base)
-            if base is not None and (issubclass(base, _PLAIN) or base is Exception
-                                     or base is BaseException):
-                base = None  # a custom class is never a KeyboardInterrupt here
-        name = qualname.rsplit(".", 1)[-1] or "RemoteException"
-        namespace = {"__module__": module, "__qualname__": qualname}
-        if base is not None and not issubclass(base, Exception) and not issubclass(base, _PLAIN):
-            base = None  # SystemExit, GeneratorExit: a RemoteError like any other
-        if base is not None and issubclass(base, _PLAIN):
-            cls = type(name, (base,), namespace)
-        else:
-            bases = (RemoteError, base) if base is not None else (RemoteError,)
-            try:
-                cls = type(name, bases, namespace)
-            except TypeError:  # an incompatible layout: keep the name, lose the base
-                cls = type(name, (RemoteError,), namespace)
-        _exception_classes[key] = cls
-        return cls
+    base: type[BaseException] | None = None
+    if module == "builtins":
+        base = _BUILTIN_EXCEPTIONS.get(qualname)
+    elif module == "remote_kernel.errors":
+        base = _OUR_ERRORS.get(qualname)
+    if base is None and builtin_base:
+        base = _BUILTIN_EXCEPTIONS.get(builtin_base)
+        if base is not None and (issubclass(base, _PLAIN) or base is Exception
+                                 or base is BaseException):
+            base = None  # a custom class is never a KeyboardInterrupt here
+    name = qualname.rsplit(".", 1)[-1] or "RemoteException"
+    namespace = {"__module__": module, "__qualname__": qualname}
+    if base is not None and not issubclass(base, Exception) and not issubclass(base, _PLAIN):
+        base = None  # SystemExit, GeneratorExit: a RemoteError like any other
+    if base is not None and issubclass(base, _PLAIN):
+        cls = type(name, (base,), namespace)
+    else:
+        bases = (RemoteError, base) if base is not None else (RemoteError,)
+        try:
+            cls = type(name, bases, namespace)
+        except TypeError:  # an incompatible layout: keep the name, lose the base
+            cls = type(name, (RemoteError,), namespace)
+    if cache is not None:
+        if len(cache) >= MAX_EXCEPTION_CLASSES:
+            del cache[next(iter(cache))]
+        cache[key] = cls
+    return cls
 
 
 def _checked_descriptor(descriptor: Any) -> Descriptor:
@@ -237,11 +251,47 @@ class Boxer:
         self.include_traceback = include_traceback
         self._type_ids: dict[type, int] = {}
         self._peer_types: dict[int, Descriptor] = {}
+        self._peer_type_names = 0
+        self._exception_classes: dict[tuple[str, str, str], type[BaseException]] = {}
+        # What boxing the current message changed, undone if it is not sent.
+        self._new_types: list[type] = []
+        self._new_refs: list[int] = []
+        self.items = 0  # items packed by value into the current message
+        self._budget: ItemBudget | None = None  # set while a long payload is decoded
         # Out-of-band buffers of the message being encoded / decoded (send / receive lock).
         self.outgoing: list[Any] = []
         self.incoming: list[bytearray] = []
         self._raw_buffers = False  # True while decoding an array: keep the bytearray
         self._depth = 0
+
+    # -- one message at a time -----------------------------------------------------------
+
+    def begin(self) -> None:
+        """A new message is being encoded (call under the send lock)."""
+        if self._new_refs:
+            self._new_refs.clear()
+        if self._new_types:
+            self._new_types.clear()
+        self.items = 0
+
+    def rollback(self) -> None:
+        """The message was not sent: the peer never saw its type descriptors, and holds
+        no reference to what it would have carried."""
+        type_ids = self._type_ids
+        for cls in self._new_types:
+            type_ids.pop(cls, None)
+        for oid in self._new_refs:
+            self.table.decref(oid, 1)
+        self._new_types.clear()
+        self._new_refs.clear()
+        self.outgoing = []
+
+    def forget(self) -> None:
+        """The connection closed: drop everything kept about the peer and its types."""
+        self._type_ids = {}
+        self._peer_types = {}
+        self._peer_type_names = 0
+        self._exception_classes = {}
 
     def _out_of_band(self, data: Any) -> ExtType:
         self.outgoing.append(data)
@@ -260,10 +310,12 @@ class Boxer:
                 return obj
             return ExtType(Ext.BIGINT, str(obj).encode())
         if t is tuple:
+            self.items += len(obj)
             return [self.box(item) for item in obj]
         if t is complex:
             return ExtType(Ext.COMPLEX, COMPLEX.pack(obj.real, obj.imag))
         if t is frozenset:
+            self.items += len(obj)
             return ExtType(Ext.FROZENSET, pack([self.box(item) for item in obj]))
         if t is slice:
             return ExtType(Ext.SLICE, pack([self.box(obj.start), self.box(obj.stop),
@@ -280,6 +332,7 @@ class Boxer:
             except TypeError:
                 return self.box(obj.value)
         if t is Kwargs:
+            self.items += 2 * len(obj)
             return {str(key): self.box(value) for key, value in obj.items()}
         oid = self._proxy_oid(obj)
         if oid is not None:
@@ -289,11 +342,13 @@ class Boxer:
     def _box_ref(self, obj: Any) -> ExtType:
         cls = type(obj)
         oid = self.table.add(obj)
+        self._new_refs.append(oid)
         tid = self._type_ids.get(cls)
         if tid is not None:
             return _ext(_REF, REF.pack(oid, tid))
         tid = len(self._type_ids) + 1
         self._type_ids[cls] = tid
+        self._new_types.append(cls)
         return ExtType(Ext.REFDESC, pack([oid, tid, self._describe(cls)]))
 
     def box_value(self, obj: Any, depth: int = 0) -> Any:
@@ -304,6 +359,8 @@ class Boxer:
         if t in _PASSTHROUGH or t is bytes or t is int or t is complex or t is slice \
                 or obj is Ellipsis:
             return self.box(obj)
+        if t in _CONTAINERS:
+            self.items += len(obj) * (2 if t is dict else 1)
         if t is tuple:
             return [self.box_value(item, depth + 1) for item in obj]
         if t is list:
@@ -359,7 +416,19 @@ class Boxer:
     # -- decoding -------------------------------------------------------------------
 
     def decode(self, payload: bytes | bytearray | memoryview) -> Any:
-        return unpack(payload, self.ext_hook)
+        """One message. A payload of n bytes holds at most n items, so only one longer
+        than MAX_ITEMS bytes has its items counted as they are decoded."""
+        if len(payload) <= MAX_ITEMS:
+            return unpack(payload, self.ext_hook)
+        self._budget = ItemBudget(MAX_ITEMS)
+        try:
+            return unpack(payload, self.ext_hook, self._budget)
+        finally:
+            self._budget = None
+
+    def _unpack(self, data: bytes) -> Any:
+        """A value nested in an ext value: inside the budget of its message."""
+        return unpack(data, self.ext_hook, self._budget)
 
     def ext_hook(self, code: int, data: bytes) -> Any:
         """Decode one ext value; anything malformed (or nested too deeply) is a
@@ -391,8 +460,8 @@ class Boxer:
             if type(oid) is not int or type(tid) is not int or oid < 0 or tid < 0 \
                     or oid > INT_MAX or tid > 0xFFFFFFFF:
                 raise ProtocolError("malformed reference")
-            self._peer_types[tid] = _checked_descriptor(descriptor)
-            return self._make_proxy(oid, self._peer_types[tid])
+            descriptor = self._remember_type(tid, _checked_descriptor(descriptor))
+            return self._make_proxy(oid, descriptor)
         if code == Ext.PEERREF:
             if len(data) != OID.size:
                 raise ProtocolError("malformed object id")
@@ -424,7 +493,7 @@ class Boxer:
                 raise ProtocolError("malformed dict")
             return dict(zip(flat[::2], flat[1::2], strict=True))
         if code == Ext.BYTEARRAY:
-            value = unpack(data, self.ext_hook)
+            value = self._unpack(data)
             if not isinstance(value, (bytes, bytearray)):
                 raise ProtocolError("malformed bytearray")
             return value if type(value) is bytearray else bytearray(value)
@@ -442,8 +511,24 @@ class Boxer:
             return self._decode_exception(data)
         raise ProtocolError(f"unknown ext type {code}")
 
+    def _remember_type(self, tid: int, descriptor: Descriptor) -> Descriptor:
+        """Keep a peer's type descriptor, within the connection's bounds."""
+        types = self._peer_types
+        old = types.get(tid)
+        if old is None and len(types) >= MAX_PEER_TYPES:
+            raise ProtocolError(f"the peer described more than {MAX_PEER_TYPES} types")
+        names = self._peer_type_names + len(descriptor[2]) + len(descriptor[3])
+        if old is not None:
+            names -= len(old[2]) + len(old[3])
+        if names > MAX_PEER_TYPE_NAMES:
+            raise ProtocolError(f"the peer's type descriptors name more than "
+                                f"{MAX_PEER_TYPE_NAMES} methods")
+        self._peer_type_names = names
+        types[tid] = descriptor
+        return descriptor
+
     def _unpack_tuple(self, data: bytes, length: int | None = None) -> tuple:
-        items = unpack(data, self.ext_hook)
+        items = self._unpack(data)
         if type(items) is not tuple or (length is not None and len(items) != length):
             raise ProtocolError("malformed container value")
         return items
@@ -465,7 +550,11 @@ class Boxer:
         if not (isinstance(module, str) and isinstance(qualname, str)
                 and isinstance(builtin_base, str)):
             raise ProtocolError("malformed exception")
-        cls = remote_exception_class(module, qualname, builtin_base)
+        cls = remote_exception_class(module, qualname, builtin_base, self._exception_classes)
+        if type(message) is not str:  # str(exc) must never raise
+            message = repr(message)
+        if type(text) is not str:
+            text = ""
         try:
             exc = cls.__new__(cls)
             exc.args = args if isinstance(args, tuple) else (message,)
