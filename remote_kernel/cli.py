@@ -95,6 +95,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token = None
     elif args.token_file:
         token = Path(args.token_file).read_text().strip()
+        if not token:  # never a silent --no-auth
+            print(f"remote-kernel serve: the token file {args.token_file} is empty",
+                  file=sys.stderr)
+            return 2
     else:
         token = secrets.token_urlsafe(32)
     tls = _tls_from_args(args)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 from remote_kernel.core.asyncresult import AsyncResult
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import BaseNetref, RemoteMethod
+from remote_kernel.errors import ProtocolError
 from remote_kernel.protocol.boxing import ByValue, Kwargs
 from remote_kernel.protocol.messages import Op
 from remote_kernel.protocol.values import LARGE_MARKER
@@ -52,13 +54,19 @@ def _progress_bar(total: int, enabled: bool | None) -> Any:
 
 def _obtain_in_chunks(conn: Connection, obj: Any, marker: tuple, progress: bool | None) -> Any:
     _, kind, dtype, shape, nbytes = marker
+    _check_announced(conn, kind, dtype, shape, nbytes)
     buffer = bytearray(nbytes)
     view = memoryview(buffer)
     bar = _progress_bar(nbytes, progress)
     try:
         offset = 0
         while offset < nbytes:
-            chunk = conn.sync_request(Op.READ, obj, offset, min(CHUNK, nbytes - offset))
+            wanted = min(CHUNK, nbytes - offset)
+            chunk = conn.sync_request(Op.READ, obj, offset, wanted)
+            if type(chunk) is not bytes or not 0 < len(chunk) <= wanted:
+                size = len(chunk) if isinstance(chunk, bytes) else type(chunk).__name__
+                raise ProtocolError(f"{conn.peer} answered a read of {wanted} bytes at "
+                                    f"{offset} with {size}")
             view[offset:offset + len(chunk)] = chunk
             offset += len(chunk)
             if bar is not None:
@@ -77,6 +85,37 @@ def _obtain_in_chunks(conn: Connection, obj: Any, marker: tuple, progress: bool 
     if kind == "bytearray":
         return buffer
     return bytes(buffer)
+
+
+def _check_announced(conn: Connection, kind: Any, dtype: Any, shape: Any, nbytes: Any) -> None:
+    """What the peer announced must be consistent, and fit ``max_message_size`` and the
+    memory this machine has free, before a byte of it is allocated."""
+    if kind not in ("ndarray", "bytes", "bytearray") or type(nbytes) is not int or nbytes < 0 \
+            or type(dtype) is not str or type(shape) is not tuple \
+            or not all(type(n) is int and n >= 0 for n in shape):
+        raise ProtocolError(f"{conn.peer} announced a malformed transfer")
+    limit = conn.config.max_message_size
+    if nbytes > limit:
+        raise ProtocolError(f"{conn.peer} announced {nbytes} bytes, over max_message_size "
+                            f"({limit} bytes); raise it in config= to copy this")
+    free = _free_memory()
+    if free is not None and nbytes > free:
+        raise MemoryError(f"{conn.peer} announced {nbytes} bytes; only {free} are free here")
+
+
+def _free_memory() -> int | None:
+    """Memory available for a new allocation (Linux's MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def deliver(conn: Connection, obj: Any) -> Any:

@@ -75,7 +75,7 @@ class Server:
         self.port: int = 0 if unix_path else self._sock.getsockname()[1]
         self._closed = False
         self._connections: set[Connection] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # close() may run in a signal handler
         self._thread: threading.Thread | None = None
         self._accepting = threading.Event()
         self._pending = 0  # connections not yet authenticated (under self._lock)

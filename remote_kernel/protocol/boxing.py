@@ -31,6 +31,7 @@ import itertools
 import struct
 import threading
 import traceback
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -88,24 +89,30 @@ class ObjectTable:
     """Local objects the peer holds references to, with reference counts.
 
     Ids come from a counter, never from ``id()``, so a freed id cannot be confused with a
-    new object. The same live object always gets the same id.
+    new object. The same live object always gets the same id, and so does the same bound
+    method: ``obj.method`` is a new object at each access, and a peer asking for it a
+    million times must not get a million entries.
     """
 
     def __init__(self) -> None:
-        self._objects: dict[int, list[Any]] = {}  # oid -> [obj, count]
-        self._oid_of: dict[int, int] = {}  # id(obj) -> oid, valid while obj is held
+        self._objects: dict[int, list[Any]] = {}  # oid -> [obj, count, key]
+        self._oid_of: dict[Any, int] = {}  # key -> oid, valid while obj is held
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
 
     def add(self, obj: Any) -> int:
         with self._lock:
-            oid = self._oid_of.get(id(obj))
+            key: Any = id(obj)
+            oid = self._oid_of.get(key)
+            if oid is None and type(obj) in _BOUND_TYPES:
+                key = _bound_key(obj)
+                oid = self._oid_of.get(key)
             if oid is not None:
                 self._objects[oid][1] += 1
                 return oid
             oid = next(self._counter)
-            self._objects[oid] = [obj, 1]
-            self._oid_of[id(obj)] = oid
+            self._objects[oid] = [obj, 1, key]
+            self._oid_of[key] = oid
             return oid
 
     def get(self, oid: int) -> Any:
@@ -122,7 +129,7 @@ class ObjectTable:
             entry[1] -= count
             if entry[1] <= 0:
                 del self._objects[oid]
-                self._oid_of.pop(id(entry[0]), None)
+                self._oid_of.pop(entry[2], None)
 
     def clear(self) -> None:
         with self._lock:
@@ -131,6 +138,17 @@ class ObjectTable:
 
     def __len__(self) -> int:
         return len(self._objects)
+
+
+_BOUND_TYPES = frozenset({types.MethodType, types.BuiltinMethodType, types.MethodWrapperType})
+
+
+def _bound_key(method: Any) -> tuple:
+    """What makes two bound methods the same (the table keeps the first one, and with it
+    the objects whose ids this names)."""
+    function = getattr(method, "__func__", None)
+    return (id(getattr(method, "__self__", None)),
+            id(function) if function is not None else getattr(method, "__name__", ""))
 
 
 def _builtin_exceptions() -> dict[str, type[BaseException]]:
