@@ -298,17 +298,20 @@ def _tls_handshake(context: ssl.SSLContext, sock: socket.socket,
     """The server side of a TLS handshake that ends by ``deadline`` however slowly the
     peer's bytes arrive (a socket timeout alone restarts with every byte)."""
     tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            tls.close()
-            raise TimeoutError("TLS handshake timed out")
-        tls.settimeout(min(left, 0.5))
-        try:
-            tls.do_handshake()
-            return tls
-        except (TimeoutError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            continue
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("TLS handshake timed out")
+            tls.settimeout(min(left, 0.5))
+            try:
+                tls.do_handshake()
+                return tls
+            except (TimeoutError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                continue
+    except BaseException:
+        tls.close()  # it owns the descriptor now
+        raise
 
 
 def _spare_descriptor() -> int | None:
