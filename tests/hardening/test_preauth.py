@@ -25,7 +25,7 @@ from remote_kernel.net import auth
 from remote_kernel.net.auth import client_handshake, server_handshake
 from remote_kernel.net.transports import memory_pair
 from remote_kernel.net.transports.sockets import SocketTransport
-from remote_kernel.protocol.codec import frame, pack
+from remote_kernel.protocol.codec import HEADER, frame, pack
 from remote_kernel.protocol.messages import Kind, Op
 from tests.hardening.conftest import EchoService
 from tests.hardening.rawpeer import RawPeer, packb
@@ -64,7 +64,8 @@ def _closed_within(sock: socket.socket, seconds: float, trickle: float = 0.2,
 def test_trickled_bytes_do_not_extend_the_handshake_deadline() -> None:
     with rk.Server(EchoService, token="tok", handshake_timeout=1.0) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-            took = _closed_within(sock, 6.0)
+            # A frame of 100 bytes announced, its bytes trickled: never complete in time.
+            took = _closed_within(sock, 6.0, payload=HEADER.pack(100) + bytes(100))
         assert took is not None, "a peer trickling bytes stayed past the handshake deadline"
         assert took < 1.0 * 1.5 + auth.FAILURE_DELAY
         with rk.connect("127.0.0.1", server.port, token="tok", timeout=5) as conn:
