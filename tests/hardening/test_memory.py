@@ -185,6 +185,7 @@ def test_100k_peer_named_exception_classes_leave_nothing_behind() -> None:
             # While the connection lives, its cache stays within its bound.
             cache = getattr(victim._boxer, "_exception_classes", {})
             assert len(cache) <= getattr(boxing, "MAX_EXCEPTION_CLASSES", 0)
+            del cache
     finally:
         victim.close()
         serving.stop(5)
