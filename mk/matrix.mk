@@ -18,7 +18,8 @@ TEST_STEPS += test-matrix
 matrix-envs: $(foreach v,$(MATRIX_VERSIONS),$(MATRIX_DIR)/$(v)/.installed)
 
 # The project's own dependencies and test extras, read from pyproject.toml; the package
-# itself is used from the work tree (PYTHONPATH), so nothing is built per version.
+# itself is the work tree, put on the path by a .pth file (so the interpreters that tests
+# start, over ssh too, find it), and nothing is built per version.
 $(MATRIX_DIR)/%/.installed: pyproject.toml | $(STAMP)
 	@python="$(call matrix_python,$*)"; \
 	if [ -z "$$python" ]; then echo "no Python $* under $(PYENV_ROOT)/versions"; exit 1; fi; \
@@ -27,7 +28,11 @@ $(MATRIX_DIR)/%/.installed: pyproject.toml | $(STAMP)
 	$(PY) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 	print('\n'.join(p['dependencies'] + p['optional-dependencies']['test']))" \
 	  > $(MATRIX_DIR)/$*/requirements.txt
-	$(MATRIX_DIR)/$*/bin/python -m pip install -q -r $(MATRIX_DIR)/$*/requirements.txt
+	$(MATRIX_DIR)/$*/bin/python -m pip install -q -r $(MATRIX_DIR)/$*/requirements.txt 2>&1 \
+	  | grep -v "^WARNING: Location" || true
+	$(MATRIX_DIR)/$*/bin/python -c "import pytest, IPython, numpy"
+	$(MATRIX_DIR)/$*/bin/python -c "import pathlib, site; pathlib.Path(site.getsitepackages()[0], \
+	  'remote_kernel_worktree.pth').write_text('$(CURDIR)\n')"
 	touch $@
 
 # One version after the other (two cores are shared); -x stops a version at its first
@@ -36,7 +41,7 @@ test-matrix: matrix-envs
 	@for v in $(MATRIX_VERSIONS); do \
 	  echo "=== Python $$v ==="; \
 	  start=$$(date +%s); \
-	  PYTHONPATH="$(CURDIR)" $(MATRIX_DIR)/$$v/bin/python -m pytest $(MATRIX_PYTEST) \
+	  $(MATRIX_DIR)/$$v/bin/python -m pytest $(MATRIX_PYTEST) \
 	    $(MATRIX_TESTS) || exit 1; \
 	  echo "=== Python $$v: $$(( $$(date +%s) - start )) s ==="; \
 	done
