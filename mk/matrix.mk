@@ -1,10 +1,13 @@
 # The core and IPython tests on every supported Python: 3.10, 3.11, 3.12 and 3.13 from pyenv,
 # each in its own virtual environment under .venv-matrix/ (the browser tests run once, in
 # the main venv). `make test` runs it; `make test-matrix` alone runs only this.
-#   MATRIX_VERSIONS  the minor versions (default: 3.10 3.11 3.12 3.13)
+#   MATRIX_VERSIONS  the minor versions (default: those of 3.10 3.11 3.12 3.13 that the main
+#                    venv is not: it runs the whole suite itself)
 #   MATRIX_TESTS     what runs on each (default: the core, hardening and IPython tests)
 PYENV_ROOT ?= $(HOME)/.pyenv
-MATRIX_VERSIONS ?= 3.10 3.11 3.12 3.13
+# The main venv's Python runs the whole suite already (`make pytest`): not again here.
+MAIN_VERSION := $(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+MATRIX_VERSIONS ?= $(filter-out $(MAIN_VERSION),3.10 3.11 3.12 3.13)
 MATRIX_DIR := .venv-matrix
 MATRIX_TESTS ?= tests --ignore=tests/lab --ignore=tests/test_notebooks.py
 MATRIX_PYTEST ?= -q -x -p no:cacheprovider

@@ -99,6 +99,7 @@ class Connection:
         self._ctx = RequestContext(self._service, self._policy)
         self._seq = itertools.count(1)
         self._send_lock = threading.Lock()
+        self._sender: int | None = None  # the thread encoding a message, under the lock
         self._packer = msgpack.Packer(use_bin_type=True)  # used under the send lock
         self._recv_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
@@ -593,7 +594,14 @@ class Connection:
             raise self._closed_error()
         boxer = self._boxer
         limit = self._config.max_message_size
+        ident = threading.get_ident()
+        if self._sender == ident:
+            # Encoding a message ran code that asks the peer something (Python 3.12 looks
+            # up ``dir(obj)`` of a netref to suggest names in an AttributeError's text):
+            # waiting for our own send lock would hang; the caller's fallback applies.
+            raise ProtocolError("a request cannot be made while a message is being encoded")
         with self._send_lock:
+            self._sender = ident
             releases = self._take_releases() if self._releases else None
             boxer.begin()
             try:
@@ -624,10 +632,12 @@ class Connection:
                     else None
             except BaseException:
                 # Not sent: leave no trace (see the theory of operation).
+                self._sender = None
                 boxer.rollback()
                 if releases:
                     self._releases.extendleft(reversed(releases))
                 raise
+            self._sender = None
             sent = len(data)
             try:
                 if views is not None:

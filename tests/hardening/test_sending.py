@@ -52,6 +52,16 @@ class Keeper(rk.Service):
     def exposed_big(self, size: int) -> bytes:
         return b"x" * size
 
+    def exposed_fail_loudly(self, obj: Any) -> None:
+        raise Loud(obj)
+
+
+class Loud(Exception):
+    """Its text asks the peer: formatting it happens while the reply is being encoded."""
+
+    def __str__(self) -> str:
+        return f"loud: {self.args[0]}"
+
 
 class Thing:
     def exposed_name(self) -> str:
@@ -265,3 +275,17 @@ def test_a_pipe_peer_that_reads_nothing_cannot_block_close() -> None:
         conn.close()
         for fd in (to_peer_r, from_peer_w):
             os.close(fd)
+
+
+def test_encoding_that_asks_the_peer_does_not_hang(
+        linked: tuple[Connection, Connection]) -> None:
+    """An exception whose text (or Python 3.12's name suggestions) makes a request to the
+    peer while the reply is being encoded: the request fails at once instead of waiting for
+    the send lock its own thread holds, and the reply goes out."""
+    client, _ = linked
+    started = time.monotonic()
+    with pytest.raises(rk.RemoteError):
+        client.sync_request(Op.CALLATTR, client.root, "fail_loudly", (Thing(),), None,
+                            timeout=10)
+    assert time.monotonic() - started < 5
+    assert client.root.echo("after") == "after"
