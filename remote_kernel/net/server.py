@@ -44,9 +44,12 @@ def is_loopback(host: str) -> bool:
     if host in ("localhost", "ip6-localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    # An IPv4-mapped address (::ffff:127.0.0.1) is refused as before on every Python
+    # (3.13's ipaddress calls it loopback, earlier versions did not).
+    return address.is_loopback and getattr(address, "ipv4_mapped", None) is None
 
 
 class Server:
