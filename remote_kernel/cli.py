@@ -179,6 +179,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"remote-kernel serve: cannot read --token-file {args.token_file}: "
                   f"{exc.strerror or exc}", file=sys.stderr)
+            return 1
+        if not token:  # never a silent --no-auth
+            print(f"remote-kernel serve: the token file {args.token_file} is empty",
+                  file=sys.stderr)
             return 2
     else:
         token = secrets.token_urlsafe(32)

@@ -95,6 +95,9 @@ class TestService(rk.Service):
     def exposed_call(self, fn: Any, *args: Any) -> Any:
         return fn(*args)
 
+    def exposed_hash_of(self, value: Any) -> int:
+        return hash(value)
+
     def exposed_call_twice_nested(self, fn: Any) -> Any:
         # server -> client fn(server_cb) -> server_cb() -> value
         return fn(lambda: "deepest")

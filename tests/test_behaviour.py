@@ -135,9 +135,10 @@ def test_remote_set(conn: rk.Connection) -> None:
 
 def test_hash_is_the_peers_hash(conn: rk.Connection) -> None:
     gadget = conn.root.gadget()
-    assert hash(gadget) == conn.root.Gadget.__hash__(gadget) if False else isinstance(
-        hash(gadget), int)
+    assert hash(gadget) == conn.root.hash_of(gadget)  # computed where the object lives
     assert hash(gadget) == hash(gadget)
+    other = conn.root.gadget()
+    assert conn.root.hash_of(other) == hash(other)
 
 
 def test_identity_round_trip_and_proxy_cache(conn: rk.Connection) -> None:
@@ -344,6 +345,7 @@ def test_eight_threads_on_one_connection(conn: rk.Connection) -> None:
         thread.start()
     for thread in threads:
         thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a worker did not finish"
     assert errors == []
 
 
@@ -351,16 +353,20 @@ def test_eight_connections_at_once(test_server) -> None:
     errors = []
 
     def worker(n: int) -> None:
-        with test_server.connect() as connection:
-            for i in range(1000):
-                if connection.root.echo(i * n) != i * n:
-                    errors.append((n, i))
+        try:
+            with test_server.connect() as connection:
+                for i in range(1000):
+                    if connection.root.echo(i * n) != i * n:
+                        errors.append((n, i))
+        except Exception as exc:  # recorded: an exception in a thread is otherwise lost
+            errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a worker did not finish"
     assert errors == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -69,6 +70,7 @@ def _obtain_in_chunks(conn: Connection, parts: list, progress: bool | None) -> A
             or not isinstance(snapshot, BaseNetref):
         raise ProtocolError(f"{conn.peer} announced a malformed large value")
     total = sum(sizes)
+    _check_announced(conn, total)
     buffers = [bytearray() for _ in sizes]
     bar = _progress_bar(total, progress)
     try:
@@ -110,6 +112,33 @@ def array_of(netref: Any, dtype: Any = None) -> Any:
         raise TypeError(f"{netref._rk_conn.peer} answered for an array with a "
                         f"{type(value).__name__}")
     return numpy.asarray(value, dtype=dtype)
+
+
+def _check_announced(conn: Connection, nbytes: int) -> None:
+    """What the peer announced must fit ``max_message_size`` and the memory this machine
+    has free (buffers grow with what arrives; this refuses a transfer that cannot end)."""
+    limit = conn.config.max_message_size
+    if nbytes > limit:
+        raise ProtocolError(f"{conn.peer} announced {nbytes} bytes, over max_message_size "
+                            f"({limit} bytes); raise it in config= to copy this")
+    free = _free_memory()
+    if free is not None and nbytes > free:
+        raise MemoryError(f"{conn.peer} announced {nbytes} bytes; only {free} are free here")
+
+
+def _free_memory() -> int | None:
+    """Memory available for a new allocation (Linux's MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def deliver(conn: Connection, obj: Any) -> Any:

@@ -15,6 +15,13 @@ connection another reader, so a CANCEL for the long request is still read and ac
 
 Releases of dropped proxies are queued by ``__del__`` (never sent from inside the garbage
 collector) and go out as one batch in front of the next message.
+
+Sending is all or nothing. A message that cannot be encoded or is too large is not sent and
+leaves no trace: the releases it would have carried stay queued, and what boxing it changed
+(types marked as described, objects entered in the table) is undone. Once bytes have gone
+out, a send that fails (the peer vanished, or read nothing for the transport's send timeout)
+cuts the stream mid-frame, so the connection is dropped. ``close()`` waits for a sender at
+most ``CLOSE_GRACE`` seconds, then closes the transport under it.
 """
 
 from __future__ import annotations
@@ -37,8 +44,8 @@ from remote_kernel.core.netref import BaseNetref, new_proxy
 from remote_kernel.core.serving import BgServingThread, _watchdog
 from remote_kernel.core.transport import FrameReader, Transport
 from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout, mark_stop
-from remote_kernel.protocol.boxing import Boxer, Kwargs, ObjectTable
-from remote_kernel.protocol.codec import HEADER, frame, pack
+from remote_kernel.protocol.boxing import MAX_VALUE_ITEMS, Boxer, Kwargs, ObjectTable
+from remote_kernel.protocol.codec import CHUNK, HEADER, frame, pack
 from remote_kernel.protocol.describe import Descriptor, describe_type
 from remote_kernel.protocol.handlers import HANDLERS, RequestContext
 from remote_kernel.protocol.messages import Kind, Op
@@ -51,6 +58,9 @@ READ_SLICE = 1.0  # seconds a reader blocks before re-checking its deadline
 CANCEL_GRACE = 1.0  # how long an interrupted wait gives the peer to answer the cancel
 MAX_BUFFERS = 1024  # out-of-band buffers in one message
 DELIVERY_SLICE = 0.005  # a reader's wait while another thread hands over a reply
+CLOSE_GRACE = 0.5  # close(): how long to wait for a sender before cutting it off
+POLL_BATCH = 64  # poll_all(): messages served per call once its timeout has passed
+_CLOSE_FRAME = frame(pack([Kind.NOTIFY, Op.CLOSE]), 1 << 20)
 
 
 # Called with each new Connection (the IPython extension serves them from the kernel loop).
@@ -100,12 +110,16 @@ class Connection:
         self._config = _effective_config(self._service, config)
         self._transport = transport
         self.peer: str = name or self._config.connid or transport.peer_name
-        # The handshake's reader may already hold the first bytes of the protocol proper.
+        # The handshake's reader may already hold the first bytes of the protocol proper;
+        # it read through a small buffer, the connection reads through a large one.
         self._reader = reader or FrameReader(transport, self._config.max_message_size)
         self._reader.max_message_size = self._config.max_message_size
+        if reader is not None:
+            reader.resize(CHUNK)
         self._policy = AttributePolicy(self._config)
         self._table = ObjectTable(origin=_capture_origin)
         self._descriptors: dict[type, Descriptor] = {}
+        self._netref_classes: dict[Descriptor, type] = {}  # keyed by the peer's data
         self._boxer = Boxer(
             self._table,
             describe=self._describe,
@@ -117,6 +131,7 @@ class Connection:
         self._ctx = RequestContext(self._service, self._policy)
         self._seq = itertools.count(1)
         self._send_lock = threading.Lock()
+        self._sender: int | None = None  # the thread encoding a message, under the lock
         self._packer = msgpack.Packer(use_bin_type=True)  # used under the send lock
         self._recv_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
@@ -143,7 +158,6 @@ class Connection:
         # Whether the peer's display output reaches a notebook unfiltered (``connect(...,
         # trust_output=True)``, ``%remote connect --trust``); see core/outputs.py.
         self.trust_output = False
-        _interrupt.install_interruptible_sleep()
         _watchdog.track(self)
         self._service.on_connect(self)
         for hook in list(new_connection_hooks):
@@ -379,13 +393,16 @@ class Connection:
         """Read and decode one message; call with the reader role held.
 
         Out-of-band buffers announced by a BUFFERS frame are collected first; the state
-        survives a timeout between frames."""
+        survives a timeout between frames, and ``timeout`` counts for all of them."""
         boxer = self._boxer
+        deadline = None if not timeout else time.monotonic() + timeout
         try:
             while True:
                 payload = self._reader.read_frame(timeout)
                 if payload is None:
                     return None
+                if deadline is not None:
+                    timeout = max(0.0, deadline - time.monotonic())
                 self.stats["bytes_in"] += len(payload) + 4
                 if self._buffers_expected:
                     self._buffers_bytes += len(payload)
@@ -468,6 +485,8 @@ class Connection:
         self._running[seq] = (ident, token)
         if self._busy_since is None:
             self._busy_since = time.monotonic()
+            if _watchdog._thread is None:
+                _watchdog.kick()
         outcome: tuple[bool, Any] | None = None
         route = self._route_output(args)
         try:
@@ -613,14 +632,18 @@ class Connection:
             self.close()
 
     def poll_all(self, timeout: float = 0) -> bool:
-        """Serve every message that arrives within ``timeout``; True if any was served."""
-        served = False
+        """Serve every message that arrives within ``timeout``; True if any was served.
+        Under a flood it returns once the timeout has passed and ``POLL_BATCH`` messages
+        were served, so a caller on an event loop gets its turn back."""
+        served = 0
         deadline = time.monotonic() + timeout
         while True:
-            remaining = max(0.0, deadline - time.monotonic())
-            if not self.serve(remaining):
-                return served
-            served = True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 and served >= POLL_BATCH:
+                return True
+            if not self.serve(max(0.0, remaining)):
+                return served > 0
+            served += 1
 
     def poll(self, timeout: float = 0) -> bool:
         return self.serve(timeout)
@@ -632,6 +655,11 @@ class Connection:
         return self._reader.buffered()
 
     # -- the watchdog's hooks (core/serving.py) ---------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """True while this connection serves a request."""
+        return self._busy_since is not None
 
     def claim_lent_reader(self, now: float, threshold: float) -> bool:
         """True (and the claim taken) when every reader of this connection has been busy
@@ -660,37 +688,62 @@ class Connection:
             raise self._closed_error()
         boxer = self._boxer
         limit = self._config.max_message_size
+        ident = threading.get_ident()
+        if self._sender == ident:
+            # Encoding a message ran code that asks the peer something (Python 3.12 looks
+            # up ``dir(obj)`` of a netref to suggest names in an AttributeError's text):
+            # waiting for our own send lock would hang; the caller's fallback applies.
+            raise ProtocolError("a request cannot be made while a message is being encoded")
         with self._send_lock:
+            self._sender = ident
             releases = self._take_releases() if self._releases else None
-            if kind == Kind.REQUEST:
-                body = [kind, seq, op_or_value, *map(boxer.box, args)]
-            elif kind == Kind.REPLY:
-                body = [kind, seq, boxer.box(op_or_value)]
-            elif kind == Kind.EXCEPTION:
-                body = [kind, seq, boxer.box_exception(op_or_value)]
-            else:  # NOTIFY: seq is unused, op_or_value is the opcode
-                body = [kind, op_or_value, *map(boxer.box, args or ())]
+            boxer.begin()
             try:
-                payload = self._packer.pack(body)
-            except (TypeError, ValueError, OverflowError) as exc:
-                self._packer.reset()
-                raise ProtocolError(f"cannot encode message: {exc}") from exc
-            finally:
+                if kind == Kind.REQUEST:
+                    body = [kind, seq, op_or_value, *map(boxer.box, args)]
+                elif kind == Kind.REPLY:
+                    body = [kind, seq, boxer.box(op_or_value)]
+                elif kind == Kind.EXCEPTION:
+                    body = [kind, seq, boxer.box_exception(op_or_value)]
+                else:  # NOTIFY: seq is unused, op_or_value is the opcode
+                    body = [kind, op_or_value, *map(boxer.box, args or ())]
+                try:
+                    payload = self._packer.pack(body)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    self._packer.reset()
+                    raise ProtocolError(f"cannot encode message: {exc}") from exc
                 buffers = boxer.outgoing
                 if buffers:
                     boxer.outgoing = []
-            data = frame(payload, limit)
-            if releases:
-                data = frame(pack([Kind.NOTIFY, Op.DEL, releases]), limit) + data
-            sent = len(data)
-            if buffers:
-                views = self._checked_buffers(buffers, len(payload), limit)
-                # The buffers must come right before the message that uses them.
+                if boxer.items > MAX_VALUE_ITEMS:
+                    raise ProtocolError(
+                        f"a message may carry at most {MAX_VALUE_ITEMS} items by value, this "
+                        f"one {boxer.items}; not sent (copy large data as a numpy array)")
+                data = frame(payload, limit)
                 if releases:
-                    head, data = data[:-len(payload) - 4], data[-len(payload) - 4:]
-                    self._transport.send(head)
-                sent += self._send_buffers(views, limit)
-            self._transport.send(data)
+                    data = frame(pack([Kind.NOTIFY, Op.DEL, releases]), limit) + data
+                views = self._checked_buffers(buffers, len(payload), limit) if buffers \
+                    else None
+            except BaseException:
+                # Not sent: leave no trace (see the theory of operation).
+                self._sender = None
+                boxer.rollback()
+                if releases:
+                    self._releases.extendleft(reversed(releases))
+                raise
+            self._sender = None
+            sent = len(data)
+            try:
+                if views is not None:
+                    # The buffers must come right before the message that uses them.
+                    if releases:
+                        head, data = data[:-len(payload) - 4], data[-len(payload) - 4:]
+                        self._transport.send(head)
+                    sent += self._send_buffers(views, limit)
+                self._transport.send(data)
+            except ConnectionClosed as exc:
+                self._lost(str(exc))  # the stream may be cut mid-frame: it cannot go on
+                raise self._closed_error() from None
             self.stats["bytes_out"] += sent
             self.stats["messages_out"] += 1
             if kind == Kind.REQUEST:
@@ -731,7 +784,7 @@ class Connection:
         if proxy is not None:
             object.__setattr__(proxy, "_rk_refs", proxy._rk_refs + 1)
             return proxy
-        proxy = new_proxy(self, oid, descriptor)
+        proxy = new_proxy(self, oid, descriptor, self._netref_classes)
         self._proxies[oid] = weakref.ref(proxy)
         return proxy
 
@@ -770,7 +823,8 @@ class Connection:
                              self._config.max_message_size)
                 try:
                     self._transport.send(data)
-                except ConnectionClosed:
+                except ConnectionClosed as exc:
+                    self._lost(str(exc))
                     return
                 self.stats["bytes_out"] += len(data)
                 self.stats["messages_out"] += 1
@@ -787,22 +841,30 @@ class Connection:
         self._shutdown(polite=False)
 
     def close(self, reason: str = "closed") -> None:
-        """Close the connection; pending requests fail with ConnectionClosed."""
+        """Close the connection; pending requests fail with ConnectionClosed. Returns
+        within about ``CLOSE_GRACE`` seconds even when the peer reads nothing."""
         if not self._closed:
             self._close_reason = reason
         self._shutdown(polite=True)
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Close at once, without a last word to the peer."""
+        self._lost(reason)
 
     def _shutdown(self, polite: bool) -> None:
         with self._cond:
             if self._closed:
                 return
             self._closed = True
-        if polite:
+        # A last word to the peer only if no other thread is stuck sending, and only what
+        # fits at once; then closing the transport ends any send in progress.
+        if polite and self._send_lock.acquire(timeout=CLOSE_GRACE):
             try:
-                with self._send_lock:
-                    self._transport.send(frame(pack([Kind.NOTIFY, Op.CLOSE]), 1 << 20))
+                self._transport.send(_CLOSE_FRAME, 0)
             except Exception:
                 pass
+            finally:
+                self._send_lock.release()
         self._transport.close()
         with self._cond:
             self._cond.notify_all()
@@ -812,6 +874,11 @@ class Connection:
         self._async.clear()
         self._table.clear()
         self._releases.clear()
+        # Everything kept about the peer's types goes with the connection.
+        self._boxer.forget()
+        self._netref_classes = {}
+        self._descriptors.clear()
+        self._ctx.close()
         self._root = None
         if not self._disconnected:
             self._disconnected = True

@@ -4,8 +4,10 @@ Theory of operation
 -------------------
 The first time a remote type crosses a connection its descriptor arrives (see
 ``protocol.boxing``): module, qualified name, method names, the dunders it defines, flags.
-:func:`class_for` builds one proxy class per descriptor and caches it, so remote classes
-become local classes: ``isinstance(x, type(y))`` works and nothing is looked up twice.
+:func:`class_for` builds one proxy class per descriptor and caches it in the connection, so
+remote classes become local classes: ``isinstance(x, type(y))`` works and nothing is looked up
+twice. The cache is keyed by what the peer sent, so it lives and dies with the connection
+(whose count of peer types is bounded, see ``protocol.boxing``), never in the process.
 
 What stays local (no request): the object's identity, ``__class__``, IPython's probes
 (``_ipython_*``, ``_repr_*`` except the one ``_repr_mimebundle_`` that makes the single
@@ -31,7 +33,6 @@ GETATTR; the dunders the remote type defines become real methods, so ``len()``, 
 from __future__ import annotations
 
 import collections
-import threading
 from typing import TYPE_CHECKING, Any
 
 from remote_kernel.protocol.boxing import ByValue
@@ -270,21 +271,13 @@ def _fetch_doc(self: BaseNetref) -> Any:
 # ``netref.__doc__`` is the remote object's docstring (one request, like RPyC).
 _remote_doc = property(_fetch_doc, doc="the remote object's docstring")
 
-_classes: dict[Descriptor, type] = {}
-_classes_lock = threading.Lock()
-
-
-def class_for(descriptor: Descriptor) -> type:
-    """The proxy class for a type descriptor; built once and cached."""
-    cls = _classes.get(descriptor)
-    if cls is not None:
-        return cls
-    with _classes_lock:
-        cls = _classes.get(descriptor)
-        if cls is None:
-            cls = _build_class(descriptor)
-            _classes[descriptor] = cls
-        return cls
+def class_for(descriptor: Descriptor, cache: dict[Descriptor, type]) -> type:
+    """The proxy class for a type descriptor; built once per ``cache`` (a connection's:
+    proxies are only made while decoding, by the one thread holding the reader role)."""
+    cls = cache.get(descriptor)
+    if cls is None:
+        cls = cache[descriptor] = _build_class(descriptor)
+    return cls
 
 
 def _build_class(descriptor: Descriptor) -> type:
@@ -332,8 +325,9 @@ def _build_class(descriptor: Descriptor) -> type:
     return cls
 
 
-def new_proxy(conn: Connection, oid: int, descriptor: Descriptor) -> BaseNetref:
-    cls = class_for(descriptor)
+def new_proxy(conn: Connection, oid: int, descriptor: Descriptor,
+              classes: dict[Descriptor, type]) -> BaseNetref:
+    cls = classes.get(descriptor) or class_for(descriptor, classes)
     proxy = object.__new__(cls)
     object.__setattr__(proxy, "_rk_conn", conn)
     object.__setattr__(proxy, "_rk_oid", oid)

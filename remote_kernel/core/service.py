@@ -111,6 +111,10 @@ class ClassicService(Service):
             self._interpreter = Interpreter(self.exposed_namespace)
         return self._interpreter
 
+    def on_disconnect(self, conn: Connection) -> None:
+        if self._interpreter is not None:
+            self._interpreter.close()  # its widgets no longer reach anyone
+
     def exposed_getpid(self) -> int:
         import os
 

@@ -41,7 +41,11 @@ class BgServingThread:
 
 class _Watchdog:
     """Lends a reader to connections whose readers are all busy serving long requests, so
-    their cancels and replies are still read."""
+    their cancels and replies are still read.
+
+    Its thread runs only while some connection is busy serving a request: a connection
+    ``kick()``s it when it becomes busy, and it ends once none is. It holds connections
+    weakly and never between checks, so it keeps no connection alive."""
 
     LONG_REQUEST = 0.1
 
@@ -53,34 +57,51 @@ class _Watchdog:
     def track(self, conn: Connection) -> None:
         with self._lock:
             self._connections.add(conn)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="rk-watchdog",
-                                                daemon=True)
-                self._thread.start()
+
+    def kick(self) -> None:
+        """A tracked connection became busy: make sure the thread runs."""
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="rk-watchdog",
+                                                    daemon=True)
+                    self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
 
     def _run(self) -> None:
-        # The thread ends when no open connection is left (a new one starts it again).
         while True:
             _interrupt.original_sleep(self.LONG_REQUEST)
             with self._lock:
-                if not self._check():
-                    self._thread = None
-                    return
+                if self._check():
+                    continue
+                self._thread = None
+            # A connection that became busy just before the line above saw the thread
+            # still set and did not kick: look once more now that it is unset.
+            if self._any_busy():
+                self.kick()
+            return
 
     def _check(self) -> bool:
-        """Lend readers where needed; False when no open connection is tracked. Runs in
-        its own frame so that no connection stays referenced while the thread sleeps."""
+        """Lend readers where needed; False when no connection is busy. Runs in its own
+        frame so that no connection stays referenced while the thread sleeps."""
         now = time.monotonic()
-        alive = False
+        busy = False
         for conn in list(self._connections):
             if conn.closed:
                 self._connections.discard(conn)
                 continue
-            alive = True
+            if conn.busy:
+                busy = True
             if conn.claim_lent_reader(now, self.LONG_REQUEST):
                 threading.Thread(target=conn.serve_while_busy, daemon=True,
                                  name=f"rk-reader-{conn.peer}").start()
-        return alive
+        return busy
+
+    def _any_busy(self) -> bool:
+        return any(conn.busy and not conn.closed for conn in list(self._connections))
 
 
 _watchdog = _Watchdog()

@@ -8,18 +8,26 @@ the same code the fuzzer and the codec properties exercise.
 from __future__ import annotations
 
 import abc
+import time
 
 from remote_kernel.protocol.codec import CHUNK, FrameDecoder
+
+# A send that makes no progress for this long means the peer stopped reading: the
+# connection is dropped (its stream is cut mid-frame and cannot be used again).
+SEND_TIMEOUT = 30.0
 
 
 class Transport(abc.ABC):
     """A bidirectional byte stream to one peer."""
 
     peer_name: str = "peer"
+    send_timeout: float = SEND_TIMEOUT
 
     @abc.abstractmethod
-    def send(self, data: bytes | bytearray | memoryview) -> None:
-        """Send all of ``data``; raise ConnectionClosed when the peer is gone."""
+    def send(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> None:
+        """Send all of ``data``; raise ConnectionClosed when the peer is gone, when the
+        transport is closed meanwhile (from another thread too), or when no byte could be
+        sent for ``timeout`` seconds (default :attr:`send_timeout`; 0: only what fits now)."""
 
     @abc.abstractmethod
     def recv_into(self, buffer: memoryview, timeout: float | None) -> int:
@@ -56,15 +64,32 @@ class FrameReader:
         """True when a complete frame may be available without reading the transport."""
         return self.decoder.buffered() or self.transport.has_buffered_data()
 
+    def resize(self, chunk: int) -> None:
+        """A new size for the receive buffer (see FrameDecoder.resize)."""
+        self.decoder.resize(chunk)
+
     def read_frame(self, timeout: float | None) -> bytes | bytearray | None:
-        """The next frame's payload, or None when nothing complete arrived in ``timeout``."""
+        """The next frame's payload, or None when none is complete ``timeout`` seconds after
+        the call (None: wait as long as it takes). The deadline is absolute: bytes that
+        trickle in do not extend it (past it, only bytes already received by the system are
+        taken), and a partial frame stays buffered for the next call."""
         decoder = self.decoder
+        payload = decoder.next_frame()
+        if payload is not None:
+            return payload
+        deadline = None if timeout is None else time.monotonic() + timeout
+        wait = timeout
+        recv_into = self.transport.recv_into
         while True:
-            payload = decoder.next_frame()
-            if payload is not None:
-                return payload
             with decoder.recv_buffer() as view:
-                got = self.transport.recv_into(view, timeout)
-            if got == 0:
+                got = recv_into(view, wait)
+            if got:
+                decoder.advance(got)
+                payload = decoder.next_frame()
+                if payload is not None:
+                    return payload
+            elif wait == 0:
                 return None
-            decoder.advance(got)
+            if deadline is not None:
+                # Past the deadline only bytes already there are taken (no more waiting).
+                wait = max(0.0, deadline - time.monotonic())

@@ -7,6 +7,11 @@ no thread for the user to manage. While a cell runs, the main thread is busy: re
 are served by whichever thread waits for a reply (the cell itself, when it is waiting on
 the same connection), or wait for the cell to end. After each cell, frames that arrived
 together with a reply are served too.
+
+The loop never spins: when another thread holds the connection's reader role (it dispatches
+what arrives), the descriptor is left alone for ``BUSY_RETRY`` seconds instead of being
+reported readable again and again; and each wake-up serves a bounded batch
+(``Connection.poll_all``), so a flood from a peer cannot starve the kernel's own messages.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from remote_kernel.errors import ConnectionClosed, ProtocolError
 from remote_kernel.ipython.registry import ConnectionEntry, get_registry
 
 log = logging.getLogger("remote_kernel.ipython.loop")
+BUSY_RETRY = 0.05  # seconds to look away from a descriptor another thread is reading
 
 
 def kernel_loop(shell: Any) -> Any:
@@ -47,10 +53,13 @@ class LoopServer:
             return
         fd = conn.fileno()
         self.detach_fd(fd)
+        self._listen(fd, conn)
+        self._fds[fd] = conn
+
+    def _listen(self, fd: int, conn: Connection) -> None:
         from tornado.ioloop import IOLoop
 
         self.loop.add_handler(fd, lambda fd, events: self._ready(fd, conn), IOLoop.READ)
-        self._fds[fd] = conn
 
     def detach_fd(self, fd: int) -> None:
         if self._fds.pop(fd, None) is not None:
@@ -64,13 +73,33 @@ class LoopServer:
             self.detach_fd(fd)
             return
         if conn.reader_busy:
-            return  # another thread is reading; it dispatches what arrives
+            # Another thread is reading and dispatches what arrives; until it has, the
+            # descriptor stays readable, so listening again at once would spin.
+            self._pause(fd, conn)
+            return
         try:
             conn.poll_all(0)
         except (ConnectionClosed, ProtocolError):
             self.detach_fd(fd)
         except Exception:
             log.exception("serving %s from the kernel loop failed", conn.peer)
+
+    def _pause(self, fd: int, conn: Connection) -> None:
+        try:
+            self.loop.remove_handler(fd)
+        except (KeyError, ValueError, OSError):
+            pass
+        self.loop.call_later(BUSY_RETRY, self._resume, fd, conn)
+
+    def _resume(self, fd: int, conn: Connection) -> None:
+        if self._fds.get(fd) is not conn or conn.closed:
+            return  # detached (or replaced) meanwhile
+        try:
+            self._listen(fd, conn)
+        except ValueError:
+            pass  # listened to again meanwhile (attached anew)
+        except (KeyError, OSError):
+            self.detach_fd(fd)
 
     def drain(self) -> None:
         """Serve what arrived with earlier replies (called after each cell)."""

@@ -6,7 +6,8 @@
                       or {"ok": false, "error": text}
 
 Both sides prove they know the token; it never crosses the wire. Comparisons are
-constant-time and the whole exchange has a deadline. Frames are size-limited to 4 KiB.
+constant-time and the whole exchange has one absolute deadline (bytes trickling in do not
+extend it). Frames are size-limited to 4 KiB and read through a buffer of that size.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from typing import Any
 
 from remote_kernel.core.transport import FrameReader, Transport
 from remote_kernel.errors import AuthenticationError, ConnectionClosed, ProtocolError
-from remote_kernel.protocol.codec import frame, pack, unpack
+from remote_kernel.protocol.codec import HEADER_SIZE, frame, pack, unpack
 
 PROTOCOL_VERSION = 1
 HANDSHAKE_LIMIT = 4096
+HANDSHAKE_BUFFER = HANDSHAKE_LIMIT + HEADER_SIZE  # what an unauthenticated peer can fill
 FAILURE_DELAY = 0.5  # seconds a failed handshake costs the peer
 log = logging.getLogger("remote_kernel.net.auth")
 
@@ -46,19 +48,20 @@ def _read(reader: FrameReader, deadline: float) -> dict[str, Any]:
     return message
 
 
-def _send(transport: Transport, message: dict[str, Any]) -> None:
-    transport.send(frame(pack(message), HANDSHAKE_LIMIT))
+def _send(transport: Transport, message: dict[str, Any], timeout: float | None = None) -> None:
+    transport.send(frame(pack(message), HANDSHAKE_LIMIT), timeout)
 
 
 def server_handshake(transport: Transport, token: str | None, service_name: str,
                      timeout: float = 10.0) -> FrameReader:
     """Run the server side; raises AuthenticationError (after a delay) on failure."""
     deadline = time.monotonic() + timeout
-    reader = FrameReader(transport, HANDSHAKE_LIMIT)
+    reader = FrameReader(transport, HANDSHAKE_LIMIT, HANDSHAKE_BUFFER)
     nonce = secrets.token_bytes(32)
-    _send(transport, {"protocol": PROTOCOL_VERSION, "auth": token is not None,
-                      "nonce": nonce, "service": service_name})
     try:
+        # A peer that reads nothing cannot hold this thread past the deadline either.
+        _send(transport, {"protocol": PROTOCOL_VERSION, "auth": token is not None,
+                          "nonce": nonce, "service": service_name}, timeout)
         reply = _read(reader, deadline)
         client_nonce = reply.get("nonce")
         if not isinstance(client_nonce, bytes) or len(client_nonce) != 32:
@@ -69,14 +72,15 @@ def server_handshake(transport: Transport, token: str | None, service_name: str,
             if not isinstance(mac, bytes) or not hmac.compare_digest(mac, expected):
                 reason = "missing token" if mac is None else "wrong token"
                 raise AuthenticationError(f"authentication failed: {reason}")
-            _send(transport, {"ok": True, "mac": _mac(token, b"server", client_nonce, nonce)})
+            _send(transport, {"ok": True, "mac": _mac(token, b"server", client_nonce, nonce)},
+                  max(0.0, deadline - time.monotonic()))
         else:
-            _send(transport, {"ok": True, "mac": None})
+            _send(transport, {"ok": True, "mac": None}, max(0.0, deadline - time.monotonic()))
     except (AuthenticationError, ProtocolError) as exc:
         log.warning("failed handshake from %s: %s", transport.peer_name, exc)
         time.sleep(FAILURE_DELAY)
         try:
-            _send(transport, {"ok": False, "error": str(exc)})
+            _send(transport, {"ok": False, "error": str(exc)}, 0)
         except ConnectionClosed:
             pass
         raise
@@ -86,7 +90,7 @@ def server_handshake(transport: Transport, token: str | None, service_name: str,
 def client_handshake(transport: Transport, token: str | None, timeout: float = 10.0) -> str:
     """Run the client side; returns the server's service name."""
     deadline = time.monotonic() + timeout
-    reader = FrameReader(transport, HANDSHAKE_LIMIT)
+    reader = FrameReader(transport, HANDSHAKE_LIMIT, HANDSHAKE_BUFFER)
     try:
         hello = _read(reader, deadline)
     except AuthenticationError:  # the deadline passed without a word from the peer

@@ -6,9 +6,11 @@ Jupyter's own kernel files. A file that group or others can read is refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +28,20 @@ def path_for(name: str) -> Path:
 
 
 def write(name: str, info: dict[str, Any], path: Path | None = None) -> Path:
+    """Write the file atomically. The temporary file is a new one (O_EXCL, O_NOFOLLOW,
+    mode 0600, a random name): a file or symlink planted where it would go cannot receive
+    the token."""
     path = path or path_for(name)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"name": name, **info}, handle, indent=2)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"name": name, **info}, handle, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path
 
 

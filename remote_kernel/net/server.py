@@ -3,16 +3,25 @@
 ``Server(...)`` binds when constructed (``server.port`` is known before ``start()``),
 refuses a non-loopback address without a token or TLS client certificates, and runs the
 handshake of every connection with a deadline in that connection's thread.
+
+Before authentication a peer costs little and cannot cost much: the TLS and token handshakes
+share one absolute deadline, the handshake reads through a 4 KiB buffer, and at most
+``max_pending`` connections may be unauthenticated at once (the next ones are closed as soon
+as they are accepted, and logged). No error of ``accept()`` ends the server: when it runs out
+of descriptors (EMFILE) it sheds the connection waiting in the backlog and goes on.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import os
 import socket
 import ssl
+import stat
 import threading
+import time
 from typing import Any
 
 from remote_kernel.config import make_config
@@ -25,15 +34,22 @@ from remote_kernel.net.transports.sockets import SocketTransport
 
 log = logging.getLogger("remote_kernel.net.server")
 HANDSHAKE_TIMEOUT = 10.0
+MAX_PENDING = 64  # connections allowed to be unauthenticated at the same time
+ACCEPT_BACKOFF = 0.05  # seconds to wait after an accept() error before the next try
+LOG_EVERY = 5.0  # refused connections and accept() errors are logged at most this often
+CLOSE_BUDGET = 2.0  # close(): seconds for polite closes; the rest are cut at once
 
 
 def is_loopback(host: str) -> bool:
     if host in ("localhost", "ip6-localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    # An IPv4-mapped address (::ffff:127.0.0.1) is refused as before on every Python
+    # (3.13's ipaddress calls it loopback, earlier versions did not).
+    return address.is_loopback and getattr(address, "ipv4_mapped", None) is None
 
 
 class Server:
@@ -41,12 +57,14 @@ class Server:
 
     def __init__(self, service: Any = ClassicService, host: str = "127.0.0.1", port: int = 0,
                  token: str | None = None, tls: Any = None, unix_path: str | None = None,
-                 config: Any = None, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+                 config: Any = None, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 max_pending: int = MAX_PENDING) -> None:
         make_config(config)  # an unknown key or a wrong type fails here, not per connection
         self.service = service
         self.config = config
         self.token = token or None
         self.handshake_timeout = handshake_timeout
+        self.max_pending = max_pending
         self._tls = server_context(tls)
         self.host = host
         self.unix_path = unix_path
@@ -60,9 +78,16 @@ class Server:
         self.port: int = 0 if unix_path else self._sock.getsockname()[1]
         self._closed = False
         self._connections: set[Connection] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # close() may run in a signal handler
         self._thread: threading.Thread | None = None
         self._accepting = threading.Event()
+        self._pending = 0  # connections not yet authenticated (under self._lock)
+        self.refused = 0  # connections closed because too many were pending
+        self._last_log: dict[str, float] = {}
+        self._unix_inode: tuple[int, int] | None = None
+        if unix_path:
+            info = os.stat(unix_path)
+            self._unix_inode = (info.st_dev, info.st_ino)
 
     @property
     def address(self) -> str:
@@ -73,8 +98,7 @@ class Server:
 
     def _bind(self, host: str, port: int, unix_path: str | None) -> socket.socket:
         if unix_path:
-            if os.path.exists(unix_path):
-                os.unlink(unix_path)
+            _remove_stale_socket(unix_path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             old_umask = os.umask(0o177)  # the socket file is ours alone
             try:
@@ -99,20 +123,70 @@ class Server:
         except OSError:  # closed before it started
             self._accepting.clear()
             return
+        spare = _spare_descriptor()
         try:
             while not self._closed:
                 try:
                     client, address = self._sock.accept()
                 except TimeoutError:
                     continue
-                except OSError:
+                except OSError as exc:
                     if self._closed:
                         break
-                    raise
-                threading.Thread(target=self._serve_client, args=(client, address),
-                                 name=f"rk-conn-{address}", daemon=True).start()
+                    spare = self._accept_failed(exc, spare)
+                    continue
+                try:
+                    self._admit(client, address)
+                except Exception as exc:  # a thread that cannot start: shed this one
+                    client.close()
+                    self._release_pending()
+                    self._log_sometimes("admit", "dropping a connection: %s", exc)
         finally:
+            if spare is not None:
+                os.close(spare)
             self._accepting.clear()
+
+    def _admit(self, client: socket.socket, address: Any) -> None:
+        with self._lock:
+            admitted = self._pending < self.max_pending
+            if admitted:
+                self._pending += 1
+            else:
+                self.refused += 1
+        if not admitted:
+            client.close()  # at once: an unauthenticated peer gets no thread, no buffer
+            self._log_sometimes("pending", "refusing connections: %d are already "
+                                "authenticating (%d refused so far)",
+                                self.max_pending, self.refused)
+            return
+        threading.Thread(target=self._serve_client, args=(client, address),
+                         name=f"rk-conn-{address}", daemon=True).start()
+
+    def _release_pending(self) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def _accept_failed(self, exc: OSError, spare: int | None) -> int | None:
+        """Survive any accept() error. Out of descriptors, the connection waiting in the
+        backlog is accepted with a descriptor kept in reserve and closed, so the listening
+        socket does not stay readable with nobody able to take the connection."""
+        self._log_sometimes("accept", "accept() failed: %s", exc)
+        if exc.errno in (errno.EMFILE, errno.ENFILE) and spare is not None:
+            os.close(spare)
+            try:
+                client, _ = self._sock.accept()
+                client.close()
+            except OSError:
+                pass
+            spare = _spare_descriptor()
+        time.sleep(ACCEPT_BACKOFF)
+        return spare
+
+    def _log_sometimes(self, key: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last_log.get(key, -LOG_EVERY) >= LOG_EVERY:
+            self._last_log[key] = now
+            log.warning(message, *args)
 
     def serve_in_background(self) -> Server:
         if self._thread is None:
@@ -137,13 +211,21 @@ class Server:
             pass
         with self._lock:
             connections = list(self._connections)
+        # Polite closes (a last message to each peer) while the budget lasts; a peer that
+        # does not read costs each at most the connection's close grace.
+        deadline = time.monotonic() + CLOSE_BUDGET
         for conn in connections:
-            conn.close("server shutting down")
+            if time.monotonic() < deadline:
+                conn.close("server shutting down")
+            else:
+                conn.abort("server shutting down")
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
-        if self.unix_path and os.path.exists(self.unix_path):
-            try:
-                os.unlink(self.unix_path)
+        if self.unix_path and self._unix_inode is not None:
+            try:  # only our own socket: something else put there since stays
+                info = os.stat(self.unix_path)
+                if (info.st_dev, info.st_ino) == self._unix_inode:
+                    os.unlink(self.unix_path)
             except OSError:
                 pass
 
@@ -161,36 +243,18 @@ class Server:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def _serve_client(self, sock: socket.socket, address: Any) -> None:
-        peer = self._peer_name(address)
         try:
-            if self._tls is not None:
-                sock.settimeout(self.handshake_timeout)
-                try:
-                    sock = self._tls.wrap_socket(sock, server_side=True)
-                except (ssl.SSLError, OSError) as exc:
-                    log.warning("TLS handshake with %s failed: %s", peer, exc)
-                    sock.close()
-                    return
-            transport = SocketTransport(sock, peer)
-            service = make_service(self.service)
-            service_name = type(service).__name__
-            try:
-                reader = server_handshake(transport, self.token, service_name,
-                                          self.handshake_timeout)
-            except (AuthenticationError, ProtocolError, ConnectionClosed) as exc:
-                log.info("dropping %s: %s", peer, exc)
-                transport.close()
-                return
-            conn = Connection(transport, service, self.config, reader=reader)
-        except Exception:
-            log.exception("could not set up the connection from %s", peer)
-            sock.close()
+            conn = self._authenticate(sock, address)
+        finally:
+            self._release_pending()
+        if conn is None:
             return
         with self._lock:
             if self._closed:
                 conn.close("server shutting down")
                 return
             self._connections.add(conn)
+        peer = conn.peer
         try:
             conn.serve_all()
         except ProtocolError as exc:
@@ -201,6 +265,75 @@ class Server:
             conn.close()
             with self._lock:
                 self._connections.discard(conn)
+
+
+    def _authenticate(self, sock: socket.socket, address: Any) -> Connection | None:
+        """TLS, then the token handshake, within one deadline; the Connection, or None."""
+        peer = self._peer_name(address)
+        deadline = time.monotonic() + self.handshake_timeout
+        try:
+            if self._tls is not None:
+                try:
+                    sock = _tls_handshake(self._tls, sock, deadline)
+                except (ssl.SSLError, OSError) as exc:
+                    log.warning("TLS handshake with %s failed: %s", peer, exc)
+                    sock.close()
+                    return None
+            transport = SocketTransport(sock, peer)
+            service = make_service(self.service)
+            service_name = type(service).__name__
+            try:
+                reader = server_handshake(transport, self.token, service_name,
+                                          max(0.0, deadline - time.monotonic()))
+            except (AuthenticationError, ProtocolError, ConnectionClosed) as exc:
+                log.info("dropping %s: %s", peer, exc)
+                transport.close()
+                return None
+            return Connection(transport, service, self.config, reader=reader)
+        except Exception:
+            log.exception("could not set up the connection from %s", peer)
+            sock.close()
+            return None
+
+
+def _tls_handshake(context: ssl.SSLContext, sock: socket.socket,
+                   deadline: float) -> ssl.SSLSocket:
+    """The server side of a TLS handshake that ends by ``deadline`` however slowly the
+    peer's bytes arrive (a socket timeout alone restarts with every byte)."""
+    tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("TLS handshake timed out")
+            tls.settimeout(min(left, 0.5))
+            try:
+                tls.do_handshake()
+                return tls
+            except (TimeoutError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                continue
+    except BaseException:
+        tls.close()  # it owns the descriptor now
+        raise
+
+
+def _spare_descriptor() -> int | None:
+    """A descriptor held in reserve for shedding connections when none is left."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket left at ``path`` by an earlier server; anything else is an error."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(f"{path} exists and is not a socket; refusing to replace it")
+    os.unlink(path)
 
 
 ThreadedServer = Server  # RPyC's name

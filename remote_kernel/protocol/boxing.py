@@ -11,7 +11,14 @@ crosses the connection its descriptor travels with the REF; later REFs carry 12 
 A proxy of the peer's object going back is a PEERREF and decodes to the original object.
 
 Boxing happens under the connection's send lock and unboxing under its receive lock, so type
-descriptors are always seen before the REFs that use them.
+descriptors are always seen before the REFs that use them. Sending is all or nothing: what
+boxing one message changed (types marked as described, object-table entries) is recorded and
+undone by ``rollback()`` when that message is not sent.
+
+Decoding is bounded by what arrived: a message holds at most ``MAX_ITEMS`` items (array
+elements, map keys and values, nested ext values included), counted while it is decoded
+(a payload shorter than that cannot hold more, so it takes the fast path); the peer's type
+descriptors are capped per connection, and so is the cache of exception classes.
 
 ``box_value`` is the deep by-value encoding of ``obtain``/``deliver``: lists, dicts, sets,
 bytearrays, numpy arrays (masked ones too) and pandas objects are copied; ``values.py`` holds
@@ -23,6 +30,7 @@ from __future__ import annotations
 import itertools
 import struct
 import threading
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +38,7 @@ from msgpack import ExtType
 
 from remote_kernel.errors import ProtocolError
 from remote_kernel.protocol import exceptions, values
-from remote_kernel.protocol.codec import pack, unpack
+from remote_kernel.protocol.codec import ItemBudget, pack, unpack
 from remote_kernel.protocol.describe import Descriptor
 from remote_kernel.protocol.exceptions import local_class
 from remote_kernel.protocol.messages import Ext
@@ -42,8 +50,13 @@ OID = struct.Struct(">Q")
 COMPLEX = struct.Struct(">dd")
 MAX_DEPTH = 64
 MAX_DECODE_DEPTH = 32  # nested ext values (each is a C-level unpack: the C stack is finite)
+MAX_ITEMS = 1 << 22  # items one decoded message may hold (4,194,304)
+MAX_VALUE_ITEMS = MAX_ITEMS // 2  # items a sender packs by value in one message
+MAX_PEER_TYPES = 16_384  # type descriptors a peer may send over one connection
+MAX_PEER_TYPE_NAMES = 1_000_000  # method and dunder names in all of them together
 
 _PASSTHROUGH = frozenset({str, float, bool, type(None)})
+_CONTAINERS = frozenset({tuple, list, dict, set, frozenset})
 _REF, _PEERREF = int(Ext.REF), int(Ext.PEERREF)
 
 
@@ -83,14 +96,16 @@ class ObjectTable:
     """Local objects the peer holds references to, with reference counts.
 
     Ids come from a counter, never from ``id()``, so a freed id cannot be confused with a
-    new object. The same live object always gets the same id. ``origin()``, when given, is
-    called when an object is first sent; what it returns (where the object came from, such
-    as the notebook cell that sent it) is kept with it while the peer holds it.
+    new object. The same live object always gets the same id, and so does the same bound
+    method: ``obj.method`` is a new object at each access, and a peer asking for it a
+    million times must not get a million entries. ``origin()``, when given, is called when
+    an object is first sent; what it returns (where the object came from, such as the
+    notebook cell that sent it) is kept with it while the peer holds it.
     """
 
     def __init__(self, origin: Callable[[], Any] | None = None) -> None:
-        self._objects: dict[int, list[Any]] = {}  # oid -> [obj, count]
-        self._oid_of: dict[int, int] = {}  # id(obj) -> oid, valid while obj is held
+        self._objects: dict[int, list[Any]] = {}  # oid -> [obj, count, key]
+        self._oid_of: dict[Any, int] = {}  # key -> oid, valid while obj is held
         self._origins: dict[int, Any] = {}  # oid -> origin, for objects that have one
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
@@ -98,13 +113,17 @@ class ObjectTable:
 
     def add(self, obj: Any) -> int:
         with self._lock:
-            oid = self._oid_of.get(id(obj))
+            key: Any = id(obj)
+            oid = self._oid_of.get(key)
+            if oid is None and type(obj) in _BOUND_TYPES:
+                key = _bound_key(obj)
+                oid = self._oid_of.get(key)
             if oid is not None:
                 self._objects[oid][1] += 1
                 return oid
             oid = next(self._counter)
-            self._objects[oid] = [obj, 1]
-            self._oid_of[id(obj)] = oid
+            self._objects[oid] = [obj, 1, key]
+            self._oid_of[key] = oid
             if self.origin is not None:
                 origin = self.origin()
                 if origin is not None:
@@ -135,7 +154,7 @@ class ObjectTable:
             entry[1] -= count
             if entry[1] <= 0:
                 del self._objects[oid]
-                self._oid_of.pop(id(entry[0]), None)
+                self._oid_of.pop(entry[2], None)
                 self._origins.pop(oid, None)
 
     def clear(self) -> None:
@@ -146,6 +165,17 @@ class ObjectTable:
 
     def __len__(self) -> int:
         return len(self._objects)
+
+
+_BOUND_TYPES = frozenset({types.MethodType, types.BuiltinMethodType, types.MethodWrapperType})
+
+
+def _bound_key(method: Any) -> tuple:
+    """What makes two bound methods the same (the table keeps the first one, and with it
+    the objects whose ids this names)."""
+    function = getattr(method, "__func__", None)
+    return (id(getattr(method, "__self__", None)),
+            id(function) if function is not None else getattr(method, "__name__", ""))
 
 
 def _checked_descriptor(descriptor: Any) -> Descriptor:
@@ -197,11 +227,47 @@ class Boxer:
         self._plain_only = False
         self._type_ids: dict[type, int] = {}
         self._peer_types: dict[int, Descriptor] = {}
+        self._peer_type_names = 0
+        self._exception_classes: dict[tuple[str, str, str], type[BaseException]] = {}
+        # What boxing the current message changed, undone if it is not sent.
+        self._new_types: list[type] = []
+        self._new_refs: list[int] = []
+        self.items = 0  # items packed by value into the current message
+        self._budget: ItemBudget | None = None  # set while a long payload is decoded
         # Out-of-band buffers of the message being encoded / decoded (send / receive lock).
         self.outgoing: list[Any] = []
         self.incoming: list[bytearray] = []
         self._raw_buffers = False  # True while decoding an array: keep the bytearray
         self._depth = 0
+
+    # -- one message at a time -----------------------------------------------------------
+
+    def begin(self) -> None:
+        """A new message is being encoded (call under the send lock)."""
+        if self._new_refs:
+            self._new_refs.clear()
+        if self._new_types:
+            self._new_types.clear()
+        self.items = 0
+
+    def rollback(self) -> None:
+        """The message was not sent: the peer never saw its type descriptors, and holds
+        no reference to what it would have carried."""
+        type_ids = self._type_ids
+        for cls in self._new_types:
+            type_ids.pop(cls, None)
+        for oid in self._new_refs:
+            self.table.decref(oid, 1)
+        self._new_types.clear()
+        self._new_refs.clear()
+        self.outgoing = []
+
+    def forget(self) -> None:
+        """The connection closed: drop everything kept about the peer and its types."""
+        self._type_ids = {}
+        self._peer_types = {}
+        self._peer_type_names = 0
+        self._exception_classes = {}
 
     def _out_of_band(self, data: Any) -> ExtType:
         self.outgoing.append(data)
@@ -220,10 +286,12 @@ class Boxer:
                 return obj
             return ExtType(Ext.BIGINT, str(obj).encode())
         if t is tuple:
+            self.items += len(obj)
             return [self.box(item) for item in obj]
         if t is complex:
             return ExtType(Ext.COMPLEX, COMPLEX.pack(obj.real, obj.imag))
         if t is frozenset:
+            self.items += len(obj)
             return ExtType(Ext.FROZENSET, pack([self.box(item) for item in obj]))
         if t is slice:
             return ExtType(Ext.SLICE, pack([self.box(obj.start), self.box(obj.stop),
@@ -240,6 +308,7 @@ class Boxer:
             except TypeError:
                 return self.box(obj.value)
         if t is Kwargs:
+            self.items += 2 * len(obj)
             return {str(key): self.box(value) for key, value in obj.items()}
         if t is BatchOutcomes:
             return [[1, self.box(value)] if ok else [0, self.box_exception(value)]
@@ -252,11 +321,13 @@ class Boxer:
     def _box_ref(self, obj: Any) -> ExtType:
         cls = type(obj)
         oid = self.table.add(obj)
+        self._new_refs.append(oid)
         tid = self._type_ids.get(cls)
         if tid is not None:
             return _ext(_REF, REF.pack(oid, tid))
         tid = len(self._type_ids) + 1
         self._type_ids[cls] = tid
+        self._new_types.append(cls)
         return ExtType(Ext.REFDESC, pack([oid, tid, self._describe(cls)]))
 
     def box_value(self, obj: Any, depth: int = 0) -> Any:
@@ -267,6 +338,8 @@ class Boxer:
         if t in _PASSTHROUGH or t is bytes or t is int or t is complex or t is slice \
                 or obj is Ellipsis:
             return self.box(obj)
+        if t in _CONTAINERS:
+            self.items += len(obj) * (2 if t is dict else 1)
         if t is tuple:
             return [self.box_value(item, depth + 1) for item in obj]
         if t is list:
@@ -311,7 +384,19 @@ class Boxer:
     # -- decoding -------------------------------------------------------------------
 
     def decode(self, payload: bytes | bytearray | memoryview) -> Any:
-        return unpack(payload, self.ext_hook)
+        """One message. A payload of n bytes holds at most n items, so only one longer
+        than MAX_ITEMS bytes has its items counted as they are decoded."""
+        if len(payload) <= MAX_ITEMS:
+            return unpack(payload, self.ext_hook)
+        self._budget = ItemBudget(MAX_ITEMS)
+        try:
+            return unpack(payload, self.ext_hook, self._budget)
+        finally:
+            self._budget = None
+
+    def _unpack(self, data: bytes) -> Any:
+        """A value nested in an ext value: inside the budget of its message."""
+        return unpack(data, self.ext_hook, self._budget)
 
     def ext_hook(self, code: int, data: bytes) -> Any:
         """Decode one ext value; anything malformed (or nested too deeply) is a
@@ -347,8 +432,8 @@ class Boxer:
             if type(oid) is not int or type(tid) is not int or oid < 0 or tid < 0 \
                     or oid > INT_MAX or tid > 0xFFFFFFFF:
                 raise ProtocolError("malformed reference")
-            self._peer_types[tid] = _checked_descriptor(descriptor)
-            return self._make_proxy(oid, self._peer_types[tid])
+            descriptor = self._remember_type(tid, _checked_descriptor(descriptor))
+            return self._make_proxy(oid, descriptor)
         if code == Ext.PEERREF:
             if self.exception_depth:
                 raise ProtocolError("an exception may not carry references")
@@ -382,7 +467,7 @@ class Boxer:
                 raise ProtocolError("malformed dict")
             return dict(zip(flat[::2], flat[1::2], strict=True))
         if code == Ext.BYTEARRAY:
-            value = unpack(data, self.ext_hook)
+            value = self._unpack(data)
             if not isinstance(value, (bytes, bytearray)):
                 raise ProtocolError("malformed bytearray")
             return value if type(value) is bytearray else bytearray(value)
@@ -400,8 +485,24 @@ class Boxer:
             return exceptions.decode(self, data)
         raise ProtocolError(f"unknown ext type {code}")
 
+    def _remember_type(self, tid: int, descriptor: Descriptor) -> Descriptor:
+        """Keep a peer's type descriptor, within the connection's bounds."""
+        types = self._peer_types
+        old = types.get(tid)
+        if old is None and len(types) >= MAX_PEER_TYPES:
+            raise ProtocolError(f"the peer described more than {MAX_PEER_TYPES} types")
+        names = self._peer_type_names + len(descriptor[2]) + len(descriptor[3])
+        if old is not None:
+            names -= len(old[2]) + len(old[3])
+        if names > MAX_PEER_TYPE_NAMES:
+            raise ProtocolError(f"the peer's type descriptors name more than "
+                                f"{MAX_PEER_TYPE_NAMES} methods")
+        self._peer_type_names = names
+        types[tid] = descriptor
+        return descriptor
+
     def _unpack_tuple(self, data: bytes, length: int | None = None) -> tuple:
-        items = unpack(data, self.ext_hook)
+        items = self._unpack(data)
         if type(items) is not tuple or (length is not None and len(items) != length):
             raise ProtocolError("malformed container value")
         return items

@@ -62,15 +62,46 @@ def pack(obj: Any) -> bytes:
         raise ProtocolError(f"cannot encode message: {exc}") from exc
 
 
-def unpack(payload: bytes | bytearray | memoryview, ext_hook: ExtHook | None = None) -> Any:
-    """Decode one msgpack object; anything malformed raises ProtocolError."""
+class ItemBudget:
+    """Counts the items of one message as its arrays and maps are decoded, and stops the
+    decoding past ``limit`` (no single array or map may be longer than that either)."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def array(self, items: tuple) -> tuple:
+        self.used += len(items)
+        if self.used > self.limit:
+            raise ProtocolError(f"a message may hold at most {self.limit} items")
+        return items
+
+    def map(self, mapping: dict) -> dict:
+        self.used += 2 * len(mapping)
+        if self.used > self.limit:
+            raise ProtocolError(f"a message may hold at most {self.limit} items")
+        return mapping
+
+
+def unpack(payload: bytes | bytearray | memoryview, ext_hook: ExtHook | None = None,
+           budget: ItemBudget | None = None) -> Any:
+    """Decode one msgpack object; anything malformed raises ProtocolError. With a
+    ``budget``, its items are counted against it as they are decoded."""
     try:
         if ext_hook is None:
             return msgpack.unpackb(
                 payload, use_list=False, raw=False, strict_map_key=False
             )
+        if budget is None:
+            return msgpack.unpackb(
+                payload, use_list=False, raw=False, strict_map_key=True, ext_hook=ext_hook
+            )
         return msgpack.unpackb(
-            payload, use_list=False, raw=False, strict_map_key=True, ext_hook=ext_hook
+            payload, use_list=False, raw=False, strict_map_key=True, ext_hook=ext_hook,
+            list_hook=budget.array, object_hook=budget.map,
+            max_array_len=budget.limit, max_map_len=budget.limit // 2,
         )
     except ProtocolError:
         raise
@@ -201,6 +232,19 @@ class FrameDecoder:
                     target[:count] = view[offset:offset + count]
                 self.advance(count)
                 offset += count
+
+    def resize(self, chunk: int) -> None:
+        """Give the shared buffer a new size, keeping what it holds (the handshake reads
+        with a small buffer; the connection proper with a large one)."""
+        if chunk == len(self._buf):
+            return
+        held = self._buf[self._start:self._end]
+        if len(held) > chunk:
+            raise ValueError("the new buffer cannot hold the bytes already received")
+        self._buf = bytearray(chunk)
+        self._buf[:len(held)] = held
+        self._view = memoryview(self._buf)
+        self._start, self._end = 0, len(held)
 
     def _compact(self) -> None:
         remaining = self._end - self._start

@@ -249,12 +249,15 @@ def _entry(name: str, kind: str, key: Any, value: Any) -> dict[str, Any]:
             "repr": _short_repr(value), "expandable": _expandable(value)}
 
 
-def children(obj: Any, allowed: Any, limit: int) -> list[dict[str, Any]]:
+def children(obj: Any, resolve: Any, limit: int) -> list[dict[str, Any]]:
     """The browsable children of ``obj``: items of mappings and sequences, else the
-    attributes ``allowed(name)`` accepts (private names left out)."""
+    attributes the policy allows: ``resolve(name)`` is the name to read for ``name``, or
+    None (private names are left out; an attribute shows once, under its first name)."""
     found: list[dict[str, Any]] = []
     if isinstance(obj, dict):
-        for key, value in list(obj.items())[:limit]:
+        # dict's own items(), not an override of a subclass: reading items is __iter__ and
+        # __getitem__, the safe dunders, and never a method the policy was not asked about.
+        for key, value in list(dict.items(obj))[:limit]:
             if isinstance(key, str) and key.startswith("__"):
                 continue
             if isinstance(key, (str, int, float, bool)):
@@ -263,11 +266,16 @@ def children(obj: Any, allowed: Any, limit: int) -> list[dict[str, Any]]:
         return found
     if isinstance(obj, (list, tuple)):
         return [_entry(f"[{i}]", "item", i, value) for i, value in enumerate(obj[:limit])]
+    seen: set[str] = set()
     for name in sorted(dir(obj)):
-        if name.startswith("_") or not allowed(name):
+        if name.startswith("_"):
             continue
+        resolved = resolve(name)
+        if resolved is None or resolved in seen:
+            continue
+        seen.add(resolved)
         try:
-            value = getattr(obj, name)
+            value = getattr(obj, resolved)
         except Exception:
             continue
         found.append(_entry(name, "attr", name, value))

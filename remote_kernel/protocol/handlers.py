@@ -25,18 +25,34 @@ from remote_kernel.protocol.messages import Op
 from remote_kernel.protocol.policy import AttributePolicy
 from remote_kernel.protocol.values import LARGE_MARKER, Snapshot, check_available, large_plan
 
+MAX_SNAPSHOTS = 4  # large transfers in progress per connection
+SNAPSHOT_BUDGET = 1 << 30  # bytes all of them may hold together (the newest is always kept)
+
 
 class RequestContext:
     """What handlers may touch: the root service object, the policy, and the connection's
-    own helpers for describing objects (display, completion, inspection)."""
+    own state for requests that span several messages (the snapshots of chunked obtains)."""
 
     def __init__(self, root: Any, policy: AttributePolicy) -> None:
         self.root = root
         self.policy = policy
+        # id(obj) -> (obj, contiguous snapshot): one copy per chunked transfer.
+        self.snapshots: dict[int, tuple[Any, memoryview]] = {}
+
+    def snapshot(self, obj: Any, view: memoryview) -> None:
+        snapshots = self.snapshots
+        snapshots.pop(id(obj), None)
+        while snapshots and (len(snapshots) >= MAX_SNAPSHOTS or view.nbytes + sum(
+                held.nbytes for _, held in snapshots.values()) > SNAPSHOT_BUDGET):
+            del snapshots[next(iter(snapshots))]  # the oldest transfer gives way
+        snapshots[id(obj)] = (obj, view)
+
+    def close(self) -> None:
+        self.snapshots.clear()
 
 
 def _getattr(ctx: RequestContext, obj: Any, name: str) -> Any:
-    return getattr(obj, ctx.policy.resolve(obj, name))
+    return ctx.policy.getattr(obj, name)
 
 
 def _setattr(ctx: RequestContext, obj: Any, name: str, value: Any) -> None:
@@ -54,7 +70,7 @@ def _call(ctx: RequestContext, obj: Any, args: tuple, kwargs: dict | None) -> An
 
 
 def _callattr(ctx: RequestContext, obj: Any, name: str, args: tuple, kwargs: dict | None) -> Any:
-    return getattr(obj, ctx.policy.resolve(obj, name))(*args, **(kwargs or {}))
+    return ctx.policy.getattr(obj, name)(*args, **(kwargs or {}))
 
 
 _COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
@@ -80,7 +96,7 @@ def _buffiter(ctx: RequestContext, iterator: Any, count: int) -> tuple:
 
 
 def _ctxexit(ctx: RequestContext, obj: Any, exc_type: str | None, message: str | None) -> Any:
-    exit_method = getattr(obj, ctx.policy.resolve(obj, "__exit__"))
+    exit_method = ctx.policy.getattr(obj, "__exit__")
     if exc_type is None:
         return exit_method(None, None, None)
     cls = remote_exception_class("builtins", exc_type)
@@ -97,19 +113,21 @@ def _inspect(ctx: RequestContext, obj: Any) -> ByValue:
 
 
 def _keys(ctx: RequestContext, obj: Any) -> ByValue:
-    hook = getattr(type(obj), "_ipython_key_completions_", None)
-    if hook is not None:
-        keys = list(hook(obj))
-    elif hasattr(obj, "keys"):
-        keys = list(obj.keys())
-    else:
-        keys = []
+    """Keys for ``obj[<TAB>``: IPython's hook or ``keys()``, if the policy allows either;
+    nothing otherwise."""
+    keys: list = []
+    for wanted in ("_ipython_key_completions_", "keys"):
+        name = ctx.policy.allowed(obj, wanted)
+        method = getattr(obj, name, None) if name is not None else None
+        if callable(method):
+            keys = list(method())
+            break
     return ByValue(tuple(k for k in keys[:5000] if isinstance(k, (str, bytes, int, float))))
 
 
 def _oinfo(ctx: RequestContext, obj: Any, attribute: str | None, detail: int) -> ByValue:
     if attribute is not None:
-        obj = getattr(obj, ctx.policy.resolve(obj, attribute))
+        obj = ctx.policy.getattr(obj, attribute)
     return ByValue(object_info(obj, detail))
 
 
@@ -129,7 +147,7 @@ def _walk(ctx: RequestContext, obj: Any, path: tuple) -> Any:
             raise ValueError("a browser path is a sequence of (kind, name) pairs")
         kind, name = step
         if kind == "attr":
-            obj = getattr(obj, ctx.policy.resolve(obj, name))
+            obj = ctx.policy.getattr(obj, name)
         elif kind == "item":
             obj = obj[name]
         else:
@@ -141,8 +159,8 @@ def _children(ctx: RequestContext, obj: Any, path: tuple, limit: int) -> ByValue
     """One level of the object browser, in one request: [{name, kind, type, repr,
     expandable}] for the object at ``path`` below ``obj``; only what the policy allows."""
     target = _walk(ctx, obj, path)
-    allowed = lambda name: ctx.policy.resolve_on_type(type(target), name) is not None  # noqa: E731
-    return ByValue(children(target, allowed, max(1, min(int(limit), 1000))))
+    return ByValue(children(target, lambda name: ctx.policy.allowed(target, name),
+                            max(1, min(int(limit), 1000))))
 
 
 def _obtain(ctx: RequestContext, obj: Any, inline_limit: int | None = None) -> Any:

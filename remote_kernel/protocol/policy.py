@@ -1,8 +1,13 @@
 """The attribute policy: which attributes of a local object the peer may reach.
 
 Every handler that reads, writes or calls an attribute on the peer's behalf asks
-:meth:`AttributePolicy.resolve`; none calls ``getattr`` with a name the peer chose without it
-(CVE-2019-16328 was a comparison handler that did). Names follow RPyC's config switches.
+:meth:`AttributePolicy.resolve` (or :meth:`~AttributePolicy.allowed`, or reads through
+:meth:`~AttributePolicy.getattr`); none calls ``getattr`` with a name the peer chose without
+it (CVE-2019-16328 was a comparison handler that did), and an attribute is read under the
+name the policy resolved, never the one asked for (``config`` may resolve to
+``exposed_config``; the private ``config`` stays private). Names follow RPyC's config
+switches. The public methods of builtin containers and strings are allowed on instances of
+exactly those types, not on subclasses (which may add or override anything).
 """
 
 from __future__ import annotations
@@ -38,7 +43,10 @@ SAFE_BUILTIN_TYPES: tuple[type, ...] = (
 SAFE_BUILTIN_METHODS = frozenset(
     name for cls in SAFE_BUILTIN_TYPES for name in dir(cls) if not name.startswith("_")
 )
+_EXACT_BUILTIN_TYPES = frozenset(SAFE_BUILTIN_TYPES)
 _MISSING = object()
+MAX_CACHED = 4096  # (type, name) decisions kept per connection; the names are the peer's
+MAX_CACHED_NAME = 128  # longer names are decided each time, never kept
 
 
 def exposed(obj: Any) -> Any:
@@ -78,7 +86,11 @@ class AttributePolicy:
             try:
                 found = self._by_type[key]
             except KeyError:  # what the class decides is the same for all its instances
-                found = self._by_type[key] = self._resolve(cls, name, None)
+                found = self._resolve(cls, name, None)
+                if len(name) <= MAX_CACHED_NAME:
+                    if len(self._by_type) >= MAX_CACHED:
+                        self._by_type.clear()
+                    self._by_type[key] = found
             except TypeError:  # an unhashable class
                 found = self._resolve(cls, name, obj)
         if found is None:
@@ -87,6 +99,17 @@ class AttributePolicy:
                 "attribute policy"
             )
         return found
+
+    def allowed(self, obj: Any, name: str) -> str | None:
+        """The attribute name to use for the peer's ``name``, or None when denied."""
+        try:
+            return self.resolve(obj, name)
+        except AccessDenied:
+            return None
+
+    def getattr(self, obj: Any, name: str) -> Any:
+        """``obj.<name>`` read on the peer's behalf, under the resolved name."""
+        return getattr(obj, self.resolve(obj, name))
 
     def resolve_on_type(self, cls: type, name: str) -> str | None:
         return self._resolve(cls, name, None)
@@ -108,7 +131,7 @@ class AttributePolicy:
         if config.allow_safe_attrs:
             if name in SAFE_DUNDERS:
                 return name
-            if name in SAFE_BUILTIN_METHODS and issubclass(cls, SAFE_BUILTIN_TYPES):
+            if name in SAFE_BUILTIN_METHODS and cls in _EXACT_BUILTIN_TYPES:
                 return name
         if config.allow_public_attrs and not name.startswith("_"):
             return name

@@ -143,9 +143,9 @@ def decode(code: int, fields: Any, take: Take) -> Any:
 
 class Snapshot:
     """The buffers of one large value, taken once when it is obtained, read in chunks
-    (READ) until the client drops its reference. A C- or Fortran-contiguous array is read
-    in place (no copy: as for any read of live memory, writes to it during the transfer can
-    show in the copy); any other layout was copied once, here, into contiguous memory."""
+    (READ) until the client drops its reference. Writable memory is copied once when the
+    snapshot is taken, so every chunk of one transfer comes from the same moment (the
+    owner may change the array meanwhile); read-only buffers (bytes) are read in place."""
 
     __slots__ = ("views", "sizes", "_starts")
 
@@ -200,6 +200,11 @@ def nbytes_estimate(obj: Any) -> int:
     return 0
 
 
+def _frozen(view: memoryview) -> memoryview:
+    """``view`` as it is now: a copy unless nobody can write to it."""
+    return view if view.readonly else memoryview(bytearray(view))
+
+
 def large_plan(obj: Any, limit: int) -> tuple[Any, tuple, Snapshot] | None:
     """For a value over ``limit`` bytes: (code, fields with buffer indices, snapshot), to
     be read in chunks; None for anything smaller (it goes inline) or not a codec value."""
@@ -207,11 +212,11 @@ def large_plan(obj: Any, limit: int) -> tuple[Any, tuple, Snapshot] | None:
         return None
     if type(obj) in (bytes, bytearray, memoryview):
         kind = "bytearray" if type(obj) is bytearray else "bytes"
-        return kind, (0,), Snapshot([memoryview(obj).cast("B")])
+        return kind, (0,), Snapshot([_frozen(memoryview(obj).cast("B"))])
     views: list[memoryview] = []
 
     def put(view: memoryview) -> int:
-        views.append(view)
+        views.append(_frozen(view))
         return len(views) - 1
 
     code, fields = encode(obj, put)

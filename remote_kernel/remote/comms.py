@@ -1,43 +1,95 @@
-"""Comms (ipywidgets) of a remote interpreter, forwarded to the notebook.
+"""Comms (ipywidgets) of a remote interpreter, forwarded through the proxy kernel.
 
-On the remote side, the ``comm`` package's two hooks (``create_comm``,
-``get_comm_manager``) are pointed at comms whose messages go to a *sink* on the notebook
-side: the proxy kernel's (it publishes them on its iopub channel) or, for ``%%remote``
-cells, the extension's comm bridge (it opens a matching comm in the notebook's kernel). A
-comm keeps the sink that was current when it was created: the sink attached to the
-interpreter whose cell created it (so a proxy kernel and a notebook on one server each get
-their own widgets), else the one attached last. The frontend's ``comm_open``/``comm_msg``/
-``comm_close`` come back through :func:`deliver` to the widgets here.
+Each :class:`~remote_kernel.remote.interpreter.Interpreter` (one per connection, so one per
+proxy kernel) has its own :class:`InterpreterComms`: its sink (the proxy kernel, which
+publishes on its iopub channel) and its own ``CommManager``. The ``comm`` package's two
+hooks (``create_comm``, ``get_comm_manager``) are pointed at a dispatcher while at least one
+interpreter forwards comms, and put back when none does: inside a cell (or a comm message)
+of an interpreter they give that interpreter's comms; anywhere else, the originals. So two
+proxy kernels on one server never see each other's widgets, and nothing stays patched after
+the last one leaves. The frontend's ``comm_open``/``comm_msg``/``comm_close`` come back
+through :meth:`InterpreterComms.deliver` to the widgets of that interpreter.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 from remote_kernel.protocol.boxing import ByValue
 from remote_kernel.protocol.describe import json_safe
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {"sink": None, "manager": None}
-_current = threading.local()  # the sink of the cell running in this thread
+_current = threading.local()  # .comms: the interpreter whose code runs in this thread
+_attached: set[InterpreterComms] = set()
+_saved: tuple[Any, Any] | None = None  # comm's own hooks while ours are in place
 
 
-def _make_classes() -> tuple[type, Any]:
+class InterpreterComms:
+    """The forwarded comms of one interpreter."""
+
+    def __init__(self) -> None:
+        self.sink: Any = None
+        self.manager: Any = None
+        self.comm_class: type | None = None
+
+    def attach(self, sink: Any) -> None:
+        """Route this interpreter's comms to ``sink`` (a proxy kernel)."""
+        if self.manager is None:
+            self.comm_class, self.manager = _make_classes(self)
+        self.sink = sink
+        _hook(self)
+
+    def detach(self) -> None:
+        """The interpreter's connection closed: its widgets can reach nobody."""
+        self.sink = None
+        _unhook(self)
+
+    def deliver(self, msg_type: str, content: dict[str, Any], metadata: dict[str, Any],
+                buffers: tuple) -> None:
+        """A comm message from the frontend, for the comms of this interpreter."""
+        manager = self.manager
+        if manager is None:
+            return
+        message = {"content": dict(content), "metadata": dict(metadata or {}),
+                   "buffers": [memoryview(bytes(b)) for b in buffers or ()],
+                   "header": {"msg_type": msg_type}, "parent_header": {}}
+        handler = {"comm_open": manager.comm_open, "comm_msg": manager.comm_msg,
+                   "comm_close": manager.comm_close}.get(msg_type)
+        if handler is not None:
+            previous = enter(self)
+            try:
+                handler(None, None, message)
+            finally:
+                leave(previous)
+
+    def info(self) -> ByValue:
+        manager = self.manager
+        comms = {} if manager is None else {
+            comm_id: {"target_name": c.target_name} for comm_id, c in manager.comms.items()}
+        return ByValue(comms)
+
+
+def enter(comms: InterpreterComms | None) -> InterpreterComms | None:
+    """This thread now runs code of ``comms``'s interpreter; returns what it ran before."""
+    previous = getattr(_current, "comms", None)
+    _current.comms = comms
+    return previous
+
+
+def leave(previous: InterpreterComms | None) -> None:
+    _current.comms = previous
+
+
+def _make_classes(owner: InterpreterComms) -> tuple[type, Any]:
     from comm.base_comm import BaseComm, CommManager
 
     class ForwardedComm(BaseComm):
-        """A comm whose messages travel to the notebook side's sink."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            self._rk_sink = current_sink()  # before the base class publishes comm_open
-            super().__init__(*args, **kwargs)
+        """A comm whose messages travel to its interpreter's proxy kernel."""
 
         def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None,
                         buffers: Any = None, **keys: Any) -> None:
-            sink = self._rk_sink
+            sink = owner.sink
             if sink is None:
                 return
             content = json_safe({"data": {} if data is None else data, "comm_id": self.comm_id,
@@ -49,62 +101,59 @@ def _make_classes() -> tuple[type, Any]:
     return ForwardedComm, CommManager()
 
 
-_UNSET = object()
+def _create_comm(*args: Any, **kwargs: Any) -> Any:
+    comms = getattr(_current, "comms", None)
+    if comms is None or comms.comm_class is None or _saved is None:
+        return (_saved[0] if _saved else _original_create)(*args, **kwargs)
+    return comms.comm_class(*args, **kwargs)
 
 
-def current_sink() -> Any:
-    """The sink of the cell running in this thread (None: that cell's notebook takes no
-    widgets), else, outside any cell, the sink attached last."""
-    sink = getattr(_current, "sink", _UNSET)
-    return _state["sink"] if sink is _UNSET else sink
+def _get_comm_manager() -> Any:
+    comms = getattr(_current, "comms", None)
+    if comms is None or comms.manager is None or _saved is None:
+        return (_saved[1] if _saved else _original_manager)()
+    return comms.manager
 
 
-@contextlib.contextmanager
-def using(sink: Any) -> Iterator[None]:
-    """Comms created in this thread meanwhile (a cell's widgets) go to ``sink``; with None
-    they go nowhere, never to another notebook's sink."""
-    previous = getattr(_current, "sink", _UNSET)
-    _current.sink = sink
-    try:
-        yield
-    finally:
-        if previous is _UNSET:
-            del _current.sink
-        else:
-            _current.sink = previous
+def _original_create(*args: Any, **kwargs: Any) -> Any:
+    from comm.base_comm import BaseComm
+
+    return BaseComm(*args, **kwargs)
 
 
-def attach(sink: Any) -> None:
-    """Route this interpreter's comms to ``sink`` (a proxy kernel or a comm bridge)."""
+def _original_manager() -> Any:
+    return None
+
+
+def _hook(comms: InterpreterComms) -> None:
+    global _saved
     import comm
 
     with _lock:
-        if _state["manager"] is None:
-            comm_class, manager = _make_classes()
-            _state["manager"] = manager
-            _state["class"] = comm_class
-            comm.create_comm = lambda *args, **kwargs: comm_class(*args, **kwargs)
-            comm.get_comm_manager = lambda: manager
-        _state["sink"] = sink
+        _attached.add(comms)
+        if _saved is None:
+            _saved = (comm.create_comm, comm.get_comm_manager)
+            comm.create_comm = _create_comm
+            comm.get_comm_manager = _get_comm_manager
 
 
-def deliver(msg_type: str, content: dict[str, Any], metadata: dict[str, Any],
-            buffers: tuple) -> None:
-    """A comm message from the frontend, for the comms of this interpreter."""
-    manager = _state["manager"]
-    if manager is None:
-        return
-    message = {"content": dict(content), "metadata": dict(metadata or {}),
-               "buffers": [memoryview(bytes(b)) for b in buffers or ()],
-               "header": {"msg_type": msg_type}, "parent_header": {}}
-    handler = {"comm_open": manager.comm_open, "comm_msg": manager.comm_msg,
-               "comm_close": manager.comm_close}.get(msg_type)
-    if handler is not None:
-        handler(None, None, message)
+def _unhook(comms: InterpreterComms) -> None:
+    global _saved
+    import sys
+
+    with _lock:
+        _attached.discard(comms)
+        if _attached or _saved is None:
+            return
+        comm = sys.modules.get("comm")
+        if comm is not None:
+            if comm.create_comm is _create_comm:
+                comm.create_comm = _saved[0]
+            if comm.get_comm_manager is _get_comm_manager:
+                comm.get_comm_manager = _saved[1]
+        _saved = None
 
 
-def comm_info() -> ByValue:
-    manager = _state["manager"]
-    comms = {} if manager is None else {
-        comm_id: {"target_name": c.target_name} for comm_id, c in manager.comms.items()}
-    return ByValue(comms)
+def hooked() -> bool:
+    """True while the ``comm`` package's hooks are ours (some interpreter forwards comms)."""
+    return _saved is not None

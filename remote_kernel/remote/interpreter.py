@@ -8,6 +8,12 @@ written), ``sink.display(data, metadata)``, ``sink.result(data, metadata, count)
 ``sink.clear_output(wait)``. The sink lives on the notebook side, so each of those is one
 callback request; the notebook serves them while it waits for ``run_cell`` to return.
 Interrupting the request raises ``KeyboardInterrupt`` in the cell (see ``_interrupt``).
+
+Capturing output patches process-wide names (``sys.stdout``/``sys.stderr``, IPython's
+``display``/``clear_output``, ``builtins.display``), so the patches are in place only while
+some cell runs, and put back when the last running cell ends; even then only the thread
+running a cell has its output captured, into that cell's sink (so cells of two connections
+running at once never mix), and every other thread writes where it always did.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ from __future__ import annotations
 import ast
 import builtins
 import codeop
-import contextlib
 import importlib.util
 import io
 import itertools
@@ -41,7 +46,8 @@ from remote_kernel.remote import ipyshell
 FLUSH_INTERVAL = 0.05  # seconds between flushes of partial lines
 _local = threading.local()
 _install_lock = threading.Lock()
-_installed = False
+_running_cells = 0  # cells running in this process (under _install_lock)
+_restore: list[Any] = []  # how to undo each patch, while cells run
 
 
 class _CellStream(io.TextIOBase):
@@ -80,17 +86,46 @@ class _CellStream(io.TextIOBase):
         return False
 
 
-def _install_streams() -> None:
-    global _installed
+def _enter_cell() -> None:
+    """A cell starts: capture output if none was running."""
+    global _running_cells
     with _install_lock:
-        if _installed:
-            return
-        sys.stdout = _CellStream("stdout", sys.stdout)
-        sys.stderr = _CellStream("stderr", sys.stderr)
-        os.environ.setdefault("MPLBACKEND", "Agg")
-        _patch_ipython_display()
-        _install_builtin_display()
-        _installed = True
+        if _running_cells == 0:
+            _install()
+        _running_cells += 1
+
+
+def _leave_cell() -> None:
+    """A cell ended: put everything back if it was the last one."""
+    global _running_cells
+    with _install_lock:
+        _running_cells -= 1
+        if _running_cells == 0:
+            while _restore:
+                _restore.pop()()
+
+
+def _install() -> None:
+    for name in ("stdout", "stderr"):
+        stream = _CellStream(name, getattr(sys, name))
+        setattr(sys, name, stream)
+        _restore.append(lambda name=name, stream=stream: _put_back(sys, name, stream,
+                                                                    stream.original))
+    _patch_ipython_display()
+    # As IPython does: display() works in cells without an import, and stays out of the
+    # namespace the object browser shows; outside cells it is what it was before.
+    previous = getattr(builtins, "display", None)
+    _install_builtin_display()
+    _restore.append(lambda: _put_back(builtins, "display", _display, previous))
+
+
+def _put_back(owner: Any, name: str, ours: Any, original: Any) -> None:
+    """Undo one patch, unless someone replaced it in the meantime (theirs stays)."""
+    if getattr(owner, name, None) is ours:
+        if original is None:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, original)
 
 
 _outside_cells: list[Any] = [None]  # the display() builtins had before ours (IPython's)
@@ -137,9 +172,14 @@ def _patch_ipython_display() -> None:
         return None
 
     for module in (functions, public):
+        originals = (module.display, module.clear_output)
         module.display = display
         module.clear_output = clear_output
+        _restore.append(lambda module=module, originals=originals: (
+            _put_back(module, "display", display, originals[0]),
+            _put_back(module, "clear_output", clear_output, originals[1])))
     pager.page = page
+    _restore.append(lambda: _put_back(pager, "page", page, original_page))
 
 
 def _display(*objs: Any, include: Any = None, exclude: Any = None, metadata: Any = None,
@@ -249,9 +289,14 @@ class Interpreter:
         self._counter = itertools.count(1)
         self._transformer: Any = ipyshell.transformer()  # None without IPython here
         self._shell: Any = None  # IPython's shell over the namespace, made when needed
-        self._comm_sink: Any = None  # where widgets created in this interpreter's cells go
         self._lock = threading.Lock()
-        _install_streams()
+        self._comms: Any = None  # remote_kernel.remote.comms.InterpreterComms, once used
+        os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to the notebook, not a window
+
+    def close(self) -> None:
+        """The connection this interpreter serves closed."""
+        if self._comms is not None:
+            self._comms.detach()
 
     # -- execution ---------------------------------------------------------------------------
 
@@ -274,7 +319,8 @@ class Interpreter:
         cell = _Cell(sink, shell.display_formatter if shell is not None else None)
         previous = getattr(_local, "cell", None)
         _local.cell = cell
-        widgets = self._widgets()
+        _enter_cell()
+        comms_before = self._enter_comms()
         try:
             if shell is not None:
                 shell.events.trigger("pre_execute")
@@ -301,17 +347,9 @@ class Interpreter:
                 cell.flush()
             finally:
                 _local.cell = previous
-                widgets.close()
+                self._leave_comms(comms_before)
+                _leave_cell()
         return count
-
-    def _widgets(self) -> contextlib.ExitStack:
-        """While a cell runs, widgets it creates talk to this interpreter's comm sink, and
-        never to another interpreter's (None: this notebook takes no widgets)."""
-        from remote_kernel.remote import comms as remote_comms
-
-        stack = contextlib.ExitStack()
-        stack.enter_context(remote_comms.using(self._comm_sink))
-        return stack
 
     def _parse(self, source: str, code: str, filename: str) -> ast.Module:
         try:
@@ -437,21 +475,32 @@ class Interpreter:
     def exposed_attach_comms(self, sink: Any) -> None:
         """Forward comms (ipywidgets) to ``sink``: the proxy kernel, or the notebook's comm
         bridge for ``%%remote`` cells. ModuleNotFoundError without the comm package."""
-        from remote_kernel.remote import comms as remote_comms
+        from remote_kernel.remote.comms import InterpreterComms
 
-        remote_comms.attach(sink)
-        self._comm_sink = sink
+        if self._comms is None:
+            self._comms = InterpreterComms()
+        self._comms.attach(sink)
 
     def exposed_comm_message(self, msg_type: str, content: dict, metadata: dict,
                              buffers: tuple) -> None:
-        from remote_kernel.remote import comms as remote_comms
-
-        remote_comms.deliver(msg_type, content, metadata, buffers)
+        if self._comms is not None:
+            self._comms.deliver(msg_type, content, metadata, buffers)
 
     def exposed_comm_info(self) -> ByValue:
+        return ByValue({}) if self._comms is None else self._comms.info()
+
+    def _enter_comms(self) -> Any:
+        if self._comms is None:
+            return None
         from remote_kernel.remote import comms as remote_comms
 
-        return remote_comms.comm_info()
+        return remote_comms.enter(self._comms)
+
+    def _leave_comms(self, previous: Any) -> None:
+        if self._comms is not None:
+            from remote_kernel.remote import comms as remote_comms
+
+            remote_comms.leave(previous)
 
     def exposed_language_info(self) -> ByValue:
         return ByValue({

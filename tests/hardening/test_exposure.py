@@ -126,10 +126,15 @@ def test_client_refuses_a_server_that_skips_authentication() -> None:
 
 def test_a_failing_handshake_does_not_delay_others() -> None:
     with rk.Server(EchoService, token="right") as server:
-        bad = threading.Thread(
-            target=lambda: pytest.raises(rk.AuthenticationError, rk.connect, "127.0.0.1",
-                                         server.port, token="wrong", timeout=5),
-            daemon=True)
+        outcome: dict[str, BaseException] = {}
+
+        def wrong_token() -> None:  # the outcome is checked below: a thread's raise is lost
+            try:
+                rk.connect("127.0.0.1", server.port, token="wrong", timeout=5)
+            except BaseException as exc:  # noqa: BLE001
+                outcome["error"] = exc
+
+        bad = threading.Thread(target=wrong_token, daemon=True)
         bad.start()
         time.sleep(0.05)
         started = time.monotonic()
@@ -137,6 +142,8 @@ def test_a_failing_handshake_does_not_delay_others() -> None:
             assert conn.root.echo(1) == 1
         assert time.monotonic() - started < auth.FAILURE_DELAY
         bad.join(10)
+        assert not bad.is_alive()
+        assert isinstance(outcome.get("error"), rk.AuthenticationError), outcome
 
 
 def test_token_never_crosses_the_wire() -> None:

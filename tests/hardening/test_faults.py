@@ -258,7 +258,8 @@ def _garbage(rng: random.Random, n: int) -> bytes:
 
 
 def _flood(port: int, count: int, after_handshake: bool, seed: int) -> int:
-    """Open ``count`` connections that send garbage; how many the server closed."""
+    """Open ``count`` connections that send garbage; how many the server closed (seen as
+    an end of stream or a reset within 10 s; a connection still open is not counted)."""
     rng = random.Random(seed)
     closed = 0
     lock = threading.Lock()
@@ -278,12 +279,14 @@ def _flood(port: int, count: int, after_handshake: bool, seed: int) -> int:
                 try:
                     while sock.recv(65536):
                         pass
+                except TimeoutError:
+                    return  # still open after 10 s: not closed
                 except OSError:
-                    pass
+                    pass  # reset by the server: closed
                 with lock:
                     closed += 1
-        except (OSError, rk.RemoteKernelError):
-            with lock:
+        except rk.AuthenticationError:
+            with lock:  # the server refused the handshake and closed
                 closed += 1
 
     payloads = [_garbage(rng, n) for n in range(count)]

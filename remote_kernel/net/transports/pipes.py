@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import select
+import time
 
 from remote_kernel.core.transport import Transport
 from remote_kernel.errors import ConnectionClosed
@@ -17,16 +18,34 @@ class PipeTransport(Transport):
         self.peer_name = peer_name
         self._poller = select.poll()
         self._poller.register(read_fd, select.POLLIN | select.POLLPRI)
+        # Writes never block: a full pipe is waited on with poll(), so a send has a timeout.
+        os.set_blocking(write_fd, False)
+        self._out_poller = select.poll()
+        self._out_poller.register(write_fd, select.POLLOUT | select.POLLERR | select.POLLHUP)
         self._closed = False
 
-    def send(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        try:
-            while view:
+    def send(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> None:
+        view = memoryview(data).cast("B")
+        limit = self.send_timeout if timeout is None else timeout
+        progress_at = time.monotonic()
+        while view:
+            if self._closed:
+                raise ConnectionClosed(f"connection to {self.peer_name} is closed")
+            try:
                 written = os.write(self.write_fd, view)
+            except BlockingIOError:
+                written = 0
+            except (OSError, ValueError) as exc:
+                raise ConnectionClosed(f"connection to {self.peer_name} lost: {exc}") from exc
+            if written:
                 view = view[written:]
-        except (OSError, ValueError) as exc:
-            raise ConnectionClosed(f"connection to {self.peer_name} lost: {exc}") from exc
+                progress_at = time.monotonic()
+                continue
+            left = limit - (time.monotonic() - progress_at)
+            if left <= 0:
+                raise ConnectionClosed(f"{self.peer_name} stopped reading: nothing could be "
+                                       f"sent for {limit:g} s")
+            self._out_poller.poll(min(left, 1.0) * 1000)
 
     def recv_into(self, buffer: memoryview, timeout: float | None) -> int:
         if self._closed:
