@@ -62,8 +62,9 @@ def _progress_bar(total: int, enabled: bool | None) -> Any:
 
 
 def _obtain_in_chunks(conn: Connection, parts: list, progress: bool | None) -> Any:
-    """READ the snapshot an OBTAIN announced, chunk by chunk, into one buffer per array;
-    memory grows with what arrives, not with what the peer announced."""
+    """READ the snapshot an OBTAIN announced, chunk by chunk, into one buffer per array,
+    allocated once its size was checked against ``max_message_size`` and free memory (each
+    chunk is then written in place: no regrowth, no extra copy)."""
     _, code, fields, sizes, snapshot = parts
     parts.clear()
     if type(sizes) is not tuple or not all(type(n) is int and n >= 0 for n in sizes) \
@@ -71,7 +72,9 @@ def _obtain_in_chunks(conn: Connection, parts: list, progress: bool | None) -> A
         raise ProtocolError(f"{conn.peer} announced a malformed large value")
     total = sum(sizes)
     _check_announced(conn, total)
-    buffers = [bytearray() for _ in sizes]
+    buffers = [bytearray(size) for size in sizes]
+    views = [memoryview(buffer) for buffer in buffers]
+    filled = [0] * len(sizes)
     bar = _progress_bar(total, progress)
     try:
         offset, index = 0, 0
@@ -82,10 +85,11 @@ def _obtain_in_chunks(conn: Connection, parts: list, progress: bool | None) -> A
                 raise ProtocolError(f"{conn.peer} answered a READ with a malformed chunk")
             view = memoryview(chunk)
             while view:
-                while len(buffers[index]) == sizes[index]:
+                while filled[index] == sizes[index]:
                     index += 1
-                room = sizes[index] - len(buffers[index])
-                buffers[index] += view[:room]
+                room = min(sizes[index] - filled[index], len(view))
+                views[index][filled[index]:filled[index] + room] = view[:room]
+                filled[index] += room
                 view = view[room:]
             offset += len(chunk)
             if bar is not None:
@@ -93,6 +97,8 @@ def _obtain_in_chunks(conn: Connection, parts: list, progress: bool | None) -> A
     finally:
         if bar is not None:
             bar.close()
+        for buffer_view in views:
+            buffer_view.release()  # the buffers may be resized by whoever gets them
         del snapshot  # the peer frees its snapshot with this release, sent right away
         conn._flush_releases()
     try:
