@@ -6,7 +6,7 @@
 #   MATRIX_TESTS     what runs on each (default: the core, hardening and IPython tests)
 PYENV_ROOT ?= $(HOME)/.pyenv
 # The main venv's Python runs the whole suite already (`make pytest`): not again here.
-MAIN_VERSION := $(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+MAIN_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
 MATRIX_VERSIONS ?= $(filter-out $(MAIN_VERSION),3.10 3.11 3.12 3.13)
 MATRIX_DIR := .venv-matrix
 MATRIX_TESTS ?= tests --ignore=tests/lab --ignore=tests/test_notebooks.py
