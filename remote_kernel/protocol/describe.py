@@ -204,13 +204,17 @@ def defining_file(target: Any) -> str:
 
 
 def _source(target: Any, filename: str) -> str:
+    # A class is looked up in the file that defines it (defining_file): Python 3.13's
+    # inspect.getsource trusts __firstlineno__ in the module's file, which for a class made
+    # in a remote cell is the server's script.
+    if inspect.isclass(target) and filename:
+        found = _class_source(target, filename)
+        if found:
+            return found
     try:
         return inspect.getsource(target)
     except (TypeError, OSError):
-        pass
-    if inspect.isclass(target) and filename:
-        return _class_source(target, filename)
-    return ""
+        return ""
 
 
 def _class_source(cls: type, filename: str) -> str:
