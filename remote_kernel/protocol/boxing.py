@@ -228,7 +228,6 @@ class Boxer:
         self._type_ids: dict[type, int] = {}
         self._peer_types: dict[int, Descriptor] = {}
         self._peer_type_names = 0
-        self._exception_classes: dict[tuple[str, str, str], type[BaseException]] = {}
         # What boxing the current message changed, undone if it is not sent.
         self._new_types: list[type] = []
         self._new_refs: list[int] = []
@@ -267,7 +266,7 @@ class Boxer:
         self._type_ids = {}
         self._peer_types = {}
         self._peer_type_names = 0
-        self._exception_classes = {}
+        self.exception_classes = {}
 
     def _out_of_band(self, data: Any) -> ExtType:
         self.outgoing.append(data)

@@ -21,7 +21,7 @@ from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import BaseNetref
 from remote_kernel.net.auth import client_handshake
 from remote_kernel.net.transports.sockets import SocketTransport
-from remote_kernel.protocol import boxing, policy
+from remote_kernel.protocol import boxing, exceptions, policy
 from remote_kernel.protocol.messages import Ext, Kind, Op
 from tests.hardening.rawpeer import RawPeer, exc, packb, ref
 
@@ -183,13 +183,14 @@ def test_100k_peer_named_exception_classes_leave_nothing_behind() -> None:
             assert len(errors) == 10_000 and str(errors[-1]) == "x"
             del errors
             # While the connection lives, its cache stays within its bound.
-            cache = getattr(victim._boxer, "_exception_classes", {})
-            assert len(cache) <= getattr(boxing, "MAX_EXCEPTION_CLASSES", 0)
+            cache = victim._boxer.exception_classes
+            assert 0 < len(cache) <= exceptions.MAX_CLASSES
             del cache
     finally:
         victim.close()
         serving.stop(5)
         right.close()
+    assert victim._boxer.exception_classes == {}  # freed with the connection
     del victim, serving, raw
     grown = _remote_error_classes() - before
     print(f"100k peer-named exception classes: {grown} left after disconnect")
