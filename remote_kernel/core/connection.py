@@ -44,8 +44,15 @@ from remote_kernel.core.netref import BaseNetref, new_proxy
 from remote_kernel.core.serving import BgServingThread, _watchdog
 from remote_kernel.core.transport import FrameReader, Transport
 from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout, mark_stop
-from remote_kernel.protocol.boxing import MAX_VALUE_ITEMS, Boxer, Kwargs, ObjectTable
-from remote_kernel.protocol.codec import CHUNK, HEADER, frame, pack
+from remote_kernel.protocol.boxing import (
+    INT_MAX,
+    INT_MIN,
+    MAX_VALUE_ITEMS,
+    Boxer,
+    Kwargs,
+    ObjectTable,
+)
+from remote_kernel.protocol.codec import CHUNK, HEADER, MAX_FRAME, frame, pack
 from remote_kernel.protocol.describe import Descriptor, describe_type
 from remote_kernel.protocol.handlers import HANDLERS, RequestContext
 from remote_kernel.protocol.messages import Kind, Op
@@ -61,6 +68,11 @@ DELIVERY_SLICE = 0.005  # a reader's wait while another thread hands over a repl
 CLOSE_GRACE = 0.5  # close(): how long to wait for a sender before cutting it off
 POLL_BATCH = 64  # poll_all(): messages served per call once its timeout has passed
 _CLOSE_FRAME = frame(pack([Kind.NOTIFY, Op.CLOSE]), 1 << 20)
+# Plain ints for the hot path: an IntEnum member is an attribute lookup on its class each time.
+_REQUEST, _REPLY, _EXCEPTION = int(Kind.REQUEST), int(Kind.REPLY), int(Kind.EXCEPTION)
+_NOTIFY, _BUFFERS = int(Kind.NOTIFY), int(Kind.BUFFERS)
+_CALLATTR, _CLOSE = int(Op.CALLATTR), int(Op.CLOSE)
+_PLAIN_ARGS = frozenset({str, float, bool, type(None)})  # sent as they are (no boxing)
 
 
 # Called with each new Connection (the IPython extension serves them from the kernel loop).
@@ -153,7 +165,9 @@ class Connection:
         self._close_reason = ""
         self._root: Any = None
         self._disconnected = False
-        self.stats: dict[str, int] = collections.Counter()
+        # Counted as plain ints (a Counter update is a Python-level call per message).
+        self._requests = self._releases_sent = 0
+        self._messages_in = self._messages_out = self._bytes_in = self._bytes_out = 0
         self.on_close: list[Callable[[Connection], None]] = []
         # Whether the peer's display output reaches a notebook unfiltered (``connect(...,
         # trust_output=True)``, ``%remote connect --trust``); see core/outputs.py.
@@ -192,6 +206,13 @@ class Connection:
     @property
     def config(self) -> ProtocolConfig:
         return self._config
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Requests sent, messages and bytes each way, releases sent (a snapshot)."""
+        return {"requests": self._requests, "messages_in": self._messages_in,
+                "messages_out": self._messages_out, "bytes_in": self._bytes_in,
+                "bytes_out": self._bytes_out, "releases": self._releases_sent}
 
     @property
     def modules(self) -> Any:
@@ -252,7 +273,7 @@ class Connection:
         seq = next(self._seq)
         self._pending.add(seq)
         try:
-            self._send_message(Kind.REQUEST, seq, op, args)
+            self._send_message(_REQUEST, seq, op, args)
             ok, value = self._wait_reply(seq, op, timeout)
         finally:
             self._pending.discard(seq)
@@ -275,14 +296,14 @@ class Connection:
         return error
 
     def callattr(self, obj: Any, name: str, args: tuple, kwargs: dict | None) -> Any:
-        return self.sync_request(Op.CALLATTR, obj, name, args, Kwargs(kwargs) if kwargs else None)
+        return self.sync_request(_CALLATTR, obj, name, args, Kwargs(kwargs) if kwargs else None)
 
     def async_request(self, op: int, *args: Any) -> AsyncResult:
         seq = next(self._seq)
         result = AsyncResult(self, seq)
         self._async[seq] = result
         try:
-            self._send_message(Kind.REQUEST, seq, op, args)
+            self._send_message(_REQUEST, seq, op, args)
         except BaseException:
             self._async.pop(seq, None)
             raise
@@ -292,16 +313,25 @@ class Connection:
         deadline = None if timeout is None else time.monotonic() + timeout
         replies = self._replies
         try:
-            # Fast path: this thread alone reads, and the next message is our reply.
-            if not self._waiters:
-                wait = READ_SLICE if timeout is None else min(timeout, READ_SLICE)
-                message = self._read_one(wait)
+            # Fast path: no other thread waits, so this one takes the reader role, and the
+            # next message is most likely its reply (then no hand-over at all).
+            if not self._waiters and self._recv_lock.acquire(False):
+                try:
+                    wait = READ_SLICE if timeout is None else min(timeout, READ_SLICE)
+                    if self._delivering:
+                        wait = min(wait, DELIVERY_SLICE)
+                    message = self._read_message(wait)
+                    if message is not None:
+                        kind = message[0]
+                        if kind == _REPLY or kind == _EXCEPTION:
+                            if message[1] == seq and len(message) == 3:
+                                return kind == _REPLY, message[2]
+                            self._delivering.add(threading.get_ident())  # see _read_as_reader
+                finally:
+                    self._recv_lock.release()
+                    if self._waiters:
+                        self._wake_waiters()
                 if message is not None:
-                    kind = message[0]
-                    if message[1] == seq and len(message) == 3 and (
-                            kind == Kind.REPLY or kind == Kind.EXCEPTION):
-                        self._delivering.discard(threading.get_ident())
-                        return kind == Kind.REPLY, message[2]
                     self._dispatch(message)
             self._drive_until(lambda: seq in replies, deadline)
         except RequestTimeout:
@@ -385,48 +415,28 @@ class Connection:
         if self._delivering:
             wait = DELIVERY_SLICE if wait is None else min(wait, DELIVERY_SLICE)
         message = self._read_message(wait)
-        if message is not None and (message[0] == Kind.REPLY or message[0] == Kind.EXCEPTION):
+        if message is not None and (message[0] == _REPLY or message[0] == _EXCEPTION):
             self._delivering.add(threading.get_ident())
         return message
 
     def _read_message(self, timeout: float | None) -> tuple | None:
-        """Read and decode one message; call with the reader role held.
-
-        Out-of-band buffers announced by a BUFFERS frame are collected first; the state
-        survives a timeout between frames, and ``timeout`` counts for all of them."""
+        """Read and decode one message; call with the reader role held."""
         boxer = self._boxer
-        deadline = None if not timeout else time.monotonic() + timeout
         try:
-            while True:
-                payload = self._reader.read_frame(timeout)
-                if payload is None:
-                    return None
-                if deadline is not None:
-                    timeout = max(0.0, deadline - time.monotonic())
-                self.stats["bytes_in"] += len(payload) + 4
-                if self._buffers_expected:
-                    self._buffers_bytes += len(payload)
-                    if self._buffers_bytes > self._config.max_message_size:
-                        raise ProtocolError("a message with its buffers exceeds "
-                                            "max_message_size")
-                    boxer.incoming.append(payload)
-                    self._buffers_expected -= 1
-                    continue
-                try:
-                    message = boxer.decode(payload)
-                finally:
-                    if boxer.incoming:
-                        boxer.incoming = []
+            payload = self._reader.read_frame(timeout)
+            if payload is None:
+                return None
+            self._bytes_in += len(payload) + 4
+            if not self._buffers_expected and not boxer.incoming:
+                message = boxer.decode(payload)
                 if type(message) is not tuple or len(message) < 2:
                     raise ProtocolError("a message must be an array")
-                if message[0] != Kind.BUFFERS:
-                    break
-                count = message[1]
-                if type(count) is not int or not 0 < count <= MAX_BUFFERS:
-                    raise ProtocolError(f"bad out-of-band buffer count {count!r}")
-                self._buffers_expected = count
-            self._buffers_bytes = 0
-            self.stats["messages_in"] += 1
+                if message[0] != _BUFFERS:
+                    self._messages_in += 1
+                    return message
+                payload = None
+                self._expect_buffers(message[1])
+            return self._read_with_buffers(payload, timeout)
         except ConnectionClosed as exc:
             self._lost(str(exc))
             raise self._closed_error() from None
@@ -434,7 +444,49 @@ class Connection:
             log.warning("closing connection to %s: %s", self.peer, exc)
             self._lost(f"protocol error: {exc}")
             raise ProtocolError(f"{exc} (from {self.peer})") from None
-        return message
+
+    def _expect_buffers(self, count: Any) -> None:
+        if type(count) is not int or not 0 < count <= MAX_BUFFERS:
+            raise ProtocolError(f"bad out-of-band buffer count {count!r}")
+        self._buffers_expected = count
+
+    def _read_with_buffers(self, payload: bytes | bytearray | None,
+                           timeout: float | None) -> tuple | None:
+        """A message with out-of-band buffers: the buffers announced by a BUFFERS frame
+        are collected first, then the message that uses them is decoded. The state
+        survives a timeout between frames; ``timeout`` counts for all of them. ``payload``
+        is a frame already read (None: read the next)."""
+        boxer = self._boxer
+        deadline = None if not timeout else time.monotonic() + timeout
+        while True:
+            if payload is None:
+                payload = self._reader.read_frame(timeout)
+                if payload is None:
+                    return None
+                self._bytes_in += len(payload) + 4
+                if deadline is not None:
+                    timeout = max(0.0, deadline - time.monotonic())
+            if self._buffers_expected:
+                self._buffers_bytes += len(payload)
+                if self._buffers_bytes > self._config.max_message_size:
+                    raise ProtocolError("a message with its buffers exceeds max_message_size")
+                boxer.incoming.append(payload)
+                self._buffers_expected -= 1
+                payload = None
+                continue
+            try:
+                message = boxer.decode(payload)
+            finally:
+                if boxer.incoming:
+                    boxer.incoming = []
+            payload = None
+            if type(message) is not tuple or len(message) < 2:
+                raise ProtocolError("a message must be an array")
+            if message[0] != _BUFFERS:
+                self._buffers_bytes = 0
+                self._messages_in += 1
+                return message
+            self._expect_buffers(message[1])
 
     def _dispatch(self, message: tuple) -> None:
         kind = message[0]
@@ -442,18 +494,18 @@ class Connection:
             self._delivering.discard(threading.get_ident())
             raise self._protocol_violation("message kinds, opcodes and sequence numbers "
                                            "must be integers")
-        if kind == Kind.REPLY or kind == Kind.EXCEPTION:
+        if kind == _REPLY or kind == _EXCEPTION:
             try:
                 if len(message) != 3:
                     raise self._protocol_violation("malformed reply")
-                self._deliver(message[1], (kind == Kind.REPLY, message[2]))
+                self._deliver(message[1], (kind == _REPLY, message[2]))
             finally:
                 self._delivering.discard(threading.get_ident())
-        elif kind == Kind.REQUEST:
+        elif kind == _REQUEST:
             if len(message) < 3:
                 raise self._protocol_violation("malformed request")
             self._serve_request(message[1], message[2], message[3:])
-        elif kind == Kind.NOTIFY:
+        elif kind == _NOTIFY:
             self._notify(message[1], message[2:])
         else:
             raise self._protocol_violation(f"unknown message kind {kind!r}")
@@ -488,12 +540,12 @@ class Connection:
             if _watchdog._thread is None:
                 _watchdog.kick()
         outcome: tuple[bool, Any] | None = None
-        route = self._route_output(args)
+        route = self._route_output(args) if output_routing is not None else None
         try:
             try:
                 if handler is None:
                     raise ProtocolError(f"unknown request opcode {op!r}")
-                if op == Op.CLOSE:
+                if op == _CLOSE:
                     outcome = (True, None)
                 else:
                     outcome = (True, handler(self._ctx, *args))
@@ -510,7 +562,7 @@ class Connection:
         finally:
             _interrupt.leave_request(previous)
         self._reply(seq, outcome)
-        if op == Op.CLOSE:
+        if op == _CLOSE:
             self.close("closed by the peer")
 
     def _route_output(self, args: tuple) -> tuple[OutputRouting, Any] | None:
@@ -550,9 +602,9 @@ class Connection:
             return
         try:
             if ok:
-                self._send_message(Kind.REPLY, seq, value, None)
+                self._send_message(_REPLY, seq, value, None)
             else:
-                self._send_message(Kind.EXCEPTION, seq, value, None)
+                self._send_message(_EXCEPTION, seq, value, None)
         except ConnectionClosed:
             pass
         except Exception as exc:  # the result could not be encoded: say so instead
@@ -618,12 +670,19 @@ class Connection:
 
     def serve_all(self) -> None:
         """Serve until the connection closes."""
-        read, dispatch = self._read_one, self._dispatch
+        lock, read, dispatch = self._recv_lock, self._read_as_reader, self._dispatch
         try:
             while not self._closed:
                 if self._releases:
                     self._flush_releases()
-                message = read(READ_SLICE, READ_SLICE)
+                if not lock.acquire(timeout=READ_SLICE):
+                    continue
+                try:
+                    message = read(READ_SLICE)
+                finally:
+                    lock.release()
+                    if self._waiters:
+                        self._wake_waiters()
                 if message is not None:
                     dispatch(message)
         except ConnectionClosed:
@@ -699,11 +758,16 @@ class Connection:
             releases = self._take_releases() if self._releases else None
             boxer.begin()
             try:
-                if kind == Kind.REQUEST:
-                    body = [kind, seq, op_or_value, *map(boxer.box, args)]
-                elif kind == Kind.REPLY:
-                    body = [kind, seq, boxer.box(op_or_value)]
-                elif kind == Kind.EXCEPTION:
+                if kind == _REQUEST:
+                    body = [kind, seq, op_or_value]
+                    box = boxer.box
+                    for arg in args:  # names and None need no boxing (most arguments)
+                        body.append(arg if type(arg) in _PLAIN_ARGS else box(arg))
+                elif kind == _REPLY:
+                    value = op_or_value
+                    body = [kind, seq, value if type(value) in _PLAIN_ARGS or (
+                        type(value) is int and INT_MIN <= value <= INT_MAX) else boxer.box(value)]
+                elif kind == _EXCEPTION:
                     body = [kind, seq, boxer.box_exception(op_or_value)]
                 else:  # NOTIFY: seq is unused, op_or_value is the opcode
                     body = [kind, op_or_value, *map(boxer.box, args or ())]
@@ -719,7 +783,9 @@ class Connection:
                     raise ProtocolError(
                         f"a message may carry at most {MAX_VALUE_ITEMS} items by value, this "
                         f"one {boxer.items}; not sent (copy large data as a numpy array)")
-                data = frame(payload, limit)
+                size = len(payload)
+                data = HEADER.pack(size) + payload if size <= limit and size <= MAX_FRAME \
+                    else frame(payload, limit)  # (which refuses it)
                 if releases:
                     data = frame(pack([Kind.NOTIFY, Op.DEL, releases]), limit) + data
                 views = self._checked_buffers(buffers, len(payload), limit) if buffers \
@@ -744,10 +810,10 @@ class Connection:
             except ConnectionClosed as exc:
                 self._lost(str(exc))  # the stream may be cut mid-frame: it cannot go on
                 raise self._closed_error() from None
-            self.stats["bytes_out"] += sent
-            self.stats["messages_out"] += 1
-            if kind == Kind.REQUEST:
-                self.stats["requests"] += 1
+            self._bytes_out += sent
+            self._messages_out += 1
+            if kind == _REQUEST:
+                self._requests += 1
 
     @staticmethod
     def _checked_buffers(buffers: list[Any], body: int, limit: int) -> list[memoryview]:
@@ -810,7 +876,7 @@ class Connection:
             ref = proxies.get(oid)
             if ref is not None and ref() is None:
                 proxies.pop(oid, None)
-        self.stats["releases"] += len(releases)
+        self._releases_sent += len(releases)
         return releases
 
     def _flush_releases(self) -> None:
@@ -826,8 +892,8 @@ class Connection:
                 except ConnectionClosed as exc:
                     self._lost(str(exc))
                     return
-                self.stats["bytes_out"] += len(data)
-                self.stats["messages_out"] += 1
+                self._bytes_out += len(data)
+                self._messages_out += 1
 
     # -- closing -----------------------------------------------------------------------------
 

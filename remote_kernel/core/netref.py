@@ -35,7 +35,7 @@ from __future__ import annotations
 import collections
 from typing import TYPE_CHECKING, Any
 
-from remote_kernel.protocol.boxing import ByValue
+from remote_kernel.protocol.boxing import ByValue, Kwargs
 from remote_kernel.protocol.describe import (
     FAKE_CLASSES,
     FLAG_BUFFERED_ITER,
@@ -76,6 +76,7 @@ void record float96 float128 complex192 complex256
 """.split())
 
 BUFFER_CHUNK = 256
+_CALLATTR = int(Op.CALLATTR)  # a plain int: an IntEnum member is a class lookup per use
 _SLOTS = frozenset({"_rk_conn", "_rk_oid", "_rk_refs", "_rk_buffer"})
 
 
@@ -166,7 +167,8 @@ class RemoteMethod:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         owner = self._rk_owner
-        return owner._rk_conn.callattr(owner, self._rk_name, args, kwargs)
+        return owner._rk_conn.sync_request(_CALLATTR, owner, self._rk_name, args,
+                                           Kwargs(kwargs) if kwargs else None)
 
     def __getattr__(self, name: str) -> Any:
         if _is_local_name(name):

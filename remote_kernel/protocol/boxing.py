@@ -414,7 +414,14 @@ class Boxer:
             self._depth -= 1
 
     def _decode_ext(self, code: int, data: bytes) -> Any:
-        if code == Ext.REF:
+        # References first, and compared as plain ints: they are most of what arrives.
+        if code == _PEERREF:
+            if self.exception_depth:
+                raise ProtocolError("an exception may not carry references")
+            if len(data) != OID.size:
+                raise ProtocolError("malformed object id")
+            return self.table.get(OID.unpack(data)[0])
+        if code == _REF:
             if self.exception_depth:
                 raise ProtocolError("an exception may not carry references")
             if len(data) != REF.size:
@@ -433,12 +440,6 @@ class Boxer:
                 raise ProtocolError("malformed reference")
             descriptor = self._remember_type(tid, _checked_descriptor(descriptor))
             return self._make_proxy(oid, descriptor)
-        if code == Ext.PEERREF:
-            if self.exception_depth:
-                raise ProtocolError("an exception may not carry references")
-            if len(data) != OID.size:
-                raise ProtocolError("malformed object id")
-            return self.table.get(OID.unpack(data)[0])
         if code == Ext.BIGINT:
             try:
                 return int(data.decode("ascii"))

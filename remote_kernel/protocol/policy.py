@@ -55,6 +55,11 @@ def exposed(obj: Any) -> Any:
     return obj
 
 
+def _policy_class(cls: type) -> type:
+    """A proxy we forward for a third party stands for its builtin type (list, dict...)."""
+    return getattr(cls, "_rk_builtin", None) or cls
+
+
 class AttributePolicy:
     """Which attributes of a local object the peer may reach."""
 
@@ -73,26 +78,25 @@ class AttributePolicy:
         if delete and not config.allow_delattr:
             raise AccessDenied(f"deleting attribute {name!r} is denied (allow_delattr is off)")
         cls = type(obj)
-        # A proxy we forward for a third party stands for its builtin type (list, dict...).
-        cls = getattr(cls, "_rk_builtin", None) or cls
         instance_dict = getattr(obj, "__dict__", None)
         if type(instance_dict) is dict and self.prefix and \
                 not isinstance(obj, type) and self.prefix + name in instance_dict:
             found: str | None = self.prefix + name  # exposed on the instance itself
         elif isinstance(obj, type) or type(instance_dict) is not dict:
-            found = self._resolve(cls, name, obj)  # classes, modules, odd objects: look now
+            # classes, modules, odd objects: look now
+            found = self._resolve(_policy_class(cls), name, obj)
         else:
             key = (cls, name)
             try:
                 found = self._by_type[key]
             except KeyError:  # what the class decides is the same for all its instances
-                found = self._resolve(cls, name, None)
+                found = self._resolve(_policy_class(cls), name, None)
                 if len(name) <= MAX_CACHED_NAME:
                     if len(self._by_type) >= MAX_CACHED:
                         self._by_type.clear()
                     self._by_type[key] = found
             except TypeError:  # an unhashable class
-                found = self._resolve(cls, name, obj)
+                found = self._resolve(_policy_class(cls), name, obj)
         if found is None:
             raise AccessDenied(
                 f"access to {name!r} of a {type(obj).__name__} object is denied by the "
