@@ -1,6 +1,6 @@
 """Instructions per call, counted with valgrind's callgrind in both processes.
 
-    python -m benchmarks.instructions [--systems a,b] [--rows echo,prebound,attr,numpy]
+    python -m benchmarks.instructions [--systems a,b] [--rows echo,prebound,attr,numpy,batch]
                                       [--repeat 2] [--pin same|split|none] [--top K]
                                       [--out DIR] [--no-merge]
 
@@ -20,7 +20,9 @@ counts in proportion to wall time, which valgrind stretches ~50x.
 
 Rows (the same client code as the timed runner, ``benchmarks.clients``): ``root.echo(1)``
 with its lookup, a pre-bound call, an attribute read, and a 1 MiB numpy array to the client
-(remote_kernel ``rk.obtain``; RPyC and Pyro5 ``(bytes, dtype, shape)``; the floor raw TCP).
+(remote_kernel ``rk.obtain``; RPyC and Pyro5 ``(bytes, dtype, shape)``; the floor raw TCP),
+and a batch of 1000 calls counted per call (``rk.batch``, Pyro5's ``BatchProxy``, the floor's
+one-message batch; RPyC has none).
 
 Writes ``instructions.json`` in ``--out`` and, unless ``--no-merge``, merges it into
 ``latest.{json,md,png}`` there.
@@ -47,12 +49,17 @@ RESULTS = ROOT / "benchmarks" / "results"
 MiB = 1 << 20
 SYSTEMS = ["remote_kernel", "rpyc", "pyro5_msgpack", "floor"]
 ROW_LABELS = {"echo": "root.echo(1)", "prebound": "pre-bound call",
-              "attr": "attribute read", "numpy": "1 MiB numpy to the client"}
+              "attr": "attribute read", "numpy": "1 MiB numpy to the client",
+              "batch": "a call in a batch of 1000"}
 COUNTS = {"echo": (200, 1200), "prebound": (200, 1200), "attr": (200, 1200),
-          "numpy": (10, 60)}
+          "numpy": (10, 60), "batch": (2, 12)}
+BATCH = 1000  # calls per batch: the batch row counts per call (per batch / BATCH)
+CALLS_PER_RUN = {"batch": BATCH}
+# Systems without the operation (the row stays empty for them, as in the timed runs).
+UNSUPPORTED = {("rpyc", "batch")}
 # RPyC moves 1 MiB slowly (it copies the rest of the buffer on every partial send).
 COUNT_OVERRIDES = {("rpyc", "numpy"): (3, 13)}
-WARM = {"echo": 30, "prebound": 30, "attr": 30, "numpy": 3}
+WARM = {"echo": 30, "prebound": 30, "attr": 30, "numpy": 3, "batch": 2}
 METRIC_PREFIX = "instructions per call: "
 CLIENT_TIMEOUT = 1200.0
 SERVER_START_TIMEOUT = 180.0
@@ -81,6 +88,8 @@ def row_call(client: Any, row: str) -> Callable[[], Any]:
         return client.attr
     if row == "numpy":
         return lambda: client.get_array(MiB)
+    if row == "batch":
+        return lambda: client.batch(BATCH)
     raise ValueError(row)
 
 
@@ -177,7 +186,7 @@ def one_run(system: str, spec: dict[str, int], work: Path, tag: str,
 # Rows that share a base run. A bulk transfer's count varies from run to run (how the
 # payload arrives in chunks decides how often the receive loop turns and how buffers grow),
 # so it gets a base of its own instead of adding its noise to the small calls' difference.
-ROW_GROUPS = [["echo", "prebound", "attr"], ["numpy"]]
+ROW_GROUPS = [["echo", "prebound", "attr"], ["numpy"], ["batch"]]
 
 
 def measure_system(system: str, rows: list[str], work: Path, rep: int,
@@ -186,7 +195,7 @@ def measure_system(system: str, rows: list[str], work: Path, rep: int,
     t0 = time.perf_counter()
     out: dict[str, Any] = {"base": {}, "rows": {}}
     for gi, group in enumerate(ROW_GROUPS):
-        members = [row for row in group if row in rows]
+        members = [row for row in group if row in rows and (system, row) not in UNSUPPORTED]
         if not members:
             continue
         base_spec = {row: counts(system, row)[0] for row in members}
@@ -197,8 +206,9 @@ def measure_system(system: str, rows: list[str], work: Path, rep: int,
             n1, n2 = counts(system, row)
             spec = {**base_spec, row: n2}
             tot = one_run(system, spec, work, f"{system}.r{rep}.{row}", cpus, malloc)
-            client = (tot[0] - base[0]) / (n2 - n1)
-            server = (tot[1] - base[1]) / (n2 - n1)
+            calls = (n2 - n1) * CALLS_PER_RUN.get(row, 1)
+            client = (tot[0] - base[0]) / calls
+            server = (tot[1] - base[1]) / calls
             out["rows"][row] = {"client": client, "server": server, "n1": n1, "n2": n2,
                                 "totals": tot, "base": base}
             log(f"  {system} {row}: {client + server:,.0f} instructions per call "

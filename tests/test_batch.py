@@ -70,8 +70,27 @@ def test_the_policy_applies_to_batched_calls(test_server) -> None:
 
     with test_server.connect() as conn:
         root = conn.root
-        outcomes = conn.sync_request(Op.BATCH, ((root, "private_thing", (), None),
-                                                (root, "reset", (), None)))
+        outcomes = conn.sync_request(Op.BATCH, ((root,), ((0, "private_thing", (), None),
+                                                          (0, "reset", (), None))))
         (denied_ok, denied), (reset_ok, reset) = outcomes
         assert denied_ok == 0 and isinstance(denied, rk.AccessDenied)
         assert reset_ok == 1 and reset == "reset done"
+
+
+def test_a_malformed_batch_fails_alone(test_server) -> None:
+    """A hand-made BATCH naming a target it does not carry, or a non-string name, fails
+    that call only; a batch that is not (targets, calls) fails as a whole."""
+    from remote_kernel.protocol.messages import Op
+
+    with test_server.connect() as conn:
+        root = conn.root
+        outcomes = conn.sync_request(Op.BATCH, ((root,), ((1, "reset", (), None),
+                                                          (0, 5, (), None),
+                                                          (0, "reset", (), None))))
+        (bad_ok, bad), (name_ok, name_error), (ok, value) = outcomes
+        assert bad_ok == 0 and isinstance(bad, ValueError)
+        assert name_ok == 0 and isinstance(name_error, rk.AccessDenied)
+        assert ok == 1 and value == "reset done"
+        with pytest.raises(ValueError, match="targets, calls"):
+            conn.sync_request(Op.BATCH, ((root, "reset", (), None),))
+        assert conn.root.echo(3) == 3  # the connection is fine

@@ -10,7 +10,7 @@ from remote_kernel.core.asyncresult import AsyncResult
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import BaseNetref, RemoteMethod
 from remote_kernel.errors import ProtocolError, RemoteKernelError
-from remote_kernel.protocol.boxing import ByValue, Kwargs
+from remote_kernel.protocol.boxing import BatchCalls, ByValue, Kwargs
 from remote_kernel.protocol.messages import Op
 from remote_kernel.protocol.values import (
     LARGE_MARKER,
@@ -182,6 +182,9 @@ def async_(proxy: Any) -> _AsyncCaller:
     return _AsyncCaller(proxy)
 
 
+_NOTHING = object()
+
+
 class Batch:
     """Calls collected inside ``with rk.batch(conn) as batch:``, sent as ONE request when the
     block ends and answered in ONE reply; the calls run in order on the peer. Each
@@ -195,12 +198,26 @@ class Batch:
         self._calls: list[tuple[Any, str | None, tuple, Kwargs | None]] = []
         self._results: list[AsyncResult] = []
         self._sent = False
+        self._last_function: Any = _NOTHING
+        self._last_target: tuple[Any, str | None] = (None, None)
 
     def call(self, function: Any, *args: Any, **kwargs: Any) -> AsyncResult:
         """Queue ``function(*args, **kwargs)``; ``function`` is a remote callable of this
         batch's connection (a netref or a netref's method)."""
         if self._sent:
             raise RemoteKernelError("this batch was already sent; start a new `with rk.batch`")
+        if function is self._last_function:  # the same callable again: checked already
+            owner, name = self._last_target
+        else:
+            owner, name = self._target_of(function)
+            self._last_function, self._last_target = function, (owner, name)
+        self._calls.append((owner, name, args, Kwargs(kwargs) if kwargs else None))
+        result = AsyncResult(self._conn, 0)
+        self._results.append(result)
+        return result
+
+    def _target_of(self, function: Any) -> tuple[BaseNetref, str | None]:
+        """The proxy a remote callable belongs to, and the method name (None: call it)."""
         if isinstance(function, RemoteMethod):
             owner, name = function._rk_owner, function._rk_name
         elif isinstance(function, BaseNetref):
@@ -211,10 +228,7 @@ class Batch:
         if owner._rk_conn is not self._conn:
             raise ValueError(f"this batch is for {self._conn.peer}; the callable lives on "
                              f"{owner._rk_conn.peer}")
-        self._calls.append((owner, name, args, Kwargs(kwargs) if kwargs else None))
-        result = AsyncResult(self._conn, 0)
-        self._results.append(result)
-        return result
+        return owner, name
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -231,22 +245,38 @@ class Batch:
             return
         try:
             kwargs = {} if self._timeout is DEFAULT else {"timeout": self._timeout}
-            outcomes = self._conn.sync_request(Op.BATCH, tuple(self._calls), **kwargs)
+            outcomes = self._conn.sync_request(Op.BATCH, BatchCalls(self._calls), **kwargs)
         except BaseException as error:
             self._fail_all(error)
             raise
-        if type(outcomes) is not tuple or len(outcomes) != len(self._results) or not all(
-                type(item) is tuple and len(item) == 2 and item[0] in (0, 1)
-                and (item[0] == 1 or isinstance(item[1], BaseException)) for item in outcomes):
+        checked = _checked_outcomes(outcomes, len(self._results))
+        if checked is None:
             error = ProtocolError(f"malformed batch reply from {self._conn.peer}")
             self._fail_all(error)
             raise error
-        for result, (ok, value) in zip(self._results, outcomes, strict=True):
-            result.set_outcome((ok == 1, value))
+        AsyncResult.set_outcomes(self._results, checked)
 
     def _fail_all(self, error: BaseException) -> None:
         for result in self._results:
             result.set_outcome((False, error))
+
+
+def _checked_outcomes(outcomes: Any, count: int) -> list[tuple[bool, Any]] | None:
+    """A batch reply as (ok, value) pairs, one per call; None if it is malformed."""
+    if type(outcomes) is not tuple or len(outcomes) != count:
+        return None
+    checked = []
+    for item in outcomes:
+        if type(item) is not tuple or len(item) != 2:
+            return None
+        ok, value = item
+        if ok == 1 and type(ok) is int:
+            checked.append((True, value))
+        elif ok == 0 and type(ok) is int and isinstance(value, BaseException):
+            checked.append((False, value))
+        else:
+            return None
+    return checked
 
 
 def batch(conn: Connection, timeout: float | None | object = DEFAULT) -> Batch:

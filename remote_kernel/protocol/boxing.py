@@ -86,6 +86,16 @@ class BatchOutcomes:
         self.items = items
 
 
+class BatchCalls:
+    """The calls of an ``rk.batch``: (target, method name or None, args, kwargs) each,
+    boxed in one loop (a batch holds thousands of small calls)."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self, calls: list[tuple[Any, str | None, tuple, Any]]) -> None:
+        self.calls = calls
+
+
 class Kwargs(dict):
     """Keyword arguments: sent as a msgpack map (a plain dict would go by reference)."""
 
@@ -309,13 +319,39 @@ class Boxer:
         if t is Kwargs:
             self.items += 2 * len(obj)
             return {str(key): self.box(value) for key, value in obj.items()}
+        if t is BatchCalls:
+            return self._box_calls(obj.calls)
         if t is BatchOutcomes:
-            return [[1, self.box(value)] if ok else [0, self.box_exception(value)]
-                    for ok, value in obj.items]
+            box = self.box
+            return [[1, value if (vt := type(value)) in _PASSTHROUGH or (
+                vt is int and INT_MIN <= value <= INT_MAX) else box(value)]
+                if ok else [0, self.box_exception(value)] for ok, value in obj.items]
         oid = self._proxy_oid(obj)
         if oid is not None:
             return _ext(_PEERREF, OID.pack(oid))
         return self._box_ref(obj)
+
+    def _box_calls(self, calls: list[tuple[Any, str | None, tuple, Any]]) -> list:
+        """[targets, calls]: each distinct target once, then each call as [target index,
+        name, [args], kwargs] (plain arguments need no boxing)."""
+        box = self.box
+        index_of: dict[int, int] = {}
+        targets: list[Any] = []
+        boxed = []
+        for target, name, args, kwargs in calls:
+            key = id(target)
+            index = index_of.get(key)
+            if index is None:
+                index = index_of[key] = len(targets)
+                targets.append(box(target))
+            self.items += len(args) + 4
+            for arg in args:  # plain arguments go as they are (msgpack packs the tuple)
+                t = type(arg)
+                if t not in _PASSTHROUGH and (t is not int or not INT_MIN <= arg <= INT_MAX):
+                    args = [box(item) for item in args]
+                    break
+            boxed.append([index, name, args, None if kwargs is None else box(kwargs)])
+        return [targets, boxed]
 
     def _box_ref(self, obj: Any) -> ExtType:
         cls = type(obj)
@@ -400,6 +436,9 @@ class Boxer:
     def ext_hook(self, code: int, data: bytes) -> Any:
         """Decode one ext value; anything malformed (or nested too deeply) is a
         ProtocolError, whatever the lower layer raised."""
+        if code == _PEERREF and len(data) == 8 and not self.exception_depth:
+            # Our own object coming home: the most common ext value, nothing nested.
+            return self.table.get(OID.unpack(data)[0])
         if self._depth >= MAX_DECODE_DEPTH:
             raise ProtocolError("values nested too deeply")
         self._depth += 1

@@ -190,25 +190,42 @@ def _deliver(ctx: RequestContext, value: Any) -> Any:
 MAX_BATCH = 100_000  # calls in one BATCH request
 
 
-def _batch(ctx: RequestContext, calls: tuple) -> BatchOutcomes:
+def _batch(ctx: RequestContext, request: tuple) -> BatchOutcomes:
     """Run the calls in order; each failure is kept with its call, the rest still run. A
-    KeyboardInterrupt (a cancel of the whole batch) ends it."""
-    if type(calls) is not tuple or len(calls) > MAX_BATCH:
+    KeyboardInterrupt (a cancel of the whole batch) ends it. ``request`` is (targets,
+    calls), each call (target index, name or None, args, kwargs). The policy decides once
+    per target and name in a batch; the attribute itself is read for every call."""
+    if type(request) is not tuple or len(request) != 2:
+        raise ValueError("a batch is (targets, calls)")
+    targets, calls = request
+    if type(targets) is not tuple or type(calls) is not tuple or len(calls) > MAX_BATCH:
         raise ValueError(f"a batch is a sequence of at most {MAX_BATCH} calls")
     outcomes: list[tuple[bool, Any]] = []
+    append = outcomes.append
+    resolved: dict[tuple[int, str], str] = {}
+    resolve = ctx.policy.resolve
     for call in calls:
         try:
             if type(call) is not tuple or len(call) != 4:
-                raise ValueError("a batched call is (callable, name, args, kwargs)")
-            target, name, args, kwargs = call
+                raise ValueError("a batched call is (target, name, args, kwargs)")
+            index, name, args, kwargs = call
+            if type(index) is not int or not 0 <= index < len(targets):
+                raise ValueError("a batched call names a target the batch does not hold")
             if type(args) is not tuple or not (kwargs is None or type(kwargs) is dict):
                 raise ValueError("a batched call's arguments are a tuple and a dict")
+            target = targets[index]
             if name is None:
-                outcomes.append((True, _call(ctx, target, args, kwargs)))
-            else:
-                outcomes.append((True, _callattr(ctx, target, name, args, kwargs)))
+                append((True, _call(ctx, target, args, kwargs)))
+                continue
+            if type(name) is not str:
+                raise AccessDenied("attribute names must be strings")
+            allowed = resolved.get((index, name))
+            if allowed is None:
+                allowed = resolved[index, name] = resolve(target, name)
+            function = getattr(target, allowed)
+            append((True, function(*args, **kwargs) if kwargs else function(*args)))
         except Exception as exc:  # noqa: BLE001 - each call's failure goes back with it
-            outcomes.append((False, exc))
+            append((False, exc))
     return BatchOutcomes(outcomes)
 
 

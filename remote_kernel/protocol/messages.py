@@ -55,8 +55,8 @@ class Op(IntEnum):
     KEYS = 35  # key completions of a mapping
     CHILDREN = 36  # the object browser: children of obj reached through a path
     READ = 37  # bytes [offset, offset+length) of a large buffer, for obtain in chunks
-    BATCH = 38  # [(callable, name | None, args, kwargs), ...] run in order, ONE reply:
-    #             [[1, value] | [0, exception], ...] (rk.batch)
+    BATCH = 38  # [[target, ...], [[target index, name | None, args, kwargs], ...]]: the
+    #             calls run in order, ONE reply: [[1, value] | [0, exception], ...] (rk.batch)
 
 
 class Ext(IntEnum):
