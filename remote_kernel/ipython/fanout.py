@@ -162,9 +162,31 @@ def running_cell(shell: Any, cell: str) -> dict[str, Any]:
     """What the lab panel shows while a cell runs on a connection: its execution count and
     first line."""
     text = cell.strip()
-    # IPython counts the running cell before running it: its In[n] is the count minus one.
-    count = max(shell.execution_count - 1, 0)
-    return {"count": count, "code": text.splitlines()[0][:80] if text else ""}
+    return {"count": _running_count(shell), "code": text.splitlines()[0][:80] if text else ""}
+
+
+def _running_count(shell: Any) -> int:
+    """The running cell's In[n].
+
+    IPython hands the displayhook the running cell's ExecutionResult, which carries its
+    count (IPython 9 always, IPython 8 when the cell is stored in the history). Otherwise:
+    IPython 9 counts a cell before running it (the count minus one), IPython 8 after."""
+    result = getattr(getattr(shell, "displayhook", None), "exec_result", None)
+    count = getattr(result, "execution_count", None)
+    if isinstance(count, int):
+        return count
+    return max(shell.execution_count - (1 if _IPYTHON_COUNTS_FIRST else 0), 0)
+
+
+def _ipython_counts_first() -> bool:
+    try:
+        import IPython
+    except ImportError:
+        return True
+    return IPython.version_info[0] >= 9
+
+
+_IPYTHON_COUNTS_FIRST = _ipython_counts_first()
 
 
 def show_peer_error(shell: Any, peer: str, exc: BaseException) -> None:

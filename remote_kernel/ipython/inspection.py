@@ -99,14 +99,25 @@ def _a_function() -> None:
 
 
 def install(shell: Any) -> Any:
+    """Make ``shell.inspector`` a RemoteInspector, also across ``%colors``: IPython 8 builds
+    a new inspector from ``shell.inspector_class`` whenever the colors change (IPython 9
+    changes the theme of the one it has), so the class is replaced too."""
     previous = shell.inspector
-    inspector = RemoteInspector(
-        theme_name=getattr(previous, "_theme_name", None) or "nocolor",
-        str_detail_level=getattr(previous, "str_detail_level", 0),
-        parent=shell,
-    ) if _accepts_theme() else RemoteInspector(parent=shell)
+    previous_class = shell.inspector_class
+    if not issubclass(previous_class, RemoteInspector):
+        shell._rk_inspector_class = previous_class
+        shell.inspector_class = RemoteInspector
+    if _accepts_theme():
+        inspector = RemoteInspector(
+            theme_name=getattr(previous, "_theme_name", None) or "nocolor",
+            str_detail_level=getattr(previous, "str_detail_level", 0),
+            parent=shell,
+        )
+        shell.inspector = inspector
+    else:  # IPython 8: as IPython builds it, with the shell's colors
+        shell.init_inspector()
+        inspector = shell.inspector
     inspector._rk_previous = previous  # type: ignore[attr-defined]
-    shell.inspector = inspector
     return inspector
 
 
@@ -117,6 +128,14 @@ def _accepts_theme() -> bool:
 
 
 def uninstall(shell: Any) -> None:
+    previous_class = shell.__dict__.pop("_rk_inspector_class", None)
+    if previous_class is not None:
+        shell.inspector_class = previous_class
+    if not isinstance(shell.inspector, RemoteInspector):
+        return
+    if not _accepts_theme():  # IPython 8: one as IPython builds it, with today's colors
+        shell.init_inspector()
+        return
     previous = getattr(shell.inspector, "_rk_previous", None)
     if previous is not None:
         shell.inspector = previous

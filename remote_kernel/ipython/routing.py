@@ -14,6 +14,8 @@ while the kernel is idle; ``print`` in ``on_tick`` appears under cell 2.
 
 from __future__ import annotations
 
+import contextvars
+import sys
 from typing import Any
 
 from remote_kernel.core import connection
@@ -37,11 +39,46 @@ class CellRouting(OutputRouting):
         self.shell.reset_thread_parent(token)
 
 
+class ContextVarRouting(CellRouting):
+    """The same for ipykernel before 7.4 (the newest on Python 3.10), which has no
+    ``set_thread_parent`` but keeps each parent header in a ``ContextVar`` (read before the
+    global fallback): the shell, its displayhook and display publisher, stdout and stderr.
+    Setting those for the serving thread (or asyncio context) and resetting them afterwards
+    is what ``set_thread_parent`` does in newer versions."""
+
+    def _holders(self) -> list[Any]:
+        shell = self.shell
+        holders = [shell, getattr(shell, "displayhook", None),
+                   getattr(shell, "display_pub", None), sys.stdout, sys.stderr]
+        if hasattr(shell, "_data_pub"):
+            holders.append(shell.data_pub)
+        return [holder for holder in holders
+                if isinstance(getattr(holder, "_parent_header", None), contextvars.ContextVar)]
+
+    def enter(self, origin: Any) -> Any:
+        from jupyter_client.session import extract_header
+
+        header = extract_header(origin)
+        tokens = []
+        for holder in self._holders():
+            var = holder._parent_header
+            # The shell keeps the whole parent message, the others its header.
+            tokens.append((var, var.set(origin if holder is self.shell else header)))
+        return tokens
+
+    def leave(self, token: Any) -> None:
+        for var, reset in reversed(token):
+            var.reset(reset)
+
+
 def install(shell: Any) -> None:
     """Inside ipykernel (a shell that can set a thread's parent); elsewhere nothing to do."""
-    if getattr(shell, "kernel", None) is None or not hasattr(shell, "set_thread_parent"):
+    if getattr(shell, "kernel", None) is None:
         return
-    connection.output_routing = CellRouting(shell)
+    if hasattr(shell, "set_thread_parent"):
+        connection.output_routing = CellRouting(shell)
+    elif isinstance(getattr(shell, "_parent_header", None), contextvars.ContextVar):
+        connection.output_routing = ContextVarRouting(shell)
 
 
 def uninstall(shell: Any) -> None:

@@ -13,6 +13,12 @@ and Verbose modes they show the source lines the peer sent, without variables.
 A ``SyntaxError`` shows its file, line and caret; a Stop (Ctrl-C while waiting for the
 peer) and a closed connection are one line each. Without a shell (the proxy kernel) the
 look is IPython's default: Context mode, the "linux" colors.
+
+IPython 9 colors through themes (``IPython.utils.PyColorize.theme_table``, pygments tokens);
+IPython 8 (the newest on Python 3.10) through color schemes (``Colors`` of escape codes).
+``_ThemeLook`` and ``_SchemeLook`` paint the same pieces for each; the formatters' own
+methods used here (``_format_list``, ``get_records``, ``format_record``,
+``prepare_header``, ``format_exception``, ``get_exception_only``) are the same in both.
 """
 
 from __future__ import annotations
@@ -54,18 +60,11 @@ class RemoteTracebackFormatter:
     """Structured tracebacks (IPython's list of strings) for remote errors."""
 
     def __init__(self, mode: str | None = None, theme: str | None = None) -> None:
-        from IPython.core.ultratb import FormattedTB
-        from IPython.utils.PyColorize import theme_table
-
         shell_mode, shell_theme = _shell_settings()
         self.mode = mode or shell_mode
-        theme = theme or shell_theme
-        if theme not in theme_table:
-            theme = DEFAULT_THEME
-        self.theme_name = theme
-        self.theme = theme_table[theme]
+        self.look = _look(theme or shell_theme)
         plain_mode = self.mode if self.mode in ("Plain", "Minimal") else "Plain"
-        self.tb = FormattedTB(mode=plain_mode, theme_name=theme, tb_offset=0)
+        self.tb = self.look.formatter(plain_mode)
         self.context_mode = self.mode in _CONTEXT_MODES
 
     # -- the whole traceback ------------------------------------------------------------
@@ -78,8 +77,7 @@ class RemoteTracebackFormatter:
             sections = [(linked, link, self._frames(linked)) for linked, link in chain_of(exc)]
             if self.context_mode and any(entries or remote for _, _, (entries, remote)
                                          in sections):
-                parts.append(self._paint([(Token.Topline, self.theme.symbols["top_line"]
-                                           * 75)]))
+                parts.append(self._paint([(Token.Topline, self.look.top_line * 75)]))
             for linked, link, (entries, remote) in sections:
                 context = MAIN_CONTEXT if linked is exc else CHAINED_CONTEXT
                 if self.context_mode:
@@ -157,13 +155,8 @@ class RemoteTracebackFormatter:
 
     def _remote_record(self, frame: RemoteFrame, context: int) -> str:
         """A remote frame the way VerboseTB shows a local one: file, function, source."""
-        from IPython.core.tbtools import _simple_format_traceback_lines, _tokens_filename
-        from IPython.utils.PyColorize import Parser
-
-        text = self._paint(_tokens_filename(True, frame.filename, lineno=frame.lineno))
-        if frame.function and frame.function != "<module>":
-            text += self._paint([(Token, ", in "), (Token.VName, frame.function)])
-        text += "\n"
+        function = frame.function if frame.function and frame.function != "<module>" else None
+        text = self.look.frame_line(frame.filename, frame.lineno, function) + "\n"
         if frame.context:
             first, lines = frame.context_start, list(frame.context)
         else:
@@ -173,11 +166,8 @@ class RemoteTracebackFormatter:
                   if frame.lineno - before <= first + i <= frame.lineno + after]
         if not any(number == frame.lineno for number, _ in window):
             return text
-        parser = Parser(theme_name=self.theme_name)
-        numbered = [(line + "\n", parser.format2(line + "\n", "str")) for _, line in window]
         index = [number for number, _ in window].index(frame.lineno)
-        tokens = _simple_format_traceback_lines(frame.lineno, index, numbered, [], self.theme)
-        return text + self._paint(tokens)
+        return text + self.look.source_lines(frame.lineno, index, [line for _, line in window])
 
     # -- pieces ---------------------------------------------------------------------------
 
@@ -191,7 +181,114 @@ class RemoteTracebackFormatter:
                             (Token.NormalEm, f"[{errors.where_label(where)}]")])
 
     def _paint(self, tokens: list[tuple[Any, str]]) -> str:
+        return self.look.paint(tokens)
+
+
+# -- IPython 9 themes and IPython 8 color schemes ----------------------------------------------
+
+
+class _ThemeLook:
+    """IPython 9: a ``PyColorize`` theme paints pygments tokens."""
+
+    def __init__(self, name: str) -> None:
+        from IPython.utils.PyColorize import theme_table
+
+        if name not in theme_table:
+            name = DEFAULT_THEME
+        self.name = name
+        self.theme = theme_table[name]
+        self.top_line = self.theme.symbols["top_line"]
+
+    def formatter(self, mode: str) -> Any:
+        from IPython.core.ultratb import FormattedTB
+
+        return FormattedTB(mode=mode, theme_name=self.name, tb_offset=0)
+
+    def paint(self, tokens: list[tuple[Any, str]]) -> str:
         return self.theme.format(tokens)
+
+    def frame_line(self, filename: str, lineno: int, function: str | None) -> str:
+        from IPython.core.tbtools import _tokens_filename
+
+        tokens = _tokens_filename(True, filename, lineno=lineno)
+        if function:
+            tokens = [*tokens, (Token, ", in "), (Token.VName, function)]
+        return self.paint(tokens)
+
+    def source_lines(self, lineno: int, index: int, lines: list[str]) -> str:
+        from IPython.core.tbtools import _simple_format_traceback_lines
+        from IPython.utils.PyColorize import Parser
+
+        parser = Parser(theme_name=self.name)
+        numbered = [(line + "\n", parser.format2(line + "\n", "str")) for line in lines]
+        return self.paint(_simple_format_traceback_lines(lineno, index, numbered, [],
+                                                         self.theme))
+
+
+class _SchemeLook:
+    """IPython 8: a color scheme (``Linux``, ``NoColor``, ...) of escape codes per field."""
+
+    _FIELDS = {Token.Topline: "topline", Token.Normal: "Normal", Token.NormalEm: "normalEm",
+               Token.Filename: "filename", Token.FilenameEm: "filenameEm",
+               Token.Lineno: "lineno", Token.LinenoEm: "linenoEm", Token.Name: "name",
+               Token.NameEm: "nameEm", Token.VName: "vName", Token.ExcName: "excName",
+               Token.Caret: "caret"}
+    top_line = "-"
+
+    def __init__(self, name: str) -> None:
+        from IPython.core.excolors import exception_colors
+
+        table = exception_colors()
+        schemes = {scheme.lower(): scheme for scheme in table}
+        self.name = schemes.get(name.lower()) or schemes[DEFAULT_THEME]
+        table.set_active_scheme(self.name)
+        self.colors = table.active_colors
+
+    def formatter(self, mode: str) -> Any:
+        from IPython.core.ultratb import FormattedTB
+
+        return FormattedTB(mode=mode, color_scheme=self.name, tb_offset=0)
+
+    def paint(self, tokens: list[tuple[Any, str]]) -> str:
+        normal = self.colors.Normal
+        parts = []
+        for token, text in tokens:
+            field = self._FIELDS.get(token)
+            color = getattr(self.colors, field) if field else ""
+            parts.append(f"{color}{text}{normal}" if color and text else text)
+        return "".join(parts)
+
+    def frame_line(self, filename: str, lineno: int, function: str | None) -> str:
+        from IPython.core.ultratb import _format_filename
+
+        text = _format_filename(filename, self.colors.filenameEm, self.colors.Normal,
+                                lineno=lineno)
+        if function:
+            text += self.paint([(Token, ", in "), (Token.VName, function)])
+        return text
+
+    def source_lines(self, lineno: int, index: int, lines: list[str]) -> str:
+        from IPython.core.ultratb import _simple_format_traceback_lines
+        from IPython.utils.PyColorize import Parser
+
+        parser = Parser(style=self.name)
+
+        def line_format(line: str, out: str) -> tuple[str, bool]:
+            # One line end: IPython 8's colored format2 adds its own.
+            text, error = parser.format2(line, out)
+            return (text or line).rstrip("\n") + "\n", error
+
+        return "".join(_simple_format_traceback_lines(
+            lineno, index, [line + "\n" for line in lines], self.colors, "", line_format))
+
+
+def _look(name: str) -> _ThemeLook | _SchemeLook:
+    """The look for a ``%colors`` name, in the color system of the IPython installed."""
+    from IPython.utils import PyColorize
+
+    if hasattr(PyColorize, "theme_table"):
+        return _ThemeLook(name)
+    return _SchemeLook(name)
 
 
 @contextlib.contextmanager
@@ -230,12 +327,10 @@ def render_one_line(exc: BaseException) -> list[str]:
 
 def _one_line(name: str, text: str) -> str:
     try:
-        from IPython.utils.PyColorize import theme_table
-
-        theme = theme_table[_shell_settings()[1]]
-    except (ImportError, KeyError):
+        look = _look(_shell_settings()[1])
+    except Exception:  # never hide the message behind a failure to color it
         return f"{name}: {text}"
-    return theme.format([(Token.ExcName, name), (Token, ": "), (Token, text)])
+    return look.paint([(Token.ExcName, name), (Token, ": "), (Token, text)])
 
 
 def _registered_name(text: str) -> str | None:
