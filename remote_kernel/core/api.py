@@ -261,22 +261,19 @@ class Batch:
             result.set_outcome((False, error))
 
 
-def _checked_outcomes(outcomes: Any, count: int) -> list[tuple[bool, Any]] | None:
-    """A batch reply as (ok, value) pairs, one per call; None if it is malformed."""
+def _checked_outcomes(outcomes: Any, count: int) -> Any:
+    """A batch reply: one (1, value) or (0, exception) pair per call (the 1 or 0 serves as
+    the outcome's ok flag as it is); None if it is malformed."""
     if type(outcomes) is not tuple or len(outcomes) != count:
         return None
-    checked = []
     for item in outcomes:
         if type(item) is not tuple or len(item) != 2:
             return None
-        ok, value = item
-        if ok == 1 and type(ok) is int:
-            checked.append((True, value))
-        elif ok == 0 and type(ok) is int and isinstance(value, BaseException):
-            checked.append((False, value))
-        else:
+        ok = item[0]
+        if type(ok) is not int or not (ok == 1 or ok == 0 and isinstance(item[1],
+                                                                       BaseException)):
             return None
-    return checked
+    return outcomes
 
 
 def batch(conn: Connection, timeout: float | None | object = DEFAULT) -> Batch:

@@ -78,11 +78,11 @@ class ByValue:
 
 
 class BatchOutcomes:
-    """A BATCH handler's result: each call's (ok, value or exception), boxed in order."""
+    """A BATCH handler's result: each call's (1, value) or (0, exception), boxed in order."""
 
     __slots__ = ("items",)
 
-    def __init__(self, items: list[tuple[bool, Any]]) -> None:
+    def __init__(self, items: list[tuple[int, Any]]) -> None:
         self.items = items
 
 
@@ -322,10 +322,7 @@ class Boxer:
         if t is BatchCalls:
             return self._box_calls(obj.calls)
         if t is BatchOutcomes:
-            box = self.box
-            return [[1, value if (vt := type(value)) in _PASSTHROUGH or (
-                vt is int and INT_MIN <= value <= INT_MAX) else box(value)]
-                if ok else [0, self.box_exception(value)] for ok, value in obj.items]
+            return self._box_outcomes(obj.items)
         oid = self._proxy_oid(obj)
         if oid is not None:
             return _ext(_PEERREF, OID.pack(oid))
@@ -352,6 +349,16 @@ class Boxer:
                     break
             boxed.append([index, name, args, None if kwargs is None else box(kwargs)])
         return [targets, boxed]
+
+    def _box_outcomes(self, items: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+        """(1, value) or (0, exception) per call, boxed in place; plain values as they are."""
+        box = self.box
+        for i, (ok, value) in enumerate(items):
+            t = type(value)
+            if ok and (t in _PASSTHROUGH or t is int and INT_MIN <= value <= INT_MAX):
+                continue
+            items[i] = (1, box(value)) if ok else (0, self.box_exception(value))
+        return items
 
     def _box_ref(self, obj: Any) -> ExtType:
         cls = type(obj)

@@ -200,7 +200,7 @@ def _batch(ctx: RequestContext, request: tuple) -> BatchOutcomes:
     targets, calls = request
     if type(targets) is not tuple or type(calls) is not tuple or len(calls) > MAX_BATCH:
         raise ValueError(f"a batch is a sequence of at most {MAX_BATCH} calls")
-    outcomes: list[tuple[bool, Any]] = []
+    outcomes: list[tuple[int, Any]] = []
     append = outcomes.append
     resolved: dict[tuple[int, str], str] = {}
     resolve = ctx.policy.resolve
@@ -215,7 +215,7 @@ def _batch(ctx: RequestContext, request: tuple) -> BatchOutcomes:
                 raise ValueError("a batched call's arguments are a tuple and a dict")
             target = targets[index]
             if name is None:
-                append((True, _call(ctx, target, args, kwargs)))
+                append((1, _call(ctx, target, args, kwargs)))
                 continue
             if type(name) is not str:
                 raise AccessDenied("attribute names must be strings")
@@ -223,9 +223,9 @@ def _batch(ctx: RequestContext, request: tuple) -> BatchOutcomes:
             if allowed is None:
                 allowed = resolved[index, name] = resolve(target, name)
             function = getattr(target, allowed)
-            append((True, function(*args, **kwargs) if kwargs else function(*args)))
+            append((1, function(*args, **kwargs) if kwargs else function(*args)))
         except Exception as exc:  # noqa: BLE001 - each call's failure goes back with it
-            append((False, exc))
+            append((0, exc))
     return BatchOutcomes(outcomes)
 
 
