@@ -852,6 +852,7 @@ class Connection:
             return proxy
         proxy = new_proxy(self, oid, descriptor, self._netref_classes)
         self._proxies[oid] = weakref.ref(proxy)
+        self._boxer.own_proxy_types.add(type(proxy))
         return proxy
 
     def _proxy_oid(self, obj: Any) -> int | None:

@@ -247,6 +247,8 @@ class Boxer:
         self.outgoing: list[Any] = []
         self.incoming: list[bytearray] = []
         self._raw_buffers = False  # True while decoding an array: keep the bytearray
+        # The classes of this connection's proxies (made per connection): boxed by oid at once.
+        self.own_proxy_types: set[type] = set()
         self._depth = 0
 
     # -- one message at a time -----------------------------------------------------------
@@ -277,6 +279,7 @@ class Boxer:
         self._peer_types = {}
         self._peer_type_names = 0
         self.exception_classes = {}
+        self.own_proxy_types = set()
 
     def _out_of_band(self, data: Any) -> ExtType:
         self.outgoing.append(data)
@@ -288,6 +291,8 @@ class Boxer:
         t = type(obj)
         if t in _PASSTHROUGH:
             return obj
+        if t in self.own_proxy_types:  # a proxy of this connection going home
+            return _ext(_PEERREF, OID.pack(obj._rk_oid))
         if t is bytes:
             return obj if len(obj) < OOB_MIN else self._out_of_band(obj)
         if t is int:
@@ -296,7 +301,11 @@ class Boxer:
             return ExtType(Ext.BIGINT, str(obj).encode())
         if t is tuple:
             self.items += len(obj)
-            return [self.box(item) for item in obj]
+            for item in obj:  # a tuple of plain items goes as it is (packed as an array)
+                it = type(item)
+                if it not in _PASSTHROUGH and (it is not int or not INT_MIN <= item <= INT_MAX):
+                    return [self.box(item) for item in obj]
+            return obj
         if t is complex:
             return ExtType(Ext.COMPLEX, COMPLEX.pack(obj.real, obj.imag))
         if t is frozenset:

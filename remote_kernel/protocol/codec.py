@@ -171,25 +171,25 @@ class FrameDecoder:
                 return None
             self._big, self._need = None, None
             return big
-        available = self._end - self._start
-        if self._need is None:
-            if available < HEADER_SIZE:
+        start, end, need = self._start, self._end, self._need
+        if need is None:
+            if end - start < HEADER_SIZE:
                 return None
-            try:
-                self._need = check_length(HEADER.unpack_from(self._buf, self._start)[0],
-                                          self.max_message_size)
-            except ProtocolError:
+            need = HEADER.unpack_from(self._buf, start)[0]
+            if need > self.max_message_size:
                 self._start = self._end = 0  # the stream is unusable; keep nothing of it
-                raise
-            self._start += HEADER_SIZE
-            available -= HEADER_SIZE
-        need = self._need
+                check_length(need, self.max_message_size)  # raises
+            start += HEADER_SIZE
+            self._start, self._need = start, need
+        available = end - start
         if available >= need:
-            payload = bytes(self._view[self._start:self._start + need])
-            self._start += need
+            stop = start + need
+            payload = bytes(self._view[start:stop])
             self._need = None
-            if self._start == self._end:
+            if stop == end:
                 self._start = self._end = 0
+            else:
+                self._start = stop
             return payload
         if need > len(self._buf) - self._start:
             if need > len(self._buf):
