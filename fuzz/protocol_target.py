@@ -126,7 +126,10 @@ class Harness:
             raise Finding(f"{type(exc).__name__}: {exc} for input {data[:200]!r}") from exc
 
     def _frames(self, data: bytes) -> None:
-        decoder = FrameDecoder(MAX_FRAME)
+        # A small shared buffer puts most frames on the large-frame path, some of them
+        # announced as bytes (received in place): the frames must not change.
+        decoder = FrameDecoder(MAX_FRAME, chunk=64)
+        decoder.expect(b & 1 for b in data[1:9])
         cut = data[0] % (len(data) + 1) if data else 0
         try:
             frames = decoder.feed(data[:cut]) + decoder.feed(data[cut:])

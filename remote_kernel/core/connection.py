@@ -51,6 +51,8 @@ from remote_kernel.protocol.boxing import (
     Boxer,
     Kwargs,
     ObjectTable,
+    buffers_announced,
+    buffers_header,
 )
 from remote_kernel.protocol.codec import CHUNK, HEADER, MAX_FRAME, frame, pack
 from remote_kernel.protocol.describe import Descriptor, describe_type
@@ -435,7 +437,7 @@ class Connection:
                     self._messages_in += 1
                     return message
                 payload = None
-                self._expect_buffers(message[1])
+                self._expect_buffers(message)
             return self._read_with_buffers(payload, timeout)
         except ConnectionClosed as exc:
             self._lost(str(exc))
@@ -445,9 +447,9 @@ class Connection:
             self._lost(f"protocol error: {exc}")
             raise ProtocolError(f"{exc} (from {self.peer})") from None
 
-    def _expect_buffers(self, count: Any) -> None:
-        if type(count) is not int or not 0 < count <= MAX_BUFFERS:
-            raise ProtocolError(f"bad out-of-band buffer count {count!r}")
+    def _expect_buffers(self, message: tuple) -> None:
+        count, kinds = buffers_announced(message, MAX_BUFFERS)
+        self._reader.expect(kinds)  # the bytes ones are received straight into bytes
         self._buffers_expected = count
 
     def _read_with_buffers(self, payload: bytes | bytearray | None,
@@ -486,7 +488,7 @@ class Connection:
                 self._buffers_bytes = 0
                 self._messages_in += 1
                 return message
-            self._expect_buffers(message[1])
+            self._expect_buffers(message)
 
     def _dispatch(self, message: tuple) -> None:
         kind = message[0]
@@ -830,7 +832,7 @@ class Connection:
     def _send_buffers(self, views: list[memoryview], limit: int) -> int:
         """The BUFFERS frame and the raw buffers, each sent as it is (no copy)."""
         send = self._transport.send
-        send(frame(pack([Kind.BUFFERS, len(views)]), limit))
+        send(frame(pack(buffers_header(views)), limit))
         for view in views:
             send(HEADER.pack(view.nbytes))
             send(view)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import time
+from collections.abc import Iterable
 
 from remote_kernel.protocol.codec import CHUNK, FrameDecoder
 
@@ -67,6 +68,10 @@ class FrameReader:
     def resize(self, chunk: int) -> None:
         """A new size for the receive buffer (see FrameDecoder.resize)."""
         self.decoder.resize(chunk)
+
+    def expect(self, as_bytes: Iterable[int]) -> None:
+        """Which of the next frames become bytes values (see FrameDecoder.expect)."""
+        self.decoder.expect(as_bytes)
 
     def read_frame(self, timeout: float | None) -> bytes | bytearray | None:
         """The next frame's payload, or None when none is complete ``timeout`` seconds after

@@ -41,7 +41,7 @@ from remote_kernel.protocol import exceptions, values
 from remote_kernel.protocol.codec import ItemBudget, pack, unpack
 from remote_kernel.protocol.describe import Descriptor
 from remote_kernel.protocol.exceptions import local_class
-from remote_kernel.protocol.messages import Ext
+from remote_kernel.protocol.messages import Ext, Kind
 
 INT_MIN = -(2**63)
 INT_MAX = 2**64 - 1
@@ -200,6 +200,28 @@ def _checked_descriptor(descriptor: Any) -> Descriptor:
     return (module, qualname, methods, dunders, flags, builtin_name)
 
 
+def buffers_header(views: list[memoryview]) -> list:
+    """The BUFFERS frame of a message's out-of-band buffers (messages.py): their count and
+    which of them are bytes values, for the peer to receive those straight into bytes."""
+    kinds = bytes(type(view.obj) is bytes for view in views)
+    return [Kind.BUFFERS, len(views), kinds]
+
+
+def buffers_announced(message: tuple, max_buffers: int) -> tuple[int, bytes]:
+    """The count and kinds of a BUFFERS frame; a peer that sends no kinds (an older one)
+    sends writable buffers only."""
+    count = message[1]
+    if type(count) is not int or not 0 < count <= max_buffers:
+        raise ProtocolError(f"bad out-of-band buffer count {count!r}")
+    if len(message) == 2:
+        return count, bytes(count)
+    kinds = message[2]
+    if len(message) != 3 or type(kinds) is not bytes or len(kinds) != count \
+            or kinds.strip(b"\0\1"):
+        raise ProtocolError("malformed out-of-band buffer kinds")
+    return count, kinds
+
+
 def _take_buffer(item: Any) -> bytes | bytearray:
     if type(item) not in (bytes, bytearray):
         raise ValueError("expected a buffer")
@@ -245,7 +267,7 @@ class Boxer:
         self._budget: ItemBudget | None = None  # set while a long payload is decoded
         # Out-of-band buffers of the message being encoded / decoded (send / receive lock).
         self.outgoing: list[Any] = []
-        self.incoming: list[bytearray] = []
+        self.incoming: list[bytes | bytearray] = []  # bytes: announced and received as such
         self._raw_buffers = False  # True while decoding an array: keep the bytearray
         # The classes of this connection's proxies (made per connection): boxed by oid at once.
         self.own_proxy_types: set[type] = set()
@@ -532,8 +554,9 @@ class Boxer:
             index = OID.unpack(data)[0]
             if index >= len(self.incoming):
                 raise ProtocolError(f"reference to missing out-of-band buffer {index}")
-            return bytes(self.incoming[index]) if not self._raw_buffers else \
-                self.incoming[index]
+            # An array copies a read-only buffer (ndarrays.array_from); bytes(...) does not
+            # copy one that arrived as bytes.
+            return self.incoming[index] if self._raw_buffers else bytes(self.incoming[index])
         if code in values.CODES:
             return self._decode_value(code, data)
         if code == Ext.EXC:

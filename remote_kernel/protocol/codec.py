@@ -14,12 +14,14 @@ Arrays decode as tuples, maps as dicts (keys may be any hashable value).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
 
 from remote_kernel.errors import ProtocolError
+from remote_kernel.protocol import uninit
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
@@ -128,6 +130,10 @@ class FrameDecoder:
     size only once that much has arrived, so a peer announcing a huge frame and sending
     little costs little. The size of a frame is checked when its header arrives, before a
     byte of its payload is buffered. State survives any interruption between calls.
+
+    :meth:`expect` says which of the next frames become ``bytes`` values: such a large
+    frame is received straight into an uninitialised ``bytes`` object (see uninit.py) and
+    returned as it is; any other large frame comes as a ``bytearray``, writable.
     """
 
     def __init__(self, max_message_size: int, chunk: int = CHUNK) -> None:
@@ -137,21 +143,25 @@ class FrameDecoder:
         self._start = 0
         self._end = 0
         self._need: int | None = None
-        self._big: bytearray | None = None
+        self._big: bytes | bytearray | None = None
+        self._big_view: memoryview | None = None  # where the large frame's bytes go
         self._big_got = 0
+        self._kinds: deque[int] = deque()  # per coming frame: true if it becomes bytes
+        self._as_bytes = 0  # the kind of the frame whose header was parsed last
+
+    def expect(self, as_bytes: Iterable[int]) -> None:
+        """The kinds of the next frames, in order: true for a frame that becomes a
+        ``bytes`` value, false for a writable buffer (what unannounced frames are)."""
+        self._kinds.extend(as_bytes)
 
     # -- receiving in place --------------------------------------------------------------
 
     def recv_buffer(self) -> memoryview:
         """Where the next received bytes go; call :meth:`advance` with how many arrived."""
-        big = self._big
-        if big is not None:
-            if self._big_got == len(big):
-                # BIG_START bytes arrived: now the frame gets its full size, once.
-                full = bytearray(self._need or 0)
-                full[:self._big_got] = big
-                self._big = big = full
-            return memoryview(big)[self._big_got:]
+        if self._big is not None:
+            if self._big_got == len(self._big):
+                self._grow_big()
+            return self._big_view[self._big_got:]
         if self._end == len(self._buf):
             self._compact()
         return self._view[self._end:]
@@ -169,7 +179,8 @@ class FrameDecoder:
         if big is not None:
             if self._big_got != self._need:
                 return None
-            self._big, self._need = None, None
+            self._big_view.release()  # nothing writes into it any more
+            self._big = self._big_view = self._need = None
             return big
         start, end, need = self._start, self._end, self._need
         if need is None:
@@ -178,7 +189,9 @@ class FrameDecoder:
             need = HEADER.unpack_from(self._buf, start)[0]
             if need > self.max_message_size:
                 self._start = self._end = 0  # the stream is unusable; keep nothing of it
+                self._kinds.clear()
                 check_length(need, self.max_message_size)  # raises
+            self._as_bytes = self._kinds.popleft() if self._kinds else 0
             start += HEADER_SIZE
             self._start, self._need = start, need
         available = end - start
@@ -194,8 +207,8 @@ class FrameDecoder:
         if need > len(self._buf) - self._start:
             if need > len(self._buf):
                 # Too big for the shared buffer: receive it into its own allocation.
-                self._big = bytearray(min(need, max(available, BIG_START)))
-                self._big[:available] = self._view[self._start:self._end]
+                first = self._new_big(min(need, max(available, BIG_START)))
+                first[:available] = self._view[self._start:self._end]
                 self._big_got = available
                 self._start = self._end = 0
             else:
@@ -245,6 +258,24 @@ class FrameDecoder:
         self._buf[:len(held)] = held
         self._view = memoryview(self._buf)
         self._start, self._end = 0, len(held)
+
+    def _new_big(self, size: int) -> memoryview:
+        """A buffer of ``size`` bytes for the large frame, and a writable view of it: its
+        final ``bytes`` object when it becomes bytes and ``size`` is its full size, else a
+        bytearray; uninitialised where uninit.py can, zero-filled elsewhere."""
+        if self._as_bytes and size == self._need and size >= uninit.MIN_SIZE \
+                and uninit.AVAILABLE:
+            self._big, self._big_view = uninit.new_bytes(size)
+        else:
+            self._big = uninit.new_bytearray(size) if uninit.AVAILABLE else bytearray(size)
+            self._big_view = memoryview(self._big)
+        return self._big_view
+
+    def _grow_big(self) -> None:
+        """BIG_START bytes arrived: now the frame gets its full size, once."""
+        got, old_view = self._big_got, self._big_view
+        self._new_big(self._need or 0)[:got] = old_view
+        old_view.release()
 
     def _compact(self) -> None:
         remaining = self._end - self._start

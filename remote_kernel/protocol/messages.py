@@ -8,9 +8,14 @@ A message is a msgpack array whose first item is its kind:
     [NOTIFY, opcode, arg...]          no reply (releases, cancel)
 
 A message carrying large buffers (over ``OOB_MIN`` bytes) is preceded by a BUFFERS frame
-``[BUFFERS, n]`` and n raw frames, each a buffer's bytes as they are; in the message, a
-BUFFER ext value stands for buffer i. The raw bytes are never copied into msgpack and are
-received straight into their final allocation.
+``[BUFFERS, n, kinds]`` and n raw frames, each a buffer's bytes as they are; in the
+message, a BUFFER ext value stands for buffer i. ``kinds`` is a bin of n bytes, byte i 1
+when buffer i is a ``bytes`` value and 0 when it is an array's data (anything else is a
+protocol error); a BUFFERS frame without it (``[BUFFERS, n]``, older senders) means all 0.
+The raw bytes are never copied into msgpack and are received straight into their final
+allocation: a bytes value into its ``bytes`` object, an array's data into a writable
+buffer. The kinds are a hint for that allocation only: a buffer used otherwise than
+announced is copied into the right type.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from msgpack import ExtType
 
 from remote_kernel.core.transport import FrameReader
 from remote_kernel.errors import ProtocolError
+from remote_kernel.protocol import uninit
 from remote_kernel.protocol.boxing import Boxer, ObjectTable
 from remote_kernel.protocol.codec import HEADER, FrameDecoder, frame, pack, parse_header
 from remote_kernel.protocol.messages import Ext
@@ -199,6 +200,25 @@ def test_transports_read_frames_with_the_same_framer(payloads: list[bytes],
         got.append(bytes(payload))
     assert got == payloads
     assert FrameDecoder(1 << 20, chunk=512).feed(stream) == payloads
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.binary(max_size=3000), st.booleans()), max_size=8), st.data())
+def test_frames_announced_as_bytes_come_as_bytes(frames: list[tuple[bytes, bool]],
+                                                 data: st.DataObject) -> None:
+    """However the stream is cut, a large frame announced as bytes is that bytes value
+    (received in place), any other large one a bytearray; the values are the same."""
+    stream = b"".join(frame(p, 1 << 20) for p, _ in frames)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    reader = FrameReader(_CutStream(stream, cuts), 1 << 20, chunk=512)  # type: ignore[arg-type]
+    reader.expect([as_bytes for _, as_bytes in frames])
+    got = []
+    while (payload := reader.read_frame(0)) is not None:
+        got.append(payload)
+    assert got == [p for p, _ in frames]
+    for payload, (_, as_bytes) in zip(got, frames, strict=True):
+        if len(payload) > 512:
+            assert type(payload) is (bytes if as_bytes and uninit.AVAILABLE else bytearray)
 
 
 @SETTINGS

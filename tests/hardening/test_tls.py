@@ -55,6 +55,15 @@ def test_tls_round_trip(tls_server: rk.Server, pki: dict[str, Any]) -> None:
     _assert_works(tls_server, tls={"ca": pki["ca"]})
 
 
+def test_large_bytes_over_tls_arrive_as_bytes(tls_server: rk.Server,
+                                              pki: dict[str, Any]) -> None:
+    """Large bytes are received in place through TLS records too (both directions)."""
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    with rk.connect("127.0.0.1", tls_server.port, timeout=10, tls={"ca": pki["ca"]}) as conn:
+        back = conn.root.echo(data)
+    assert type(back) is bytes and back == data
+
+
 def test_tls_accepts_an_ssl_context(pki: dict[str, Any]) -> None:
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(pki["server"].cert, pki["server"].key)
