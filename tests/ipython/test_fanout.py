@@ -100,7 +100,8 @@ def test_each_peer_streams_labelled_lines_as_they_come(kernel: Kernel) -> None:
     first = max(arrived for arrived, _, text in lines if text == "tick 0")
     second = min(arrived for arrived, _, text in lines if text == "tick 1")
     assert first < second
-    assert run.ended - run.started < 3 + 2.5
+    # (Headroom for a loaded 2-core machine: one peer after the other would take 24 s.)
+    assert run.ended - run.started < 3 + 6
     # Labels line the text up: "[p1] tick 0".
     assert "[p1] tick 0\n" in run.text()
     # The lab panel heard which cell ran on each connection, and when it ended.
