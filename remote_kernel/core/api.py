@@ -10,6 +10,7 @@ from remote_kernel.core.asyncresult import AsyncResult
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import BaseNetref, RemoteMethod
 from remote_kernel.errors import ProtocolError, RemoteKernelError
+from remote_kernel.protocol import uninit
 from remote_kernel.protocol.boxing import BatchCalls, ByValue, Kwargs
 from remote_kernel.protocol.messages import Op
 from remote_kernel.protocol.values import (
@@ -61,6 +62,20 @@ def _progress_bar(total: int, enabled: bool | None) -> Any:
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="obtain")
 
 
+def _destination(code: Any, sizes: tuple[int, ...]) -> tuple[list[Any], list[memoryview]]:
+    """Where the chunks of a large value go, and writable views of it: uninitialised
+    memory (every byte is written by a chunk), and for a bytes value the final bytes
+    object itself (see protocol/uninit.py)."""
+    if not uninit.AVAILABLE:
+        buffers: list[Any] = [bytearray(size) for size in sizes]
+        return buffers, [memoryview(buffer) for buffer in buffers]
+    if code == "bytes" and len(sizes) == 1 and sizes[0] >= uninit.MIN_SIZE:
+        value, view = uninit.new_bytes(sizes[0])
+        return [value], [view]
+    buffers = [uninit.new_bytearray(size) for size in sizes]
+    return buffers, [memoryview(buffer) for buffer in buffers]
+
+
 def _obtain_in_chunks(conn: Connection, parts: list, progress: bool | None) -> Any:
     """READ the snapshot an OBTAIN announced, chunk by chunk, into one buffer per array,
     allocated once its size was checked against ``max_message_size`` and free memory (each
@@ -72,8 +87,7 @@ def _obtain_in_chunks(conn: Connection, parts: list, progress: bool | None) -> A
         raise ProtocolError(f"{conn.peer} announced a malformed large value")
     total = sum(sizes)
     _check_announced(conn, total)
-    buffers = [bytearray(size) for size in sizes]
-    views = [memoryview(buffer) for buffer in buffers]
+    buffers, views = _destination(code, sizes)
     filled = [0] * len(sizes)
     bar = _progress_bar(total, progress)
     try:

@@ -430,6 +430,9 @@ class Boxer:
         if t is bytearray:
             return ExtType(Ext.BYTEARRAY, pack(self.box(bytes(obj))))
         if t is memoryview:
+            if obj.nbytes >= OOB_MIN and obj.c_contiguous:
+                # Out of band as it is (no copy); it arrives as bytes all the same.
+                return self._out_of_band(obj.cast("B"))
             return self.box(obj.tobytes())
         if values.is_codec_value(obj):
             code, fields = values.encode(obj, self._put_buffer)

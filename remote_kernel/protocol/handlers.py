@@ -175,11 +175,12 @@ def _obtain(ctx: RequestContext, obj: Any, inline_limit: int | None = None) -> A
     return ByValue(obj)
 
 
-def _read(ctx: RequestContext, snapshot: Any, offset: int, length: int) -> bytes:
+def _read(ctx: RequestContext, snapshot: Any, offset: int, length: int) -> Any:
     """Bytes of a snapshot that an OBTAIN announced (nothing else can be read)."""
     if type(snapshot) is not Snapshot:
         raise TypeError("READ reads a snapshot announced by OBTAIN")
-    return snapshot.read(offset, length)
+    chunk = snapshot.read(offset, length)
+    return ByValue(chunk) if type(chunk) is memoryview else chunk  # (bytes on the wire)
 
 
 def _deliver(ctx: RequestContext, value: Any) -> Any:

@@ -162,8 +162,9 @@ class Snapshot:
     def nbytes(self) -> int:
         return sum(self.sizes)
 
-    def read(self, offset: Any, length: Any) -> bytes:
-        """Bytes [offset, offset+length) of the buffers laid end to end."""
+    def read(self, offset: Any, length: Any) -> bytes | memoryview:
+        """Bytes [offset, offset+length) of the buffers laid end to end: a view when they
+        lie in one buffer (sent as it is), else a copy of the pieces joined."""
         if type(offset) is not int or type(length) is not int or offset < 0 or length < 0:
             raise ValueError("READ needs a non-negative offset and length")
         end = min(offset + min(length, MAX_READ), self.nbytes)
@@ -177,7 +178,7 @@ class Snapshot:
                 parts.append(view[offset - start:stop])
                 offset = start + stop
             index += 1
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def __repr__(self) -> str:
         return f"<snapshot of {len(self.views)} buffer(s), {self.nbytes} bytes>"
@@ -201,8 +202,9 @@ def nbytes_estimate(obj: Any) -> int:
 
 
 def _frozen(view: memoryview) -> memoryview:
-    """``view`` as it is now: a copy unless nobody can write to it."""
-    return view if view.readonly else memoryview(bytearray(view))
+    """``view`` as it is now: a copy unless nobody can write to it. The copy is ``bytes``,
+    so its chunks go out as bytes values (received in place, see uninit.py)."""
+    return view if view.readonly else memoryview(bytes(view))
 
 
 def large_plan(obj: Any, limit: int) -> tuple[Any, tuple, Snapshot] | None:
