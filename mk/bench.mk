@@ -6,7 +6,8 @@
 #   make bench-instructions       instructions per call under valgrind (both processes)
 #   make bench-fanout             one call to 1, 8 and 32 peers vs ipyparallel
 #   make bench-profile            cProfile of both ends + CPU per call of every system
-.PHONY: bench bench-quick bench-profile bench-instructions bench-fanout
+#   make bench-bytecodes          Python bytecodes per call, per function, on each side
+.PHONY: bench bench-quick bench-profile bench-instructions bench-fanout bench-bytecodes
 
 BENCH_FLAGS = $(if $(NO_INSTRUCTIONS),--no-instructions) $(if $(NO_FANOUT),--no-fanout)
 
@@ -24,3 +25,6 @@ bench-fanout: $(STAMP)
 
 bench-profile: $(STAMP)
 	$(PY) -m benchmarks.profile_rk all
+
+bench-bytecodes: $(STAMP)
+	$(PY) -m benchmarks.bytecodes

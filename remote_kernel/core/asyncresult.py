@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout, mark_stop
@@ -54,7 +54,8 @@ class AsyncResult:
             self._run_callback(callback)
 
     @staticmethod
-    def set_outcomes(results: list[AsyncResult], outcomes: list[tuple[bool, Any]]) -> None:
+    def set_outcomes(results: Sequence[AsyncResult],
+                     outcomes: Sequence[tuple[Any, Any]]) -> None:
         """``set_outcome`` for many results at once (a batch's): one lock, then callbacks."""
         pending = []
         with _OUTCOME_LOCK:
