@@ -10,6 +10,7 @@ choose it); RK_UPDATE_DOCS=1 copies the object-tree one to docs/lab-panel.png.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -30,13 +31,13 @@ ROOT = Path(__file__).resolve().parents[2]
 LAB_EXTENSION = Path(sys.prefix) / "share/jupyter/labextensions/remote-kernel-lab/package.json"
 
 playwright_api = pytest.importorskip("playwright.sync_api")
-pytestmark = [
-    pytest.mark.timeout(240),
-    pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
-                       reason=f"no chromium at {CHROMIUM} (make lab-chromium installs it)"),
-    pytest.mark.skipif(not LAB_EXTENSION.exists(),
-                       reason="the lab extension is not installed (make setup builds it)"),
-]
+# The marks of every browser test module (this one and those that import its helpers).
+NEEDS_CHROMIUM = pytest.mark.skipif(
+    not os.access(CHROMIUM, os.X_OK),
+    reason=f"no chromium at {CHROMIUM} (make lab-chromium installs it)")
+NEEDS_EXTENSION = pytest.mark.skipif(
+    not LAB_EXTENSION.exists(), reason="the lab extension is not installed (make setup builds it)")
+pytestmark = [pytest.mark.timeout(240), NEEDS_CHROMIUM, NEEDS_EXTENSION]
 expect = playwright_api.expect
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -172,29 +173,43 @@ def lab(env: Env) -> Iterator[Lab]:
     server.close()
 
 
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """RK_SCREENSHOT_DIR if set, else a temporary directory."""
     chosen = os.environ.get("RK_SCREENSHOT_DIR")
     path = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-@pytest.fixture(scope="module")
-def page(lab: Lab) -> Iterator[Any]:
+@contextlib.contextmanager
+def chromium_page(width: int, height: int) -> Iterator[Any]:
+    """A page of a headless chromium; its errors and console warnings in ``page.errors``."""
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
                                     headless=True, timeout=60_000)
-        context = browser.new_context(viewport={"width": 1400, "height": 860})
+        context = browser.new_context(viewport={"width": width, "height": height})
         context.set_default_timeout(STEP)
         page = context.new_page()
         page.errors = []  # type: ignore[attr-defined]
         page.on("pageerror", lambda exc: page.errors.append(str(exc)))
         page.on("console", lambda msg: msg.type in ("error", "warning")
                 and page.errors.append(f"console {msg.type}: {msg.text}"))
+        try:
+            yield page
+        finally:
+            context.close()
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return screenshot_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def page(lab: Lab) -> Iterator[Any]:
+    with chromium_page(1400, 860) as page:
         yield page
-        context.close()
-        browser.close()
 
 
 def _notebook(env: Env, name: str) -> str:
@@ -207,6 +222,16 @@ def _notebook(env: Env, name: str) -> str:
     }
     (env.notebooks / name).write_text(json.dumps(content))
     return name
+
+
+def open_notebook(page: Any, lab: Lab, name: str) -> Notebook:
+    """Open notebook ``name`` in JupyterLab and wait until its kernel is idle."""
+    page.goto(f"{lab.url}/lab/tree/{name}?token={TOKEN}", timeout=60_000)
+    nb = Notebook(page)
+    expect(nb.cells.first).to_be_visible(timeout=60_000)
+    expect(page.locator(".jp-StatusBar-Widget", has_text="| Idle")).to_be_visible(
+        timeout=60_000)
+    return nb
 
 
 class Notebook:
@@ -287,11 +312,7 @@ def test_panel_end_to_end(env: Env, lab: Lab, page: Any, shots: Path) -> None:
     first = RemoteServer(env, "bench")
     second: RemoteServer | None = None
     try:
-        page.goto(f"{lab.url}/lab/tree/{name}?token={TOKEN}", timeout=60_000)
-        nb = Notebook(page)
-        expect(nb.cells.first).to_be_visible(timeout=60_000)
-        expect(page.locator(".jp-StatusBar-Widget", has_text="| Idle")).to_be_visible(
-            timeout=60_000)
+        nb = open_notebook(page, lab, name)
         # The panel, before the extension is loaded, says what to do.
         page.locator(".jp-SideBar .lm-TabBar-tab[data-id='remote-kernel-panel']").click()
         panel = page.locator("#remote-kernel-panel")

@@ -15,28 +15,21 @@ from typing import Any
 import pytest
 
 from .test_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    LAB_EXTENSION,
+    NEEDS_CHROMIUM,
+    NEEDS_EXTENSION,
     ROOT,
-    STEP,
-    TOKEN,
     Env,
     Lab,
     Notebook,
     RemoteServer,
     _notebook,
+    chromium_page,
+    expect,
+    open_notebook,
+    screenshot_dir,
 )
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-pytestmark = [
-    pytest.mark.timeout(240),
-    pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
-                       reason=f"no chromium at {CHROMIUM} (make lab-chromium installs it)"),
-    pytest.mark.skipif(not LAB_EXTENSION.exists(),
-                       reason="the lab extension is not installed (make setup builds it)"),
-]
-expect = playwright_api.expect
+pytestmark = [pytest.mark.timeout(240), NEEDS_CHROMIUM, NEEDS_EXTENSION]
 
 CALIBRATION = '''%%remote
 calibration = {"ch1": 1.02, "ch2": 0.98}
@@ -60,30 +53,20 @@ def lab_env(tmp_path: Path) -> Iterator[tuple[Env, Lab]]:
         lab.close()
 
 
-def test_a_chained_remote_error_in_the_notebook(lab_env: tuple[Env, Lab],
-                                                tmp_path: Path) -> None:
+def test_a_chained_remote_error_in_the_notebook(
+        lab_env: tuple[Env, Lab], tmp_path_factory: pytest.TempPathFactory) -> None:
     env, lab = lab_env
-    chosen = os.environ.get("RK_SCREENSHOT_DIR")
-    shots = Path(chosen) if chosen else tmp_path / "screenshots"
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshot_dir(tmp_path_factory)
     name = _notebook(env, "errors.ipynb")
     bench = RemoteServer(env, "bench")
     try:
-        with playwright_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                        headless=True, timeout=60_000)
-            context = browser.new_context(viewport={"width": 1100, "height": 900})
-            context.set_default_timeout(STEP)
-            page = context.new_page()
+        with chromium_page(1100, 900) as page:
             try:
                 _show_the_error(page, lab, name, shots / "error-chain.png")
             except Exception:
                 page.screenshot(path=str(shots / "failure.png"))
                 print(f"screenshots in {shots}\n--- jupyter lab log ---\n{lab.tail()}")
                 raise
-            finally:
-                context.close()
-                browser.close()
     finally:
         bench.kill()
     if os.environ.get("RK_UPDATE_DOCS") == "1":
@@ -92,11 +75,7 @@ def test_a_chained_remote_error_in_the_notebook(lab_env: tuple[Env, Lab],
 
 
 def _show_the_error(page: Any, lab: Lab, name: str, shot: Path) -> None:
-    page.goto(f"{lab.url}/lab/tree/{name}?token={TOKEN}", timeout=60_000)
-    nb = Notebook(page)
-    expect(nb.cells.first).to_be_visible(timeout=60_000)
-    expect(page.locator(".jp-StatusBar-Widget", has_text="| Idle")).to_be_visible(
-        timeout=60_000)
+    nb = open_notebook(page, lab, name)
     page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current").click()
     nb.run("%load_ext remote_kernel")
     nb.run("%remote connect bench", expect_output="connected to bench")

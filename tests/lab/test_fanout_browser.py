@@ -25,29 +25,27 @@ import pytest
 from tests import discovery_stub as stub
 
 from .test_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     LAB_EXTENSION,
+    NEEDS_CHROMIUM,
     ROOT,
-    TOKEN,
     Env,
     Lab,
-    Notebook,
     RemoteServer,
     _notebook,
     _widen_sidebar,
+    chromium_page,
+    expect,
+    open_notebook,
+    screenshot_dir,
 )
 
-playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [
     pytest.mark.timeout(240),
-    pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
-                       reason=f"no chromium at {CHROMIUM} (make lab-chromium installs it)"),
+    NEEDS_CHROMIUM,
     pytest.mark.skipif(not LAB_EXTENSION.exists()
                        and not (ROOT / "remote_kernel/labextension/package.json").exists(),
                        reason="the lab extension is not built (make setup builds it)"),
 ]
-expect = playwright_api.expect
 
 PEERS = ["pi1", "pi2", "pi3", "pi4"]
 FAN_OUT = """%%remote rack -o peak
@@ -76,9 +74,7 @@ def _output_text(cell: Any) -> str:
 
 def test_a_fan_out_cell_in_jupyterlab(tmp_path_factory: pytest.TempPathFactory) -> None:
     env = Env(tmp_path_factory.mktemp("fanout-lab"))
-    chosen = os.environ.get("RK_SCREENSHOT_DIR")
-    shots = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshot_dir(tmp_path_factory)
     _use_this_tree_extension(env)
     servers = [RemoteServer(env, name) for name in PEERS]
     # One more, known only from the network: no connection file under the name it announces.
@@ -94,19 +90,13 @@ def test_a_fan_out_cell_in_jupyterlab(tmp_path_factory: pytest.TempPathFactory) 
         stub.ServerInfo("labpc", "127.0.0.1", port, False, "ClassicService"))
     lab = Lab(env)
     try:
-        with playwright_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                        headless=True, timeout=60_000)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(30_000)
+        with chromium_page(1400, 900) as page:
             try:
                 _drive(page, env, lab, shots)
             except Exception:
                 page.screenshot(path=str(shots / "fanout-failure.png"))
                 print(f"screenshots in {shots}\n--- jupyter lab log ---\n{lab.tail()}")
                 raise
-            finally:
-                browser.close()
     finally:
         lab.close()
         for server in servers:
@@ -118,11 +108,7 @@ def test_a_fan_out_cell_in_jupyterlab(tmp_path_factory: pytest.TempPathFactory) 
 
 def _drive(page: Any, env: Env, lab: Lab, shots: Path) -> None:
     name = _notebook(env, "fanout.ipynb")
-    page.goto(f"{lab.url}/lab/tree/{name}?token={TOKEN}", timeout=60_000)
-    nb = Notebook(page)
-    expect(nb.cells.first).to_be_visible(timeout=60_000)
-    expect(page.locator(".jp-StatusBar-Widget", has_text="| Idle")).to_be_visible(
-        timeout=60_000)
+    nb = open_notebook(page, lab, name)
     page.locator(".jp-SideBar .lm-TabBar-tab[data-id='remote-kernel-panel']").click()
     panel = page.locator("#remote-kernel-panel")
     _widen_sidebar(page, 120)

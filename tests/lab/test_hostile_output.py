@@ -9,32 +9,24 @@ Reuses the real JupyterLab, chromium and `remote-kernel serve` helpers of test_b
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.lab.test_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    LAB_EXTENSION,
-    STEP,
-    TOKEN,
+    NEEDS_CHROMIUM,
+    NEEDS_EXTENSION,
     Env,
     Lab,
-    Notebook,
     RemoteServer,
     _notebook,
     _wait_until,
+    chromium_page,
     expect,
-    playwright_api,
+    open_notebook,
 )
 
-pytestmark = [
-    pytest.mark.timeout(240),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no chromium at {CHROMIUM}"),
-    pytest.mark.skipif(not LAB_EXTENSION.exists(), reason="the lab extension is not installed"),
-]
+pytestmark = [pytest.mark.timeout(240), NEEDS_CHROMIUM, NEEDS_EXTENSION]
 
 # What a hostile server answers for a display: script in HTML, an event handler, and a
 # JavaScript output that writes a file through the contents API with the page's own rights.
@@ -72,14 +64,8 @@ def lab(env: Env) -> Iterator[Lab]:
 
 @pytest.fixture(scope="module")
 def page(lab: Lab) -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                    headless=True, timeout=60_000)
-        context = browser.new_context(viewport={"width": 1200, "height": 800})
-        context.set_default_timeout(STEP)
-        yield context.new_page()
-        context.close()
-        browser.close()
+    with chromium_page(1200, 800) as page:
+        yield page
 
 
 def _flag(page: Any, name: str) -> Any:
@@ -90,11 +76,7 @@ def test_hostile_display_runs_nothing_unless_trusted(env: Env, lab: Lab, page: A
     name = _notebook(env, "hostile.ipynb")
     server = RemoteServer(env, "evil")
     try:
-        page.goto(f"{lab.url}/lab/tree/{name}?token={TOKEN}", timeout=60_000)
-        nb = Notebook(page)
-        expect(nb.cells.first).to_be_visible(timeout=60_000)
-        expect(page.locator(".jp-StatusBar-Widget", has_text="| Idle")).to_be_visible(
-            timeout=60_000)
+        nb = open_notebook(page, lab, name)
         nb.run("%load_ext remote_kernel\n"
                f"%remote connect {server.file} --name evil\n"
                f"%remote connect {server.file} --name mine --trust\n"
