@@ -48,6 +48,7 @@ from remote_kernel.protocol.boxing import (
     INT_MAX,
     INT_MIN,
     MAX_VALUE_ITEMS,
+    PASSTHROUGH,
     Boxer,
     Kwargs,
     ObjectTable,
@@ -57,7 +58,17 @@ from remote_kernel.protocol.boxing import (
 from remote_kernel.protocol.codec import CHUNK, HEADER, MAX_FRAME, frame, pack
 from remote_kernel.protocol.describe import Descriptor, describe_type
 from remote_kernel.protocol.handlers import HANDLERS, RequestContext
-from remote_kernel.protocol.messages import Kind, Op
+from remote_kernel.protocol.messages import (
+    BUFFERS,
+    CALLATTR,
+    CLOSE,
+    EXCEPTION,
+    NOTIFY,
+    REPLY,
+    REQUEST,
+    Kind,
+    Op,
+)
 from remote_kernel.protocol.policy import AttributePolicy
 
 log = logging.getLogger("remote_kernel.core.connection")
@@ -70,11 +81,6 @@ DELIVERY_SLICE = 0.005  # a reader's wait while another thread hands over a repl
 CLOSE_GRACE = 0.5  # close(): how long to wait for a sender before cutting it off
 POLL_BATCH = 64  # poll_all(): messages served per call once its timeout has passed
 _CLOSE_FRAME = frame(pack([Kind.NOTIFY, Op.CLOSE]), 1 << 20)
-# Plain ints for the hot path: an IntEnum member is an attribute lookup on its class each time.
-_REQUEST, _REPLY, _EXCEPTION = int(Kind.REQUEST), int(Kind.REPLY), int(Kind.EXCEPTION)
-_NOTIFY, _BUFFERS = int(Kind.NOTIFY), int(Kind.BUFFERS)
-_CALLATTR, _CLOSE = int(Op.CALLATTR), int(Op.CLOSE)
-_PLAIN_ARGS = frozenset({str, float, bool, type(None)})  # sent as they are (no boxing)
 
 
 # Called with each new Connection (the IPython extension serves them from the kernel loop).
@@ -275,7 +281,7 @@ class Connection:
         seq = next(self._seq)
         self._pending.add(seq)
         try:
-            self._send_message(_REQUEST, seq, op, args)
+            self._send_message(REQUEST, seq, op, args)
             ok, value = self._wait_reply(seq, op, timeout)
         finally:
             self._pending.discard(seq)
@@ -298,14 +304,14 @@ class Connection:
         return error
 
     def callattr(self, obj: Any, name: str, args: tuple, kwargs: dict | None) -> Any:
-        return self.sync_request(_CALLATTR, obj, name, args, Kwargs(kwargs) if kwargs else None)
+        return self.sync_request(CALLATTR, obj, name, args, Kwargs(kwargs) if kwargs else None)
 
     def async_request(self, op: int, *args: Any) -> AsyncResult:
         seq = next(self._seq)
         result = AsyncResult(self, seq)
         self._async[seq] = result
         try:
-            self._send_message(_REQUEST, seq, op, args)
+            self._send_message(REQUEST, seq, op, args)
         except BaseException:
             self._async.pop(seq, None)
             raise
@@ -325,9 +331,9 @@ class Connection:
                     message = self._read_message(wait)
                     if message is not None:
                         kind = message[0]
-                        if kind == _REPLY or kind == _EXCEPTION:
+                        if kind == REPLY or kind == EXCEPTION:
                             if message[1] == seq and len(message) == 3:
-                                return kind == _REPLY, message[2]
+                                return kind == REPLY, message[2]
                             self._delivering.add(threading.get_ident())  # see _read_as_reader
                 finally:
                     self._recv_lock.release()
@@ -417,7 +423,7 @@ class Connection:
         if self._delivering:
             wait = DELIVERY_SLICE if wait is None else min(wait, DELIVERY_SLICE)
         message = self._read_message(wait)
-        if message is not None and (message[0] == _REPLY or message[0] == _EXCEPTION):
+        if message is not None and (message[0] == REPLY or message[0] == EXCEPTION):
             self._delivering.add(threading.get_ident())
         return message
 
@@ -433,7 +439,7 @@ class Connection:
                 message = boxer.decode(payload)
                 if type(message) is not tuple or len(message) < 2:
                     raise ProtocolError("a message must be an array")
-                if message[0] != _BUFFERS:
+                if message[0] != BUFFERS:
                     self._messages_in += 1
                     return message
                 payload = None
@@ -484,7 +490,7 @@ class Connection:
             payload = None
             if type(message) is not tuple or len(message) < 2:
                 raise ProtocolError("a message must be an array")
-            if message[0] != _BUFFERS:
+            if message[0] != BUFFERS:
                 self._buffers_bytes = 0
                 self._messages_in += 1
                 return message
@@ -496,18 +502,18 @@ class Connection:
             self._delivering.discard(threading.get_ident())
             raise self._protocol_violation("message kinds, opcodes and sequence numbers "
                                            "must be integers")
-        if kind == _REPLY or kind == _EXCEPTION:
+        if kind == REPLY or kind == EXCEPTION:
             try:
                 if len(message) != 3:
                     raise self._protocol_violation("malformed reply")
-                self._deliver(message[1], (kind == _REPLY, message[2]))
+                self._deliver(message[1], (kind == REPLY, message[2]))
             finally:
                 self._delivering.discard(threading.get_ident())
-        elif kind == _REQUEST:
+        elif kind == REQUEST:
             if len(message) < 3:
                 raise self._protocol_violation("malformed request")
             self._serve_request(message[1], message[2], message[3:])
-        elif kind == _NOTIFY:
+        elif kind == NOTIFY:
             self._notify(message[1], message[2:])
         else:
             raise self._protocol_violation(f"unknown message kind {kind!r}")
@@ -547,7 +553,7 @@ class Connection:
             try:
                 if handler is None:
                     raise ProtocolError(f"unknown request opcode {op!r}")
-                if op == _CLOSE:
+                if op == CLOSE:
                     outcome = (True, None)
                 else:
                     outcome = (True, handler(self._ctx, *args))
@@ -564,7 +570,7 @@ class Connection:
         finally:
             _interrupt.leave_request(previous)
         self._reply(seq, outcome)
-        if op == _CLOSE:
+        if op == CLOSE:
             self.close("closed by the peer")
 
     def _route_output(self, args: tuple) -> tuple[OutputRouting, Any] | None:
@@ -604,9 +610,9 @@ class Connection:
             return
         try:
             if ok:
-                self._send_message(_REPLY, seq, value, None)
+                self._send_message(REPLY, seq, value, None)
             else:
-                self._send_message(_EXCEPTION, seq, value, None)
+                self._send_message(EXCEPTION, seq, value, None)
         except ConnectionClosed:
             pass
         except Exception as exc:  # the result could not be encoded: say so instead
@@ -760,16 +766,16 @@ class Connection:
             releases = self._take_releases() if self._releases else None
             boxer.begin()
             try:
-                if kind == _REQUEST:
+                if kind == REQUEST:
                     body = [kind, seq, op_or_value]
                     box = boxer.box
                     for arg in args:  # names and None need no boxing (most arguments)
-                        body.append(arg if type(arg) in _PLAIN_ARGS else box(arg))
-                elif kind == _REPLY:
+                        body.append(arg if type(arg) in PASSTHROUGH else box(arg))
+                elif kind == REPLY:
                     value = op_or_value
-                    body = [kind, seq, value if type(value) in _PLAIN_ARGS or (
+                    body = [kind, seq, value if type(value) in PASSTHROUGH or (
                         type(value) is int and INT_MIN <= value <= INT_MAX) else boxer.box(value)]
-                elif kind == _EXCEPTION:
+                elif kind == EXCEPTION:
                     body = [kind, seq, boxer.box_exception(op_or_value)]
                 else:  # NOTIFY: seq is unused, op_or_value is the opcode
                     body = [kind, op_or_value, *map(boxer.box, args or ())]
@@ -814,7 +820,7 @@ class Connection:
                 raise self._closed_error() from None
             self._bytes_out += sent
             self._messages_out += 1
-            if kind == _REQUEST:
+            if kind == REQUEST:
                 self._requests += 1
 
     @staticmethod

@@ -43,7 +43,7 @@ from remote_kernel.protocol.describe import (
     FLAG_UNHASHABLE,
     Descriptor,
 )
-from remote_kernel.protocol.messages import Op
+from remote_kernel.protocol.messages import CALLATTR, Op
 from remote_kernel.protocol.policy import FORWARDED_DUNDERS
 
 if TYPE_CHECKING:
@@ -76,7 +76,6 @@ void record float96 float128 complex192 complex256
 """.split())
 
 BUFFER_CHUNK = 256
-_CALLATTR = int(Op.CALLATTR)  # a plain int: an IntEnum member is a class lookup per use
 _SLOTS = frozenset({"_rk_conn", "_rk_oid", "_rk_refs", "_rk_buffer"})
 
 
@@ -167,7 +166,7 @@ class RemoteMethod:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         owner = self._rk_owner
-        return owner._rk_conn.sync_request(_CALLATTR, owner, self._rk_name, args,
+        return owner._rk_conn.sync_request(CALLATTR, owner, self._rk_name, args,
                                            Kwargs(kwargs) if kwargs else None)
 
     def __getattr__(self, name: str) -> Any:

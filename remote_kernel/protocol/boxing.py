@@ -55,7 +55,8 @@ MAX_VALUE_ITEMS = MAX_ITEMS // 2  # items a sender packs by value in one message
 MAX_PEER_TYPES = 16_384  # type descriptors a peer may send over one connection
 MAX_PEER_TYPE_NAMES = 1_000_000  # method and dunder names in all of them together
 
-_PASSTHROUGH = frozenset({str, float, bool, type(None)})
+# Types sent as they are (msgpack's own): no boxing at all.
+PASSTHROUGH = frozenset({str, float, bool, type(None)})
 _CONTAINERS = frozenset({tuple, list, dict, set, frozenset})
 _REF, _PEERREF = int(Ext.REF), int(Ext.PEERREF)
 
@@ -311,7 +312,7 @@ class Boxer:
 
     def box(self, obj: Any) -> Any:
         t = type(obj)
-        if t in _PASSTHROUGH:
+        if t in PASSTHROUGH:
             return obj
         if t in self.own_proxy_types:  # a proxy of this connection going home
             return _ext(_PEERREF, OID.pack(obj._rk_oid))
@@ -325,7 +326,7 @@ class Boxer:
             self.items += len(obj)
             for item in obj:  # a tuple of plain items goes as it is (packed as an array)
                 it = type(item)
-                if it not in _PASSTHROUGH and (it is not int or not INT_MIN <= item <= INT_MAX):
+                if it not in PASSTHROUGH and (it is not int or not INT_MIN <= item <= INT_MAX):
                     return [self.box(item) for item in obj]
             return obj
         if t is complex:
@@ -375,7 +376,7 @@ class Boxer:
             self.items += len(args) + 4
             for arg in args:  # plain arguments go as they are (msgpack packs the tuple)
                 t = type(arg)
-                if t not in _PASSTHROUGH and (t is not int or not INT_MIN <= arg <= INT_MAX):
+                if t not in PASSTHROUGH and (t is not int or not INT_MIN <= arg <= INT_MAX):
                     args = [box(item) for item in args]
                     break
             boxed.append([index, name, args, None if kwargs is None else box(kwargs)])
@@ -386,7 +387,7 @@ class Boxer:
         box = self.box
         for i, (ok, value) in enumerate(items):
             t = type(value)
-            if ok and (t in _PASSTHROUGH or t is int and INT_MIN <= value <= INT_MAX):
+            if ok and (t in PASSTHROUGH or t is int and INT_MIN <= value <= INT_MAX):
                 continue
             items[i] = (1, box(value)) if ok else (0, self.box_exception(value))
         return items
@@ -408,7 +409,7 @@ class Boxer:
         if depth > MAX_DEPTH:
             raise TypeError("value nested too deeply to copy")
         t = type(obj)
-        if t in _PASSTHROUGH or t is bytes or t is int or t is complex or t is slice \
+        if t in PASSTHROUGH or t is bytes or t is int or t is complex or t is slice \
                 or obj is Ellipsis:
             return self.box(obj)
         if t in _CONTAINERS:

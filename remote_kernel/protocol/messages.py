@@ -64,6 +64,12 @@ class Op(IntEnum):
     #             calls run in order, ONE reply: [[1, value] | [0, exception], ...] (rk.batch)
 
 
+# Plain ints for the hot path: reading an IntEnum member is a lookup on its class each time.
+REQUEST, REPLY, EXCEPTION = int(Kind.REQUEST), int(Kind.REPLY), int(Kind.EXCEPTION)
+NOTIFY, BUFFERS = int(Kind.NOTIFY), int(Kind.BUFFERS)
+CALLATTR, CLOSE = int(Op.CALLATTR), int(Op.CLOSE)
+
+
 class Ext(IntEnum):
     """msgpack ext type codes of boxed values."""
 
