@@ -87,6 +87,29 @@ def test_new_bytes_is_writable_until_handed_over() -> None:
         uninit.new_bytes(1)  # CPython shares 1-byte bytes objects
 
 
+@needs_uninit
+@pytest.mark.skipif(uninit._madvise is None, reason="no madvise(MADV_HUGEPAGE) here")
+def test_large_buffers_are_exact_and_ask_for_huge_pages(monkeypatch) -> None:
+    """From 4 MiB, new buffers are advised to use huge pages (four times faster to fill
+    than fresh 4 KiB pages); the advice covers only whole pages inside the buffer."""
+    advised: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(uninit, "_madvise", lambda *call: advised.append(call) or 0)
+    source = os.urandom(uninit.HUGE_MIN + 12345)
+    copy = uninit.copy_bytes(memoryview(bytearray(source)))
+    assert type(copy) is bytes and copy == source
+    array = uninit.new_bytearray(uninit.HUGE_MIN)
+    assert type(array) is bytearray and len(array) == uninit.HUGE_MIN
+    assert len(advised) == 2
+    for start, length, advice in advised:
+        assert start % uninit._PAGE == 0 and length % uninit._PAGE == 0
+        assert uninit.HUGE_MIN - uninit._PAGE <= length <= len(source)
+        assert advice == uninit._MADV_HUGEPAGE
+    advised.clear()
+    assert uninit.copy_bytes(memoryview(b"small")) == b"small"
+    uninit.new_bytes(uninit.HUGE_MIN - 1)
+    assert advised == []  # small buffers: no advice
+
+
 # -- the BUFFERS frame ---------------------------------------------------------------------
 
 def test_the_buffers_frame_names_the_bytes_buffers() -> None:
