@@ -540,7 +540,7 @@ class Connection:
     def _serve_request(self, seq: Any, op: Any, args: tuple) -> None:
         handler = HANDLERS.get(op) if type(op) is int else None
         ident = threading.get_ident()
-        token, previous = _interrupt.enter_request()
+        token, previous = _interrupt.enter_request(ident)
         # Registering needs no lock (dict stores are atomic); ending does (see _end_request).
         self._running[seq] = (ident, token)
         if self._busy_since is None:
@@ -568,7 +568,7 @@ class Connection:
             if outcome is None:
                 outcome = (False, exc)
         finally:
-            _interrupt.leave_request(previous)
+            _interrupt.leave_request(ident, previous)
         self._reply(seq, outcome)
         if op == CLOSE:
             self.close("closed by the peer")

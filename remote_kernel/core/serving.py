@@ -44,7 +44,8 @@ class _Watchdog:
     their cancels and replies are still read.
 
     Its thread runs only while some connection is busy serving a request: a connection
-    ``kick()``s it when it becomes busy, and it ends once none is. It holds connections
+    ``kick()``s it when it becomes busy, and it ends once none is, putting the original
+    ``time.sleep`` back as it goes (see core/interrupt.py). It holds connections
     weakly and never between checks, so it keeps no connection alive."""
 
     LONG_REQUEST = 0.1
@@ -78,6 +79,7 @@ class _Watchdog:
                 if self._check():
                     continue
                 self._thread = None
+            _interrupt.restore_sleep_if_idle()
             # A connection that became busy just before the line above saw the thread
             # still set and did not kick: look once more now that it is unset.
             if self._any_busy():

@@ -70,6 +70,20 @@ class AttributePolicy:
 
     def resolve(self, obj: Any, name: str, write: bool = False, delete: bool = False) -> str:
         """The attribute name to use for the peer's ``name``, or raise ``AccessDenied``."""
+        if not write and not delete and type(name) is str:
+            # Fast path (every call and attribute read): what the class allows, cached below,
+            # unless the instance itself exposes the name.
+            try:
+                found = self._by_type.get((type(obj), name))
+            except TypeError:  # an unhashable class (a metaclass without __hash__)
+                found = None
+            if found is not None:
+                prefix = self.prefix
+                if prefix:
+                    instance_dict = getattr(obj, "__dict__", None)
+                    if type(instance_dict) is dict and prefix + name in instance_dict:
+                        return prefix + name
+                return found
         config = self.config
         if not isinstance(name, str):
             raise AccessDenied("attribute names must be strings")
