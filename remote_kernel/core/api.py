@@ -11,7 +11,7 @@ from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import BaseNetref, RemoteMethod
 from remote_kernel.errors import ProtocolError, RemoteKernelError
 from remote_kernel.protocol import uninit
-from remote_kernel.protocol.boxing import BatchCalls, ByValue, Kwargs
+from remote_kernel.protocol.boxing import OOB_MIN, BatchCalls, ByValue, Kwargs
 from remote_kernel.protocol.messages import Op
 from remote_kernel.protocol.values import (
     LARGE_MARKER,
@@ -76,6 +76,15 @@ def _destination(code: Any, sizes: tuple[int, ...]) -> tuple[list[Any], list[mem
     return buffers, [memoryview(buffer) for buffer in buffers]
 
 
+def _landing(view: memoryview, filled: int, size: int, length: int) -> memoryview | None:
+    """Where a chunk of ``length`` bytes can be received in place: the next part of the
+    buffer being filled, if the whole chunk fits in it and is large enough to travel out of
+    band (smaller chunks come inside the reply message)."""
+    if length < OOB_MIN or filled + length > size:
+        return None
+    return view[filled:filled + length]
+
+
 def _obtain_in_chunks(conn: Connection, parts: list, progress: bool | None) -> Any:
     """READ the snapshot an OBTAIN announced, chunk by chunk, into one buffer per array,
     allocated once its size was checked against ``max_message_size`` and free memory (each
@@ -94,7 +103,17 @@ def _obtain_in_chunks(conn: Connection, parts: list, progress: bool | None) -> A
         offset, index = 0, 0
         while offset < total:
             length = min(CHUNK, total - offset)
-            chunk = conn.sync_request(Op.READ, snapshot, offset, length)
+            while filled[index] == sizes[index]:
+                index += 1
+            landing = _landing(views[index], filled[index], sizes[index], length)
+            chunk = conn.sync_request(Op.READ, snapshot, offset, length, into=landing)
+            if landing is not None and chunk is landing:  # received in place: no copy
+                landing.release()
+                filled[index] += length
+                offset += length
+                if bar is not None:
+                    bar.update(length)
+                continue
             if type(chunk) is not bytes or not 0 < len(chunk) <= length:
                 raise ProtocolError(f"{conn.peer} answered a READ with a malformed chunk")
             view = memoryview(chunk)

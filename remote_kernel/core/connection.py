@@ -54,6 +54,7 @@ from remote_kernel.protocol.boxing import (
     ObjectTable,
     buffers_announced,
     buffers_header,
+    buffers_reply_to,
 )
 from remote_kernel.protocol.codec import CHUNK, HEADER, MAX_FRAME, frame, pack
 from remote_kernel.protocol.describe import Descriptor, describe_type
@@ -159,6 +160,8 @@ class Connection:
         self._replies: dict[int, tuple[bool, Any]] = {}
         self._buffers_expected = 0
         self._buffers_bytes = 0
+        self._landings: dict[int, memoryview] = {}  # seq -> memory offered for its reply
+        self._landing_seq: int | None = None  # the reply whose buffer is landing now
         self._delivering: set[int] = set()  # threads holding a reply not yet handed over
         self._pending: set[int] = set()
         self._interrupted: set[int] = set()  # requests this side cancelled (interrupt())
@@ -274,17 +277,24 @@ class Connection:
 
     # -- requests ------------------------------------------------------------------------
 
-    def sync_request(self, op: int, *args: Any, timeout: Any = _DEFAULT) -> Any:
-        """Send a request and wait for its reply, serving the peer meanwhile."""
+    def sync_request(self, op: int, *args: Any, timeout: Any = _DEFAULT,
+                     into: memoryview | None = None) -> Any:
+        """Send a request and wait for its reply, serving the peer meanwhile. ``into``:
+        writable memory for the reply's one large bytes buffer; when that buffer has
+        exactly its size it is received there, and the reply holds ``into`` in its place."""
         if timeout is _DEFAULT:
             timeout = self._config.sync_request_timeout
         seq = next(self._seq)
         self._pending.add(seq)
+        if into is not None:
+            self._landings[seq] = into
         try:
             self._send_message(REQUEST, seq, op, args)
             ok, value = self._wait_reply(seq, op, timeout)
         finally:
             self._pending.discard(seq)
+            if into is not None:
+                self._landings.pop(seq, None)
         if self._interrupted:
             value = self._as_local_stop(seq, value) if not ok else value
             self._interrupted.discard(seq)
@@ -455,7 +465,13 @@ class Connection:
 
     def _expect_buffers(self, message: tuple) -> None:
         count, kinds = buffers_announced(message, MAX_BUFFERS)
-        self._reader.expect(kinds)  # the bytes ones are received straight into bytes
+        seq = buffers_reply_to(message)
+        # The one bytes buffer of a reply whose caller offered memory for it lands there;
+        # other bytes buffers are received straight into bytes.
+        landing = self._landings.pop(seq, None) if seq is not None and kinds == b"\1" \
+            else None
+        self._reader.expect(kinds if landing is None else (landing,))
+        self._landing_seq = seq if landing is not None else None
         self._buffers_expected = count
 
     def _read_with_buffers(self, payload: bytes | bytearray | None,
@@ -493,6 +509,11 @@ class Connection:
             if message[0] != BUFFERS:
                 self._buffers_bytes = 0
                 self._messages_in += 1
+                if self._landing_seq is not None:
+                    landed_for, self._landing_seq = self._landing_seq, None
+                    if message[0] != REPLY or message[1] != landed_for:
+                        raise ProtocolError(f"buffers announced for reply {landed_for} "
+                                            "came with another message")
                 return message
             self._expect_buffers(message)
 
@@ -813,7 +834,7 @@ class Connection:
                     if releases:
                         head, data = data[:-len(payload) - 4], data[-len(payload) - 4:]
                         self._transport.send(head)
-                    sent += self._send_buffers(views, limit)
+                    sent += self._send_buffers(views, limit, seq if kind == REPLY else None)
                 self._transport.send(data)
             except ConnectionClosed as exc:
                 self._lost(str(exc))  # the stream may be cut mid-frame: it cannot go on
@@ -835,10 +856,10 @@ class Connection:
                                 f"({limit} bytes); not sent")
         return views
 
-    def _send_buffers(self, views: list[memoryview], limit: int) -> int:
+    def _send_buffers(self, views: list[memoryview], limit: int, reply_to: int | None) -> int:
         """The BUFFERS frame and the raw buffers, each sent as it is (no copy)."""
         send = self._transport.send
-        send(frame(pack(buffers_header(views)), limit))
+        send(frame(pack(buffers_header(views, reply_to)), limit))
         for view in views:
             send(HEADER.pack(view.nbytes))
             send(view)

@@ -201,11 +201,15 @@ def _checked_descriptor(descriptor: Any) -> Descriptor:
     return (module, qualname, methods, dunders, flags, builtin_name)
 
 
-def buffers_header(views: list[memoryview]) -> list:
-    """The BUFFERS frame of a message's out-of-band buffers (messages.py): their count and
-    which of them are bytes values, for the peer to receive those straight into bytes."""
+def buffers_header(views: list[memoryview], reply_to: int | None = None) -> list:
+    """The BUFFERS frame of a message's out-of-band buffers (messages.py): their count,
+    which of them are bytes values (for the peer to receive those straight into bytes),
+    and for a reply its sequence number (a caller may have memory waiting for it)."""
     kinds = bytes(type(view.obj) is bytes for view in views)
-    return [Kind.BUFFERS, len(views), kinds]
+    header = [Kind.BUFFERS, len(views), kinds]
+    if reply_to is not None:
+        header.append(reply_to)
+    return header
 
 
 def buffers_announced(message: tuple, max_buffers: int) -> tuple[int, bytes]:
@@ -217,10 +221,21 @@ def buffers_announced(message: tuple, max_buffers: int) -> tuple[int, bytes]:
     if len(message) == 2:
         return count, bytes(count)
     kinds = message[2]
-    if len(message) != 3 or type(kinds) is not bytes or len(kinds) != count \
+    if len(message) > 4 or type(kinds) is not bytes or len(kinds) != count \
             or kinds.strip(b"\0\1"):
         raise ProtocolError("malformed out-of-band buffer kinds")
+    buffers_reply_to(message)  # checked here too
     return count, kinds
+
+
+def buffers_reply_to(message: tuple) -> int | None:
+    """The sequence number of the reply a BUFFERS frame's buffers belong to, if it says."""
+    if len(message) < 4:
+        return None
+    seq = message[3]
+    if type(seq) is not int or not 0 < seq <= INT_MAX:
+        raise ProtocolError("malformed out-of-band buffer reply number")
+    return seq
 
 
 def _take_buffer(item: Any) -> bytes | bytearray:
@@ -559,8 +574,12 @@ class Boxer:
             if index >= len(self.incoming):
                 raise ProtocolError(f"reference to missing out-of-band buffer {index}")
             # An array copies a read-only buffer (ndarrays.array_from); bytes(...) does not
-            # copy one that arrived as bytes.
-            return self.incoming[index] if self._raw_buffers else bytes(self.incoming[index])
+            # copy one that arrived as bytes. A memoryview is a caller's memory the buffer
+            # landed in (see Connection.request_into): the caller takes it as it is.
+            buffer = self.incoming[index]
+            if self._raw_buffers or type(buffer) is memoryview:
+                return buffer
+            return bytes(buffer)
         if code in values.CODES:
             return self._decode_value(code, data)
         if code == Ext.EXC:

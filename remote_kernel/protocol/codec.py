@@ -146,12 +146,15 @@ class FrameDecoder:
         self._big: bytes | bytearray | None = None
         self._big_view: memoryview | None = None  # where the large frame's bytes go
         self._big_got = 0
-        self._kinds: deque[int] = deque()  # per coming frame: true if it becomes bytes
-        self._as_bytes = 0  # the kind of the frame whose header was parsed last
+        # Per coming frame: true if it becomes bytes, or a view for it to land in.
+        self._kinds: deque[int | memoryview] = deque()
+        self._as_bytes: int | memoryview = 0  # the kind of the frame parsed last
 
-    def expect(self, as_bytes: Iterable[int]) -> None:
+    def expect(self, as_bytes: Iterable[int | memoryview]) -> None:
         """The kinds of the next frames, in order: true for a frame that becomes a
-        ``bytes`` value, false for a writable buffer (what unannounced frames are)."""
+        ``bytes`` value, false for a writable buffer (what unannounced frames are), or a
+        writable byte view for a large frame to land in when it has exactly that size
+        (returned then as that view; else it becomes bytes)."""
         self._kinds.extend(as_bytes)
 
     # -- receiving in place --------------------------------------------------------------
@@ -179,7 +182,8 @@ class FrameDecoder:
         if big is not None:
             if self._big_got != self._need:
                 return None
-            self._big_view.release()  # nothing writes into it any more
+            if big is not self._big_view:  # (a landing view stays the caller's)
+                self._big_view.release()  # nothing writes into it any more
             self._big = self._big_view = self._need = None
             return big
         start, end, need = self._start, self._end, self._need
@@ -262,8 +266,20 @@ class FrameDecoder:
     def _new_big(self, size: int) -> memoryview:
         """A buffer of ``size`` bytes for the large frame, and a writable view of it: its
         final ``bytes`` object when it becomes bytes and ``size`` is its full size, else a
-        bytearray; uninitialised where uninit.py can, zero-filled elsewhere."""
-        if self._as_bytes and size == self._need and size >= uninit.MIN_SIZE \
+        bytearray; uninitialised where uninit.py can, zero-filled elsewhere. A landing view
+        of the frame's exact size (see :meth:`expect`) is used as it is."""
+        as_bytes = self._as_bytes
+        if type(as_bytes) is memoryview:
+            try:
+                fits = not as_bytes.readonly and as_bytes.nbytes == self._need
+            except ValueError:  # released: whoever offered it gave up waiting
+                fits = False
+            if fits:
+                self._big = self._big_view = as_bytes  # full size already: no allocation
+                self._as_bytes = 1
+                return as_bytes
+            as_bytes = self._as_bytes = 1  # any other size: it becomes bytes
+        if as_bytes and size == self._need and size >= uninit.MIN_SIZE \
                 and uninit.AVAILABLE:
             self._big, self._big_view = uninit.new_bytes(size)
         else:
