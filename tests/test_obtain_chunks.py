@@ -165,3 +165,68 @@ def test_an_announced_transfer_is_checked_before_anything_is_allocated(
     finally:
         server.close()
         thread.join(5)
+
+
+def test_each_chunk_lands_in_the_destination(classic: Any) -> None:
+    """A READ offers the part of the destination its chunk fills; the chunk is received
+    there (the reply hands back that very view), so no chunk is copied on arrival."""
+    classic.execute("import numpy\nodd = numpy.arange(9 * 131072 + 1, dtype=numpy.float64)")
+    sync_request = Connection.sync_request
+    reads: list[bool] = []
+
+    def spy(self: Connection, op: int, *args: Any, **kwargs: Any) -> Any:
+        result = sync_request(self, op, *args, **kwargs)
+        if op == Op.READ:
+            into = kwargs.get("into")
+            reads.append(into is not None and result is into)
+        return result
+
+    Connection.sync_request = spy  # type: ignore[method-assign]
+    try:
+        value = rk.obtain(classic.namespace["odd"], progress=False)
+    finally:
+        Connection.sync_request = sync_request  # type: ignore[method-assign]
+    assert value.shape == (9 * 131072 + 1,) and value[-1] == 9 * 131072
+    assert numpy.array_equal(value, numpy.arange(9 * 131072 + 1, dtype=numpy.float64))
+    assert len(reads) == 3 and all(reads), reads  # 4 + 4 + 1 MiB (+ 8 bytes), each in place
+    classic.execute("del odd")
+
+
+@pytest.mark.parametrize("header", ["other reply", "malformed"],
+                         ids=["buffers-for-one-reply-then-another-message",
+                              "malformed-reply-number"])
+def test_buffers_announced_for_a_reply_must_come_with_it(header: str) -> None:
+    """A hostile server names the READ's reply in a BUFFERS frame (so the chunk lands in
+    the caller's memory) and then sends another message, or names a nonsense reply
+    number: the connection is dropped with a ProtocolError, nothing hangs."""
+    from tests.hardening.rawpeer import frame, packb
+
+    server = _Server()
+    try:
+        proxy = server.proxy()
+        size = 8 << 20
+
+        def run() -> None:
+            message = server.raw.recv_kind((Kind.REQUEST,), timeout=5)  # OBTAIN
+            server.raw.send([Kind.REPLY, message[1], _announced("bytes", [0], [size])])
+            message = server.raw.recv_kind((Kind.REQUEST,), timeout=5)  # the first READ
+            reply_to = message[1] if header == "other reply" else "seven"
+            try:
+                server.raw.send([Kind.BUFFERS, 1, b"\1", reply_to])
+                server.raw.send_bytes(frame(bytes(4 << 20)))
+                server.raw.send_bytes(frame(packb([Kind.REPLY, message[1] + 100, None])))
+            except OSError:  # the victim hung up first (the malformed case)
+                pass
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        started = time.monotonic()
+        expected = "came with another message" if header == "other reply" \
+            else "reply number"
+        with pytest.raises(rk.ProtocolError, match=expected):
+            rk.obtain(proxy, progress=False)
+        assert time.monotonic() - started < 10
+        assert server.victim.closed
+        thread.join(5)
+    finally:
+        server.close()
