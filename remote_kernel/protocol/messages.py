@@ -15,7 +15,10 @@ protocol error); a BUFFERS frame without it (``[BUFFERS, n]``, older senders) me
 The raw bytes are never copied into msgpack and are received straight into their final
 allocation: a bytes value into its ``bytes`` object, an array's data into a writable
 buffer. The kinds are a hint for that allocation only: a buffer used otherwise than
-announced is copied into the right type.
+announced is copied into the right type. A reply's BUFFERS frame also names the reply
+(``[BUFFERS, n, kinds, seq]``): a caller that offered memory for its reply (an obtain's READ
+offers the part of the destination its chunk fills) receives a bytes buffer of exactly that
+size there; the next message must then be that reply, else the connection is dropped.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ nothing else ever sees it half-written.
 Large buffers (from 4 MiB, numpy's own threshold) are also advised to use transparent huge
 pages where Linux offers them (``madvise(MADV_HUGEPAGE)``, what numpy does for its arrays):
 filling 64 MiB of fresh 4 KiB pages costs 16,384 page faults, about four times the copy itself.
+These are the buffers a peer's data is received into; benchmarks/FINDINGS.md (session 4)
+says why the obtain snapshot on the sending side is not one of them.
 
 Where the C API is not reachable (no ``ctypes.pythonapi``, another interpreter) or does not
 behave as checked at import, :data:`AVAILABLE` is False and the callers fall back to a
@@ -92,16 +94,6 @@ def new_bytearray(size: int) -> bytearray:
         _advise_huge(_bytearray_storage(array), size)
     return array
 
-
-def copy_bytes(view: memoryview) -> bytes:
-    """``bytes(view)`` of a contiguous byte view, into huge pages when it is large."""
-    size = view.nbytes
-    if not AVAILABLE or size < HUGE_MIN:
-        return bytes(view)
-    value, storage = new_bytes(size)
-    with storage:
-        storage[:] = view
-    return value
 
 
 def _works() -> bool:
