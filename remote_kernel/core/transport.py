@@ -69,8 +69,9 @@ class FrameReader:
         """A new size for the receive buffer (see FrameDecoder.resize)."""
         self.decoder.resize(chunk)
 
-    def expect(self, as_bytes: Iterable[int]) -> None:
-        """Which of the next frames become bytes values (see FrameDecoder.expect)."""
+    def expect(self, as_bytes: Iterable[int | memoryview]) -> None:
+        """What the next frames become: bytes values, writable buffers, or memory offered
+        for them to land in (see FrameDecoder.expect)."""
         self.decoder.expect(as_bytes)
 
     def read_frame(self, timeout: float | None) -> bytes | bytearray | None:

@@ -575,7 +575,8 @@ class Boxer:
                 raise ProtocolError(f"reference to missing out-of-band buffer {index}")
             # An array copies a read-only buffer (ndarrays.array_from); bytes(...) does not
             # copy one that arrived as bytes. A memoryview is a caller's memory the buffer
-            # landed in (see Connection.request_into): the caller takes it as it is.
+            # landed in (``Connection.sync_request(..., into=)``): the caller takes it as
+            # it is.
             buffer = self.incoming[index]
             if self._raw_buffers or type(buffer) is memoryview:
                 return buffer

@@ -70,52 +70,47 @@ class AttributePolicy:
 
     def resolve(self, obj: Any, name: str, write: bool = False, delete: bool = False) -> str:
         """The attribute name to use for the peer's ``name``, or raise ``AccessDenied``."""
-        if not write and not delete and type(name) is str:
-            # Fast path (every call and attribute read): what the class allows, cached below,
-            # unless the instance itself exposes the name.
-            try:
-                found = self._by_type.get((type(obj), name))
-            except TypeError:  # an unhashable class (a metaclass without __hash__)
-                found = None
-            if found is not None:
-                prefix = self.prefix
-                if prefix:
-                    instance_dict = getattr(obj, "__dict__", None)
-                    if type(instance_dict) is dict and prefix + name in instance_dict:
-                        return prefix + name
-                return found
-        config = self.config
-        if not isinstance(name, str):
-            raise AccessDenied("attribute names must be strings")
-        if write and not config.allow_setattr:
-            raise AccessDenied(f"setting attribute {name!r} is denied (allow_setattr is off)")
-        if delete and not config.allow_delattr:
-            raise AccessDenied(f"deleting attribute {name!r} is denied (allow_delattr is off)")
-        cls = type(obj)
+        if write or delete or type(name) is not str:
+            self._check_request(name, write, delete)
         instance_dict = getattr(obj, "__dict__", None)
-        if type(instance_dict) is dict and self.prefix and \
-                not isinstance(obj, type) and self.prefix + name in instance_dict:
-            found: str | None = self.prefix + name  # exposed on the instance itself
-        elif isinstance(obj, type) or type(instance_dict) is not dict:
+        if type(instance_dict) is not dict or isinstance(obj, type):
             # classes, modules, odd objects: look now
-            found = self._resolve(_policy_class(cls), name, obj)
-        else:
-            key = (cls, name)
+            found = self._resolve(_policy_class(type(obj)), name, obj)
+        elif self.prefix and self.prefix + name in instance_dict:
+            found = self.prefix + name  # exposed on the instance itself
+        else:  # an ordinary instance: what its class allows, cached (every call asks)
             try:
-                found = self._by_type[key]
-            except KeyError:  # what the class decides is the same for all its instances
-                found = self._resolve(_policy_class(cls), name, None)
-                if len(name) <= MAX_CACHED_NAME:
-                    if len(self._by_type) >= MAX_CACHED:
-                        self._by_type.clear()
-                    self._by_type[key] = found
-            except TypeError:  # an unhashable class
-                found = self._resolve(_policy_class(cls), name, obj)
+                found = self._by_type[type(obj), name]
+            except (KeyError, TypeError):
+                found = self._class_decision(obj, name)
         if found is None:
             raise AccessDenied(
                 f"access to {name!r} of a {type(obj).__name__} object is denied by the "
                 "attribute policy"
             )
+        return found
+
+    def _check_request(self, name: Any, write: bool, delete: bool) -> None:
+        if not isinstance(name, str):
+            raise AccessDenied("attribute names must be strings")
+        if write and not self.config.allow_setattr:
+            raise AccessDenied(f"setting attribute {name!r} is denied (allow_setattr is off)")
+        if delete and not self.config.allow_delattr:
+            raise AccessDenied(f"deleting attribute {name!r} is denied (allow_delattr is off)")
+
+    def _class_decision(self, obj: Any, name: str) -> str | None:
+        """What the class of an ordinary instance allows, not cached yet: the same for all
+        its instances, so it is cached per (class, name)."""
+        cls = type(obj)
+        try:
+            hash(cls)
+        except TypeError:  # an unhashable class (a metaclass without __hash__)
+            return self._resolve(_policy_class(cls), name, obj)
+        found = self._resolve(_policy_class(cls), name, None)
+        if len(name) <= MAX_CACHED_NAME:
+            if len(self._by_type) >= MAX_CACHED:
+                self._by_type.clear()
+            self._by_type[cls, name] = found
         return found
 
     def allowed(self, obj: Any, name: str) -> str | None:
