@@ -7,10 +7,8 @@ from __future__ import annotations
 import datetime
 import decimal
 import enum
-import fractions
 import http
 import pathlib
-import uuid
 import zoneinfo
 from typing import Any
 
