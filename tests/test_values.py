@@ -146,9 +146,6 @@ def test_object_arrays_are_refused_naming_the_dtype(lab: rk.Connection) -> None:
     assert lab.ping() > 0  # the connection is fine
 
 
-@pytest.mark.xfail(int(pandas.__version__.split(".")[0]) < 3, strict=True,
-                   reason="known bug: with pandas 2 a tz-aware column comes back with a "
-                          "time zone object pandas does not count as equal (pytz vs zoneinfo)")
 def test_a_dataframe_round_trips_equal(lab: rk.Connection) -> None:
     frame = rk.obtain(_remote(lab, "frame"))
     assert list(frame.columns) == lab.eval("list(frame.columns)")

@@ -17,6 +17,7 @@ from remote_kernel.protocol.values import (
     LARGE_MARKER,
     check_available,
     decode_planned,
+    is_pandas,
 )
 
 DEFAULT: Any = object()  # "the connection's own timeout"
@@ -151,6 +152,20 @@ def array_of(netref: Any, dtype: Any = None) -> Any:
         raise TypeError(f"{netref._rk_conn.peer} answered for an array with a "
                         f"{type(value).__name__}")
     return numpy.asarray(value, dtype=dtype)
+
+
+def pandas_array_of(netref: Any, dtype: Any = None) -> Any:
+    """``numpy.asarray(netref)`` of a remote DataFrame, Series or Index: one OBTAIN (the
+    TypeError of ``obtain`` when it cannot be copied), then pandas' own ``to_numpy()``.
+    Anything but a pandas object in the reply is refused."""
+    import numpy
+
+    value = obtain(netref)
+    if not is_pandas(value):
+        raise TypeError(f"{netref._rk_conn.peer} answered for a pandas object with a "
+                        f"{type(value).__name__}")
+    array = value.to_numpy() if dtype is None else value.to_numpy(dtype=dtype)
+    return numpy.asarray(array)
 
 
 def _check_announced(conn: Connection, nbytes: int) -> None:

@@ -24,7 +24,16 @@ reply is decoded as data only (values.py: no pickle, no eval, a dtype from allow
 sizes bounded by the bytes received) and must be a numpy array or scalar, else TypeError.
 A hostile server can at most claim a numpy type for any object, which costs the client one
 OBTAIN of a value the server chose; ``__array_interface__``, ``__array_struct__``,
-``__array_ufunc__`` and the rest stay denied. What is forwarded: a method named in
+``__array_ufunc__`` and the rest stay denied. Proxies of pandas DataFrame, Series and Index
+answer ``__array__`` the same way: ONE OBTAIN, the reply must be a pandas object (else
+TypeError), and the array is its ``to_numpy()``; what cannot be copied by value (an object
+column holding other things than strings) is the TypeError of ``obtain``, never a partial
+array. Without this hook numpy would iterate the proxy (a DataFrame gave its column names).
+Proxies of a dict (or a dict subclass of ``collections``, or a mappingproxy) answer it
+locally with a 0-d object array holding the proxy, as numpy does for a local dict (numpy
+would otherwise take the proxy for a sequence and iterate its keys). Other sequences (a
+list, a deque, a range) are still iterated by numpy: correct values, a request per item;
+``numpy.asarray(rk.obtain(x))`` copies them in one. What is forwarded: a method named in
 the descriptor is called by name in ONE request (CALLATTR); any other attribute is ONE
 GETATTR; the dunders the remote type defines become real methods, so ``len()``, operators,
 ``with`` and iteration work.
@@ -74,6 +83,17 @@ short ushort long ulong longlong ulonglong float16 float32 float64 longdouble ha
 double complex64 complex128 clongdouble csingle cdouble datetime64 timedelta64 str_ bytes_
 void record float96 float128 complex192 complex256
 """.split())
+
+# Remote types whose proxies answer ``numpy.asarray()`` with ``obtain(proxy).to_numpy()``.
+PANDAS_TYPES = frozenset("""
+DataFrame Series Index RangeIndex MultiIndex DatetimeIndex TimedeltaIndex PeriodIndex
+CategoricalIndex IntervalIndex
+""".split())
+# Remote mappings that numpy, were they local, would not take for sequences.
+MAPPING_TYPES = frozenset({
+    ("builtins", "dict"), ("builtins", "mappingproxy"), ("collections", "OrderedDict"),
+    ("collections", "defaultdict"), ("collections", "Counter"),
+})
 
 BUFFER_CHUNK = 256
 _SLOTS = frozenset({"_rk_conn", "_rk_oid", "_rk_refs", "_rk_buffer"})
@@ -259,6 +279,32 @@ def _array(self: BaseNetref, dtype: Any = None, copy: Any = None) -> Any:
     return array_of(self, dtype)
 
 
+def _pandas_array(self: BaseNetref, dtype: Any = None, copy: Any = None) -> Any:
+    """numpy's ``__array__`` of a remote DataFrame, Series or Index: one OBTAIN, then
+    pandas' own ``to_numpy()`` of the local copy."""
+    if copy is False:
+        raise ValueError("a remote pandas object cannot be used without copying it here "
+                         "(numpy.asarray(x, copy=False) of a netref)")
+    from remote_kernel.core.api import pandas_array_of
+
+    return pandas_array_of(self, dtype)
+
+
+def _mapping_array(self: BaseNetref, dtype: Any = None, copy: Any = None) -> Any:
+    """numpy's ``__array__`` of a remote dict: what numpy makes of a local one, a 0-d
+    object array holding it (no request)."""
+    import numpy
+
+    result = numpy.empty((), dtype=object)
+    result[()] = self
+    return result if dtype is None else result.astype(dtype)
+
+
+def is_pandas_type(module: str, qualname: str) -> bool:
+    """Whether a remote type is pandas' DataFrame, Series or an Index, by its descriptor."""
+    return (module == "pandas" or module.startswith("pandas.")) and qualname in PANDAS_TYPES
+
+
 def is_numpy_array_type(module: str, qualname: str) -> bool:
     """Whether a remote type is a numpy array or scalar type, by its descriptor."""
     return (module, qualname) in NUMPY_ARRAY_TYPES or \
@@ -310,8 +356,13 @@ def _build_class(descriptor: Descriptor) -> type:
         namespace["__iter__"] = _iter_self
         if flags & FLAG_BUFFERED_ITER:
             namespace["__next__"] = _buffered_next
-    if not flags & FLAG_TYPE and is_numpy_array_type(module, qualname):
-        namespace["__array__"] = _array
+    if not flags & FLAG_TYPE:
+        if is_numpy_array_type(module, qualname):
+            namespace["__array__"] = _array
+        elif is_pandas_type(module, qualname):
+            namespace["__array__"] = _pandas_array
+        elif (module, qualname) in MAPPING_TYPES:
+            namespace["__array__"] = _mapping_array
     if flags & FLAG_TYPE:
         namespace["__instancecheck__"] = _instancecheck
         namespace["__subclasscheck__"] = _subclasscheck

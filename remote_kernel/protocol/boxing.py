@@ -23,6 +23,13 @@ descriptors are capped per connection, and so is the cache of exception classes.
 ``box_value`` is the deep by-value encoding of ``obtain``/``deliver``: lists, dicts, sets,
 bytearrays, numpy arrays (masked ones too) and pandas objects are copied; ``values.py`` holds
 the codecs of numpy and pandas (raw bytes + dtype + shape, never pickle).
+
+The standard-library values (datetime, Decimal, UUID, paths...: ``stdvalues.py``) go by
+value in ``box`` too. A message holding one whose fields are malformed, or that this side
+cannot rebuild (an unknown time zone or enum), is still read to its end: its framing is
+intact, so only the request it belongs to fails (``decode`` turns a REQUEST into one that
+the REFUSED handler answers with the error, and a REPLY into that error); the connection
+goes on.
 """
 
 from __future__ import annotations
@@ -37,11 +44,11 @@ from typing import Any
 from msgpack import ExtType
 
 from remote_kernel.errors import ProtocolError
-from remote_kernel.protocol import exceptions, values
+from remote_kernel.protocol import exceptions, stdvalues, values
 from remote_kernel.protocol.codec import ItemBudget, pack, unpack
 from remote_kernel.protocol.describe import Descriptor
 from remote_kernel.protocol.exceptions import local_class
-from remote_kernel.protocol.messages import Ext, Kind
+from remote_kernel.protocol.messages import EXCEPTION, NOTIFY, REPLY, REQUEST, Ext, Kind
 
 INT_MIN = -(2**63)
 INT_MAX = 2**64 - 1
@@ -59,6 +66,8 @@ MAX_PEER_TYPE_NAMES = 1_000_000  # method and dunder names in all of them togeth
 PASSTHROUGH = frozenset({str, float, bool, type(None)})
 _CONTAINERS = frozenset({tuple, list, dict, set, frozenset})
 _REF, _PEERREF = int(Ext.REF), int(Ext.PEERREF)
+_STD_ENCODERS = stdvalues.ENCODERS
+REFUSED = -1  # a request opcode never sent: a request whose values were refused (Refusal)
 
 
 def _ext(code: int, data: bytes) -> ExtType:
@@ -95,6 +104,15 @@ class BatchCalls:
 
     def __init__(self, calls: list[tuple[Any, str | None, tuple, Any]]) -> None:
         self.calls = calls
+
+
+class Refusal:
+    """The argument of a REFUSED request: why its values could not be decoded here."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 class Kwargs(dict):
@@ -281,6 +299,7 @@ class Boxer:
         self._new_refs: list[int] = []
         self.items = 0  # items packed by value into the current message
         self._budget: ItemBudget | None = None  # set while a long payload is decoded
+        self.refusal: BaseException | None = None  # a std value of this message refused
         # Out-of-band buffers of the message being encoded / decoded (send / receive lock).
         self.outgoing: list[Any] = []
         self.incoming: list[bytes | bytearray] = []  # bytes: announced and received as such
@@ -370,6 +389,12 @@ class Boxer:
             return self._box_calls(obj.calls)
         if t is BatchOutcomes:
             return self._box_outcomes(obj.items)
+        std = _STD_ENCODERS.get(t)
+        if std is not None:
+            try:
+                return ExtType(std[0], std[1](obj))
+            except stdvalues.CannotEncode:
+                pass  # not faithfully by value (a pytz zone...): by reference
         oid = self._proxy_oid(obj)
         if oid is not None:
             return _ext(_PEERREF, OID.pack(oid))
@@ -450,11 +475,23 @@ class Boxer:
                 # Out of band as it is (no copy); it arrives as bytes all the same.
                 return self._out_of_band(obj.cast("B"))
             return self.box(obj.tobytes())
+        std = _STD_ENCODERS.get(t)
+        if std is not None:
+            try:
+                return ExtType(std[0], std[1](obj))
+            except stdvalues.CannotEncode as exc:
+                raise TypeError(f"cannot copy a {t.__module__}.{t.__qualname__} object by "
+                                f"value: {exc}") from None
         if values.is_codec_value(obj):
             code, fields = values.encode(obj, self._put_buffer)
             return ExtType(code, pack(fields))
         if self._proxy_oid(obj) is not None and not self._plain_only:
             return self.box(obj)
+        if stdvalues.is_enum_member(obj):
+            try:
+                return ExtType(Ext.ENUM, stdvalues.encode_enum(obj))
+            except stdvalues.CannotEncode as exc:
+                raise TypeError(f"cannot copy {obj!r} by value: {exc}") from None
         raise TypeError(f"cannot copy a {t.__module__}.{t.__qualname__} object by value")
 
     def box_plain_value(self, obj: Any) -> Any:
@@ -478,13 +515,35 @@ class Boxer:
     def decode(self, payload: bytes | bytearray | memoryview) -> Any:
         """One message. A payload of n bytes holds at most n items, so only one longer
         than MAX_ITEMS bytes has its items counted as they are decoded."""
-        if len(payload) <= MAX_ITEMS:
-            return unpack(payload, self.ext_hook)
-        self._budget = ItemBudget(MAX_ITEMS)
         try:
-            return unpack(payload, self.ext_hook, self._budget)
-        finally:
-            self._budget = None
+            if len(payload) <= MAX_ITEMS:
+                message = unpack(payload, self.ext_hook)
+            else:
+                self._budget = ItemBudget(MAX_ITEMS)
+                try:
+                    message = unpack(payload, self.ext_hook, self._budget)
+                finally:
+                    self._budget = None
+        except BaseException:
+            self.refusal = None
+            raise
+        if self.refusal is not None:
+            return self._refused(message)
+        return message
+
+    def _refused(self, message: Any) -> tuple:
+        """A message that held a refused value (see the theory of operation): a request
+        becomes one that fails with the error, a reply (or an exception) that error."""
+        error, self.refusal = self.refusal, None
+        if type(message) is tuple and len(message) >= 3 and type(message[1]) is int:
+            kind = message[0]
+            if kind == REQUEST:
+                return (REQUEST, message[1], REFUSED, Refusal(error))
+            if kind == REPLY or kind == EXCEPTION:
+                return (EXCEPTION, message[1], error)
+        if type(message) is tuple and message and message[0] == NOTIFY:
+            raise ProtocolError(f"a notification carried a refused value: {error}")
+        raise error if isinstance(error, ProtocolError) else ProtocolError(str(error))
 
     def _unpack(self, data: bytes) -> Any:
         """A value nested in an ext value: inside the budget of its message."""
@@ -581,6 +640,8 @@ class Boxer:
             if self._raw_buffers or type(buffer) is memoryview:
                 return buffer
             return bytes(buffer)
+        if code in stdvalues.CODES:
+            return self._decode_std(code, data)
         if code in values.CODES:
             return self._decode_value(code, data)
         if code == Ext.EXC:
@@ -610,6 +671,21 @@ class Boxer:
         return items
 
     unpack_tuple = _unpack_tuple
+
+    def _decode_std(self, code: int, data: bytes) -> Any:
+        """A standard-library value (stdvalues.py). One that is malformed or that this side
+        cannot rebuild is refused: None stands for it, and the message fails as a whole
+        (``decode``), not the connection."""
+        try:
+            return stdvalues.decode(code, data)
+        except stdvalues.NotHere as exc:
+            error: BaseException = TypeError(str(exc))
+        except Exception as exc:  # ValueError, OverflowError, msgpack's own errors...
+            error = ProtocolError(f"malformed {Ext(code).name.lower()} value from "
+                                  f"{self.peer_name()}: {type(exc).__name__}: {exc}")
+        if self.refusal is None:
+            self.refusal = error
+        return None
 
     def _decode_value(self, code: int, data: bytes) -> Any:
         """A numpy/pandas value (values.py); one this side cannot rebuild (a library is

@@ -196,7 +196,9 @@ def _encode_tz(tz: Any, what: str) -> tuple:
         return ("zoneinfo", key)
     zone = getattr(tz, "zone", None)  # pytz
     if type(tz).__module__.startswith("pytz") and isinstance(zone, str):
-        return ("zoneinfo", zone) if zone != "UTC" else ("pytz-utc",)
+        # By its own kind: pandas 2 (whose named zones are pytz's) counts a pytz zone and
+        # the zoneinfo zone of the same name as different dtypes.
+        return ("pytz", zone) if zone != "UTC" else ("pytz-utc",)
     raise TypeError(f"cannot copy {what} by value: its time zone {tz!r} is not a named "
                     f"(zoneinfo/pytz) zone or a fixed offset")
 
@@ -377,6 +379,19 @@ def _string_dtype(storage: str, na: str) -> Any:
                              f"here is too old for it (pip install -U pandas)") from None
 
 
+def _pytz_zone(name: str) -> Any:
+    """The pytz zone ``name`` where pytz is installed (pandas 2 requires it), else None
+    (the zoneinfo zone of that name then stands for it)."""
+    try:
+        import pytz
+    except ImportError:
+        return None
+    try:
+        return pytz.timezone(name)
+    except pytz.UnknownTimeZoneError:
+        return None
+
+
 def _tz_from(fields: Any) -> Any:
     if fields == ("utc",):
         return datetime.timezone.utc
@@ -390,8 +405,12 @@ def _tz_from(fields: Any) -> Any:
         kind, value = fields
         if kind == "offset" and type(value) is int and abs(value) < 86400:
             return datetime.timezone(datetime.timedelta(seconds=value))
-        if kind == "zoneinfo" and type(value) is str and _TZ_NAME.fullmatch(value) \
-                and ".." not in value:
+        if kind in ("zoneinfo", "pytz") and type(value) is str \
+                and _TZ_NAME.fullmatch(value) and ".." not in value:
+            if kind == "pytz":
+                zone = _pytz_zone(value)
+                if zone is not None:
+                    return zone
             import zoneinfo
 
             try:

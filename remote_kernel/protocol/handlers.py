@@ -12,8 +12,14 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-from remote_kernel.errors import AccessDenied
-from remote_kernel.protocol.boxing import BatchOutcomes, ByValue, remote_exception_class
+from remote_kernel.errors import AccessDenied, ProtocolError
+from remote_kernel.protocol.boxing import (
+    REFUSED,
+    BatchOutcomes,
+    ByValue,
+    Refusal,
+    remote_exception_class,
+)
 from remote_kernel.protocol.describe import (
     children,
     describe_type,
@@ -188,6 +194,15 @@ def _deliver(ctx: RequestContext, value: Any) -> Any:
     return value
 
 
+def _refused(ctx: RequestContext, refusal: Any = None) -> Any:
+    """A request whose values this side refused while decoding it (boxing.py): it fails
+    with the reason. A Refusal is made locally only; a peer sending this opcode gets an
+    unknown-opcode error like any other."""
+    if type(refusal) is not Refusal:
+        raise ProtocolError(f"unknown request opcode {REFUSED}")
+    raise refusal.error
+
+
 MAX_BATCH = 100_000  # calls in one BATCH request
 
 
@@ -256,6 +271,7 @@ HANDLERS: dict[int, Callable[..., Any]] = {
     Op.KEYS: _keys,
     Op.CHILDREN: _children,
     Op.BATCH: _batch,
+    REFUSED: _refused,
 }
 
 __all__ = ["HANDLERS", "LARGE_MARKER", "RequestContext"]

@@ -95,3 +95,13 @@ class Ext(IntEnum):
     REFDESC = 17  # a REF that carries its type's descriptor (the first time a type is sent)
     MASKED = 18  # a numpy masked array (values.py)
     PANDAS = 19  # a pandas DataFrame, Series or Index (values.py)
+    # Standard-library values by value (stdvalues.py), wire revision 2.
+    DATETIME = 20
+    DATE = 21
+    TIME = 22
+    TIMEDELTA = 23
+    DECIMAL = 24
+    FRACTION = 25
+    UUID = 26
+    PATH = 27
+    ENUM = 28  # an enum member, in a copy by value only

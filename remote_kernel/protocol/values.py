@@ -36,7 +36,9 @@ obtain (``large_plan``) puts the index of a buffer of its :class:`Snapshot` ther
     or ``["index", ...]`` / ``["range", start, stop, step, name]`` /
     ``["multi", [level_index...], [codes...], [name...]]`` for an Index. A column (*values*)
     is ``["numpy", ndarray]`` (int, float, bool, complex, naive datetime64/timedelta64),
-    ``["datetimetz", ndarray of UTC datetime64, tz]``, ``["category", codes, categories_index,
+    ``["datetimetz", ndarray of UTC datetime64, tz]`` (*tz* ``["utc"]``, ``["pytz-utc"]``,
+    ``["offset", seconds]``, ``["zoneinfo", key]`` or ``["pytz", name]``: a zone keeps its
+    kind, as pandas 2 counts a pytz and a zoneinfo zone of one name as different dtypes), ``["category", codes, categories_index,
     ordered]``, ``["masked", dtype_name, data, mask]`` (nullable Int64/Float64/boolean...)
     or ``["strings", dtype, utf8_bytes, offsets, missing]`` (``str``/``string`` columns, and
     object columns that hold only strings and missing values). Names and labels are None,

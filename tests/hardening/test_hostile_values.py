@@ -5,6 +5,7 @@ netref asks for data only."""
 
 from __future__ import annotations
 
+import datetime
 import socket
 import threading
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import remote_kernel as rk
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import LOCAL_DENIED
 from remote_kernel.net.transports.sockets import SocketTransport
-from remote_kernel.protocol import dataframes, values
+from remote_kernel.protocol import boxing, dataframes, values
 from remote_kernel.protocol.boxing import Boxer, ObjectTable
 from remote_kernel.protocol.codec import pack
 from remote_kernel.protocol.messages import Ext, Kind, Op
@@ -322,3 +323,121 @@ def test_categories_of_categories_nest_only_so_deep() -> None:
         index = ["index", ["category", _array("|i1", [1], b"\0"), index, False], None, None]
     with pytest.raises(rk.ProtocolError, match="nested too deeply"):
         _decode(Ext.PANDAS, index)
+
+
+# -- standard-library values from a hostile peer ------------------------------------------
+
+
+def _std(code: int, fields: Any) -> ExtType:
+    return ExtType(code, fields if type(fields) is bytes else packb(fields))
+
+
+BAD_STD = {
+    "datetime month 13": _std(Ext.DATETIME, [2024, 13, 1, 0, 0, 0, 0, 0, None]),
+    "datetime field a string": _std(Ext.DATETIME, [2024, "1", 1, 0, 0, 0, 0, 0, None]),
+    "datetime field a bool": _std(Ext.DATETIME, [2024, True, 1, 0, 0, 0, 0, 0, None]),
+    "datetime fold 2": _std(Ext.DATETIME, [2024, 1, 1, 0, 0, 0, 0, 2, None]),
+    "datetime too few fields": _std(Ext.DATETIME, [2024, 1, 1]),
+    "datetime year a big int": _std(Ext.DATETIME, [ExtType(Ext.BIGINT, b"9" * 100), 1, 1,
+                                                   0, 0, 0, 0, 0, None]),
+    "datetime offset of a day": _std(Ext.DATETIME, [2024, 1, 1, 0, 0, 0, 0, 0,
+                                                    ["offset", 86_400_000_000, None]]),
+    "datetime zone path": _std(Ext.DATETIME, [2024, 1, 1, 0, 0, 0, 0, 0,
+                                              ["zone", "../../etc/passwd"]]),
+    "datetime zone absolute": _std(Ext.DATETIME, [2024, 1, 1, 0, 0, 0, 0, 0,
+                                                  ["zone", "/etc/localtime"]]),
+    "datetime zone of another kind": _std(Ext.DATETIME, [2024, 1, 1, 0, 0, 0, 0, 0,
+                                                         ["pytz", "UTC"]]),
+    "datetime with a reference inside": _std(Ext.DATETIME, [
+        2024, 1, 1, 0, 0, 0, 0, 0, ref(5, 1, ["m", "T", [], [], 0, ""])]),
+    "time hour 24": _std(Ext.TIME, [24, 0, 0, 0, 0, None]),
+    "date day 0": _std(Ext.DATE, [2024, 1, 0]),
+    "timedelta seconds out of range": _std(Ext.TIMEDELTA, [0, 86_400, 0]),
+    "timedelta days past the bound": _std(Ext.TIMEDELTA, [10**9, 0, 0]),
+    "decimal of 10**9 digits announced": _std(Ext.DECIMAL, [0, "1", 10**9]),
+    "decimal with too many digits": _std(Ext.DECIMAL, [0, "1" * 5000, 0]),
+    "decimal digits not ascii": _std(Ext.DECIMAL, [0, "\u0663", 0]),
+    "decimal digits as an expression": _std(Ext.DECIMAL, [0, "1e9", 0]),
+    "decimal sign 2": _std(Ext.DECIMAL, [2, "1", 0]),
+    "decimal exponent a letter": _std(Ext.DECIMAL, [0, "1", "x"]),
+    "fraction over zero": _std(Ext.FRACTION, [1, 0]),
+    "fraction of huge bytes": _std(Ext.FRACTION, [b"\1" * 5000, 1]),
+    "uuid of 15 bytes": _std(Ext.UUID, b"\0" * 15),
+    "path of another flavour": _std(Ext.PATH, ["vms", False, b"x"]),
+    "path text a str": _std(Ext.PATH, ["posix", False, "x"]),
+    "path not utf-8": _std(Ext.PATH, ["posix", False, b"\xff"]),
+    "path concrete not a bool": _std(Ext.PATH, ["posix", 1, b"x"]),
+    "enum module not a name": _std(Ext.ENUM, ["os; rm", "X", "A"]),
+    "fields a map": _std(Ext.DATE, {"year": 2024}),
+    "fields not msgpack": _std(Ext.DATE, b"\xc1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_STD))
+def test_malformed_standard_values_refuse_the_message(name: str) -> None:
+    """Decoded alone (not in a message), a malformed value is a ProtocolError."""
+    with pytest.raises(rk.ProtocolError):
+        _boxer().decode(packb(BAD_STD[name]))
+
+
+def test_a_malformed_standard_value_fails_only_its_request() -> None:
+    """Inside a request, the request fails with the reason; inside a reply, the waiting
+    call does; a well-formed one after it decodes normally."""
+    boxer = _boxer()
+    request = boxer.decode(packb([Kind.REQUEST, 7, Op.CALL, BAD_STD["datetime month 13"]]))
+    assert request[:3] == (Kind.REQUEST, 7, boxing.REFUSED)
+    assert isinstance(request[3].error, rk.ProtocolError)
+    assert "malformed datetime" in str(request[3].error)
+    reply = boxer.decode(packb([Kind.REPLY, 8, [1, BAD_STD["uuid of 15 bytes"]]]))
+    assert reply[:2] == (Kind.EXCEPTION, 8) and isinstance(reply[2], rk.ProtocolError)
+    good = boxer.decode(packb([Kind.REPLY, 9, _std(Ext.DATE, [2024, 2, 29])]))
+    assert good == (Kind.REPLY, 9, datetime.date(2024, 2, 29))
+
+
+@pytest.mark.parametrize("name", ["datetime month 13", "decimal of 10**9 digits announced",
+                                  "path not utf-8", "uuid of 15 bytes",
+                                  "datetime with a reference inside"])
+def test_a_hostile_reply_fails_the_call_not_the_connection(
+        hostile: tuple[Connection, RawPeer], name: str) -> None:
+    victim, raw = hostile
+    proxy = _netref_from(victim, raw, ["m", "Clock", ["now"], [], 0, ""])
+    stop = threading.Event()
+    thread = _answer_obtains(raw, [BAD_STD[name], _std(Ext.DATE, [2024, 2, 29])], stop)
+    try:
+        with pytest.raises(rk.ProtocolError, match="malformed"):
+            proxy.now()
+        assert str(proxy.now()) == "2024-02-29"  # the next request on it works
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not victim.closed
+
+
+def test_a_hostile_request_gets_an_error_reply_and_the_server_goes_on() -> None:
+    """A raw client sends a request whose argument is a malformed datetime to a serving
+    connection: it gets an EXCEPTION reply, and its next request is answered."""
+    left, right = socket.socketpair()
+    server = Connection(SocketTransport(left, "raw client"), rk.ClassicService, name="raw")
+    serving = server.serve_in_background()
+    raw = RawPeer(right)
+    try:
+        raw.send([Kind.REQUEST, 1, Op.PING, BAD_STD["datetime month 13"]])
+        reply = raw.recv_kind((Kind.REPLY, Kind.EXCEPTION), timeout=10)
+        assert reply[0] == Kind.EXCEPTION and reply[1] == 1
+        assert "malformed datetime" in reply[2].message
+        raw.send([Kind.REQUEST, 2, Op.PING, _std(Ext.DATE, [2024, 2, 29])])
+        reply = raw.recv_kind((Kind.REPLY, Kind.EXCEPTION), timeout=10)
+        assert reply[0] == Kind.REPLY and reply[1] == 2
+        assert msgpack.unpackb(reply[2].data) == [2024, 2, 29]
+        assert not server.closed
+    finally:
+        server.close()
+        serving.stop(5)
+        right.close()
+
+
+def test_a_refusal_cannot_be_asked_for_by_a_peer() -> None:
+    from remote_kernel.protocol.handlers import HANDLERS
+
+    with pytest.raises(rk.ProtocolError, match="unknown request opcode"):
+        HANDLERS[boxing.REFUSED](None, "any argument a peer sends")

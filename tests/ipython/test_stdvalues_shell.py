@@ -1,0 +1,70 @@
+"""Standard-library values and enum members through %%remote -o and %remote pull, in a
+real InteractiveShell against a real server process."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import http
+import pathlib
+import zoneinfo
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+import remote_kernel as rk
+from remote_kernel.ipython.registry import get_registry
+
+
+@pytest.fixture(scope="module")
+def shell() -> Iterator[InteractiveShell]:
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "remote_kernel")
+    yield shell
+    shell.run_line_magic("unload_ext", "remote_kernel")
+
+
+@pytest.fixture
+def lab(shell: InteractiveShell, classic_server) -> Iterator[rk.Connection]:
+    shell.run_line_magic("remote", f"connect 127.0.0.1:{classic_server.port} --name lab "
+                                   f"--token-file {classic_server.token_file}")
+    yield shell.user_ns["lab"]
+    if "lab" in get_registry().entries:
+        shell.run_line_magic("remote", "close lab")
+
+
+def run(shell: InteractiveShell, code: str) -> Any:
+    result = shell.run_cell(code)
+    if result.error_in_exec is not None:
+        raise result.error_in_exec
+    if result.error_before_exec is not None:
+        raise result.error_before_exec
+    return result.result
+
+
+def test_remote_outputs_and_pull_give_the_values(shell, lab) -> None:
+    run(shell, "%%remote -o stamp,amount,where,status,mode\n"
+               "import datetime, decimal, enum, http, pathlib, zoneinfo\n"
+               "stamp = datetime.datetime(2024, 10, 27, 2, 30, fold=1,\n"
+               "                          tzinfo=zoneinfo.ZoneInfo('Europe/Berlin'))\n"
+               "amount = decimal.Decimal('1.10')\n"
+               "where = pathlib.PureWindowsPath(r'C:\\data\\x.h5')\n"
+               "status = http.HTTPStatus.NOT_FOUND\n"
+               "class Mode(enum.Enum):\n"
+               "    FAST = 1\n"
+               "mode = Mode.FAST\n")
+    ns = shell.user_ns
+    assert type(ns["stamp"]) is datetime.datetime and ns["stamp"].fold == 1
+    assert ns["stamp"].tzinfo is zoneinfo.ZoneInfo("Europe/Berlin")
+    assert type(ns["amount"]) is decimal.Decimal and str(ns["amount"]) == "1.10"
+    assert type(ns["where"]) is pathlib.PureWindowsPath
+    assert ns["status"] is http.HTTPStatus.NOT_FOUND  # known here: the local member
+    assert rk.is_netref(ns["mode"])  # known only there: stays a reference
+    lab.execute("later = (datetime.date(2024, 2, 29), datetime.timedelta(hours=1))\n"
+                "ok = http.HTTPStatus.OK")
+    run(shell, "%remote pull later")
+    run(shell, "%remote pull ok")
+    assert ns["later"] == (datetime.date(2024, 2, 29), datetime.timedelta(hours=1))
+    assert ns["ok"] is http.HTTPStatus.OK
