@@ -14,6 +14,7 @@ method) on every system that allows it.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -115,7 +116,8 @@ class RemoteKernelClient(Client):
 
     def _connect(self) -> Any:
         config = {"sync_request_timeout": TIMEOUT, "max_message_size": 1 << 30}
-        return self.rk.connect("127.0.0.1", self.port, config=config)
+        return self.rk.connect("127.0.0.1", self.port, config=config,
+                               token=os.environ.get("RK_BENCH_TOKEN") or None)
 
     def echo(self) -> Any:
         return self.root.echo(1)

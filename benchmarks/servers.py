@@ -159,7 +159,9 @@ def serve_rk(sock_ready: Any) -> None:
 
     config = {"allow_public_attrs": True, "sync_request_timeout": 300.0,
               "max_message_size": 1 << 30}
-    server = rk.Server(BenchService, host="127.0.0.1", port=0, config=config)
+    # RK_BENCH_TOKEN: measure with token auth (and, from wire revision 2, per-frame MACs).
+    server = rk.Server(BenchService, host="127.0.0.1", port=0, config=config,
+                       token=os.environ.get("RK_BENCH_TOKEN") or None)
     sock_ready(server.port)
     server.start()
 

@@ -81,7 +81,7 @@ MAX_BUFFERS = 1024  # out-of-band buffers in one message
 DELIVERY_SLICE = 0.005  # a reader's wait while another thread hands over a reply
 CLOSE_GRACE = 0.5  # close(): how long to wait for a sender before cutting it off
 POLL_BATCH = 64  # poll_all(): messages served per call once its timeout has passed
-_CLOSE_FRAME = frame(pack([Kind.NOTIFY, Op.CLOSE]), 1 << 20)
+_CLOSE_MESSAGE = pack([Kind.NOTIFY, Op.CLOSE])
 
 
 # Called with each new Connection (the IPython extension serves them from the kernel loop).
@@ -137,6 +137,9 @@ class Connection:
         self._reader.max_message_size = self._config.max_message_size
         if reader is not None:
             reader.resize(CHUNK)
+        # Wire revision 2: with a token, every frame sent carries a tag (protocol/codec.py).
+        self._send_auth = self._reader.send_auth
+        self.session = self._reader.session  # what the handshake agreed (net/auth.py)
         self._policy = AttributePolicy(self._config)
         self._table = ObjectTable(origin=_capture_origin)
         self._descriptors: dict[type, Descriptor] = {}
@@ -813,10 +816,11 @@ class Connection:
                         f"a message may carry at most {MAX_VALUE_ITEMS} items by value, this "
                         f"one {boxer.items}; not sent (copy large data as a numpy array)")
                 size = len(payload)
-                data = HEADER.pack(size) + payload if size <= limit and size <= MAX_FRAME \
-                    else frame(payload, limit)  # (which refuses it)
-                if releases:
-                    data = frame(pack([Kind.NOTIFY, Op.DEL, releases]), limit) + data
+                if size > limit or size > MAX_FRAME:
+                    frame(payload, limit)  # refuses it
+                released = pack([Kind.NOTIFY, Op.DEL, releases]) if releases else None
+                if released is not None and len(released) > min(limit, MAX_FRAME):
+                    frame(released, limit)  # refuses it
                 views = self._checked_buffers(buffers, len(payload), limit) if buffers \
                     else None
             except BaseException:
@@ -827,14 +831,21 @@ class Connection:
                     self._releases.extendleft(reversed(releases))
                 raise
             self._sender = None
-            sent = len(data)
+            # Frames are tagged in the order they are sent (each tag counts its frame).
+            auth = self._send_auth
+            head = None if released is None else self._framed(released)
             try:
+                sent = 0
                 if views is not None:
                     # The buffers must come right before the message that uses them.
-                    if releases:
-                        head, data = data[:-len(payload) - 4], data[-len(payload) - 4:]
+                    if head is not None:
                         self._transport.send(head)
+                        sent, head = len(head), None
                     sent += self._send_buffers(views, limit, seq if kind == REPLY else None)
+                data = HEADER.pack(size) + payload if auth is None else auth.seal(payload)
+                if head is not None:
+                    data = head + data
+                sent += len(data)
                 self._transport.send(data)
             except ConnectionClosed as exc:
                 self._lost(str(exc))  # the stream may be cut mid-frame: it cannot go on
@@ -856,13 +867,25 @@ class Connection:
                                 f"({limit} bytes); not sent")
         return views
 
+    def _framed(self, payload: bytes) -> bytes:
+        """A frame of ``payload``, tagged when the session has keys (counts it: send it)."""
+        auth = self._send_auth
+        return HEADER.pack(len(payload)) + payload if auth is None else auth.seal(payload)
+
     def _send_buffers(self, views: list[memoryview], limit: int, reply_to: int | None) -> int:
-        """The BUFFERS frame and the raw buffers, each sent as it is (no copy)."""
+        """The BUFFERS frame and the raw buffers, each sent as it is (no copy); a buffer's
+        tag is computed over its view and sent after it."""
         send = self._transport.send
-        send(frame(pack(buffers_header(views, reply_to)), limit))
+        header = pack(buffers_header(views, reply_to))
+        frame(header, limit)  # refuses an oversized one before anything is sent
+        data = self._framed(header)
+        send(data)
+        auth = self._send_auth
         for view in views:
             send(HEADER.pack(view.nbytes))
             send(view)
+            if auth is not None:
+                send(auth.tag(view.nbytes, view))
         return sum(view.nbytes + 4 for view in views)
 
     # -- proxies and releases -----------------------------------------------------------------
@@ -915,8 +938,9 @@ class Connection:
         with self._send_lock:
             releases = self._take_releases()
             if releases:
-                data = frame(pack([Kind.NOTIFY, Op.DEL, releases]),
-                             self._config.max_message_size)
+                payload = pack([Kind.NOTIFY, Op.DEL, releases])
+                frame(payload, self._config.max_message_size)  # refuses an oversized one
+                data = self._framed(payload)
                 try:
                     self._transport.send(data)
                 except ConnectionClosed as exc:
@@ -956,7 +980,7 @@ class Connection:
         # fits at once; then closing the transport ends any send in progress.
         if polite and self._send_lock.acquire(timeout=CLOSE_GRACE):
             try:
-                self._transport.send(_CLOSE_FRAME, 0)
+                self._transport.send(self._framed(_CLOSE_MESSAGE), 0)
             except Exception:
                 pass
             finally:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Iterable
+from typing import Any
 
-from remote_kernel.protocol.codec import CHUNK, FrameDecoder
+from remote_kernel.protocol.codec import CHUNK, FrameAuthenticator, FrameDecoder
 
 # A send that makes no progress for this long means the peer stopped reading: the
 # connection is dropped (its stream is cut mid-frame and cannot be used again).
@@ -47,11 +48,22 @@ class Transport(abc.ABC):
 
 
 class FrameReader:
-    """Reads frames from a transport straight into the decoder's buffer (no extra copy)."""
+    """Reads frames from a transport straight into the decoder's buffer (no extra copy).
+
+    After a handshake it also carries what that handshake agreed for the connection: the
+    session (``session``, see net/auth.py) and the frame authenticators of both directions
+    (``send_auth`` for the frames this side sends; the decoder checks those it receives)."""
 
     def __init__(self, transport: Transport, max_message_size: int, chunk: int = CHUNK) -> None:
         self.transport = transport
         self.decoder = FrameDecoder(max_message_size, chunk)
+        self.send_auth: FrameAuthenticator | None = None
+        self.session: Any = None
+
+    def authenticate(self, send: FrameAuthenticator, receive: FrameAuthenticator) -> None:
+        """Every frame from now on is tagged (sent) and checked (received)."""
+        self.send_auth = send
+        self.decoder.authenticator = receive
 
     @property
     def max_message_size(self) -> int:

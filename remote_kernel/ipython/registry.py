@@ -78,14 +78,15 @@ class ConnectionEntry:
 
 
 def open_connection(target: str, token_file: str | None = None,
-                    service: str = "void", trusted: bool = False) -> Connection:
-    """Connect to anything ``%remote connect`` accepts."""
-    conn = _open(target, token_file, service)
+                    service: str = "void", trusted: bool = False, tls: Any = None) -> Connection:
+    """Connect to anything ``%remote connect`` accepts. ``tls`` is the user's TLS setting
+    (a connection file brings its own); an advertisement never changes it."""
+    conn = _open(target, token_file, service, tls)
     conn.trust_output = trusted
     return conn
 
 
-def _open(target: str, token_file: str | None, service: str) -> Connection:
+def _open(target: str, token_file: str | None, service: str, tls: Any = None) -> Connection:
     local_service = ClassicService if service == "classic" else VoidService
     token = None
     if token_file:
@@ -100,7 +101,7 @@ def _open(target: str, token_file: str | None, service: str) -> Connection:
     if target.startswith("ssh:"):
         return connect_ssh(target[4:], service=local_service)
     try:
-        return connect(target, service=local_service, token=token)
+        return connect(target, service=local_service, token=token, tls=tls)
     except ValueError as exc:  # no such address, connection file or socket: maybe advertised
         server = find_discovered(target)
         if server is None:
@@ -108,7 +109,7 @@ def _open(target: str, token_file: str | None, service: str) -> Connection:
                 raise
             raise ValueError(f"{exc}; nor is a server named {target!r} advertised on the "
                              f"network") from None
-        return _connect_discovered(server, token, local_service, exc)
+        return _connect_discovered(server, token, local_service, exc, tls)
 
 
 DISCOVERY_TIMEOUT = 2.0  # seconds `%remote connect NAME` listens for NAME on the network
@@ -143,15 +144,21 @@ def find_discovered(name: str, timeout: float = DISCOVERY_TIMEOUT) -> Any:
 
 
 def _connect_discovered(server: Any, token: str | None, service: Any,
-                        cause: Exception) -> Connection:
-    """Connect to a discovered server; it still authenticates with the token the user has."""
+                        cause: Exception, tls: Any = None) -> Connection:
+    """Connect to a discovered server. TLS is what the user said (``tls``), never what the
+    advertisement says: an impostor advertising ``tls=0`` for a TLS server and relaying
+    to it fails the handshake (its transcript binds each side's TLS or plain channel, see
+    net/auth.py), as does any advertised server that cannot prove it knows the token."""
+    where = f"{server.name} at {server.host}:{server.port} (advertised)"
     try:
-        return connect(server.host, server.port, service=service, token=token,
-                       tls=True if server.tls else None)
+        return connect(server.host, server.port, service=service, token=token, tls=tls)
     except AuthenticationError as exc:
+        if token:  # a wrong token and a relay that changes the channel look the same
+            hint = "; it advertises TLS, this connection did not ask for TLS" \
+                if server.tls and not tls else ""
+            raise AuthenticationError(f"{where} could not prove it knows your token; not "
+                                      f"connected ({exc}{hint})") from cause
         where = f"{server.name} was found on the network at {server.host}:{server.port}"
-        if token:
-            raise AuthenticationError(f"{where}: {exc}") from cause
         raise AuthenticationError(f"{where} but needs its token (the network never carries "
                                   f"it): %remote connect {server.name} --token-file FILE"
                                   ) from cause

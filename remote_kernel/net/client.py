@@ -196,11 +196,11 @@ def connect_unix(path: str, *, service: Any = VoidService, token: str | None = N
 def _finish(transport: Any, service: Any, token: str | None, config: Any,
             timeout: float) -> Connection:
     try:
-        client_handshake(transport, token, timeout)
+        reader = client_handshake(transport, token, timeout)
     except BaseException:
         transport.close()
         raise
-    return Connection(transport, service, config)
+    return Connection(transport, service, config, reader=reader)
 
 
 class _StderrTail:
@@ -243,7 +243,7 @@ def _spawn(argv: list[str], peer: str, service: Any, config: Any, timeout: float
     process.stdout.close()
     process.stdin.close()
     try:
-        client_handshake(transport, None, timeout)
+        reader = client_handshake(transport, None, timeout)
     except (RemoteKernelError, OSError) as exc:
         transport.close()
         try:
@@ -266,7 +266,7 @@ def _spawn(argv: list[str], peer: str, service: Any, config: Any, timeout: float
             f"{peer} did not start a remote_kernel server: {exc}"
             + (f"\n{detail[-2000:]}" if detail else "")
         ) from exc
-    conn = Connection(transport, service, config)
+    conn = Connection(transport, service, config, reader=reader)
     conn.process = process  # type: ignore[attr-defined]
     conn.on_close.append(lambda _conn: _reap(process))
     return conn

@@ -77,7 +77,7 @@ __all__ = [
 
 SERVICE_TYPE = "_remote-kernel._tcp.local."
 TXT_VERSION = "1"
-PROTOCOL_VERSION = 1  # the handshake's version (net/auth.py); advertised, never enforced here
+PROTOCOL_VERSION = 2  # the handshake's version (net/auth.py); advertised, never enforced here
 
 MAX_NAME_BYTES = 63  # one DNS label
 MAX_SERVICE_CHARS = 128

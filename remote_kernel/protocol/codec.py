@@ -2,9 +2,17 @@
 
 Wire format, byte by byte:
 
-    frame   := length:uint32 big-endian | payload[length]
+    frame   := length:uint32 big-endian | payload[length] | tag[16]
     payload := one msgpack object (see messages.py for the message arrays; boxing.py for
                the ext types of values)
+    tag     := present only after a handshake with a token (wire revision 2, net/auth.py):
+               keyed BLAKE2b-128 with the direction's frame key over
+               counter:uint64 big-endian | length:uint32 big-endian | payload
+
+The counter is implicit: each direction counts its frames from 0 after the handshake, so
+a dropped, replayed, reordered or injected frame fails its tag. A frame whose tag fails
+closes the connection with ``ProtocolError("frame failed authentication")``; it is never
+decoded. ``length`` counts the payload only. Without a token there is no tag.
 
 The length is checked against ``max_message_size`` as soon as the 4 header bytes are in,
 before a byte of the payload is buffered. Malformed input raises :class:`ProtocolError`.
@@ -13,6 +21,8 @@ Arrays decode as tuples, maps as dicts (keys may be any hashable value).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -28,6 +38,41 @@ HEADER_SIZE = HEADER.size
 MAX_FRAME = 2**32 - 1
 
 ExtHook = Callable[[int, bytes], Any]
+
+
+TAG_SIZE = 16
+_COUNTED_HEADER = struct.Struct(">QI")  # frame counter, then the frame's header
+
+
+class FrameAuthenticator:
+    """Tags the frames of one direction of a session, or checks them (wire revision 2).
+
+    The keyed hasher is made once and copied per frame (cheaper than keying each one)."""
+
+    __slots__ = ("_keyed", "count")
+
+    def __init__(self, key: bytes) -> None:
+        self._keyed = hashlib.blake2b(key=key, digest_size=TAG_SIZE)
+        self.count = 0  # frames tagged or checked so far
+
+    def tag(self, length: int, payload: bytes | bytearray | memoryview) -> bytes:
+        """The tag of the next frame (counts it); ``payload`` is read, never copied."""
+        hasher = self._keyed.copy()
+        hasher.update(_COUNTED_HEADER.pack(self.count, length))
+        hasher.update(payload)
+        self.count += 1
+        return hasher.digest()
+
+    def seal(self, payload: bytes) -> bytes:
+        """The next frame, whole: header, payload, tag."""
+        length = len(payload)
+        return HEADER.pack(length) + payload + self.tag(length, payload)
+
+    def check(self, length: int, payload: bytes | bytearray | memoryview,
+              tag: bytes | bytearray | memoryview) -> None:
+        """Raises ProtocolError unless ``tag`` is the next frame's tag for ``payload``."""
+        if not hmac.compare_digest(self.tag(length, payload), tag):
+            raise ProtocolError("frame failed authentication")
 
 
 def check_length(length: int, max_message_size: int) -> int:
@@ -131,6 +176,11 @@ class FrameDecoder:
     little costs little. The size of a frame is checked when its header arrives, before a
     byte of its payload is buffered. State survives any interruption between calls.
 
+    With an :attr:`authenticator` (wire revision 2, set after a handshake with a token),
+    every frame is followed by its tag, checked before the frame is returned: a small one
+    when it is complete, a large one after its last byte landed (its tag is received into
+    a buffer of its own, never into the frame's memory).
+
     :meth:`expect` says which of the next frames become ``bytes`` values: such a large
     frame is received straight into an uninitialised ``bytes`` object (see uninit.py) and
     returned as it is; any other large frame comes as a ``bytearray``, writable.
@@ -149,6 +199,11 @@ class FrameDecoder:
         # Per coming frame: true if it becomes bytes, or a view for it to land in.
         self._kinds: deque[int | memoryview] = deque()
         self._as_bytes: int | memoryview = 0  # the kind of the frame parsed last
+        # Wire revision 2: the tags of this direction's frames (None: frames carry none).
+        self.authenticator: FrameAuthenticator | None = None
+        self._frame_tag = 0  # tag bytes that follow the frame being parsed
+        self._tag = bytearray(TAG_SIZE)  # a large frame's tag lands here
+        self._tag_got = 0
 
     def expect(self, as_bytes: Iterable[int | memoryview]) -> None:
         """The kinds of the next frames, in order: true for a frame that becomes a
@@ -162,6 +217,8 @@ class FrameDecoder:
     def recv_buffer(self) -> memoryview:
         """Where the next received bytes go; call :meth:`advance` with how many arrived."""
         if self._big is not None:
+            if self._big_got == self._need:  # (only with a tag:) the frame is in, its tag next
+                return memoryview(self._tag)[self._tag_got:]
             if self._big_got == len(self._big):
                 self._grow_big()
             return self._big_view[self._big_got:]
@@ -172,7 +229,10 @@ class FrameDecoder:
     def advance(self, count: int) -> None:
         """``count`` bytes were written at the start of the last :meth:`recv_buffer`."""
         if self._big is not None:
-            self._big_got += count
+            if self._big_got == self._need:
+                self._tag_got += count
+            else:
+                self._big_got += count
         else:
             self._end += count
 
@@ -180,11 +240,17 @@ class FrameDecoder:
         """The next complete payload, or None until more bytes arrive."""
         big = self._big
         if big is not None:
-            if self._big_got != self._need:
+            if self._big_got != self._need or self._tag_got != self._frame_tag:
                 return None
-            if big is not self._big_view:  # (a landing view stays the caller's)
-                self._big_view.release()  # nothing writes into it any more
-            self._big = self._big_view = self._need = None
+            view, length = self._big_view, self._need
+            try:
+                if self._frame_tag:
+                    self.authenticator.check(length, view, self._tag)  # type: ignore[union-attr]
+            finally:
+                if big is not view:  # (a landing view stays the caller's)
+                    view.release()  # nothing writes into it any more
+                self._big = self._big_view = self._need = None
+                self._tag_got = 0
             return big
         start, end, need = self._start, self._end, self._need
         if need is None:
@@ -196,24 +262,32 @@ class FrameDecoder:
                 self._kinds.clear()
                 check_length(need, self.max_message_size)  # raises
             self._as_bytes = self._kinds.popleft() if self._kinds else 0
+            self._frame_tag = 0 if self.authenticator is None else TAG_SIZE
             start += HEADER_SIZE
             self._start, self._need = start, need
         available = end - start
-        if available >= need:
+        tag = self._frame_tag
+        if available >= need + tag:
             stop = start + need
             payload = bytes(self._view[start:stop])
             self._need = None
+            if tag:
+                self.authenticator.check(  # type: ignore[union-attr]
+                    need, payload, self._buf[stop:stop + tag])
+                stop += tag
             if stop == end:
                 self._start = self._end = 0
             else:
                 self._start = stop
             return payload
-        if need > len(self._buf) - self._start:
-            if need > len(self._buf):
+        if need + tag > len(self._buf) - self._start:
+            if need + tag > len(self._buf):
                 # Too big for the shared buffer: receive it into its own allocation.
                 first = self._new_big(min(need, max(available, BIG_START)))
-                first[:available] = self._view[self._start:self._end]
-                self._big_got = available
+                got = min(available, need)  # (more: the start of its tag)
+                first[:got] = self._view[self._start:self._start + got]
+                self._tag[:available - got] = self._view[self._start + got:self._end]
+                self._big_got, self._tag_got = got, available - got
                 self._start = self._end = 0
             else:
                 self._compact()
@@ -222,14 +296,14 @@ class FrameDecoder:
     def buffered(self) -> bool:
         """True when a complete frame may be available without receiving more bytes."""
         if self._big is not None:
-            return self._big_got == self._need
+            return self._big_got == self._need and self._tag_got == self._frame_tag
         return self._end - self._start >= HEADER_SIZE
 
     @property
     def pending(self) -> int:
         """Bytes buffered that do not yet form a frame."""
         if self._big is not None:
-            return self._big_got + HEADER_SIZE
+            return self._big_got + HEADER_SIZE + self._tag_got
         return self._end - self._start + (HEADER_SIZE if self._need is not None else 0)
 
     # -- feeding copies ------------------------------------------------------------------

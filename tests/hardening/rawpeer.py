@@ -67,9 +67,14 @@ class Decoded:
 class RawPeer:
     """One end of a socket, spoken to by hand."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, reader: Any = None) -> None:
+        """``reader``: what ``client_handshake`` returned, when it ran on ``sock`` (with a
+        token, the frames are then tagged and checked with the session's keys)."""
         self.sock = sock
         self.decoder = FrameDecoder(1 << 30)
+        self._send_auth = getattr(reader, "send_auth", None)
+        if reader is not None:
+            self.decoder.authenticator = reader.decoder.authenticator
         self.inbox: list[tuple] = []
         self.received: list[tuple] = []  # every message the victim sent, in order
         self.bytes_received = bytearray()
@@ -79,7 +84,9 @@ class RawPeer:
         self.sock.sendall(data)
 
     def send(self, message: list) -> None:
-        self.send_bytes(frame(packb(message)))
+        payload = packb(message)
+        auth = self._send_auth
+        self.send_bytes(frame(payload) if auth is None else auth.seal(payload))
 
     def recv(self, timeout: float = 5.0) -> tuple:
         deadline = time.monotonic() + timeout

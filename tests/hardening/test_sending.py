@@ -203,8 +203,8 @@ def _stuck_client(port: int, token: str | None, request: list) -> socket.socket:
     """An authenticated client that asks for a large reply and never reads it."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    client_handshake(SocketTransport(sock, "stuck"), token, 5)
-    raw = RawPeer(sock)
+    reader = client_handshake(SocketTransport(sock, "stuck"), token, 5)
+    raw = RawPeer(sock, reader)
     root = raw.getroot()
     raw.send([Kind.REQUEST, 1, Op.CALLATTR, *request(root)])
     return sock

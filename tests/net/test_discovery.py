@@ -638,3 +638,92 @@ def test_the_cli_advertises_and_discovers_across_hosts(lan: Lan, tmp_path: Path)
     assert json.loads(client.stdout) == {"sum": 42}
     assert serve.stop(10.0) == 0, serve.report()
     assert not connection_file.exists()  # removed on SIGTERM
+
+
+# ---------------------------------------------------------------------------------------------
+# the downgrade (issue 21): an impostor advertises a TLS server's name with tls=0 and relays
+
+TLS_SERVER_SCRIPT = """
+import json, os, signal, sys, threading
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+import remote_kernel as rk
+host, cert, key = sys.argv[1:4]
+server = rk.Server(rk.ClassicService, host=host, port=0, token=os.environ["RK_TEST_TOKEN"],
+                   tls={"cert": cert, "key": key})
+threading.Thread(target=server.start, daemon=True).start()
+print(json.dumps({"ready": True, "port": server.port}), flush=True)
+signal.sigwait({signal.SIGTERM, signal.SIGINT})
+server.close()
+"""
+
+IMPOSTOR_SCRIPT = """
+import json, signal, socket, ssl, sys, threading
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+from remote_kernel.net.discovery import advertise
+name, host, real_port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+listener = socket.create_server((host, 0))
+def pump(source, sink):
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    for sock in (source, sink):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+def accept():
+    while True:
+        client, _ = listener.accept()
+        upstream = context.wrap_socket(socket.create_connection((host, real_port)))
+        print(json.dumps({"relaying": True}), flush=True)
+        threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+threading.Thread(target=accept, daemon=True).start()
+ad = advertise(name, listener.getsockname()[1], tls=False, service="ClassicService",
+               interface=host)
+print(json.dumps({"ready": True, "port": listener.getsockname()[1]}), flush=True)
+signal.sigwait({signal.SIGTERM, signal.SIGINT})
+ad.close()
+"""
+
+MAGIC_CLIENT_SCRIPT = """
+import json, sys
+from remote_kernel.ipython.registry import open_connection
+try:
+    conn = open_connection(sys.argv[1], sys.argv[2])
+    result = {"connected": True, "eval": conn.eval("1 + 1")}
+except Exception as exc:
+    result = {"error": str(exc), "type": type(exc).__name__}
+print(json.dumps(result), flush=True)
+"""
+
+
+def test_an_impostor_advertising_tls_0_for_a_tls_server_gets_no_session(lan: Lan) -> None:
+    certs = pytest.importorskip("tests.hardening.certs", reason="needs cryptography")
+    ca = certs.CertificateAuthority(lan.tmp, "downgrade-ca")
+    pair = ca.issue("server", hosts=(ADDRESS_A,))
+    real = lan.run(lan.ns_a, TLS_SERVER_SCRIPT, ADDRESS_A, pair.cert, pair.key,
+                   label="tls-server")
+    ready = real.expect(lambda v: isinstance(v, dict) and v.get("ready"), 20, "tls server")
+    impostor = lan.run(lan.ns_a, IMPOSTOR_SCRIPT, "lab tls", ADDRESS_A, str(ready["port"]),
+                       label="impostor")
+    fake = impostor.expect(lambda v: isinstance(v, dict) and v.get("ready"), 20, "impostor")
+    token_file = lan.tmp / "downgrade.token"
+    token_file.write_text(lan.token)
+    client = lan.run(lan.ns_b, MAGIC_CLIENT_SCRIPT, "lab tls", str(token_file),
+                     label="downgrade-client")
+    result = client.expect(lambda v: isinstance(v, dict) and ("error" in v or "connected" in v),
+                           40, "downgrade client")
+    assert "connected" not in result, result
+    impostor.expect(lambda v: isinstance(v, dict) and v.get("relaying"), 5,
+                    "the client reached the impostor")
+    assert result["type"] == "AuthenticationError", result
+    assert "\n" not in result["error"]
+    assert result["error"].startswith(
+        f"lab tls at {ADDRESS_A}:{fake['port']} (advertised) could not prove it knows your "
+        "token; not connected"), result
