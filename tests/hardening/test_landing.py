@@ -5,6 +5,7 @@ the connection goes on working."""
 
 from __future__ import annotations
 
+import _thread
 import gc
 import os
 import socket
@@ -14,10 +15,12 @@ import textwrap
 import threading
 import time
 import weakref
+from typing import Any
 
 import pytest
 from msgpack import ExtType
 
+import remote_kernel as rk
 from remote_kernel.protocol.boxing import OID
 from remote_kernel.protocol.codec import FrameDecoder
 from remote_kernel.protocol.handlers import LARGE_MARKER
@@ -176,3 +179,86 @@ def test_a_withdrawn_landing_is_never_written_again(when: str) -> None:
         assert landing.owner.memory == bytes(size)
     assert frames == [b"", b"next"]  # the drained frame comes out empty; the stream goes on
     assert decoder.pending == 0
+
+
+class _ThrottledProxy:
+    """A transparent loopback relay that passes the server's bytes on at ``rate`` bytes a
+    second (None: as fast as they come): a slow link."""
+
+    def __init__(self, port: int, rate: float | None) -> None:
+        self.rate = rate
+        self._target = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        try:
+            client, _ = self._listener.accept()
+        except OSError:
+            return
+        server = socket.create_connection(("127.0.0.1", self._target))
+        self._sockets += [client, server]
+        threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, slow: bool) -> None:
+        try:
+            while data := source.recv(16 * 1024):
+                target.sendall(data)
+                rate = self.rate
+                if slow and rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("kind", ["bytes", "numpy"])
+def test_stop_during_a_slow_large_obtain_leaves_the_connection_working(
+        classic_server: Any, kind: str) -> None:
+    if kind == "numpy":
+        pytest.importorskip("numpy")
+    proxy = _ThrottledProxy(classic_server.port, rate=MIB)  # a 4 MiB chunk takes 4 s
+    conn = rk.connect("127.0.0.1", proxy.port, token=classic_server.token)
+    try:
+        conn.execute("import numpy\n"
+                     "blob = memoryview(bytes(range(256)) * (64 * 1024))\n"  # 16 MiB
+                     "array = numpy.arange(2 * 1024 * 1024, dtype=numpy.float64)")
+        value = conn.namespace["blob" if kind == "bytes" else "array"]  # by reference
+        stop = threading.Timer(1.0, _thread.interrupt_main)
+        stop.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                rk.obtain(value, progress=False)
+        finally:
+            stop.cancel()
+        # Stop came (and the cancel's grace ended) in the middle of a chunk's frame.
+        assert conn._reader.decoder.pending > 0, "the transfer was not cut mid-frame"
+        gc.collect()
+        guards = [bytes(16 * MIB) for _ in range(2)]  # where freed memory is reused
+        proxy.rate = None
+        copy = rk.obtain(value, progress=False)
+        if kind == "bytes":
+            assert copy == bytes(range(256)) * (64 * 1024)
+        else:
+            import numpy
+
+            assert numpy.array_equal(copy, numpy.arange(2 * 1024 * 1024,
+                                                        dtype=numpy.float64))
+        assert conn.eval("1 + 1") == 2 and not conn.closed
+        assert all(guard.count(0) == len(guard) for guard in guards)
+    finally:
+        conn.close()
+        proxy.close()
