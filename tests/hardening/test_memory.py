@@ -257,6 +257,44 @@ def test_100k_peer_named_exception_classes_leave_nothing_behind() -> None:
     assert grown < 10
 
 
+def _decoding_peak(names: list[ExtType]) -> int:
+    """Bytes allocated at the peak while a fresh connection decodes a reply of ``names``
+    (and holds the exceptions)."""
+    import tracemalloc
+
+    left, right = socket.socketpair()
+    victim = Connection(SocketTransport(left, "hostile"), rk.VoidService, name="hostile")
+    serving = victim.serve_in_background()
+    raw = RawPeer(right)
+    try:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            errors = _reply_with(victim, raw, names)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert len(errors) == len(names) and str(errors[-1]) == "x"
+        assert errors[-1].remote_type.startswith("hostile.mod.")  # its own name kept
+        return peak
+    finally:
+        victim.close()
+        serving.stop(5)
+        right.close()
+
+
+@pytest.mark.timeout(120)
+def test_exception_classes_past_the_bound_cost_no_more_than_one_class() -> None:
+    """20k exceptions of 20k names cost about what 20k of one name do: past the
+    connection's bound of classes, no class is made per name (each ~1.5 KiB)."""
+    count = 20_000
+    same = _decoding_peak([exc("hostile.mod", "Same", "x") for _ in range(count)])
+    distinct = _decoding_peak([exc("hostile.mod", f"E{i}", "x") for i in range(count)])
+    print(f"{count} exceptions: one name {same / MIB:.1f} MiB at the peak, {count} names "
+          f"{distinct / MIB:.1f} MiB")
+    assert distinct < 1.3 * same + exceptions.MAX_CLASSES * 4096
+
+
 @pytest.mark.timeout(120)
 def test_15k_peer_type_descriptors_leave_nothing_behind() -> None:
     before = _netref_classes()
