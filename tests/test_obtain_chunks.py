@@ -178,7 +178,7 @@ def test_each_chunk_lands_in_the_destination(classic: Any) -> None:
         result = sync_request(self, op, *args, **kwargs)
         if op == Op.READ:
             into = kwargs.get("into")
-            reads.append(into is not None and result is into)
+            reads.append(into is not None and result is into.view)
         return result
 
     Connection.sync_request = spy  # type: ignore[method-assign]

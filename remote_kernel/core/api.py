@@ -12,6 +12,7 @@ from remote_kernel.core.netref import BaseNetref, RemoteMethod
 from remote_kernel.errors import ProtocolError, RemoteKernelError
 from remote_kernel.protocol import uninit
 from remote_kernel.protocol.boxing import OOB_MIN, BatchCalls, ByValue, Kwargs
+from remote_kernel.protocol.landing import Landing
 from remote_kernel.protocol.messages import Op
 from remote_kernel.protocol.values import (
     LARGE_MARKER,
@@ -77,13 +78,15 @@ def _destination(code: Any, sizes: tuple[int, ...]) -> tuple[list[Any], list[mem
     return buffers, [memoryview(buffer) for buffer in buffers]
 
 
-def _landing(view: memoryview, filled: int, size: int, length: int) -> memoryview | None:
-    """Where a chunk of ``length`` bytes can be received in place: the next part of the
-    buffer being filled, if the whole chunk fits in it and is large enough to travel out of
-    band (smaller chunks come inside the reply message)."""
+def _landing(buffer: Any, view: memoryview, filled: int, size: int,
+             length: int) -> Landing | None:
+    """Where a chunk of ``length`` bytes can be received in place: the next part of
+    ``buffer`` (``view`` is a view of it), if the whole chunk fits in it and is large enough
+    to travel out of band (smaller chunks come inside the reply message). The offer holds
+    ``buffer``: the view may be a raw one that keeps nothing alive (uninit.new_bytes)."""
     if length < OOB_MIN or filled + length > size:
         return None
-    return view[filled:filled + length]
+    return Landing(buffer, view[filled:filled + length])
 
 
 def _obtain_in_chunks(conn: Connection, parts: list, progress: bool | None) -> Any:
@@ -106,10 +109,11 @@ def _obtain_in_chunks(conn: Connection, parts: list, progress: bool | None) -> A
             length = min(CHUNK, total - offset)
             while filled[index] == sizes[index]:
                 index += 1
-            landing = _landing(views[index], filled[index], sizes[index], length)
+            landing = _landing(buffers[index], views[index], filled[index], sizes[index],
+                               length)
             chunk = conn.sync_request(Op.READ, snapshot, offset, length, into=landing)
-            if landing is not None and chunk is landing:  # received in place: no copy
-                landing.release()
+            if landing is not None and chunk is landing.view:  # received in place
+                landing.view.release()
                 filled[index] += length
                 offset += length
                 if bar is not None:

@@ -59,6 +59,7 @@ from remote_kernel.protocol.boxing import (
 from remote_kernel.protocol.codec import CHUNK, HEADER, MAX_FRAME, frame, pack
 from remote_kernel.protocol.describe import Descriptor, describe_type
 from remote_kernel.protocol.handlers import HANDLERS, RequestContext
+from remote_kernel.protocol.landing import Landing
 from remote_kernel.protocol.messages import (
     BUFFERS,
     CALLATTR,
@@ -163,7 +164,7 @@ class Connection:
         self._replies: dict[int, tuple[bool, Any]] = {}
         self._buffers_expected = 0
         self._buffers_bytes = 0
-        self._landings: dict[int, memoryview] = {}  # seq -> memory offered for its reply
+        self._landings: dict[int, Landing] = {}  # seq -> memory offered for its reply
         self._landing_seq: int | None = None  # the reply whose buffer is landing now
         self._delivering: set[int] = set()  # threads holding a reply not yet handed over
         self._pending: set[int] = set()
@@ -281,10 +282,11 @@ class Connection:
     # -- requests ------------------------------------------------------------------------
 
     def sync_request(self, op: int, *args: Any, timeout: Any = _DEFAULT,
-                     into: memoryview | None = None) -> Any:
+                     into: Landing | None = None) -> Any:
         """Send a request and wait for its reply, serving the peer meanwhile. ``into``:
-        writable memory for the reply's one large bytes buffer; when that buffer has
-        exactly its size it is received there, and the reply holds ``into`` in its place."""
+        memory offered for the reply's one large bytes buffer; when that buffer has exactly
+        its size it is received there, and the reply holds ``into.view`` in its place. The
+        offer is withdrawn when this call ends, however it ends (see landing.py)."""
         if timeout is _DEFAULT:
             timeout = self._config.sync_request_timeout
         seq = next(self._seq)
@@ -298,6 +300,7 @@ class Connection:
             self._pending.discard(seq)
             if into is not None:
                 self._landings.pop(seq, None)
+                into.withdraw()  # a frame still landing there drains elsewhere
         if self._interrupted:
             value = self._as_local_stop(seq, value) if not ok else value
             self._interrupted.discard(seq)

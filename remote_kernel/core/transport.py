@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from remote_kernel.protocol.codec import CHUNK, FrameAuthenticator, FrameDecoder
+from remote_kernel.protocol.landing import Landing
 
 # A send that makes no progress for this long means the peer stopped reading: the
 # connection is dropped (its stream is cut mid-frame and cannot be used again).
@@ -81,7 +82,7 @@ class FrameReader:
         """A new size for the receive buffer (see FrameDecoder.resize)."""
         self.decoder.resize(chunk)
 
-    def expect(self, as_bytes: Iterable[int | memoryview]) -> None:
+    def expect(self, as_bytes: Iterable[int | Landing]) -> None:
         """What the next frames become: bytes values, writable buffers, or memory offered
         for them to land in (see FrameDecoder.expect)."""
         self.decoder.expect(as_bytes)

@@ -6,9 +6,14 @@ handshake of every connection with a deadline in that connection's thread.
 
 Before authentication a peer costs little and cannot cost much: the TLS and token handshakes
 share one absolute deadline, the handshake reads through a 4 KiB buffer, and at most
-``max_pending`` connections may be unauthenticated at once (the next ones are closed as soon
-as they are accepted, and logged). No error of ``accept()`` ends the server: when it runs out
-of descriptors (EMFILE) it sheds the connection waiting in the backlog and goes on.
+``max_pending`` connections may be unauthenticated at once. When that many are, a new
+connection takes the place of the one that has made the least progress (no TLS session yet)
+for the longest: strangers holding every slot cannot lock out a client with the token, from
+the same address either (a shared NAT, loopback). The evicted peer's socket is shut down,
+which ends its handshake thread at once; while such threads end, at most ``max_pending``
+more exist (beyond that, new connections are closed as soon as they are accepted, and
+logged). No error of ``accept()`` ends the server: when it runs out of descriptors (EMFILE)
+it sheds the connection waiting in the backlog and goes on.
 """
 
 from __future__ import annotations
@@ -81,8 +86,12 @@ class Server:
         self._lock = threading.RLock()  # close() may run in a signal handler
         self._thread: threading.Thread | None = None
         self._accepting = threading.Event()
-        self._pending = 0  # connections not yet authenticated (under self._lock)
-        self.refused = 0  # connections closed because too many were pending
+        # Connections not yet authenticated, and those evicted whose thread has not ended
+        # yet (both under self._lock).
+        self._pending: set[_Pending] = set()
+        self._evicted: set[_Pending] = set()
+        self.refused = 0  # connections closed at once because too many were pending
+        self.evictions = 0  # pending connections shut down to make room for a new one
         self._last_log: dict[str, float] = {}
         self._unix_inode: tuple[int, int] | None = None
         if unix_path:
@@ -135,36 +144,50 @@ class Server:
                         break
                     spare = self._accept_failed(exc, spare)
                     continue
+                pending = _Pending(client)
                 try:
-                    self._admit(client, address)
+                    self._admit(pending, address)
                 except Exception as exc:  # a thread that cannot start: shed this one
                     client.close()
-                    self._release_pending()
+                    self._release_pending(pending)
                     self._log_sometimes("admit", "dropping a connection: %s", exc)
         finally:
             if spare is not None:
                 os.close(spare)
             self._accepting.clear()
 
-    def _admit(self, client: socket.socket, address: Any) -> None:
+    def _admit(self, pending: _Pending, address: Any) -> None:
+        victim = None
         with self._lock:
-            admitted = self._pending < self.max_pending
+            if len(self._pending) >= self.max_pending \
+                    and len(self._evicted) < self.max_pending:
+                victim = min(self._pending, key=_Pending.rank)
+                self._pending.discard(victim)
+                self._evicted.add(victim)
+                self.evictions += 1
+            admitted = len(self._pending) < self.max_pending
             if admitted:
-                self._pending += 1
+                self._pending.add(pending)
             else:
                 self.refused += 1
+        if victim is not None:
+            victim.evict()
+            self._log_sometimes("evict", "%d connections are authenticating: the one "
+                                "waiting longest without progress makes room (%d so far)",
+                                self.max_pending, self.evictions)
         if not admitted:
-            client.close()  # at once: an unauthenticated peer gets no thread, no buffer
+            pending.sock.close()  # at once: an unauthenticated peer gets no thread, no buffer
             self._log_sometimes("pending", "refusing connections: %d are already "
                                 "authenticating (%d refused so far)",
                                 self.max_pending, self.refused)
             return
-        threading.Thread(target=self._serve_client, args=(client, address),
+        threading.Thread(target=self._serve_client, args=(pending, address),
                          name=f"rk-conn-{address}", daemon=True).start()
 
-    def _release_pending(self) -> None:
+    def _release_pending(self, pending: _Pending) -> None:
         with self._lock:
-            self._pending -= 1
+            self._pending.discard(pending)
+            self._evicted.discard(pending)
 
     def _accept_failed(self, exc: OSError, spare: int | None) -> int | None:
         """Survive any accept() error. Out of descriptors, the connection waiting in the
@@ -242,12 +265,15 @@ class Server:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    def _serve_client(self, sock: socket.socket, address: Any) -> None:
+    def _serve_client(self, pending: _Pending, address: Any) -> None:
         try:
-            conn = self._authenticate(sock, address)
+            conn = self._authenticate(pending, address)
         finally:
-            self._release_pending()
+            self._release_pending(pending)
         if conn is None:
+            return
+        if pending.evicted:  # made room for another just as it finished: it goes
+            conn.abort("evicted before authentication ended")
             return
         with self._lock:
             if self._closed:
@@ -267,18 +293,21 @@ class Server:
                 self._connections.discard(conn)
 
 
-    def _authenticate(self, sock: socket.socket, address: Any) -> Connection | None:
+    def _authenticate(self, pending: _Pending, address: Any) -> Connection | None:
         """TLS, then the token handshake, within one deadline; the Connection, or None."""
         peer = self._peer_name(address)
         deadline = time.monotonic() + self.handshake_timeout
+        sock = pending.sock
         try:
             if self._tls is not None:
                 try:
-                    sock = _tls_handshake(self._tls, sock, deadline)
+                    sock = _tls_handshake(self._tls, sock, deadline, pending)
                 except (ssl.SSLError, OSError) as exc:
-                    log.warning("TLS handshake with %s failed: %s", peer, exc)
+                    if not pending.evicted:
+                        log.warning("TLS handshake with %s failed: %s", peer, exc)
                     sock.close()
                     return None
+                pending.progress = 1
             transport = SocketTransport(sock, peer)
             service = make_service(self.service)
             service_name = type(service).__name__
@@ -286,7 +315,7 @@ class Server:
                 reader = server_handshake(transport, self.token, service_name,
                                           max(0.0, deadline - time.monotonic()))
             except (AuthenticationError, ProtocolError, ConnectionClosed) as exc:
-                log.info("dropping %s: %s", peer, exc)
+                log.info("dropping %s: %s", peer, "evicted" if pending.evicted else exc)
                 transport.close()
                 return None
             return Connection(transport, service, self.config, reader=reader)
@@ -296,16 +325,46 @@ class Server:
             return None
 
 
-def _tls_handshake(context: ssl.SSLContext, sock: socket.socket,
-                   deadline: float) -> ssl.SSLSocket:
+class _Pending:
+    """A connection not yet authenticated: its socket, since when, and how far it got."""
+
+    __slots__ = ("evicted", "progress", "since", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.since = time.monotonic()
+        self.progress = 0  # 1: its TLS session is established
+        self.evicted = False
+
+    def rank(self) -> tuple[int, float]:
+        """The first to make room: the least progress, then waiting the longest."""
+        return self.progress, self.since
+
+    def evict(self) -> None:
+        """Shut the socket down, which wakes its handshake thread (the thread closes it:
+        closing here could cut a new connection given the same descriptor number)."""
+        self.evicted = True
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)  # (not SSLSocket's own)
+        except OSError:  # already closed by its thread
+            pass
+
+
+def _tls_handshake(context: ssl.SSLContext, sock: socket.socket, deadline: float,
+                   pending: _Pending | None = None) -> ssl.SSLSocket:
     """The server side of a TLS handshake that ends by ``deadline`` however slowly the
-    peer's bytes arrive (a socket timeout alone restarts with every byte)."""
+    peer's bytes arrive (a socket timeout alone restarts with every byte), or when
+    ``pending`` is evicted."""
     tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    if pending is not None:
+        pending.sock = tls  # the descriptor now belongs to it (sock is detached)
     try:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("TLS handshake timed out")
+            if pending is not None and pending.evicted:
+                raise ConnectionAbortedError("evicted to make room for another connection")
             tls.settimeout(min(left, 0.5))
             try:
                 tls.do_handshake()

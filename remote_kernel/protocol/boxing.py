@@ -302,7 +302,8 @@ class Boxer:
         self.refusal: BaseException | None = None  # a std value of this message refused
         # Out-of-band buffers of the message being encoded / decoded (send / receive lock).
         self.outgoing: list[Any] = []
-        self.incoming: list[bytes | bytearray] = []  # bytes: announced and received as such
+        # bytes: announced and received as such; None once used (each is used once)
+        self.incoming: list[bytes | bytearray | memoryview | None] = []
         self._raw_buffers = False  # True while decoding an array: keep the bytearray
         # The classes of this connection's proxies (made per connection): boxed by oid at once.
         self.own_proxy_types: set[type] = set()
@@ -637,6 +638,11 @@ class Boxer:
             # landed in (``Connection.sync_request(..., into=)``): the caller takes it as
             # it is.
             buffer = self.incoming[index]
+            if buffer is None:
+                raise ProtocolError(f"out-of-band buffer {index} is used twice")
+            # Each buffer stands for one value: a second use would copy it again, and a
+            # small message could multiply one large buffer many times over.
+            self.incoming[index] = None
             if self._raw_buffers or type(buffer) is memoryview:
                 return buffer
             return bytes(buffer)

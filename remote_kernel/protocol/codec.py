@@ -32,6 +32,7 @@ import msgpack
 
 from remote_kernel.errors import ProtocolError
 from remote_kernel.protocol import uninit
+from remote_kernel.protocol.landing import Landing
 
 HEADER = struct.Struct(">I")
 HEADER_SIZE = HEADER.size
@@ -62,6 +63,10 @@ class FrameAuthenticator:
         hasher.update(payload)
         self.count += 1
         return hasher.digest()
+
+    def skip(self) -> None:
+        """Count a frame whose bytes were let go unread (see FrameDecoder._drain)."""
+        self.count += 1
 
     def seal(self, payload: bytes) -> bytes:
         """The next frame, whole: header, payload, tag."""
@@ -183,7 +188,11 @@ class FrameDecoder:
 
     :meth:`expect` says which of the next frames become ``bytes`` values: such a large
     frame is received straight into an uninitialised ``bytes`` object (see uninit.py) and
-    returned as it is; any other large frame comes as a ``bytearray``, writable.
+    returned as it is; any other large frame comes as a ``bytearray``, writable. A frame
+    may also land in memory a caller offered (a :class:`~.landing.Landing`): the decoder
+    holds the offer, so its owner, until the frame ends, and once the offer is withdrawn
+    the rest of the frame drains into the shared buffer (free while a large frame is
+    received) and the frame comes out empty.
     """
 
     def __init__(self, max_message_size: int, chunk: int = CHUNK) -> None:
@@ -196,20 +205,21 @@ class FrameDecoder:
         self._big: bytes | bytearray | None = None
         self._big_view: memoryview | None = None  # where the large frame's bytes go
         self._big_got = 0
-        # Per coming frame: true if it becomes bytes, or a view for it to land in.
-        self._kinds: deque[int | memoryview] = deque()
-        self._as_bytes: int | memoryview = 0  # the kind of the frame parsed last
+        self._landing: Landing | None = None  # the offer the large frame lands in, if any
+        # Per coming frame: true if it becomes bytes, or an offer for it to land in.
+        self._kinds: deque[int | Landing] = deque()
+        self._as_bytes: int | Landing = 0  # the kind of the frame parsed last
         # Wire revision 2: the tags of this direction's frames (None: frames carry none).
         self.authenticator: FrameAuthenticator | None = None
         self._frame_tag = 0  # tag bytes that follow the frame being parsed
         self._tag = bytearray(TAG_SIZE)  # a large frame's tag lands here
         self._tag_got = 0
 
-    def expect(self, as_bytes: Iterable[int | memoryview]) -> None:
+    def expect(self, as_bytes: Iterable[int | Landing]) -> None:
         """The kinds of the next frames, in order: true for a frame that becomes a
         ``bytes`` value, false for a writable buffer (what unannounced frames are), or a
-        writable byte view for a large frame to land in when it has exactly that size
-        (returned then as that view; else it becomes bytes)."""
+        :class:`Landing` for a large frame to land in when it has exactly that size
+        (returned then as the landing's view; else it becomes bytes)."""
         self._kinds.extend(as_bytes)
 
     # -- receiving in place --------------------------------------------------------------
@@ -219,6 +229,8 @@ class FrameDecoder:
         if self._big is not None:
             if self._big_got == self._need:  # (only with a tag:) the frame is in, its tag next
                 return memoryview(self._tag)[self._tag_got:]
+            if self._landing is not None and self._landing.withdrawn:
+                return self._drain()
             if self._big_got == len(self._big):
                 self._grow_big()
             return self._big_view[self._big_got:]
@@ -243,14 +255,23 @@ class FrameDecoder:
             if self._big_got != self._need or self._tag_got != self._frame_tag:
                 return None
             view, length = self._big_view, self._need
+            landing, self._landing = self._landing, None  # the frame ends: let it go
+            drained = landing is not None and landing.withdrawn
             try:
                 if self._frame_tag:
-                    self.authenticator.check(length, view, self._tag)  # type: ignore[union-attr]
+                    if drained:
+                        # Its bytes went to scratch and nobody reads them; it is counted
+                        # all the same, so the next frame's tag still binds the order.
+                        self.authenticator.skip()  # type: ignore[union-attr]
+                    else:
+                        self.authenticator.check(length, view, self._tag)  # type: ignore[union-attr]
             finally:
-                if big is not view:  # (a landing view stays the caller's)
+                if landing is None:
                     view.release()  # nothing writes into it any more
                 self._big = self._big_view = self._need = None
                 self._tag_got = 0
+            if drained:
+                return b""  # its reader gave up: the reply is dropped, the data with it
             return big
         start, end, need = self._start, self._end, self._need
         if need is None:
@@ -341,18 +362,19 @@ class FrameDecoder:
         """A buffer of ``size`` bytes for the large frame, and a writable view of it: its
         final ``bytes`` object when it becomes bytes and ``size`` is its full size, else a
         bytearray; uninitialised where uninit.py can, zero-filled elsewhere. A landing view
-        of the frame's exact size (see :meth:`expect`) is used as it is."""
+        of the frame's exact size (see :meth:`expect`) is used as it is, and held."""
         as_bytes = self._as_bytes
-        if type(as_bytes) is memoryview:
-            try:
-                fits = not as_bytes.readonly and as_bytes.nbytes == self._need
-            except ValueError:  # released: whoever offered it gave up waiting
-                fits = False
-            if fits:
-                self._big = self._big_view = as_bytes  # full size already: no allocation
-                self._as_bytes = 1
-                return as_bytes
-            as_bytes = self._as_bytes = 1  # any other size: it becomes bytes
+        if type(as_bytes) is Landing:
+            self._as_bytes = 1
+            if as_bytes.withdrawn:  # whoever offered it gave up waiting: drain the frame
+                self._landing = as_bytes
+                self._big = self._big_view = self._view
+                return self._view  # (the caller moves the bytes already in here: scratch)
+            if as_bytes.size() == self._need:
+                self._landing = as_bytes  # held (and its owner) until the frame ends
+                self._big = self._big_view = as_bytes.view  # full size: no allocation
+                return as_bytes.view
+            as_bytes = 1  # any other size: it becomes bytes
         if as_bytes and size == self._need and size >= uninit.MIN_SIZE \
                 and uninit.AVAILABLE:
             self._big, self._big_view = uninit.new_bytes(size)
@@ -363,9 +385,15 @@ class FrameDecoder:
 
     def _grow_big(self) -> None:
         """BIG_START bytes arrived: now the frame gets its full size, once."""
-        got, old_view = self._big_got, self._big_view
+        got, old, old_view = self._big_got, self._big, self._big_view  # old owns old_view
         self._new_big(self._need or 0)[:got] = old_view
         old_view.release()
+        del old
+
+    def _drain(self) -> memoryview:
+        """Scratch memory for the rest of a frame whose landing was withdrawn: the shared
+        buffer (it holds nothing while a large frame is received), never past the frame."""
+        return self._view[:min(len(self._buf), (self._need or 0) - self._big_got)]
 
     def _compact(self) -> None:
         remaining = self._end - self._start

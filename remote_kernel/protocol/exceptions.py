@@ -35,7 +35,10 @@ instantiated without its ``__init__``. Any other class becomes a ``RemoteError``
 named after it that derives from the nearest builtin base; a ``BaseException`` that is not
 an ``Exception`` (``KeyboardInterrupt``, ``SystemExit``) always does, so ``except
 Exception`` catches it and a peer can neither stop nor exit this process. The local
-classes are cached per connection (``Boxer.exception_classes``), bounded.
+classes are cached per connection (``Boxer.exception_classes``), bounded: past
+``MAX_CLASSES`` names no class is made per name any more (each cost ~1.5 KiB, four times
+the exception itself), and exceptions of further names share one class per builtin base
+(a ``RemoteError`` that is also a ``ValueError``...; ``remote_type`` keeps their name).
 """
 
 from __future__ import annotations
@@ -373,6 +376,10 @@ def _instantiate(cache: dict[tuple[str, str, str], type[BaseException]], module:
         exc = _new(cls)
         if exc is not None:
             return exc
+    elif len(cache) >= MAX_CLASSES:
+        exc = _new(_shared_class(module, qualname, builtin_base))
+        if exc is not None:
+            return exc
     for cls in _candidates(module, qualname, builtin_base):
         exc = _new(cls)
         if exc is not None:  # else the class cannot exist without arguments: the next one
@@ -380,6 +387,31 @@ def _instantiate(cache: dict[tuple[str, str, str], type[BaseException]], module:
                 cache[key] = cls
             return exc
     raise ProtocolError(f"cannot build a local {qualname} exception")
+
+
+def _shared_class(module: str, qualname: str, builtin_base: str) -> type[BaseException]:
+    """The class exceptions of names past a connection's bound share: one per builtin
+    base, made once per process (there are a few dozen builtin bases, whatever the peer
+    names)."""
+    original = known_class(module, qualname)
+    if original is None:
+        base = _builtin_exception(builtin_base)
+    elif issubclass(original, Exception):
+        base = _builtin_exception(_builtin_base_name(original))
+    else:
+        base = None
+    return _class_sharing(base)
+
+
+@lru_cache(maxsize=128)  # keyed by builtin classes: a few dozen at most
+def _class_sharing(base: type[BaseException] | None) -> type[BaseException]:
+    namespace = {"__module__": RemoteError.__module__, "__qualname__": "RemoteError"}
+    if base is not None:
+        try:
+            return type("RemoteError", (RemoteError, base), namespace)
+        except TypeError:  # a layout conflict: RemoteError alone
+            pass
+    return type("RemoteError", (RemoteError,), namespace)
 
 
 def _new(cls: type[BaseException]) -> BaseException | None:

@@ -77,8 +77,9 @@ def _advise_huge(address: int, size: int) -> None:
 
 def new_bytes(size: int) -> tuple[bytes, memoryview]:
     """An uninitialised ``bytes`` of ``size`` bytes and a writable view of its storage.
-    The view does not keep the object alive: hold the object while the view is in use,
-    release the view before letting the object go, and hash nothing meanwhile."""
+    The view (and any slice of it) does not keep the object alive: hold the object while
+    the view is in use, release the view before letting the object go, and hash nothing
+    meanwhile. A slice handed to another part travels with the object (landing.Landing)."""
     if size < MIN_SIZE:
         raise ValueError("too small to be written in place")
     value = _new_bytes(None, size)

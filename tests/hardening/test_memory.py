@@ -139,6 +139,66 @@ def test_a_256_mib_ping_of_nils_stays_bounded(start_server: Any, arrays: int) ->
         assert server.process.poll() is None
 
 
+def _one_buffer_named(times: int, as_array: bool) -> bytes:
+    """A framed PING whose argument names ONE 1 MiB out-of-band buffer ``times`` times
+    (as bytes values, or as the data of uint8 arrays): about 1 MiB + 16 bytes a name.
+    Each use would copy: a buffer announced as an array's (kind 0) into bytes, one
+    announced as bytes (kind 1) into an array's writable memory."""
+    name = ExtType(Ext.BUFFER, boxing.OID.pack(0))
+    if as_array:
+        name = ExtType(Ext.NDARRAY, packb(["|u1", [MIB], False, name]))
+    request = packb([Kind.REQUEST, 7, int(Op.PING), [name] * times])
+    announced = packb([Kind.BUFFERS, 1, b"\1" if as_array else b"\0"])
+    return b"".join(struct.pack(">I", len(part)) + part
+                    for part in (announced, b"\x5a" * MIB, request))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("as_array", [False, True], ids=["bytes", "arrays"])
+def test_one_buffer_named_1000_times_is_refused_without_copies(
+        start_server: Any, as_array: bool) -> None:
+    if as_array:
+        pytest.importorskip("numpy")
+    server = start_server("--service", "tests.services:TestService", "--no-auth")
+    with server.connect(timeout=10) as other:
+        assert other.root.echo(1) == 1
+        time.sleep(0.3)
+        _, before = _peak_and_current(server.pid)
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        try:
+            client_handshake(SocketTransport(sock, "attacker"), None, 10)
+            sock.sendall(_one_buffer_named(1000, as_array))
+            closed = _closed_or_answered(sock, 60)
+        finally:
+            sock.close()
+        peak, _ = _peak_and_current(server.pid)
+        grown = peak - before
+        print(f"one 1 MiB buffer named 1000 times ({'arrays' if as_array else 'bytes'}): "
+              f"server RSS {before / MIB:.0f} MiB, peak {peak / MIB:.0f} MiB "
+              f"(+{grown / MIB:.0f})")
+        assert closed, "the message was answered instead of closing its connection"
+        assert grown < 64 * MIB  # what was received, a few times: not 1000 copies
+        assert other.root.echo("after") == "after"
+        assert server.process.poll() is None
+
+
+def test_an_out_of_band_buffer_used_twice_is_a_protocol_error(
+        hostile: tuple[Connection, RawPeer]) -> None:
+    victim, raw = hostile
+    result = victim.async_request(Op.PING, None)
+    request = raw.recv_kind((Kind.REQUEST,))
+    name = ExtType(Ext.BUFFER, boxing.OID.pack(0))
+    raw.send([Kind.BUFFERS, 1, b"\1", request[1]])
+    raw.send_bytes(struct.pack(">I", 64 * 1024) + bytes(64 * 1024))
+    raw.send([Kind.REPLY, request[1], [name, name]])
+    # (Decoded by the background reader: the waiting call learns why it was closed.)
+    with pytest.raises((rk.ProtocolError, rk.ConnectionClosed),
+                       match="buffer 0 is used twice"):
+        result.wait(10)
+        result.value  # noqa: B018 - raises
+    assert victim.closed
+
+
 @pytest.fixture
 def hostile() -> Iterator[tuple[Connection, RawPeer]]:
     """(victim, raw): a real client connection whose server is spoken to by hand."""
@@ -195,6 +255,44 @@ def test_100k_peer_named_exception_classes_leave_nothing_behind() -> None:
     grown = _remote_error_classes() - before
     print(f"100k peer-named exception classes: {grown} left after disconnect")
     assert grown < 10
+
+
+def _decoding_peak(names: list[ExtType]) -> int:
+    """Bytes allocated at the peak while a fresh connection decodes a reply of ``names``
+    (and holds the exceptions)."""
+    import tracemalloc
+
+    left, right = socket.socketpair()
+    victim = Connection(SocketTransport(left, "hostile"), rk.VoidService, name="hostile")
+    serving = victim.serve_in_background()
+    raw = RawPeer(right)
+    try:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            errors = _reply_with(victim, raw, names)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert len(errors) == len(names) and str(errors[-1]) == "x"
+        assert errors[-1].remote_type.startswith("hostile.mod.")  # its own name kept
+        return peak
+    finally:
+        victim.close()
+        serving.stop(5)
+        right.close()
+
+
+@pytest.mark.timeout(120)
+def test_exception_classes_past_the_bound_cost_no_more_than_one_class() -> None:
+    """20k exceptions of 20k names cost about what 20k of one name do: past the
+    connection's bound of classes, no class is made per name (each ~1.5 KiB)."""
+    count = 20_000
+    same = _decoding_peak([exc("hostile.mod", "Same", "x") for _ in range(count)])
+    distinct = _decoding_peak([exc("hostile.mod", f"E{i}", "x") for i in range(count)])
+    print(f"{count} exceptions: one name {same / MIB:.1f} MiB at the peak, {count} names "
+          f"{distinct / MIB:.1f} MiB")
+    assert distinct < 1.3 * same + exceptions.MAX_CLASSES * 4096
 
 
 @pytest.mark.timeout(120)

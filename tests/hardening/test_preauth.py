@@ -109,34 +109,127 @@ def _greeting(sock: socket.socket) -> bytes | None:
     return data or None
 
 
-def test_pending_connections_are_bounded_and_the_excess_closed_at_once(
+def _closed_by_server(sock: socket.socket, seconds: float = 2.0) -> bool:
+    """True once the server closes ``sock`` (its greeting, if any, is read and dropped)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            if not sock.recv(65536):
+                return True
+        except TimeoutError:
+            return False
+        except OSError:
+            return True
+    return False
+
+
+def test_pending_connections_are_bounded_and_the_longest_waiting_make_room(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="remote_kernel.net.server")
     with rk.Server(EchoService, token="tok", max_pending=4) as server:
-        socks = [socket.create_connection(("127.0.0.1", server.port), timeout=5)
-                 for _ in range(12)]
+        socks = []
+        for _ in range(12):
+            socks.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+            time.sleep(0.02)  # in order: the first ones wait longest
         try:
             deadline = time.monotonic() + 5
-            while server.refused < 8 and time.monotonic() < deadline:
+            while server.evictions < 8 and time.monotonic() < deadline:
                 time.sleep(0.02)
-            assert server.refused == 8
-            closed = sum(1 for sock in socks if _greeting(sock) is None)
-            assert closed >= 8
-            assert any("refusing connections" in r.getMessage() for r in caplog.records)
+            assert server.evictions == 8 and server.refused == 0
+            # The 8 that waited longest were shut down at once; the 4 newest still wait.
+            assert all(_closed_by_server(sock) for sock in socks[:8])
+            assert not any(_closed_by_server(sock, 0.2) for sock in socks[8:])
+            with server._lock:
+                assert len(server._pending) == 4 and not server._evicted  # threads ended
+            assert any("makes room" in r.getMessage() for r in caplog.records)
         finally:
             for sock in socks:
                 sock.close()
-        # The slots free up as those peers go: a real client gets in.
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                with rk.connect("127.0.0.1", server.port, token="tok", timeout=5) as conn:
-                    assert conn.root.echo("in") == "in"
-                break
-            except rk.RemoteKernelError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        with rk.connect("127.0.0.1", server.port, token="tok", timeout=5) as conn:
+            assert conn.root.echo("in") == "in"
+
+
+class _Strangers:
+    """Keeps ``count`` connections open without the token, half silent, half trickling
+    a byte every 0.2 s, and opens a new one whenever the server closes one."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.port = port
+        self.socks = [self._open() for _ in range(count)]
+        self.reopened = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _open(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        sock.setblocking(False)
+        return sock
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            for index, sock in enumerate(self.socks):
+                try:
+                    while sock.recv(65536):  # its greeting: dropped
+                        pass
+                    closed = True
+                except BlockingIOError:
+                    closed = False
+                except OSError:
+                    closed = True
+                if not closed and index % 2:
+                    try:
+                        sock.send(b"\x00")
+                    except OSError:
+                        closed = True
+                if closed:
+                    sock.close()
+                    try:
+                        self.socks[index] = self._open()
+                        self.reopened += 1
+                    except OSError:
+                        pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for sock in self.socks:
+            sock.close()
+
+
+@pytest.mark.timeout(120)
+def test_strangers_holding_every_slot_do_not_lock_out_the_token_holder() -> None:
+    with rk.Server(EchoService, token="tok") as server:
+        strangers = _Strangers(server.port, server.max_pending)
+        try:
+            deadline = time.monotonic() + 5
+            while len(server._pending) < server.max_pending and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(server._pending) == server.max_pending  # every slot is held
+            took: list[float] = []
+            failures: list[BaseException] = []
+            for _ in range(10):
+                started = time.monotonic()
+                try:
+                    with rk.connect("127.0.0.1", server.port, token="tok", timeout=5) as conn:
+                        assert conn.root.echo("in") == "in"
+                    took.append(time.monotonic() - started)
+                except rk.RemoteKernelError as error:
+                    failures.append(error)
+                time.sleep(0.3)  # meanwhile the strangers take their slots back
+            print(f"10 connects among {server.max_pending} strangers: {len(took)} in, "
+                  f"slowest {max(took, default=0):.2f} s; {server.evictions} evictions, "
+                  f"{strangers.reopened} strangers reconnected")
+            assert not failures, failures
+            assert max(took) < 3.0
+            assert strangers.reopened >= 5  # the strangers did come back for their slots
+        finally:
+            strangers.stop()
+        with rk.connect("127.0.0.1", server.port, token="tok", timeout=5) as conn:
+            assert conn.root.echo("healthy") == "healthy"
+        with server._lock:
+            assert len(server._pending) + len(server._evicted) <= 2 * server.max_pending
 
 
 def _start_serve(tmp: Path, nofile: int, name: str) -> tuple[subprocess.Popen, dict]:
