@@ -88,8 +88,10 @@ class KernelSink:
 
     @exposed
     def page(self, data: dict, start: int = 0) -> None:
-        """IPython's pager in a remote cell (``%pinfo``, ``obj?`` inside a cell)."""
-        self.kernel.pages.append({"source": "page", "data": dict(data), "start": int(start)})
+        """IPython's pager in a remote cell (``%pinfo``, ``obj?`` inside a cell). JupyterLab
+        shows a page payload as the cell's output, so the bundle is filtered like a display."""
+        data, _ = self._bundle(data, {})
+        self.kernel.pages.append({"source": "page", "data": data, "start": int(start)})
 
     @exposed
     def comm(self, msg_type: str, content: dict, metadata: dict, buffers: tuple) -> None:

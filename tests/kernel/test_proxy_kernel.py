@@ -201,6 +201,14 @@ def test_an_untrusted_remote_gets_no_script_and_no_widgets(classic_server) -> No
         assert run.status == "ok", run.reply
         assert run.of_type("comm_open") == []
         assert "--trust" in run.text("stderr")
+        # JupyterLab shows a page payload as the cell's output: the pager is filtered too.
+        run = kernel.run("from IPython.core import page\n"
+                         "page.page({'text/plain': 'paged', 'application/javascript': 'alert(4)',"
+                         " 'text/html': '<b>paged</b><img src=x onerror=\"alert(5)\">'})")
+        assert run.status == "ok", run.reply
+        (page,) = run.reply["content"]["payload"]
+        assert page["data"]["text/html"] == "<b>paged</b><img>"
+        assert set(page["data"]) == {"text/plain", "text/html"}
     finally:
         kernel.close()
         kernelspec.remove("rk-test-untrusted")

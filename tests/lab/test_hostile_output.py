@@ -97,3 +97,50 @@ def test_hostile_display_runs_nothing_unless_trusted(env: Env, lab: Lab, page: A
         assert _flag(page, "rk_js_t") == 1
     finally:
         server.kill()
+
+
+# What a hostile server pages from a %%remote cell (as `obj?` would): JupyterLab adds a page
+# payload to the cell as output, so it must be filtered like a display.
+HOSTILE_PAGE = r'''
+def hostile_page(tag):
+    from IPython.core import page
+    page.page({
+        "text/plain": "paged evil",
+        "text/html": (f'<b class="rk-page-{tag}">paged evil</b>'
+                      f'<img src="data:," onerror="window.rk_page_onerror_{tag} = 1">'
+                      f'<script>window.rk_page_script_{tag} = 1</script>'),
+        "application/javascript": (
+            "window.rk_page_js_%s = 1;"
+            "const xsrf = (document.cookie.match(/_xsrf=([^;]*)/) || [])[1] || '';"
+            "fetch('/api/contents/paged-%s.txt', {method: 'PUT', headers: "
+            "{'Content-Type': 'application/json', 'X-XSRFToken': xsrf}, body: "
+            "JSON.stringify({type: 'file', format: 'text', content: 'pwned'})});"
+            % (tag, tag)),
+    })
+'''
+
+
+def test_hostile_page_runs_nothing_unless_trusted(env: Env, lab: Lab, page: Any) -> None:
+    name = _notebook(env, "hostile-page.ipynb")
+    server = RemoteServer(env, "evil-pager")
+    try:
+        nb = open_notebook(page, lab, name)
+        nb.run("%load_ext remote_kernel\n"
+               f"%remote connect {server.file} --name evil\n"
+               f"%remote connect {server.file} --name mine --trust\n"
+               f"evil.execute({HOSTILE_PAGE!r}); mine.execute({HOSTILE_PAGE!r})")
+        cell = nb.run("%%remote evil\nhostile_page('u')")
+        expect(cell.locator(".jp-OutputArea-output").first).to_be_visible()
+        page.wait_for_timeout(1500)  # the fetch of a script that did run would land by now
+        assert _flag(page, "rk_page_js_u") is None
+        assert _flag(page, "rk_page_onerror_u") is None
+        assert _flag(page, "rk_page_script_u") is None
+        assert not (env.notebooks / "paged-u.txt").exists()
+        expect(cell.locator(".jp-OutputArea .rk-page-u")).to_have_text("paged evil")
+        # Trusted: the same page runs its script (so the checks above can fail).
+        nb.run("%%remote mine\nhostile_page('t')")
+        _wait_until(lambda: (env.notebooks / "paged-t.txt").exists(), 15,
+                    "the trusted page's script to write its file")
+        assert _flag(page, "rk_page_js_t") == 1
+    finally:
+        server.kill()
