@@ -301,14 +301,29 @@ _SVG_ATTRIBUTES = _per_tag("""
 """)
 _SVG_ATTRIBUTES["*"] |= _SVG_CSS  # presentation attributes: fill="...", stroke-width="..."
 
-# MathJax typesets HTML and Markdown outputs too; these commands make links (\href), set classes,
-# ids or styles on the page (\class, \cssId, \style, \html...), or load code (\require).
+# MathJax typesets HTML and Markdown outputs too (JupyterLab loads all of its TeX packages and
+# `require`); these commands make links (\href, \url), set attributes, classes, ids or styles
+# on the page (\mmlToken's [href=..., style=..., class=...], \class, \cssId, \style,
+# \html...), change the TeX input's options, or load code (\require).
 _MATHJAX_RISKY = re.compile(
-    r"\\(href|url|class|cssId|style|require|unicode|data|html[A-Za-z]*)(?![A-Za-z])")
+    r"\\(href|url|class|cssId|style|require|unicode|data|html[A-Za-z]*|mmlToken|setOptions)"
+    r"(?![A-Za-z])")
+# \bbox[...] takes CSS (`position:fixed;...`) among its options: only a plain colour or padding
+# list, or no options, may follow it; anything else (a style, a macro argument `#1`, a `\let`)
+# defuses it.
+_BBOX_STYLED = re.compile(r"\\bbox(?![A-Za-z])(?!\s*\{|\s*\[[A-Za-z0-9 ,.]*\])")
+# A command name split by what MathJax joins when it reads the page (<wbr>; comments are gone
+# already) or by invisible characters: joined before the check, so \hr<wbr>ef is \href.
+_SPLITTER = r"(?:<wbr\s*/?>|[\u00ad\u200b-\u200d\u2060\ufeff])"
+_SPLIT_COMMAND = re.compile(rf"\\[A-Za-z]*(?:{_SPLITTER}+[A-Za-z]+)+", re.IGNORECASE)
+_SPLITTERS = re.compile(_SPLITTER, re.IGNORECASE)
 
 
 def defuse_tex(text: str) -> str:
-    return _MATHJAX_RISKY.sub(r"\\backslash{}\1", text)
+    """TeX (or HTML/Markdown MathJax reads) with the risky MathJax commands made inert text."""
+    text = _SPLIT_COMMAND.sub(lambda m: _SPLITTERS.sub("", m.group()), text)
+    text = _MATHJAX_RISKY.sub(r"\\backslash{}\1", text)
+    return _BBOX_STYLED.sub(r"\\backslash{}bbox", text)
 
 
 def sanitize_html(html: str) -> str:
@@ -354,8 +369,12 @@ def sanitize_markdown(markdown: str) -> str:
     if _MARKDOWN_BAD_URL.search(normalized):
         raise ValueError("a script URL in Markdown")
     cleaned = sanitize_html(_AUTOLINK.sub(r"\1", markdown))
-    return _MARKDOWN_UNESCAPE.sub(
+    result = _MARKDOWN_UNESCAPE.sub(
         lambda m: {"amp": "&", "gt": ">", "nbsp": "\u00a0"}.get(m.group(1) or "", "<"), cleaned)
+    # `&amp;#101;` came back as `&#101;`, which the page decodes before MathJax reads it.
+    if defuse_tex(_html.unescape(result)) != _html.unescape(result):
+        raise ValueError("a MathJax command that makes links or sets styles in Markdown")
+    return result
 
 
 class _RootTag(HTMLParser):

@@ -128,6 +128,55 @@ def test_mathjax_link_and_style_commands_are_defused() -> None:
     assert r"\href" not in bundle["text/latex"] and r"\alpha" in bundle["text/latex"]
 
 
+MATHJAX_GAPS = {
+    "mmlToken href": r'$\mmlToken{mi}[href="javascript:alert(1)"]{x}$',
+    "mmlToken style/class": r'$\mmlToken{mi}[style="position:fixed;top:0", class="jp-Dialog"]{x}$',
+    "bbox style": r"$\bbox[position:fixed;top:0;left:0;width:100%]{x}$",
+    "bbox through a macro": r"$\def\b#1{\bbox[#1]{x}}\b{position:fixed}$",
+    "bbox through let": r"$\let\b\bbox \b[position:fixed]{x}$",
+    "split by <wbr>": r"$\hr<wbr>ef{https://evil.example}{x}$",
+    "split by <WBR/>": r"$\cl<WBR/>ass{jp-Dialog}{x}$",
+    "split by a zero-width space": "$\\st\u200byle{position:fixed}{x}$",
+    "setOptions": r"$\setOptions[tex]{x}$",
+}
+# A \bbox may carry a plain colour/padding list or nothing: through a macro or \let, its
+# options could be anything.
+_RISKY = re.compile(r"\\(href|url|class|cssId|style|mmlToken|setOptions|require)(?![A-Za-z])"
+                    r"|\\bbox(?![A-Za-z])(?!\s*\{|\s*\[[\w ,.]*\])")
+
+
+def _mathjax_sees(text: str) -> str:
+    """The text MathJax reads from a page: <wbr> and invisible characters inside a word
+    joined (as MathJax joins around <wbr>), entities decoded."""
+    import html
+
+    return re.sub(r"<wbr\s*/?>|[\u00ad\u200b-\u200d\u2060\ufeff]", "", html.unescape(text),
+                  flags=re.IGNORECASE)
+
+
+@pytest.mark.parametrize("mime", ["text/html", "text/latex", "text/markdown"])
+@pytest.mark.parametrize("name", sorted(MATHJAX_GAPS))
+def test_mathjax_commands_that_set_links_or_styles_are_defused(mime: str, name: str) -> None:
+    data, _ = filter_bundle({mime: MATHJAX_GAPS[name]}, trusted=False)
+    kept = data.get(mime)  # Markdown with a script URL is refused as a whole
+    assert kept is None or not _RISKY.search(_mathjax_sees(kept)), kept
+
+
+def test_markdown_entities_cannot_rebuild_a_mathjax_command() -> None:
+    """`&amp;#101;` comes back as `&#101;` (Markdown keeps its text), which the page decodes."""
+    with pytest.raises(ValueError, match="MathJax"):
+        sanitize_markdown(r"\$\hr&amp;#101;f{https://evil.example}{x}\$")
+
+
+def test_plain_mathjax_is_kept() -> None:
+    tex = r"$\bbox[yellow,5px]{\alpha} + \bbox{\beta} + \frac{1}{2}$"
+    data, _ = filter_bundle({"text/latex": tex, "text/markdown": f"**sum** {tex}",
+                             "text/html": f"<p>{tex}</p>"}, trusted=False)
+    assert data["text/latex"] == tex
+    assert data["text/markdown"] == f"**sum** {tex}"
+    assert data["text/html"] == f"<p>{tex}</p>"
+
+
 def test_pandas_dataframe_html_keeps_its_table() -> None:
     pd = pytest.importorskip("pandas")
     frame = pd.DataFrame({"volts": [1.5, 2.25, -3.0], "label": ["a<b", "R&D", "ok"]},
