@@ -111,6 +111,17 @@ def test_terminal_escapes_other_than_colours_are_removed(kernel: Kernel) -> None
     assert "\x1b]" not in text and "javascript" not in text
 
 
+def test_a_remote_error_carries_no_terminal_escapes(kernel: Kernel) -> None:
+    """A terminal IPython would act on an OSC 52 in a traceback (a clipboard write)."""
+    run = kernel.run("%%remote evil\nraise ValueError('X\\x1b]52;c;eA==\\x07Y\\u202eZ')")
+    assert run.status == "error"
+    (error,) = run.of_type("error")
+    traceback = "\n".join(error["content"]["traceback"])
+    assert "XY" in traceback and "Z" in traceback
+    assert "\x1b]" not in traceback and "\u202e" not in traceback
+    assert "\x1b[" in traceback  # IPython's colours stay
+
+
 def test_a_trusted_connection_passes_its_output_unchanged(kernel: Kernel) -> None:
     run = kernel.run("mine.eval('Evil()')")
     assert run.status == "ok", run.reply
