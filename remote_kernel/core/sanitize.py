@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html as _html
 import re
+import secrets
 from html.parser import HTMLParser
 
 import nh3
@@ -72,8 +73,13 @@ _MAX_CSS = 256 * 1024  # a stylesheet larger than this is dropped, not parsed
 _NEGATIVE = re.compile(r"-\s*[\d.]")
 _CSS_RULE = re.compile(r"([^{}]+)\{([^{}]*)\}")  # matched at one position only
 # A <style> rule of an HTML output may only reach pandas tables: `.dataframe ...` as pandas'
-# _repr_html_ writes, `#T_<uuid>...` as pandas' Styler writes. No sibling combinators.
-_HTML_SELECTOR = re.compile(r"(\.dataframe|#T_[\w-]+)(?![\w-])[\w\s.#:>()*-]*", re.ASCII)
+# _repr_html_ writes, `#T_<uuid>...` as pandas' Styler writes. No sibling combinators. Each
+# rule is then scoped to its own output (a wrapper with a random class, SCOPE_PREFIX), so one
+# output cannot restyle the other tables of the page; an output filtered twice keeps its scope.
+SCOPE_PREFIX = "rk-scope-"
+_SCOPE = re.compile(rf"\.{SCOPE_PREFIX}[0-9a-f]{{16}}\s+", re.ASCII)
+_HTML_SELECTOR = re.compile(
+    rf"(?:{_SCOPE.pattern})*(\.dataframe|#T_[\w-]+)(?![\w-])[\w\s.#:>()*-]*", re.ASCII)
 _SVG_SELECTOR = re.compile(r"[\w\s.#:>*-]+", re.ASCII)
 
 
@@ -96,8 +102,9 @@ def _clean_declarations(css: str, allowed: frozenset[str], *, svg: bool) -> str:
     return "; ".join(kept)
 
 
-def _clean_stylesheet(css: str, *, svg: bool) -> str:
-    """The rules of a <style> block that pass; "" when none does or the block is not plain."""
+def _clean_stylesheet(css: str, *, svg: bool, scope: str = "") -> str:
+    """The rules of a <style> block that pass, each selector after ``scope``; "" when none does
+    or the block is not plain."""
     if len(css) > _MAX_CSS or any(bad in css for bad in ("@", "\\", "<", "&", "/*", '"', "'")):
         return ""
     rules, end = [], 0
@@ -109,7 +116,7 @@ def _clean_stylesheet(css: str, *, svg: bool) -> str:
             continue
         body = _clean_declarations(match.group(2), _SVG_PAINT_CSS if svg else _HTML_CSS, svg=svg)
         if body:
-            rules.append(f"{', '.join(selectors)} {{{body}}}")
+            rules.append(f"{', '.join(scope + s for s in selectors)} {{{body}}}")
     if css[end:].strip():
         return ""
     return "\n".join(rules)
@@ -145,13 +152,13 @@ class _StyleBlocks(HTMLParser):
             self._open = None
 
 
-def _filter_style_blocks(markup: str, *, svg: bool) -> str:
+def _filter_style_blocks(markup: str, *, svg: bool, scope: str = "") -> str:
     """Rewrite each <style> element's CSS through the CSS policy (drop it if nothing is left)."""
     if "<style" not in markup:
         return markup
     parts, last = [], 0
     for start, body_start, body_end, end in _StyleBlocks(markup).blocks:
-        css = _clean_stylesheet(markup[body_start:body_end], svg=svg)
+        css = _clean_stylesheet(markup[body_start:body_end], svg=svg, scope=scope)
         parts.append(markup[last:start])
         if css:
             parts.append(f"<style>{css}</style>")
@@ -192,8 +199,8 @@ def _html_attribute(element: str, attribute: str, value: str) -> str | None:
         scheme = _url_scheme(value)
         if element == "a" and attribute == "href" and value.startswith("#"):
             return value if _FRAGMENT.fullmatch(value) else None
-        if element == "img" and attribute == "src" and scheme == "data":
-            return value if _DATA_IMAGE_OR_SVG.match(value.strip()) else None
+        if element == "img" and attribute == "src":
+            return value if scheme == "data" and _DATA_IMAGE_OR_SVG.match(value.strip()) else None
         allowed = ("http", "https", "mailto") if attribute == "href" else ("http", "https")
         return value.strip() if scheme in allowed else None
     if attribute == "id":
@@ -301,24 +308,41 @@ _SVG_ATTRIBUTES = _per_tag("""
 """)
 _SVG_ATTRIBUTES["*"] |= _SVG_CSS  # presentation attributes: fill="...", stroke-width="..."
 
-# MathJax typesets HTML and Markdown outputs too; these commands make links (\href), set classes,
-# ids or styles on the page (\class, \cssId, \style, \html...), or load code (\require).
+# MathJax typesets HTML and Markdown outputs too (JupyterLab loads all of its TeX packages and
+# `require`); these commands make links (\href, \url), set attributes, classes, ids or styles
+# on the page (\mmlToken's [href=..., style=..., class=...], \class, \cssId, \style,
+# \html...), change the TeX input's options, or load code (\require).
 _MATHJAX_RISKY = re.compile(
-    r"\\(href|url|class|cssId|style|require|unicode|data|html[A-Za-z]*)(?![A-Za-z])")
+    r"\\(href|url|class|cssId|style|require|unicode|data|html[A-Za-z]*|mmlToken|setOptions)"
+    r"(?![A-Za-z])")
+# \bbox[...] takes CSS (`position:fixed;...`) among its options: only a plain colour or padding
+# list, or no options, may follow it; anything else (a style, a macro argument `#1`, a `\let`)
+# defuses it.
+_BBOX_STYLED = re.compile(r"\\bbox(?![A-Za-z])(?!\s*\{|\s*\[[A-Za-z0-9 ,.]*\])")
+# A command name split by what MathJax joins when it reads the page (<wbr>; comments are gone
+# already) or by invisible characters: joined before the check, so \hr<wbr>ef is \href.
+_SPLITTER = r"(?:<wbr\s*/?>|[\u00ad\u200b-\u200d\u2060\ufeff])"
+_SPLIT_COMMAND = re.compile(rf"\\[A-Za-z]*(?:{_SPLITTER}+[A-Za-z]+)+", re.IGNORECASE)
+_SPLITTERS = re.compile(_SPLITTER, re.IGNORECASE)
 
 
 def defuse_tex(text: str) -> str:
-    return _MATHJAX_RISKY.sub(r"\\backslash{}\1", text)
+    """TeX (or HTML/Markdown MathJax reads) with the risky MathJax commands made inert text."""
+    text = _SPLIT_COMMAND.sub(lambda m: _SPLITTERS.sub("", m.group()), text)
+    text = _MATHJAX_RISKY.sub(r"\\backslash{}\1", text)
+    return _BBOX_STYLED.sub(r"\\backslash{}bbox", text)
 
 
 def sanitize_html(html: str) -> str:
     """HTML reduced to what a data display needs: pandas tables, text markup, images, links.
 
     Scripts, frames, plugins, forms, event handlers and any URL other than http(s)/mailto links
-    and http(s)/data: images go; inline styles are cut to non-positioning properties without
-    url(); a <style> block survives only with rules that select pandas tables (see
-    ``_HTML_SELECTOR``): CSS cannot run script, but a global stylesheet could restyle or cover
-    JupyterLab's UI and send requests through url().
+    and data: images go (an http(s) image would be fetched as the page loads: tracking, the
+    user's address); inline styles are cut to non-positioning properties without url(); a
+    <style> block survives only with rules that select pandas tables (see ``_HTML_SELECTOR``),
+    scoped to this output: the output is wrapped in a ``<div>`` with a random class that every
+    kept selector starts with. CSS cannot run script, but a global stylesheet could restyle or
+    cover JupyterLab's UI and the other outputs, and send requests through url().
     """
     cleaned = nh3.clean(
         html,
@@ -330,7 +354,11 @@ def sanitize_html(html: str) -> str:
         strip_comments=True,
         link_rel="noopener noreferrer",
     )
-    return defuse_tex(_filter_style_blocks(cleaned, svg=False))
+    scope_class = SCOPE_PREFIX + secrets.token_hex(8)
+    styled = _filter_style_blocks(cleaned, svg=False, scope=f".{scope_class} ")
+    if styled != cleaned and "<style>" in styled:
+        styled = f'<div class="{scope_class}">{styled}</div>'
+    return defuse_tex(styled)
 
 
 # What nh3 escaped in Markdown text that Markdown needs back: `>` (block quotes), `&`, and a `<`
@@ -342,7 +370,8 @@ _AUTOLINK = re.compile(r"<(https?://[^\s<>\"']+|[\w.+-]+@[\w-]+(?:\.[\w-]+)+)>",
 
 
 def sanitize_markdown(markdown: str) -> str:
-    """Markdown whose raw HTML went through :func:`sanitize_html`, its text kept as written.
+    """Markdown whose raw HTML went through :func:`sanitize_html`, its text kept as written
+    (but for image syntax, ``![``, which is escaped: images load nothing from the network).
 
     A link or image whose destination could be ``javascript:`` (checked after undoing entities,
     backslash escapes and whitespace, as the Markdown renderer and the browser would) refuses
@@ -354,8 +383,13 @@ def sanitize_markdown(markdown: str) -> str:
     if _MARKDOWN_BAD_URL.search(normalized):
         raise ValueError("a script URL in Markdown")
     cleaned = sanitize_html(_AUTOLINK.sub(r"\1", markdown))
-    return _MARKDOWN_UNESCAPE.sub(
+    result = _MARKDOWN_UNESCAPE.sub(
         lambda m: {"amp": "&", "gt": ">", "nbsp": "\u00a0"}.get(m.group(1) or "", "<"), cleaned)
+    # `&amp;#101;` came back as `&#101;`, which the page decodes before MathJax reads it.
+    if defuse_tex(_html.unescape(result)) != _html.unescape(result):
+        raise ValueError("a MathJax command that makes links or sets styles in Markdown")
+    # A Markdown image would be fetched from its URL as the page loads: shown as text instead.
+    return result.replace("![", "!\\[")
 
 
 class _RootTag(HTMLParser):
@@ -411,6 +445,7 @@ _ESCAPES = re.compile(
     | (?:\x1b\[|\x9b)[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]?      # CSI: cursor moves, queries
     | \x1b[\x20-\x2f]*[\x30-\x7e]?                            # other escapes, a lone ESC
     | [\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f-\x9f]          # other C0/C1 controls
+    | [\u202a-\u202e\u2066-\u2069]                              # bidi overrides, isolates
     """,
     re.VERBOSE,
 )
@@ -421,7 +456,9 @@ def sanitize_text_stream(text: str) -> str:
 
     Other escape sequences are removed with their payload: OSC (hyperlinks, window titles,
     OSC 52 clipboard writes), DCS/APC strings, cursor movement and terminal queries, which a
-    terminal front end (IPython in a terminal) would act on. A sequence split across two chunks
-    cannot reassemble: its ESC is dropped with the first part.
+    terminal front end (IPython in a terminal) would act on. Bidi embeddings, overrides and
+    isolates (U+202A-202E, U+2066-2069) go too: they make text read differently from what it is
+    (Trojan Source); the marks U+200E/U+200F stay, right-to-left text needs them. A sequence
+    split across two chunks cannot reassemble: its ESC is dropped with the first part.
     """
     return _ESCAPES.sub(lambda m: m.group("sgr") or "", text)

@@ -59,7 +59,9 @@ class NotebookSink:
 
     @exposed
     def page(self, data: dict[str, Any], start: int = 0) -> None:
-        """IPython's pager of the remote cell (``%pinfo x``): the notebook's pager."""
+        """IPython's pager of the remote cell (``%pinfo x``): the notebook's pager. JupyterLab
+        shows a page payload as the cell's output, so the bundle is filtered like a display."""
         from IPython.core import page
 
-        page.page(dict(data), start)
+        data, _ = untrusted_bundle(data, {}, self.trusted, self.peer)
+        page.page(data, int(start))

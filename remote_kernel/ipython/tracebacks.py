@@ -33,6 +33,7 @@ from typing import Any
 from pygments.token import Token
 
 from remote_kernel import errors
+from remote_kernel.core.outputs import sanitize_text_stream
 from remote_kernel.errors import RemoteError, RemoteFrame, chain_of, traceback_note_hidden
 from remote_kernel.protocol.frames import user_tracebacks
 
@@ -303,11 +304,14 @@ def remote_frames_only() -> Iterator[None]:
 
 
 def render_remote_error(exc: Any) -> list[str]:
-    """``RemoteError._render_traceback_``: the structured traceback IPython shows."""
+    """``RemoteError._render_traceback_``: the structured traceback IPython shows. The peer
+    wrote its messages and source lines: terminal escapes other than colours (an OSC 52
+    clipboard write in a terminal IPython) and bidi overrides are removed, trusted or not."""
     try:
-        return RemoteTracebackFormatter().structured(exc)
+        lines = RemoteTracebackFormatter().structured(exc)
     except Exception:  # never hide the error behind a failure to format it
-        return [*errors._plain(exc)]
+        lines = [*errors._plain(exc)]
+    return [sanitize_text_stream(str(line)) for line in lines]
 
 
 def render_connection_closed(exc: Any) -> list[str]:
@@ -326,6 +330,7 @@ def render_one_line(exc: BaseException) -> list[str]:
 
 
 def _one_line(name: str, text: str) -> str:
+    text = sanitize_text_stream(text)  # a close reason may come from the peer
     try:
         look = _look(_shell_settings()[1])
     except Exception:  # never hide the message behind a failure to color it

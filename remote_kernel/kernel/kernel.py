@@ -28,6 +28,9 @@ from remote_kernel.protocol.describe import json_safe
 from remote_kernel.protocol.messages import Op
 
 QUICK_TIMEOUT = 5.0  # seconds a completion or inspection may take on the remote
+MAX_MATCHES = 2000  # completions kept from one remote reply
+MAX_MATCH_LENGTH = 1000  # characters of one completion
+_IS_COMPLETE_STATUS = frozenset({"complete", "incomplete", "invalid", "unknown"})
 _PAGER = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(\?{1,2})\s*$")
 DEFAULT_LANGUAGE_INFO = {
     "name": "python",
@@ -88,8 +91,10 @@ class KernelSink:
 
     @exposed
     def page(self, data: dict, start: int = 0) -> None:
-        """IPython's pager in a remote cell (``%pinfo``, ``obj?`` inside a cell)."""
-        self.kernel.pages.append({"source": "page", "data": dict(data), "start": int(start)})
+        """IPython's pager in a remote cell (``%pinfo``, ``obj?`` inside a cell). JupyterLab
+        shows a page payload as the cell's output, so the bundle is filtered like a display."""
+        data, _ = self._bundle(data, {})
+        self.kernel.pages.append({"source": "page", "data": data, "start": int(start)})
 
     @exposed
     def comm(self, msg_type: str, content: dict, metadata: dict, buffers: tuple) -> None:
@@ -237,10 +242,10 @@ class RemoteKernel(Kernel):
             return None
 
     async def do_complete(self, code: str, cursor_pos: int) -> dict[str, Any]:
-        reply = self._ask("complete", code, cursor_pos)
+        reply = _completion(self._ask("complete", code, cursor_pos), len(code))
         if reply is None:
             reply = {"matches": [], "cursor_start": cursor_pos, "cursor_end": cursor_pos}
-        return {"status": "ok", "metadata": {}, **dict(reply)}
+        return {"status": "ok", "metadata": {}, **reply}
 
     async def do_inspect(self, code: str, cursor_pos: int, detail_level: int = 0,
                          omit_sections: Any = ()) -> dict[str, Any]:
@@ -256,7 +261,13 @@ class RemoteKernel(Kernel):
 
     async def do_is_complete(self, code: str) -> dict[str, Any]:
         reply = self._ask("is_complete", code)
-        return dict(reply) if reply is not None else {"status": "unknown"}
+        status = reply.get("status") if type(reply) is dict else None
+        if status not in _IS_COMPLETE_STATUS:
+            return {"status": "unknown"}
+        indent = reply.get("indent")
+        if status != "incomplete" or type(indent) is not str or len(indent) > 80 or indent.strip(" \t"):
+            return {"status": status}
+        return {"status": status, "indent": indent}
 
     async def do_history(self, hist_access_type: str, output: bool, raw: bool,
                          session: int | None = None, start: int | None = None,
@@ -297,15 +308,34 @@ class RemoteKernel(Kernel):
 
     async def comm_info_request(self, stream: Any, ident: Any, parent: dict[str, Any]) -> None:
         target = parent["content"].get("target_name")
-        try:
-            _, interpreter = self._connect()
-            comms = dict(interpreter.comm_info())
-        except Exception:
-            comms = {}
+        comms: dict[str, Any] = {}
+        if self.trust_output:  # an untrusted remote's comms are never forwarded
+            try:
+                _, interpreter = self._connect()
+                comms = {str(k): {"target_name": str(dict(v).get("target_name", ""))}
+                         for k, v in dict(interpreter.comm_info()).items()}
+            except Exception:
+                comms = {}
         if target:
             comms = {k: v for k, v in comms.items() if v.get("target_name") == target}
         self.session.send(stream, "comm_info_reply", {"status": "ok", "comms": comms},
                           parent, ident)
+
+
+def _completion(reply: Any, code_length: int) -> dict[str, Any] | None:
+    """The remote's completion reply as the three keys a frontend reads, or None when it is not
+    one: exact types, offsets inside the code, at most MAX_MATCHES printable matches of at most
+    MAX_MATCH_LENGTH characters (the remote wrote it: nothing else of it reaches the reply)."""
+    if type(reply) is not dict:
+        return None
+    matches, start, end = reply.get("matches"), reply.get("cursor_start"), reply.get("cursor_end")
+    if type(matches) not in (list, tuple) or type(start) is not int or type(end) is not int:
+        return None
+    if not 0 <= start <= end <= code_length:
+        return None
+    kept = [match for match in matches[:MAX_MATCHES]
+            if type(match) is str and 0 < len(match) <= MAX_MATCH_LENGTH and match.isprintable()]
+    return {"matches": kept, "cursor_start": start, "cursor_end": end}
 
 
 def _format_info(info: dict[str, Any]) -> str:

@@ -100,7 +100,7 @@ def test_html_keeps_safe_markup() -> None:
     cleaned = sanitize_html(markup)
     for kept in ("<h2>", "<b>", "<em>", "<sub>", "<sup>", "<li>", "<pre>", "<code>", "<hr>",
                  "<br>", 'href="https://example.org/?a=1&amp;b=2"', 'href="mailto:me@example.org"',
-                 'src="data:image/png;base64,', 'src="https://example.org/x.png"'):
+                 'src="data:image/png;base64,'):
         assert kept in cleaned
     assert 'rel="noopener noreferrer"' in cleaned
 
@@ -117,7 +117,39 @@ def test_html_styles_cannot_leave_the_output() -> None:
                  "body", "display"):
         assert gone not in cleaned
     assert 'class="mine"' in cleaned
-    assert "<style>.dataframe td {color: red}</style>" in cleaned
+    scope = re.fullmatch(r'<div class="(rk-scope-[0-9a-f]{16})">.*</div>', cleaned, re.S)
+    assert scope, cleaned  # the rule reaches the tables of this output only
+    assert f"<style>.{scope.group(1)} .dataframe td {{color: red}}</style>" in cleaned
+
+
+def test_html_images_load_nothing_from_the_network() -> None:
+    """An http(s) image is fetched as the page loads (tracking, the user's address)."""
+    cleaned = sanitize_html('<img src="https://tracker.example/p.gif" alt="a">'
+                            '<img src="//tracker.example/p.gif"><img src=" http://x.example/">'
+                            f'<img src="data:image/png;base64,{png_base64()}">')
+    assert "tracker" not in cleaned and "x.example" not in cleaned
+    assert cleaned.count("<img") == 4 and cleaned.count("src=") == 1
+
+
+def test_markdown_images_load_nothing_from_the_network() -> None:
+    cleaned = sanitize_markdown("see ![dot](https://tracker.example/p.gif) and ![ref][r]\n\n"
+                                "[r]: http://tracker.example/q.gif\n")
+    assert "![" not in cleaned and "see !\\[dot](https://tracker.example/p.gif)" in cleaned
+
+
+def test_a_style_block_cannot_restyle_another_outputs_tables() -> None:
+    pd = pytest.importorskip("pandas")
+    hostile = sanitize_html('<style>.dataframe td, #T_victim td {color: white; '
+                            'background: white}</style><p>innocent</p>')
+    victim = sanitize_html(pd.DataFrame({"a": [1]})._repr_html_())
+    scopes = [re.match(r'<div class="(rk-scope-[0-9a-f]{16})">', html) for html in (hostile, victim)]
+    assert all(scopes) and scopes[0].group(1) != scopes[1].group(1)
+    rules = re.findall(r"<style>(.*?)</style>", hostile, re.S)
+    selectors = [sel.strip() for rule in rules for sel in rule.split("{")[0].split(",")]
+    assert selectors and all(sel.startswith(f".{scopes[0].group(1)} ") for sel in selectors)
+    # Filtered twice (a fan-out result), the rules stay inside the first scope.
+    twice = sanitize_html(hostile)
+    assert f".{scopes[0].group(1)} .dataframe td" in twice
 
 
 def test_mathjax_link_and_style_commands_are_defused() -> None:
@@ -126,6 +158,55 @@ def test_mathjax_link_and_style_commands_are_defused() -> None:
     bundle, _ = filter_bundle({"text/latex": r"$\href{javascript:alert(1)}{x} + \alpha$"},
                               trusted=False)
     assert r"\href" not in bundle["text/latex"] and r"\alpha" in bundle["text/latex"]
+
+
+MATHJAX_GAPS = {
+    "mmlToken href": r'$\mmlToken{mi}[href="javascript:alert(1)"]{x}$',
+    "mmlToken style/class": r'$\mmlToken{mi}[style="position:fixed;top:0", class="jp-Dialog"]{x}$',
+    "bbox style": r"$\bbox[position:fixed;top:0;left:0;width:100%]{x}$",
+    "bbox through a macro": r"$\def\b#1{\bbox[#1]{x}}\b{position:fixed}$",
+    "bbox through let": r"$\let\b\bbox \b[position:fixed]{x}$",
+    "split by <wbr>": r"$\hr<wbr>ef{https://evil.example}{x}$",
+    "split by <WBR/>": r"$\cl<WBR/>ass{jp-Dialog}{x}$",
+    "split by a zero-width space": "$\\st\u200byle{position:fixed}{x}$",
+    "setOptions": r"$\setOptions[tex]{x}$",
+}
+# A \bbox may carry a plain colour/padding list or nothing: through a macro or \let, its
+# options could be anything.
+_RISKY = re.compile(r"\\(href|url|class|cssId|style|mmlToken|setOptions|require)(?![A-Za-z])"
+                    r"|\\bbox(?![A-Za-z])(?!\s*\{|\s*\[[\w ,.]*\])")
+
+
+def _mathjax_sees(text: str) -> str:
+    """The text MathJax reads from a page: <wbr> and invisible characters inside a word
+    joined (as MathJax joins around <wbr>), entities decoded."""
+    import html
+
+    return re.sub(r"<wbr\s*/?>|[\u00ad\u200b-\u200d\u2060\ufeff]", "", html.unescape(text),
+                  flags=re.IGNORECASE)
+
+
+@pytest.mark.parametrize("mime", ["text/html", "text/latex", "text/markdown"])
+@pytest.mark.parametrize("name", sorted(MATHJAX_GAPS))
+def test_mathjax_commands_that_set_links_or_styles_are_defused(mime: str, name: str) -> None:
+    data, _ = filter_bundle({mime: MATHJAX_GAPS[name]}, trusted=False)
+    kept = data.get(mime)  # Markdown with a script URL is refused as a whole
+    assert kept is None or not _RISKY.search(_mathjax_sees(kept)), kept
+
+
+def test_markdown_entities_cannot_rebuild_a_mathjax_command() -> None:
+    """`&amp;#101;` comes back as `&#101;` (Markdown keeps its text), which the page decodes."""
+    with pytest.raises(ValueError, match="MathJax"):
+        sanitize_markdown(r"\$\hr&amp;#101;f{https://evil.example}{x}\$")
+
+
+def test_plain_mathjax_is_kept() -> None:
+    tex = r"$\bbox[yellow,5px]{\alpha} + \bbox{\beta} + \frac{1}{2}$"
+    data, _ = filter_bundle({"text/latex": tex, "text/markdown": f"**sum** {tex}",
+                             "text/html": f"<p>{tex}</p>"}, trusted=False)
+    assert data["text/latex"] == tex
+    assert data["text/markdown"] == f"**sum** {tex}"
+    assert data["text/html"] == f"<p>{tex}</p>"
 
 
 def test_pandas_dataframe_html_keeps_its_table() -> None:
@@ -366,3 +447,13 @@ def test_stream_escape_split_across_chunks_cannot_reassemble() -> None:
     joined = sanitize_text_stream(first) + sanitize_text_stream(second)
     assert "\x1b" not in joined and "\x07" not in joined
     assert joined.endswith(" after")
+
+
+def test_stream_drops_bidi_overrides_and_isolates() -> None:
+    """Trojan Source: `access = "user\u202e \u2066// admin\u2069 \u2066"` reads as something else."""
+    spoof = 'if role != "user\u202e \u2066# admin\u2069 \u2066":\u200f'
+    cleaned = sanitize_text_stream(spoof)
+    assert not re.search("[\u202a-\u202e\u2066-\u2069]", cleaned)
+    assert cleaned == 'if role != "user # admin ":\u200f'  # the marks (RLM) stay
+    data, _ = filter_bundle({"text/plain": "\u202eevil"}, trusted=False)
+    assert data["text/plain"] == "evil"

@@ -65,6 +65,42 @@ def test_a_remote_cell_display_carries_no_script(kernel: Kernel) -> None:
     assert not any(mark in _published(run) for mark in SCRIPT_MARKS), _published(run)
 
 
+PAGER_CELL = ("from IPython.core import page\n"
+              "page.page({'text/plain': 'paged text',\n"
+              "           'text/html': '<b>paged</b><img src=x onerror=\"fetch(1)\">'\n"
+              "                        '<script>fetch(2)</script>',\n"
+              "           'application/javascript': 'fetch(\"/api/contents/pwned.txt\")'})")
+
+
+def _pages(run) -> list[dict]:
+    return [p for p in run.reply["content"].get("payload", []) if p.get("source") == "page"]
+
+
+def test_a_remote_page_carries_no_script(kernel: Kernel) -> None:
+    """JupyterLab shows a page payload as the cell's output: the pager is filtered too."""
+    run = kernel.run(f"%%remote evil\n{PAGER_CELL}")
+    assert run.status == "ok", run.reply
+    (page,) = _pages(run)
+    assert "<b>paged</b>" in page["data"]["text/html"]
+    assert page["data"]["text/plain"] == "paged text"
+    assert not any(mark in json.dumps(page) for mark in SCRIPT_MARKS), page
+    run = kernel.run("%%remote mine\n" + PAGER_CELL)  # trusted: as it was sent
+    (page,) = _pages(run)
+    assert "application/javascript" in page["data"] and "onerror" in page["data"]["text/html"]
+
+
+def test_remote_pinfo_in_a_cell_is_filtered(kernel: Kernel) -> None:
+    run = kernel.run("%%remote evil\n"
+                     "def f():\n    '<img src=x onerror=\"fetch(1)\"> \x1b]52;c;eA==\x07'\n"
+                     "f?")
+    assert run.status == "ok", run.reply
+    (page,) = _pages(run)
+    text = json.dumps(page)
+    assert "Docstring" in page["data"]["text/plain"]
+    assert "\x1b]" not in page["data"]["text/plain"]
+    assert "<img" not in page["data"].get("text/html", ""), text
+
+
 def test_terminal_escapes_other_than_colours_are_removed(kernel: Kernel) -> None:
     run = kernel.run("%%remote evil\n"
                      "print('\\x1b[31mred\\x1b[0m \\x1b]52;c;cHduZWQ=\\x07 \\x1b]8;;javascript:x"
@@ -73,6 +109,17 @@ def test_terminal_escapes_other_than_colours_are_removed(kernel: Kernel) -> None
     text = run.text()
     assert "\x1b[31mred\x1b[0m" in text and "link" in text
     assert "\x1b]" not in text and "javascript" not in text
+
+
+def test_a_remote_error_carries_no_terminal_escapes(kernel: Kernel) -> None:
+    """A terminal IPython would act on an OSC 52 in a traceback (a clipboard write)."""
+    run = kernel.run("%%remote evil\nraise ValueError('X\\x1b]52;c;eA==\\x07Y\\u202eZ')")
+    assert run.status == "error"
+    (error,) = run.of_type("error")
+    traceback = "\n".join(error["content"]["traceback"])
+    assert "XY" in traceback and "Z" in traceback
+    assert "\x1b]" not in traceback and "\u202e" not in traceback
+    assert "\x1b[" in traceback  # IPython's colours stay
 
 
 def test_a_trusted_connection_passes_its_output_unchanged(kernel: Kernel) -> None:

@@ -201,6 +201,14 @@ def test_an_untrusted_remote_gets_no_script_and_no_widgets(classic_server) -> No
         assert run.status == "ok", run.reply
         assert run.of_type("comm_open") == []
         assert "--trust" in run.text("stderr")
+        # JupyterLab shows a page payload as the cell's output: the pager is filtered too.
+        run = kernel.run("from IPython.core import page\n"
+                         "page.page({'text/plain': 'paged', 'application/javascript': 'alert(4)',"
+                         " 'text/html': '<b>paged</b><img src=x onerror=\"alert(5)\">'})")
+        assert run.status == "ok", run.reply
+        (page,) = run.reply["content"]["payload"]
+        assert page["data"]["text/html"] == "<b>paged</b><img>"
+        assert set(page["data"]) == {"text/plain", "text/html"}
     finally:
         kernel.close()
         kernelspec.remove("rk-test-untrusted")
@@ -288,3 +296,45 @@ def test_ipython_syntax_without_ipython_remotely_says_what_to_install(start_serv
         assert sink.text == ["plain python still runs\n"]
     finally:
         conn.close()
+
+
+def _shell_reply(kernel: Kernel, msg_id: str) -> dict:
+    while True:
+        reply = kernel.client.get_shell_msg(timeout=30)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply["content"]
+
+
+HOSTILE_REPLIES = (
+    "import remote_kernel.remote.interpreter as m\n"
+    "from remote_kernel.protocol.boxing import ByValue\n"
+    "m.Interpreter.exposed_complete = lambda self, code, pos=None: ByValue({\n"
+    "    'matches': ['zip', 7, 'x' * 5000, 'a\\u202eb', 'c\\x1b]52;c;eA==\\x07'] + ['m'] * 100000,\n"
+    "    'cursor_start': 0, 'cursor_end': 2, 'status': 'error', 'extra': 'x' * 1000,\n"
+    "    'metadata': {'_jupyter_types_experimental': [{'text': 'evil', 'type': 'x'}]}})\n"
+    "m.Interpreter.exposed_is_complete = lambda self, code: ByValue(\n"
+    "    {'status': 'incomplete', 'indent': '\\n' * 100000, 'extra': 1})\n"
+)
+
+
+def test_a_remote_cannot_shape_the_completion_reply(start_server) -> None:
+    """The proxy kernel keeps the keys a frontend reads, checks their types and bounds them."""
+    server = start_server("--classic", name="hostile-complete")
+    kernelspec.install("rk-test-hostile-complete", str(server.file), user=True)
+    kernel = Kernel("rk-test-hostile-complete")
+    try:
+        run = kernel.run(HOSTILE_REPLIES)  # the server's own replies, as a hostile one would
+        assert run.status == "ok", run.reply
+        content = _shell_reply(kernel, kernel.client.complete("zi", 2))
+        assert set(content) == {"status", "matches", "cursor_start", "cursor_end", "metadata"}
+        assert content["status"] == "ok" and content["metadata"] == {}
+        assert (content["cursor_start"], content["cursor_end"]) == (0, 2)
+        assert content["matches"][0] == "zip" and len(content["matches"]) <= 2000
+        assert set(content["matches"][1:]) == {"m"}  # no control characters, no 5000-long name
+        # Offsets outside the code: no completion rather than a wrong edit.
+        content = _shell_reply(kernel, kernel.client.complete("z", 1))
+        assert (content["matches"], content["cursor_start"], content["cursor_end"]) == ([], 1, 1)
+        assert _is_complete(kernel, "for i in x:") == {"status": "incomplete"}
+    finally:
+        kernel.close()
+        kernelspec.remove("rk-test-hostile-complete")

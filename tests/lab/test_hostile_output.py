@@ -97,3 +97,4 @@ def test_hostile_display_runs_nothing_unless_trusted(env: Env, lab: Lab, page: A
         assert _flag(page, "rk_js_t") == 1
     finally:
         server.kill()
+
