@@ -944,7 +944,7 @@ class Connection:
         try:
             session = self._session
             received = session.received
-            data = frame(pack([Kind.NOTIFY, Op.ACK, received]), self._config.max_message_size)
+            data = self._framed(pack([Kind.NOTIFY, Op.ACK, received]))
             session.acked = received
             self._transport.send(data)
             self._bytes_out += len(data)
