@@ -32,8 +32,9 @@ log = logging.getLogger("remote_kernel.net.session")
 
 RESEND_LIMIT = 64 << 20  # bytes kept for re-sending before the oldest are let go
 ACK_EVERY = 256 << 10  # a receiver acknowledges at least this often (bytes received)
-RECONNECT_FIRST, RECONNECT_MAX = 0.2, 2.0  # backoff between reconnect attempts (seconds)
+RECONNECT_FIRST, RECONNECT_MAX = 0.2, 1.5  # backoff between reconnect attempts (seconds)
 MONITOR_SLICE = 0.5  # how often the monitor looks at idle sessions' sockets
+RECONNECT_TIMEOUT = 2.0  # one reconnect attempt (TCP connect, TLS, resume handshake)
 
 Reopen = Callable[[int], "tuple[Transport, int, bytes]"]
 
@@ -120,13 +121,14 @@ class ResumableTransport(Transport):
 
     def __init__(self, raw: Transport, *, session_id: bytes, unreachable_after: float,
                  resume_window: float, reopen: Reopen | None = None, received: int = 0,
-                 store_limit: int = RESEND_LIMIT) -> None:
+                 secret: bytes | None = None, store_limit: int = RESEND_LIMIT) -> None:
         self._raw = raw
         self.peer_name = raw.peer_name
-        self.send_timeout = raw.send_timeout
         self.session_id = session_id
+        self.secret = secret  # the session's resume secret (net/auth.py), None without a token
         self.unreachable_after = unreachable_after
         self.resume_window = resume_window
+        self._window = resume_window  # how long this outage may last (see _lost)
         self._reopen = reopen
         self.received = received  # bytes of the peer's stream received here
         self.acked = received  # what this side last told the peer it received
@@ -142,6 +144,19 @@ class ResumableTransport(Transport):
         _monitor.track(self)
 
     # -- what the Connection sees -----------------------------------------------------------
+
+    @property
+    def link(self) -> Transport:
+        """The current link (it changes with each resume)."""
+        return self._raw
+
+    @property
+    def send_timeout(self) -> float:  # type: ignore[override]
+        return self._raw.send_timeout
+
+    @send_timeout.setter
+    def send_timeout(self, value: float) -> None:
+        self._raw.send_timeout = value
 
     @property
     def state(self) -> str:
@@ -231,20 +246,18 @@ class ResumableTransport(Transport):
         self._lost(self._raw, ConnectionClosed(reason))
 
     def _lost(self, raw: Transport, exc: ConnectionClosed) -> None:
-        # A server whose client closed its end in order (its process ended, it closed the
-        # connection) keeps nothing: no resume will come. A client always tries one: a
-        # server that is gone refuses it at once.
+        # A client that closed its end in order most likely ended (a clean close sends a
+        # CLOSE first): its server keeps the session only briefly, for a relay or an ssh
+        # bridge that closed in its place. A silent link gets the whole window.
         orderly = self._reopen is None and getattr(exc, "orderly", False)
         with self._cond:
             if raw is not self._raw or self._state != "open":
                 return
-            if not orderly:
-                self._set_state("unreachable")
-        if orderly:
-            self._end(f"{self.peer_name} closed the connection")
-            return
+            self._window = min(self.resume_window, self.unreachable_after) if orderly \
+                else self.resume_window
+            self._set_state("unreachable")
         log.info("link to %s lost (%s); session kept for %g s", self.peer_name, exc,
-                 self.resume_window)
+                 self._window)
         try:
             raw.close()
         except Exception:
@@ -264,17 +277,13 @@ class ResumableTransport(Transport):
             except SessionRefused as exc:
                 self._end(str(exc))
                 return
-            except ConnectionRefusedError:
-                self._end(f"{self.peer_name} is not running any more: the session and its "
-                          "objects are gone (%remote reconnect starts a new one)")
-                return
             except (OSError, ConnectionClosed, AuthenticationError, ProtocolError) as exc:
-                if getattr(exc, "errno", None) == errno.ECONNREFUSED:
+                if _server_gone(exc):
                     self._end(f"{self.peer_name} is not running any more: the session and "
                               "its objects are gone (%remote reconnect starts a new one)")
                     return
                 log.debug("reconnect to %s failed: %s", self.peer_name, exc)
-                left = self._since + self.resume_window - time.monotonic()
+                left = self._since + self._window - time.monotonic()
                 time.sleep(max(0.0, min(delay, left)))
                 delay = min(delay * 2, RECONNECT_MAX)
                 continue
@@ -329,10 +338,13 @@ class ResumableTransport(Transport):
     # -- ends ---------------------------------------------------------------------------------
 
     def _expire_if_due(self) -> bool:
-        if self._state == "unreachable" and \
-                time.monotonic() - self._since > self.resume_window:
-            self._end(f"{self.peer_name} unreachable for {self.resume_window:g} s: session "
-                      "closed, its objects released there")
+        if self._state == "unreachable" and time.monotonic() - self._since > self._window:
+            if self._window < self.resume_window:
+                self._end(f"{self.peer_name} closed the connection and did not come back "
+                          f"within {self._window:g} s")
+            else:
+                self._end(f"{self.peer_name} unreachable for {self._window:g} s: session "
+                          "closed, its objects released there")
             return True
         return self._state == "closed"
 
@@ -381,6 +393,17 @@ class ResumableTransport(Transport):
             return
         if events and events[0][1] & (select.POLLERR | select.POLLHUP):
             self.link_lost("the link stopped answering")
+
+
+def _server_gone(exc: BaseException) -> bool:
+    """True when a reconnect failed because nothing listens there any more (the server's
+    process ended; its unix socket or connection file is gone), not because of the link."""
+    for error in (exc, exc.__cause__):
+        if isinstance(error, (ConnectionRefusedError, FileNotFoundError)):
+            return True
+        if isinstance(error, OSError) and error.errno == errno.ECONNREFUSED:
+            return True
+    return False
 
 
 class _Monitor:
