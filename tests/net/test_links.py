@@ -34,8 +34,11 @@ CLIENT_SCRIPT = """
 import json, sys, threading, time
 import remote_kernel as rk
 host, port, token, config = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+lock = threading.Lock()
 def emit(**fields):
-    print(json.dumps(fields), flush=True)
+    with lock:  # one whole line at a time from every thread
+        sys.stdout.write(json.dumps(fields) + "\\n")
+        sys.stdout.flush()
 conn = rk.connect(host, port, token=token, config=config)
 ns = {"conn": conn, "rk": rk, "time": time}
 def watch():
@@ -135,9 +138,21 @@ class Client:
         self.proc.process.stdin.flush()
         return self._next
 
+    def _find(self, predicate: Any, timeout: float, what: str) -> dict[str, Any]:
+        """The first line, already seen or still to come, that satisfies ``predicate``
+        (lines come in any order: states and results interleave)."""
+        for line in list(self.proc.seen):
+            try:
+                value = json.loads(line)
+            except ValueError:
+                continue
+            if predicate(value):
+                return value
+        return self.proc.expect(predicate, timeout, what)
+
     def result(self, cid: int, timeout: float) -> dict[str, Any]:
-        return self.proc.expect(lambda v: isinstance(v, dict) and v.get("id") == cid, timeout,
-                                f"result of command {cid}")
+        return self._find(lambda v: isinstance(v, dict) and v.get("id") == cid, timeout,
+                          f"result of command {cid}")
 
     def eval(self, code: str, timeout: float = 30) -> dict[str, Any]:
         return self.result(self.send(eval=code), timeout)
@@ -145,9 +160,9 @@ class Client:
     def execute(self, code: str) -> None:
         assert self.result(self.send(exec=code), 30)["ok"]
 
-    def state(self, state: str, timeout: float) -> dict[str, Any]:
-        return self.proc.expect(lambda v: isinstance(v, dict) and v.get("state") == state,
-                                timeout, f"state {state}")
+    def state(self, state: str, timeout: float, after: float = 0.0) -> dict[str, Any]:
+        return self._find(lambda v: isinstance(v, dict) and v.get("state") == state
+                          and v.get("t", 0) >= after, timeout, f"state {state}")
 
 
 @pytest.fixture(scope="module")
@@ -180,12 +195,12 @@ def test_a_silent_cut_is_noticed_and_the_session_resumes(link: Link,
     link.cut()
     cut_at = time.monotonic()
     pending = client.send(eval="items.append(4) or list(items)")  # waits, no error
-    seen = client.state("unreachable", 4 + 5 + 5)
+    seen = client.state("unreachable", 4 + 5 + 5, after=cut_at)
     assert seen["t"] - cut_at < 4 + 5 + 2  # (the child's clock is the same monotonic clock)
     time.sleep(1)
     link.heal()
     healed_at = time.monotonic()
-    resumed = client.state("open", 20)
+    resumed = client.state("open", 20, after=healed_at)
     assert resumed["t"] - healed_at < 5
     answer = client.result(pending, 10)
     assert answer["ok"], answer
@@ -239,7 +254,7 @@ def test_a_server_that_died_behind_a_cut_is_reported_when_the_link_returns(
     client = link.start_client(info, unreachable_after=2)
     client.execute("items = conn.eval('[1]')")
     link.cut()
-    client.state("unreachable", 15)
+    client.state("unreachable", 15, after=time.monotonic() - 1)
     proc.process.kill()
     proc.process.wait(10)
     pending = client.send(eval="items.append(2)")
