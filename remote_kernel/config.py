@@ -23,7 +23,11 @@ class ProtocolConfig:
     allow_setattr: bool = False
     allow_delattr: bool = False
     exposed_prefix: str = "exposed_"
-    sync_request_timeout: float | None = 30.0
+    # None: no per-call limit. A live peer may take as long as a call takes; liveness
+    # (unreachable_after) decides when a silent peer is given up, Stop interrupts.
+    sync_request_timeout: float | None = None
+    unreachable_after: float = 10.0  # seconds of silence before a peer counts as unreachable
+    resume_window: float = 300.0  # seconds a session is kept for a resume after its link died
     include_local_traceback: bool = True
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     connid: str | None = None
@@ -38,6 +42,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "allow_delattr": (bool,),
     "exposed_prefix": (str,),
     "sync_request_timeout": (int, float, type(None)),
+    "unreachable_after": (int, float),
+    "resume_window": (int, float),
     "include_local_traceback": (bool,),
     "max_message_size": (int,),
     "connid": (str, type(None)),
@@ -65,11 +71,16 @@ def make_config(config: Mapping[str, Any] | ProtocolConfig | None) -> ProtocolCo
                 f"config key {key!r} must be {expected}, not {type(value).__name__}"
             )
     values = dict(config)
-    timeout = values.get("sync_request_timeout", 30.0)
+    timeout = values.get("sync_request_timeout")
     if timeout is not None and timeout <= 0:
         raise ValueError("config key 'sync_request_timeout' must be positive or None")
     if values.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE) < 1024:
         raise ValueError("config key 'max_message_size' must be at least 1024 bytes")
     if "sync_request_timeout" in values and values["sync_request_timeout"] is not None:
         values["sync_request_timeout"] = float(values["sync_request_timeout"])
+    for key in ("unreachable_after", "resume_window"):
+        if key in values:
+            if values[key] <= 0:
+                raise ValueError(f"config key {key!r} must be positive")
+            values[key] = float(values[key])
     return ProtocolConfig(**values)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -134,6 +135,9 @@ class Connection:
         self.peer: str = name or self._config.connid or transport.peer_name
         # The handshake's reader may already hold the first bytes of the protocol proper;
         # it read through a small buffer, the connection reads through a large one.
+        # A resumable session (net/session.py) under this connection, acknowledged here.
+        self._session = transport if hasattr(transport, "acknowledged") else None
+        self._announced_state = "open"
         self._reader = reader or FrameReader(transport, self._config.max_message_size)
         self._reader.max_message_size = self._config.max_message_size
         if reader is not None:
@@ -209,6 +213,21 @@ class Connection:
         return self._closed
 
     @property
+    def state(self) -> str:
+        """"open", "unreachable" (the peer stopped answering; its session is kept and
+        resumed when the link returns), "resuming" or "closed"."""
+        if self._closed:
+            return "closed"
+        session = self._session
+        return "open" if session is None else session.state
+
+    @property
+    def state_since(self) -> float | None:
+        """time.monotonic() when the state last changed (None: not tracked here)."""
+        session = self._session
+        return None if session is None else session.state_since
+
+    @property
     def close_reason(self) -> str:
         """Why the connection closed ("" while open)."""
         return self._close_reason
@@ -276,8 +295,7 @@ class Connection:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<remote_kernel.Connection to {self.peer} ({state})>"
+        return f"<remote_kernel.Connection to {self.peer} ({self.state})>"
 
     # -- requests ------------------------------------------------------------------------
 
@@ -402,6 +420,8 @@ class Connection:
         while not done():
             if self._closed:
                 raise self._closed_error()
+            if self._session is not None and self._session.state != self._announced_state:
+                self._announce_state()
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise RequestTimeout("timed out")
@@ -426,6 +446,18 @@ class Connection:
                         self._cond.wait(wait)
                     finally:
                         self._waiters -= 1
+
+    def _announce_state(self) -> None:
+        """One line for the user waiting on this connection when its link fails, and one
+        when the session resumes (on stderr: a notebook shows it in the running cell)."""
+        state = self._session.state
+        previous, self._announced_state = self._announced_state, state
+        if state == "unreachable":
+            window = self._session.resume_window
+            print(f"{self.peer} unreachable: waiting for the link to return (the session is "
+                  f"kept for {window:g} s; Stop to give up)", file=sys.stderr, flush=True)
+        elif state == "open" and previous != "open":
+            print(f"{self.peer} reachable again: session resumed", file=sys.stderr, flush=True)
 
     def _wake_waiters(self) -> None:
         if self._waiters:
@@ -457,6 +489,8 @@ class Connection:
                     raise ProtocolError("a message must be an array")
                 if message[0] != BUFFERS:
                     self._messages_in += 1
+                    if self._session is not None and self._session.ack_due():
+                        self._send_ack()
                     return message
                 payload = None
                 self._expect_buffers(message)
@@ -515,6 +549,8 @@ class Connection:
             if message[0] != BUFFERS:
                 self._buffers_bytes = 0
                 self._messages_in += 1
+                if self._session is not None and self._session.ack_due():
+                    self._send_ack()
                 if self._landing_seq is not None:
                     landed_for, self._landing_seq = self._landing_seq, None
                     if message[0] != REPLY or message[1] != landed_for:
@@ -667,6 +703,14 @@ class Connection:
                     ident, token = running
                     token.cancel()
                     _interrupt.raise_in_thread(ident, KeyboardInterrupt)
+        elif op == Op.ACK:
+            count = args[0] if args else None
+            if type(count) is not int or self._session is None:
+                raise self._protocol_violation("malformed acknowledgement")
+            try:
+                self._session.acknowledged(count)
+            except ProtocolError as exc:
+                raise self._protocol_violation(str(exc)) from None
         elif op == Op.CLOSE:
             self._lost("closed by the peer")
         # unknown notifications are ignored: they need no answer
@@ -890,6 +934,25 @@ class Connection:
             if auth is not None:
                 send(auth.tag(view.nbytes, view))
         return sum(view.nbytes + 4 for view in views)
+
+    def _send_ack(self) -> None:
+        """Tell the session's peer how much of its stream arrived, so it can let go of
+        what it keeps for re-sending. Only when no other thread is sending: a reader never
+        waits for the send lock (the next read tries again)."""
+        if not self._send_lock.acquire(blocking=False):
+            return
+        try:
+            session = self._session
+            received = session.received
+            data = self._framed(pack([Kind.NOTIFY, Op.ACK, received]))
+            session.acked = received
+            self._transport.send(data)
+            self._bytes_out += len(data)
+            self._messages_out += 1
+        except ConnectionClosed as exc:
+            self._lost(str(exc))
+        finally:
+            self._send_lock.release()
 
     # -- proxies and releases -----------------------------------------------------------------
 

@@ -12,12 +12,20 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from remote_kernel.errors import ConnectionClosed
 from remote_kernel.protocol.codec import CHUNK, FrameAuthenticator, FrameDecoder
 from remote_kernel.protocol.landing import Landing
 
 # A send that makes no progress for this long means the peer stopped reading: the
 # connection is dropped (its stream is cut mid-frame and cannot be used again).
 SEND_TIMEOUT = 30.0
+
+
+class PeerClosed(ConnectionClosed):
+    """The peer closed its end in order (end of stream): its process ended or it closed
+    the connection, as opposed to a link that failed."""
+
+    orderly = True
 
 
 class Transport(abc.ABC):

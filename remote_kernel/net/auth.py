@@ -3,15 +3,28 @@
     server -> client  hello  {"protocol": 2, "version": package version, "auth": bool,
                               "nonce": 32 bytes, "service": name}
     client -> server  reply  {"protocol": 2, "version": package version, "nonce": 32 bytes,
-                              "resume": nil, "mac": 32 bytes or nil}   ("mac" is the LAST key)
-    server -> client  answer {"ok": true, "mac": 32 bytes or nil, "session": 16 bytes}
-                             or {"ok": false, "error": text}
+                              "resume": nil | {"session": id, "received": n,
+                                               "proof": 32 bytes or nil},
+                              "mac": 32 bytes or nil}   ("mac" is the LAST key)
+    server -> client  answer {"ok": true, "mac": 32 bytes or nil, "session": 16 bytes,
+                              "received": n (a resume only)}
+                             or {"ok": false, "error": text, "unknown_session": bool}
 
 Keys. With a token, HKDF-SHA256 (RFC 5869) with ikm = the token (UTF-8) and salt =
 server nonce + client nonce derives five 32-byte keys, one per ``info`` label (LABELS):
 the client's and the server's handshake MAC keys, the client->server and server->client
-frame keys, and the session's resume secret (kept on both sides for resuming a session;
-a server of this revision refuses any ``resume`` with "unknown session").
+frame keys, and the session's resume secret.
+
+Resume (net/session.py). A client whose link died opens a new one and runs this handshake
+again with ``resume``: the session id, how many bytes of the server's stream it received,
+and a proof that it owns the session, HMAC-SHA256(resume secret, b"resume" + both new
+nonces + session id + received), so a proof seen on the wire is worth nothing later. The
+token is proven afresh as for a new session. The server answers with how many bytes of
+the client's stream it received (covered by its MAC); then each side re-sends the rest,
+and the frames go on under the session's first keys and counters. A server that does not
+know the session (it restarted, or the session ended) refuses with ``unknown_session``.
+Without a token a session resumes by its id alone (16 random bytes; anyone who can reach
+such a server can do anything there anyway).
 
 Transcript. ``H = sha256(hello payload) + sha256(signed reply) + channel``, where the
 hello payload is the exact bytes of the hello frame, the signed reply is the reply
@@ -44,6 +57,7 @@ import hmac
 import logging
 import secrets
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +116,45 @@ class Session:
     id: bytes
     peer_version: str
     keys: SessionKeys | None  # None without a token
+    peer_received: int = 0  # a resume: bytes of this side's stream the peer received
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A client's request to continue a session on a new link."""
+
+    session_id: bytes
+    secret: bytes | None  # the session's resume secret (None without a token)
+    received: int  # bytes of the server's stream this side received
+
+
+class SessionTable:
+    """The server's live sessions by id, for resumes (net/session.ResumableTransport)."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[bytes, Any] = {}
+        self._lock = threading.Lock()
+
+    def add(self, session_id: bytes, session: Any) -> None:
+        with self._lock:
+            self._sessions[session_id] = session
+
+    def remove(self, session_id: bytes) -> None:
+        with self._lock:
+            self._sessions.pop(session_id, None)
+
+    def get(self, session_id: bytes) -> Any:
+        with self._lock:
+            return self._sessions.get(session_id)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+
+def resume_proof(secret: bytes, server_nonce: bytes, client_nonce: bytes,
+                 session_id: bytes, received: int) -> bytes:
+    data = b"resume" + server_nonce + client_nonce + session_id + received.to_bytes(8, "big")
+    return hmac.new(secret, data, hashlib.sha256).digest()
 
 
 def channel_binding(transport: Transport) -> bytes:
@@ -117,8 +170,11 @@ def _client_mac(keys: SessionKeys, transcript: bytes) -> bytes:
     return hmac.new(keys.client_mac, b"client" + transcript, hashlib.sha256).digest()
 
 
-def _server_mac(keys: SessionKeys, transcript: bytes, reply: bytes, session: bytes) -> bytes:
+def _server_mac(keys: SessionKeys, transcript: bytes, reply: bytes, session: bytes,
+                received: int | None = None) -> bytes:
     data = b"server" + transcript + hashlib.sha256(reply).digest() + session
+    if received is not None:  # a resume: how much the server received is covered too
+        data += received.to_bytes(8, "big")
     return hmac.new(keys.server_mac, data, hashlib.sha256).digest()
 
 
@@ -154,9 +210,12 @@ def _versions(peer: str, theirs: Any, side: str) -> ProtocolError:
 
 
 def server_handshake(transport: Transport, token: str | None, service_name: str,
-                     timeout: float = 10.0) -> FrameReader:
+                     timeout: float = 10.0, sessions: SessionTable | None = None
+                     ) -> FrameReader:
     """Run the server side; raises AuthenticationError (after a delay) on failure. The
-    reader returned carries the session (``reader.session``) and its frame keys."""
+    reader returned carries the session (``reader.session``) and its frame keys; after a
+    resume of one of ``sessions`` it carries ``reader.resumed``, that session, with
+    ``reader.session.peer_received`` (the caller attaches the transport to it)."""
     deadline = time.monotonic() + timeout
     reader = FrameReader(transport, HANDSHAKE_LIMIT, HANDSHAKE_BUFFER)
     nonce = secrets.token_bytes(NONCE_SIZE)
@@ -172,11 +231,13 @@ def server_handshake(transport: Transport, token: str | None, service_name: str,
         client_nonce = reply.get("nonce")
         if not isinstance(client_nonce, bytes) or len(client_nonce) != NONCE_SIZE:
             raise ProtocolError("malformed handshake reply")
-        if reply.get("resume") is not None:
-            raise AuthenticationError("unknown session")
-        session_id = secrets.token_bytes(SESSION_ID_SIZE)
+        resume = reply.get("resume")
+        resumed = None
+        if resume is not None:
+            resumed, session_id, client_received = _find_session(resume, sessions)
+        else:
+            session_id = secrets.token_bytes(SESSION_ID_SIZE)
         keys = None
-        mac_out = None
         if token is not None:
             mac = reply.get("mac")
             if mac is None:
@@ -188,26 +249,74 @@ def server_handshake(transport: Transport, token: str | None, service_name: str,
             transcript = _transcript(hello, reply_bytes[:-MAC_SIZE], channel_binding(transport))
             if not hmac.compare_digest(mac, _client_mac(keys, transcript)):
                 raise AuthenticationError("authentication failed: wrong token")
-            mac_out = _server_mac(keys, transcript, reply_bytes, session_id)
-        _send(transport, pack({"ok": True, "mac": mac_out, "session": session_id}),
-              max(0.0, deadline - time.monotonic()))
+        answer: dict[str, Any] = {"ok": True, "mac": None, "session": session_id}
+        server_received = None
+        if resumed is not None:
+            _check_proof(resume, resumed, nonce, client_nonce, session_id, client_received)
+            try:
+                server_received = resumed.take_over()
+            except ConnectionClosed:  # it ended meanwhile
+                raise UnknownSession("unknown session: the session ended, and its objects "
+                                     "are gone") from None
+            answer["received"] = server_received
+        if keys is not None:
+            answer["mac"] = _server_mac(keys, transcript, reply_bytes, session_id,
+                                        server_received)
+        _send(transport, pack(answer), max(0.0, deadline - time.monotonic()))
     except (AuthenticationError, ProtocolError) as exc:
         log.warning("failed handshake from %s: %s", transport.peer_name, exc)
         time.sleep(FAILURE_DELAY)
         try:
-            _send(transport, pack({"ok": False, "error": str(exc)}), 0)
+            _send(transport, pack({"ok": False, "error": str(exc),
+                                   "unknown_session": isinstance(exc, UnknownSession)}), 0)
         except ConnectionClosed:
             pass
         raise
+    version = str(reply.get("version", ""))
+    if resumed is not None:  # the session goes on under its first keys and counters
+        reader.session = Session(session_id, version, None, client_received)
+        reader.resumed = resumed
+        return reader
     _install(reader, keys, server_side=True)
-    reader.session = Session(session_id, str(reply.get("version", "")), keys)
+    reader.session = Session(session_id, version, keys)
     return reader
 
 
-def client_handshake(transport: Transport, token: str | None,
-                     timeout: float = 10.0) -> FrameReader:
+class UnknownSession(AuthenticationError):
+    """A resume of a session this server does not have (it restarted, or it ended)."""
+
+
+def _find_session(resume: Any, sessions: SessionTable | None) -> tuple[Any, bytes, int]:
+    if not isinstance(resume, dict):
+        raise ProtocolError("malformed resume request")
+    session_id, received = resume.get("session"), resume.get("received")
+    if not isinstance(session_id, bytes) or len(session_id) != SESSION_ID_SIZE \
+            or type(received) is not int or received < 0:
+        raise ProtocolError("malformed resume request")
+    session = sessions.get(session_id) if sessions is not None else None
+    if session is None:
+        raise UnknownSession("unknown session: the server restarted or the session ended, "
+                             "and its objects are gone")
+    return session, session_id, received
+
+
+def _check_proof(resume: dict, session: Any, server_nonce: bytes, client_nonce: bytes,
+                 session_id: bytes, received: int) -> None:
+    secret = session.secret
+    if secret is None:
+        return  # a session without a token resumes by its id (see the module docstring)
+    proof = resume.get("proof")
+    expected = resume_proof(secret, server_nonce, client_nonce, session_id, received)
+    if not isinstance(proof, bytes) or not hmac.compare_digest(proof, expected):
+        raise AuthenticationError("authentication failed: not the owner of that session")
+
+
+def client_handshake(transport: Transport, token: str | None, timeout: float = 10.0,
+                     resume: Resume | None = None) -> FrameReader:
     """Run the client side. The reader returned may already hold the first frames after
-    the handshake; it carries the session (``reader.session``) and its frame keys."""
+    the handshake; it carries the session (``reader.session``) and its frame keys. With
+    ``resume``, the session goes on (``reader.session.peer_received``: where to re-send
+    from) and no keys are installed: the session's first ones stay in use."""
     deadline = time.monotonic() + timeout
     reader = FrameReader(transport, HANDSHAKE_LIMIT, HANDSHAKE_BUFFER)
     peer = transport.peer_name
@@ -232,8 +341,14 @@ def client_handshake(transport: Transport, token: str | None,
         raise ProtocolError("malformed handshake hello")
     requires_auth = bool(hello.get("auth"))
     client_nonce = secrets.token_bytes(NONCE_SIZE)
+    request = None
+    if resume is not None:
+        request = {"session": resume.session_id, "received": resume.received, "proof": None}
+        if resume.secret is not None:
+            request["proof"] = resume_proof(resume.secret, server_nonce, client_nonce,
+                                            resume.session_id, resume.received)
     body = {"protocol": PROTOCOL_VERSION, "version": __version__, "nonce": client_nonce,
-            "resume": None}
+            "resume": request}
     if requires_auth and not token:
         _send(transport, pack({**body, "mac": None}))
         raise AuthenticationError(f"{peer} requires a token; pass token= or use its "
@@ -255,16 +370,29 @@ def client_handshake(transport: Transport, token: str | None,
     except ConnectionClosed as exc:
         raise AuthenticationError(f"{peer} closed the handshake: {exc}") from exc
     if not answer.get("ok"):
-        raise AuthenticationError(f"{peer} refused the connection: "
-                                  f"{answer.get('error', 'no reason')}")
+        error = f"{peer} refused the connection: {answer.get('error', 'no reason')}"
+        if answer.get("unknown_session") is True and resume is not None:
+            from remote_kernel.net.session import SessionRefused
+
+            raise SessionRefused(f"{peer} restarted: the session and its objects are gone "
+                                 "(%remote reconnect, or connect again, starts a new one)")
+        raise AuthenticationError(error)
     session_id = answer.get("session")
     if not isinstance(session_id, bytes) or len(session_id) != SESSION_ID_SIZE:
         raise ProtocolError(f"{peer} sent a malformed handshake answer")
+    peer_received = answer.get("received") if resume is not None else None
+    if resume is not None and (session_id != resume.session_id
+                               or type(peer_received) is not int or peer_received < 0):
+        raise ProtocolError(f"{peer} sent a malformed resume answer")
     if keys is not None and transcript is not None:
         server_mac = answer.get("mac")
         if not isinstance(server_mac, bytes) or not hmac.compare_digest(
-                server_mac, _server_mac(keys, transcript, reply, session_id)):
+                server_mac, _server_mac(keys, transcript, reply, session_id, peer_received)):
             raise AuthenticationError(f"{peer} could not prove it knows the token")
+    version = str(hello.get("version", ""))
+    if resume is not None:
+        reader.session = Session(session_id, version, None, peer_received or 0)
+        return reader
     _install(reader, keys, server_side=False)
-    reader.session = Session(session_id, str(hello.get("version", "")), keys)
+    reader.session = Session(session_id, version, keys)
     return reader

@@ -3,6 +3,7 @@ interpreter over pipes, and ssh."""
 
 from __future__ import annotations
 
+import abc
 import collections
 import difflib
 import os
@@ -17,9 +18,16 @@ from typing import Any
 from remote_kernel.config import make_config
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.service import VoidService
+from remote_kernel.core.transport import Transport
 from remote_kernel.errors import ConnectionClosed, RemoteKernelError
 from remote_kernel.net import connfile
-from remote_kernel.net.auth import client_handshake
+from remote_kernel.net.auth import Resume, client_handshake
+from remote_kernel.net.session import (
+    RECONNECT_TIMEOUT,
+    Reopen,
+    ResumableTransport,
+    configure_liveness,
+)
 from remote_kernel.net.tls import client_context
 from remote_kernel.net.transports.pipes import PipeTransport
 from remote_kernel.net.transports.sockets import SocketTransport
@@ -118,18 +126,9 @@ def connect_file(path: str | Path, *, service: Any = VoidService, token: str | N
                  tls: Any = None, config: Any = None, timeout: float = 10.0,
                  trust_output: bool = False) -> Connection:
     info = connfile.read(Path(path))
-    token = token or info.get("token")
     try:
-        if info.get("transport") == "unix":
-            conn = connect_unix(info["path"], service=service, token=token, config=config,
-                                timeout=timeout)
-        else:
-            if tls is None and info.get("tls"):
-                tls = {"ca": info["ca"]} if info.get("ca") else True
-                if isinstance(tls, dict):
-                    tls["check_hostname"] = bool(info.get("check_hostname", False))
-            conn = _connect_tcp(info["host"], int(info["port"]), service, token, tls, config,
-                                timeout)
+        conn = _finish(FileLink(Path(path), tls), service, token or info.get("token"), config,
+                       timeout)
     except ConnectionClosed as exc:
         pid = info.get("pid")
         if isinstance(pid, int) and not connfile.pid_alive(pid):
@@ -142,16 +141,36 @@ def connect_file(path: str | Path, *, service: Any = VoidService, token: str | N
     return _trusted(conn, trust_output)
 
 
-def _connect_tcp(host: str, port: int, service: Any, token: str | None, tls: Any,
-                 config: Any, timeout: float) -> Connection:
-    peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as exc:
-        raise ConnectionClosed(f"cannot connect to {peer}: {_why(exc, host, timeout)}") \
-            from exc
-    context, server_name = client_context(tls)
-    if context is not None:
+class Link(abc.ABC):
+    """How to open a link to one server, as often as a session needs a new one."""
+
+    unreachable_after: float = 10.0  # (net/session.configure_liveness)
+
+    @abc.abstractmethod
+    def open(self, timeout: float) -> SocketTransport:
+        """A new link, connected (and through TLS where asked), before its handshake."""
+
+    def token(self) -> str | None:
+        """The server's token as known now (None: the one the caller gave)."""
+        return None
+
+
+class TcpLink(Link):
+    def __init__(self, host: str, port: int, tls: Any) -> None:
+        self.host, self.port, self.tls = host, port, tls
+        self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def open(self, timeout: float) -> SocketTransport:
+        host, peer = self.host, self.peer
+        try:
+            sock = socket.create_connection((host, self.port), timeout=timeout)
+        except OSError as exc:
+            raise ConnectionClosed(f"cannot connect to {peer}: {_why(exc, host, timeout)}") \
+                from exc
+        configure_liveness(sock, self.unreachable_after)
+        context, server_name = client_context(self.tls)
+        if context is None:
+            return SocketTransport(sock, peer)
         import ssl
 
         try:
@@ -162,9 +181,62 @@ def _connect_tcp(host: str, port: int, service: Any, token: str | None, tls: Any
             from remote_kernel.net.tls import explain_ssl_error
 
             raise AuthenticationError(
-                f"TLS handshake with {peer} failed: {explain_ssl_error(exc)}"
-            ) from exc
-    return _finish(SocketTransport(sock, peer), service, token, config, timeout)
+                f"TLS handshake with {peer} failed: {explain_ssl_error(exc)}") from exc
+        return SocketTransport(sock, peer)
+
+
+class UnixLink(Link):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def open(self, timeout: float) -> SocketTransport:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            raise ConnectionClosed(f"cannot connect to {self.path}: {exc.strerror or exc}") \
+                from exc
+        return SocketTransport(sock, self.path)
+
+
+class FileLink(Link):
+    """The server of a connection file, read anew for each link (a server that restarted
+    elsewhere is found, and then refuses the old session at once)."""
+
+    def __init__(self, path: Path, tls: Any) -> None:
+        self.path, self.tls = path, tls
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            return connfile.read(self.path)
+        except (OSError, ValueError) as exc:
+            raise ConnectionClosed(f"cannot read the connection file {self.path}: {exc}") \
+                from exc
+
+    def open(self, timeout: float) -> SocketTransport:
+        info = self._read()
+        link: Link
+        if info.get("transport") == "unix":
+            link = UnixLink(info["path"])
+        else:
+            tls = self.tls
+            if tls is None and info.get("tls"):
+                tls = {"ca": info["ca"]} if info.get("ca") else True
+                if isinstance(tls, dict):
+                    tls["check_hostname"] = bool(info.get("check_hostname", False))
+            link = TcpLink(info["host"], int(info["port"]), tls)
+        link.unreachable_after = self.unreachable_after
+        return link.open(timeout)
+
+    def token(self) -> str | None:
+        return self._read().get("token")
+
+
+def _connect_tcp(host: str, port: int, service: Any, token: str | None, tls: Any,
+                 config: Any, timeout: float) -> Connection:
+    return _finish(TcpLink(host, port, tls), service, token, config, timeout)
 
 
 def _why(exc: OSError, host: str, timeout: float) -> str:
@@ -182,25 +254,52 @@ def connect_unix(path: str, *, service: Any = VoidService, token: str | None = N
                  config: Any = None, timeout: float = 10.0,
                  trust_output: bool = False) -> Connection:
     make_config(config)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-    except OSError as exc:
-        sock.close()
-        raise ConnectionClosed(f"cannot connect to {path}: {exc.strerror or exc}") from exc
-    return _trusted(_finish(SocketTransport(sock, path), service, token, config, timeout),
-                    trust_output)
+    return _trusted(_finish(UnixLink(path), service, token, config, timeout), trust_output)
 
 
-def _finish(transport: Any, service: Any, token: str | None, config: Any,
+def _finish(link: Link, service: Any, token: str | None, config: Any,
             timeout: float) -> Connection:
+    """Open the first link, run the handshake, and put the connection on a session that
+    survives the link (net/session.py): a new link is opened when this one dies."""
+    settings = make_config(config)
+    link.unreachable_after = settings.unreachable_after
+    transport = link.open(timeout)
     try:
         reader = client_handshake(transport, token, timeout)
     except BaseException:
         transport.close()
         raise
-    return Connection(transport, service, config, reader=reader)
+    keys = reader.session.keys
+    session = ResumableTransport(
+        transport, session_id=reader.session.id,
+        unreachable_after=settings.unreachable_after, resume_window=settings.resume_window,
+        reopen=_reopener(link, token, reader.session.id,
+                         keys.resume if keys is not None else None),
+        received=reader.decoder.pending, secret=keys.resume if keys is not None else None)
+    reader.transport = session
+    return Connection(session, service, config, reader=reader)
+
+
+def _reopener(link: Link, token: str | None, session_id: bytes,
+              secret: bytes | None) -> Reopen:
+    """How the session gets a new link: the same way as the first, then a resume."""
+
+    def reopen(received: int) -> tuple[Transport, int, bytes]:
+        try:
+            current_token = link.token() or token  # a restarted server has a new one
+        except ConnectionClosed:
+            current_token = token
+        transport = link.open(RECONNECT_TIMEOUT)
+        try:
+            reader = client_handshake(transport, current_token, RECONNECT_TIMEOUT,
+                                      Resume(session_id, secret, received))
+            leftover = reader.decoder.take_unparsed()
+        except BaseException:
+            transport.close()
+            raise
+        return transport, reader.session.peer_received, leftover
+
+    return reopen
 
 
 class _StderrTail:

@@ -33,7 +33,8 @@ from remote_kernel.config import make_config
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.service import ClassicService, make_service
 from remote_kernel.errors import AuthenticationError, ConnectionClosed, ProtocolError
-from remote_kernel.net.auth import server_handshake
+from remote_kernel.net.auth import SessionTable, server_handshake
+from remote_kernel.net.session import ResumableTransport, configure_liveness
 from remote_kernel.net.tls import requires_client_certificates, server_context
 from remote_kernel.net.transports.sockets import SocketTransport
 
@@ -64,9 +65,10 @@ class Server:
                  token: str | None = None, tls: Any = None, unix_path: str | None = None,
                  config: Any = None, handshake_timeout: float = HANDSHAKE_TIMEOUT,
                  max_pending: int = MAX_PENDING) -> None:
-        make_config(config)  # an unknown key or a wrong type fails here, not per connection
+        self._settings = make_config(config)  # an unknown key or a wrong type fails here
         self.service = service
         self.config = config
+        self.sessions = SessionTable()  # sessions a client may resume (net/session.py)
         self.token = token or None
         self.handshake_timeout = handshake_timeout
         self.max_pending = max_pending
@@ -308,21 +310,44 @@ class Server:
                     sock.close()
                     return None
                 pending.progress = 1
+            configure_liveness(sock, self._settings.unreachable_after)
             transport = SocketTransport(sock, peer)
             service = make_service(self.service)
             service_name = type(service).__name__
             try:
                 reader = server_handshake(transport, self.token, service_name,
-                                          max(0.0, deadline - time.monotonic()))
+                                          max(0.0, deadline - time.monotonic()),
+                                          self.sessions)
             except (AuthenticationError, ProtocolError, ConnectionClosed) as exc:
                 log.info("dropping %s: %s", peer, "evicted" if pending.evicted else exc)
                 transport.close()
                 return None
-            return Connection(transport, service, self.config, reader=reader)
+            resumed = getattr(reader, "resumed", None)
+            if resumed is not None:  # an existing session goes on over this link
+                resumed.attach(transport, reader.session.peer_received,
+                               reader.decoder.take_unparsed())
+                return None
+            return Connection(self._session(transport, reader), service, self.config,
+                              reader=reader)
         except Exception:
             log.exception("could not set up the connection from %s", peer)
             sock.close()
             return None
+
+
+    def _session(self, transport: SocketTransport, reader: Any) -> ResumableTransport:
+        """The connection's session, kept for a resume while its link is down."""
+        keys, session_id = reader.session.keys, reader.session.id
+        session = ResumableTransport(
+            transport, session_id=session_id,
+            unreachable_after=self._settings.unreachable_after,
+            resume_window=self._settings.resume_window, received=reader.decoder.pending,
+            secret=keys.resume if keys is not None else None)
+        self.sessions.add(session_id, session)
+        session.on_state.append(
+            lambda state: state == "closed" and self.sessions.remove(session_id))
+        reader.transport = session
+        return session
 
 
 class _Pending:

@@ -327,6 +327,21 @@ class FrameDecoder:
             return self._big_got + HEADER_SIZE + self._tag_got
         return self._end - self._start + (HEADER_SIZE if self._need is not None else 0)
 
+    def take_unparsed(self) -> bytes:
+        """Every byte received and not yet returned as a frame, taken out as it came on
+        the wire (header included): a handshake hands them to the stream that follows it
+        (see net/session.py). Only for a decoder without an authenticator."""
+        if self._big is not None:
+            got = bytes(self._big_view[:self._big_got])
+            head = HEADER.pack(self._need or 0)
+            self._big = self._big_view = None
+        else:
+            got = bytes(self._view[self._start:self._end])
+            head = HEADER.pack(self._need) if self._need is not None else b""
+        self._start = self._end = self._big_got = 0
+        self._need = None
+        return head + got
+
     # -- feeding copies ------------------------------------------------------------------
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray]:

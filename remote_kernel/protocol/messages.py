@@ -65,6 +65,7 @@ class Op(IntEnum):
     READ = 37  # bytes [offset, offset+length) of a large buffer, for obtain in chunks
     BATCH = 38  # [[target, ...], [[target index, name | None, args, kwargs], ...]]: the
     #             calls run in order, ONE reply: [[1, value] | [0, exception], ...] (rk.batch)
+    ACK = 39  # NOTIFY n: n bytes of the sender's stream were received (resumable sessions)
 
 
 # Plain ints for the hot path: reading an IntEnum member is a lookup on its class each time.

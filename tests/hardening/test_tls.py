@@ -43,7 +43,7 @@ def mtls_server(pki: dict[str, Any]) -> Any:
 def _assert_works(server: rk.Server, **kwargs: Any) -> None:
     with rk.connect("127.0.0.1", server.port, timeout=5, **kwargs) as conn:
         assert conn.root.echo("over tls") == "over tls"
-        sock = conn._transport.sock  # type: ignore[attr-defined]
+        sock = conn._transport.link.sock  # type: ignore[attr-defined]
         assert isinstance(sock, ssl.SSLSocket)
         assert sock.version() in ("TLSv1.2", "TLSv1.3")
 
@@ -167,7 +167,7 @@ def test_cli_serve_tls_records_ca_in_connection_file(start_server: Any,
     assert server.info["ca"] == pki["ca"]
     assert stat.S_IMODE(os.stat(server.file).st_mode) == 0o600
     with rk.connect(str(server.file), timeout=5) as conn:
-        assert isinstance(conn._transport.sock, ssl.SSLSocket)  # type: ignore[attr-defined]
+        assert isinstance(conn._transport.link.sock, ssl.SSLSocket)  # type: ignore[attr-defined]
         assert conn.eval("6 * 7") == 42
     with pytest.raises(rk.AuthenticationError):  # the token is still required
         rk.connect("127.0.0.1", server.port, tls={"ca": pki["ca"]}, timeout=5)

@@ -276,15 +276,24 @@ def test_a_client_of_protocol_1_is_refused_in_one_line(start_server: Any) -> Non
     sock.close()
 
 
-def test_a_resume_is_refused_until_sessions_can_resume(start_server: Any) -> None:
+@pytest.mark.parametrize("resume, error, unknown", [
+    ({"session": b"s" * 16, "received": 0, "proof": b"p" * 32},
+     "unknown session: the server restarted or the session ended", True),
+    ([b"s" * 16, b"p" * 32], "malformed resume request", False),
+    ({"session": b"short", "received": 0, "proof": None}, "malformed resume request", False),
+    ({"session": b"s" * 16, "received": -1, "proof": None}, "malformed resume request", False),
+])
+def test_a_resume_of_no_known_session_is_refused(start_server: Any, resume: Any, error: str,
+                                                 unknown: bool) -> None:
     server = start_server("--classic")
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     _read_frame(sock)
     sock.sendall(frame(msgpack.packb({"protocol": 2, "version": "x", "nonce": os.urandom(32),
-                                      "resume": [os.urandom(16), os.urandom(32)],
-                                      "mac": None})))
+                                      "resume": resume, "mac": None})))
     answer = msgpack.unpackb(_read_frame(sock)[4:])
-    assert answer == {"ok": False, "error": "unknown session"}
+    assert answer["ok"] is False
+    assert answer["error"].startswith(error)
+    assert answer["unknown_session"] is unknown
     sock.close()
 
 

@@ -7,7 +7,7 @@ import os
 import select
 import time
 
-from remote_kernel.core.transport import Transport
+from remote_kernel.core.transport import PeerClosed, Transport
 from remote_kernel.errors import ConnectionClosed
 
 
@@ -58,7 +58,7 @@ class PipeTransport(Transport):
         except (OSError, ValueError) as exc:
             raise ConnectionClosed(f"connection to {self.peer_name} lost: {exc}") from exc
         if got == 0:
-            raise ConnectionClosed(f"{self.peer_name} closed the connection")
+            raise PeerClosed(f"{self.peer_name} closed the connection")
         return got
 
     def fileno(self) -> int:

@@ -8,7 +8,7 @@ import ssl
 import struct
 import time
 
-from remote_kernel.core.transport import Transport
+from remote_kernel.core.transport import PeerClosed, Transport
 from remote_kernel.errors import ConnectionClosed
 from remote_kernel.net.tls import explain_ssl_error
 
@@ -134,7 +134,7 @@ class SocketTransport(Transport):
         except (OSError, ValueError) as exc:
             raise ConnectionClosed(f"connection to {self.peer_name} lost: {exc}") from exc
         if got == 0:
-            raise ConnectionClosed(f"{self.peer_name} closed the connection")
+            raise PeerClosed(f"{self.peer_name} closed the connection")
         return got
 
     def fileno(self) -> int:

@@ -1,0 +1,472 @@
+"""Sessions that outlive their transport: the resumable layer under a Connection.
+
+Each direction of a session is one byte stream, counted from the end of the first
+handshake. The sender keeps what it sent until the peer acknowledges it (``Op.ACK``
+notifications, see core/connection.py): views of what was sent where those bytes cannot
+change, copies where they could. The receiver counts what it received. When the transport
+dies the session becomes "unreachable": sends are kept, reads wait. The client opens a new
+transport and runs the resume handshake (net/auth.py), which tells each side how much of
+its stream the other received; each side re-sends the rest. The Connection above sees one
+unbroken stream, so a request is received, and run, once, and its reply arrives once.
+
+What is kept for re-sending is bounded (``RESEND_LIMIT``). Past the bound the oldest bytes
+are let go; a resume that would need them fails cleanly (the session closes) rather than
+resuming wrongly.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import select
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from remote_kernel.core.transport import Transport
+from remote_kernel.errors import AuthenticationError, ConnectionClosed, ProtocolError
+
+log = logging.getLogger("remote_kernel.net.session")
+
+RESEND_LIMIT = 64 << 20  # bytes kept for re-sending before the oldest are let go
+ACK_EVERY = 256 << 10  # a receiver acknowledges at least this often (bytes received)
+RECONNECT_FIRST, RECONNECT_MAX = 0.2, 1.5  # backoff between reconnect attempts (seconds)
+MONITOR_SLICE = 0.5  # how often the monitor looks at idle sessions' sockets
+RECONNECT_TIMEOUT = 2.0  # one reconnect attempt (TCP connect, TLS, resume handshake)
+
+Reopen = Callable[[int], "tuple[Transport, int, bytes]"]
+
+
+class SessionRefused(ConnectionClosed):
+    """The server answered a resume with a refusal (it restarted, or the session ended):
+    no later attempt can succeed."""
+
+
+class ResendStore:
+    """What this side sent and the peer has not acknowledged, by stream offset."""
+
+    __slots__ = ("_parts", "start", "end", "kept", "limit")
+
+    def __init__(self, limit: int = RESEND_LIMIT) -> None:
+        self._parts: collections.deque[bytes | memoryview] = collections.deque()
+        self.start = 0  # stream offset of the first byte kept
+        self.end = 0  # bytes sent in all
+        self.kept = 0
+        self.limit = limit
+
+    def add(self, data: bytes | bytearray | memoryview) -> None:
+        if type(data) is bytes:
+            part: bytes | memoryview = data  # immutable: keep it as it is
+            size = len(data)
+        else:
+            view = memoryview(data).cast("B")
+            size = view.nbytes
+            # Bytes that may change after the send (a user's array) are copied, up to the
+            # bound; an immutable buffer is kept as a view.
+            part = view if view.readonly else (bytes(view) if size <= self.limit else view)
+        self._parts.append(part)
+        self.end += size
+        self.kept += size
+        if self.kept > self.limit:
+            self._let_go()
+
+    def acknowledge(self, offset: int) -> None:
+        """The peer received everything before ``offset``."""
+        if offset <= self.start:
+            return
+        if offset > self.end:
+            raise ProtocolError(f"the peer acknowledged {offset} bytes of {self.end} sent")
+        parts = self._parts
+        while parts and offset > self.start:
+            first = parts[0]
+            size = len(first) if type(first) is bytes else first.nbytes
+            if self.start + size <= offset:
+                parts.popleft()
+                self.start += size
+                self.kept -= size
+            else:
+                cut = offset - self.start
+                parts[0] = memoryview(first)[cut:]
+                self.start += cut
+                self.kept -= cut
+
+    def since(self, offset: int) -> list[bytes | memoryview] | None:
+        """What to re-send to a peer that received ``offset`` bytes; None if part of it
+        was let go (or the offset is not one this side ever reached)."""
+        if offset < self.start or offset > self.end:
+            return None
+        self.acknowledge(offset)
+        return list(self._parts)
+
+    def _let_go(self) -> None:
+        parts = self._parts
+        while self.kept > self.limit and len(parts) > 1:
+            first = parts.popleft()
+            size = len(first) if type(first) is bytes else first.nbytes
+            self.start += size
+            self.kept -= size
+
+
+class ResumableTransport(Transport):
+    """A transport whose underlying link may be replaced without losing a byte.
+
+    ``reopen`` (the client side) makes a new link to the same server and runs the resume
+    handshake: called with how many bytes this side received, it returns the new raw
+    transport, how many bytes the peer received, and any bytes of the peer's stream the
+    handshake read past its last frame. The server side has no ``reopen``: it waits for
+    :meth:`attach` from a resume the server accepted.
+    """
+
+    def __init__(self, raw: Transport, *, session_id: bytes, unreachable_after: float,
+                 resume_window: float, reopen: Reopen | None = None, received: int = 0,
+                 secret: bytes | None = None, store_limit: int = RESEND_LIMIT) -> None:
+        self._raw = raw
+        self.peer_name = raw.peer_name
+        self.session_id = session_id
+        self.secret = secret  # the session's resume secret (net/auth.py), None without a token
+        self.unreachable_after = unreachable_after
+        self.resume_window = resume_window
+        self._window = resume_window  # how long this outage may last (see _lost)
+        self._reopen = reopen
+        self.received = received  # bytes of the peer's stream received here
+        self.acked = received  # what this side last told the peer it received
+        self.store = ResendStore(store_limit)
+        self._prefix = b""  # peer bytes a resume handshake read past its last frame
+        self._state = "open"
+        self._since = time.monotonic()  # when the state last changed
+        self._failure = ""
+        self._cond = threading.Condition()
+        self._send_lock = threading.Lock()  # sends and the re-send after a resume
+        self._recv_mutex = threading.Lock()  # held while reading the raw link and counting
+        self.on_state: list[Callable[[str], None]] = []
+        _monitor.track(self)
+
+    # -- what the Connection sees -----------------------------------------------------------
+
+    @property
+    def link(self) -> Transport:
+        """The current link (it changes with each resume)."""
+        return self._raw
+
+    @property
+    def send_timeout(self) -> float:  # type: ignore[override]
+        return self._raw.send_timeout
+
+    @send_timeout.setter
+    def send_timeout(self, value: float) -> None:
+        self._raw.send_timeout = value
+
+    @property
+    def state(self) -> str:
+        """"open", "unreachable", "resuming" or "closed"."""
+        if self._state == "open" and self._reopen is not None:
+            self._check_link()
+        return self._state
+
+    @property
+    def state_since(self) -> float:
+        """time.monotonic() of the last change of state."""
+        return self._since
+
+    @property
+    def failure(self) -> str:
+        return self._failure
+
+    def ack_due(self) -> bool:
+        return self.received - self.acked >= ACK_EVERY
+
+    def acknowledged(self, offset: int) -> None:
+        with self._send_lock:
+            self.store.acknowledge(offset)
+
+    def send(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> None:
+        with self._send_lock:
+            if self._state == "closed":
+                raise self._closed_error()
+            self.store.add(data)
+            if self._state != "open":
+                return  # kept: it goes out with the re-send after the resume
+            raw = self._raw
+            try:
+                raw.send(data, timeout)
+            except ConnectionClosed as exc:
+                self._lost(raw, exc)
+
+    def recv_into(self, buffer: memoryview, timeout: float | None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            state = self._state
+            if state == "open":
+                with self._recv_mutex:
+                    if self._state == "open":
+                        if self._prefix:
+                            got = min(len(self._prefix), len(buffer))
+                            buffer[:got] = self._prefix[:got]
+                            self._prefix = self._prefix[got:]
+                            self.received += got
+                            return got
+                        raw = self._raw
+                        try:
+                            got = raw.recv_into(buffer, timeout)
+                        except ConnectionClosed as exc:
+                            self._lost(raw, exc)
+                            continue
+                        self.received += got
+                        return got
+                continue
+            if state == "closed":
+                raise self._closed_error()
+            with self._cond:
+                if self._state in ("unreachable", "resuming"):
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return 0
+                    self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
+            self._expire_if_due()
+            if deadline is not None and time.monotonic() >= deadline \
+                    and self._state != "open":
+                return 0
+
+    def has_buffered_data(self) -> bool:
+        return bool(self._prefix) or (self._state == "open" and self._raw.has_buffered_data())
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def close(self) -> None:
+        self._end("closed")
+
+    # -- losing and resuming the link --------------------------------------------------------
+
+    def link_lost(self, reason: str) -> None:
+        """Declare the current link dead (the monitor, a test, or a resume that replaces
+        it); the session stays, unreachable."""
+        self._lost(self._raw, ConnectionClosed(reason))
+
+    def _lost(self, raw: Transport, exc: ConnectionClosed) -> None:
+        # A client that closed its end in order most likely ended (a clean close sends a
+        # CLOSE first): its server keeps the session only briefly, for a relay or an ssh
+        # bridge that closed in its place. A silent link gets the whole window.
+        orderly = self._reopen is None and getattr(exc, "orderly", False)
+        with self._cond:
+            if raw is not self._raw or self._state != "open":
+                return
+            self._window = min(self.resume_window, self.unreachable_after) if orderly \
+                else self.resume_window
+            self._set_state("unreachable")
+        log.info("link to %s lost (%s); session kept for %g s", self.peer_name, exc,
+                 self._window)
+        try:
+            raw.close()
+        except Exception:
+            log.exception("closing a dead link failed")
+        if self._reopen is not None:
+            threading.Thread(target=self._reconnect, name="rk-reconnect", daemon=True).start()
+
+    def _reconnect(self) -> None:
+        delay = RECONNECT_FIRST
+        while self._state == "unreachable":
+            if self._expire_if_due():
+                return
+            with self._recv_mutex:  # no reader is counting bytes of the old link
+                received = self.received
+            try:
+                raw, peer_received, leftover = self._reopen(received)  # type: ignore[misc]
+            except SessionRefused as exc:
+                self._end(str(exc))
+                return
+            except (OSError, ConnectionClosed, AuthenticationError, ProtocolError) as exc:
+                if _server_gone(exc):
+                    self._end(f"{self.peer_name} is not running any more: the session and "
+                              "its objects are gone (%remote reconnect starts a new one)")
+                    return
+                log.debug("reconnect to %s failed: %s", self.peer_name, exc)
+                left = self._since + self._window - time.monotonic()
+                time.sleep(max(0.0, min(delay, left)))
+                delay = min(delay * 2, RECONNECT_MAX)
+                continue
+            self.attach(raw, peer_received, leftover)
+            return
+
+    def take_over(self) -> int:
+        """A resume arrived on a new link (server side): the old link, even if it looks
+        alive, is done. Returns how many bytes of the peer's stream this side received."""
+        if self._state == "closed":
+            raise SessionRefused(self._closed_error().args[0])
+        if self._state == "open":
+            self.link_lost("replaced by a resumed link")
+        with self._recv_mutex:
+            return self.received
+
+    def attach(self, raw: Transport, peer_received: int, leftover: bytes = b"") -> bool:
+        """Continue the session on ``raw``: re-send what the peer did not receive. False
+        (and the session closed) when that is no longer possible."""
+        with self._send_lock:
+            if self._state == "closed":
+                raw.close()
+                return False
+            with self._cond:
+                self._set_state("resuming")
+            missing = self.store.since(peer_received)
+            if missing is None:
+                raw.close()
+                self._end(f"cannot resume the session with {self.peer_name}: more was sent "
+                          "than is kept for re-sending; its objects are released there")
+                return False
+            try:
+                for part in missing:
+                    raw.send(part)
+            except ConnectionClosed as exc:
+                raw.close()
+                with self._cond:
+                    self._set_state("unreachable")
+                log.info("resume of %s failed while re-sending: %s", self.peer_name, exc)
+                if self._reopen is not None:
+                    threading.Thread(target=self._reconnect, name="rk-reconnect",
+                                     daemon=True).start()
+                return False
+            with self._cond:
+                self._raw = raw
+                self._prefix = leftover
+                self._set_state("open")
+        log.info("session with %s resumed (%d bytes re-sent)", self.peer_name,
+                 sum(len(part) for part in missing))
+        return True
+
+    # -- ends ---------------------------------------------------------------------------------
+
+    def _expire_if_due(self) -> bool:
+        if self._state == "unreachable" and time.monotonic() - self._since > self._window:
+            if self._window < self.resume_window:
+                self._end(f"{self.peer_name} closed the connection and did not come back "
+                          f"within {self._window:g} s")
+            else:
+                self._end(f"{self.peer_name} unreachable for {self._window:g} s: session "
+                          "closed, its objects released there")
+            return True
+        return self._state == "closed"
+
+    def _end(self, reason: str) -> None:
+        with self._cond:
+            if self._state == "closed":
+                return
+            self._failure = reason
+            self._set_state("closed")
+        _monitor.forget(self)
+        try:
+            self._raw.close()
+        except Exception:
+            log.exception("closing the link failed")
+
+    def _closed_error(self) -> ConnectionClosed:
+        return ConnectionClosed(self._failure or f"connection to {self.peer_name} is closed")
+
+    def _set_state(self, state: str) -> None:
+        """Call with ``_cond`` held."""
+        if state == self._state:
+            return
+        self._state = state
+        self._since = time.monotonic()
+        self._cond.notify_all()
+        for callback in list(self.on_state):
+            try:
+                callback(state)
+            except Exception:
+                log.exception("session state callback failed")
+
+    def _check_link(self) -> None:
+        """Notice a link the OS declared dead (keepalive, user timeout) even when nobody
+        reads: its socket reports an error or a hang-up."""
+        try:
+            fd = self._raw.fileno()
+        except (OSError, ValueError):
+            return
+        if fd < 0:
+            return
+        poller = select.poll()
+        poller.register(fd, select.POLLERR | select.POLLHUP)
+        try:
+            events = poller.poll(0)
+        except OSError:
+            return
+        if events and events[0][1] & (select.POLLERR | select.POLLHUP):
+            self.link_lost("the link stopped answering")
+
+
+def _server_gone(exc: BaseException) -> bool:
+    """True when a reconnect failed because nothing listens there any more (the server's
+    process ended; its unix socket or connection file is gone), not because of the link."""
+    for error in (exc, exc.__cause__):
+        if isinstance(error, (ConnectionRefusedError, FileNotFoundError)):
+            return True
+        if isinstance(error, OSError) and error.errno == errno.ECONNREFUSED:
+            return True
+    return False
+
+
+class _Monitor:
+    """One daemon thread that notices dead links of sessions nobody is reading."""
+
+    def __init__(self) -> None:
+        self._sessions: set[ResumableTransport] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def track(self, session: ResumableTransport) -> None:
+        with self._lock:
+            self._sessions.add(session)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="rk-session-monitor",
+                                                daemon=True)
+                self._thread.start()
+
+    def forget(self, session: ResumableTransport) -> None:
+        with self._lock:
+            self._sessions.discard(session)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(MONITOR_SLICE)
+            with self._lock:
+                sessions = list(self._sessions)
+            for session in sessions:
+                try:
+                    if session._state == "open":
+                        session._check_link()
+                    else:
+                        session._expire_if_due()
+                except Exception:
+                    log.exception("session monitor")
+
+
+_monitor = _Monitor()
+
+
+def configure_liveness(sock: Any, unreachable_after: float) -> None:
+    """Let the OS notice a silent TCP peer within ``unreachable_after`` seconds: keepalive
+    probes while idle, and a limit on how long sent data may stay unacknowledged (a link
+    busy with a slow transfer keeps getting acknowledgements, so it stays alive)."""
+    import socket
+
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    idle = max(1, int(unreachable_after * 0.4))
+    interval = max(1, int(unreachable_after * 0.2))
+    count = max(1, int((unreachable_after - idle) / interval))
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval),
+                        ("TCP_KEEPCNT", count),
+                        ("TCP_USER_TIMEOUT", int(unreachable_after * 1000))):
+        option = getattr(socket, name, None)
+        if option is not None:
+            options.append((socket.IPPROTO_TCP, option, value))
+    for level, option, value in options:
+        try:
+            sock.setsockopt(level, option, value)
+        except OSError:
+            log.debug("socket option %s not available here", option)
+
+
+__all__ = ["ResendStore", "ResumableTransport", "SessionRefused", "configure_liveness"]
