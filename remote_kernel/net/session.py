@@ -128,7 +128,9 @@ class ResumableTransport(Transport):
         self.secret = secret  # the session's resume secret (net/auth.py), None without a token
         self.unreachable_after = unreachable_after
         self.resume_window = resume_window
-        self._window = resume_window  # how long this outage may last (see _lost)
+        # A server whose clients reach it through a bridge (an ssh channel) keeps the
+        # session when the bridge closes in order: see _lost.
+        self.bridged = False
         self._reopen = reopen
         self.received = received  # bytes of the peer's stream received here
         self.acked = received  # what this side last told the peer it received
@@ -246,22 +248,22 @@ class ResumableTransport(Transport):
         self._lost(self._raw, ConnectionClosed(reason))
 
     def _lost(self, raw: Transport, exc: ConnectionClosed) -> None:
-        # A client that closed its end in order most likely ended (a clean close sends a
-        # CLOSE first): its server keeps the session only briefly, for a relay or an ssh
-        # bridge that closed in its place. A silent link gets the whole window.
-        orderly = self._reopen is None and getattr(exc, "orderly", False)
+        # An end of stream from a client means its process ended or it closed the
+        # connection: a client that gives up a link to resume resets it instead (_drop).
+        # So its server lets the session go at once, as without sessions, unless its
+        # clients always come through a bridge that closes in their place (``bridged``).
+        ends = self._reopen is None and getattr(exc, "orderly", False) and not self.bridged
         with self._cond:
             if raw is not self._raw or self._state != "open":
-                return
-            self._window = min(self.resume_window, self.unreachable_after) if orderly \
-                else self.resume_window
-            self._set_state("unreachable")
+                return  # (a link given up already, seen ending by its reader)
+            if not ends:
+                self._set_state("unreachable")
+        if ends:
+            self._end(f"{self.peer_name} closed the connection")
+            return
         log.info("link to %s lost (%s); session kept for %g s", self.peer_name, exc,
-                 self._window)
-        try:
-            raw.close()
-        except Exception:
-            log.exception("closing a dead link failed")
+                 self.resume_window)
+        _drop(raw)
         if self._reopen is not None:
             threading.Thread(target=self._reconnect, name="rk-reconnect", daemon=True).start()
 
@@ -283,7 +285,7 @@ class ResumableTransport(Transport):
                               "its objects are gone (%remote reconnect starts a new one)")
                     return
                 log.debug("reconnect to %s failed: %s", self.peer_name, exc)
-                left = self._since + self._window - time.monotonic()
+                left = self._since + self.resume_window - time.monotonic()
                 time.sleep(max(0.0, min(delay, left)))
                 delay = min(delay * 2, RECONNECT_MAX)
                 continue
@@ -319,7 +321,7 @@ class ResumableTransport(Transport):
                 for part in missing:
                     raw.send(part)
             except ConnectionClosed as exc:
-                raw.close()
+                _drop(raw)
                 with self._cond:
                     self._set_state("unreachable")
                 log.info("resume of %s failed while re-sending: %s", self.peer_name, exc)
@@ -338,13 +340,10 @@ class ResumableTransport(Transport):
     # -- ends ---------------------------------------------------------------------------------
 
     def _expire_if_due(self) -> bool:
-        if self._state == "unreachable" and time.monotonic() - self._since > self._window:
-            if self._window < self.resume_window:
-                self._end(f"{self.peer_name} closed the connection and did not come back "
-                          f"within {self._window:g} s")
-            else:
-                self._end(f"{self.peer_name} unreachable for {self._window:g} s: session "
-                          "closed, its objects released there")
+        if self._state == "unreachable" and \
+                time.monotonic() - self._since > self.resume_window:
+            self._end(f"{self.peer_name} unreachable for {self.resume_window:g} s: session "
+                      "closed, its objects released there")
             return True
         return self._state == "closed"
 
@@ -393,6 +392,16 @@ class ResumableTransport(Transport):
             return
         if events and events[0][1] & (select.POLLERR | select.POLLHUP):
             self.link_lost("the link stopped answering")
+
+
+def _drop(raw: Transport) -> None:
+    """Give up a link: reset it where the transport can (so the peer does not take it for
+    this side's end, see _lost), else close it."""
+    try:
+        abort = getattr(raw, "abort", None)
+        (abort or raw.close)()
+    except Exception:
+        log.exception("closing a dead link failed")
 
 
 def _server_gone(exc: BaseException) -> bool:

@@ -140,6 +140,26 @@ class SocketTransport(Transport):
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def abort(self) -> None:
+        """Close with a reset instead of an end of stream (TCP: SO_LINGER 0), so the peer
+        knows this side did not end the conversation (net/session.py)."""
+        if self._closed:
+            return
+        if self.sock.family not in (socket.AF_INET, socket.AF_INET6):
+            self.close()
+            return
+        self._closed = True
+        try:
+            # Wakes a thread blocked in a receive without sending an end of stream.
+            self.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self.sock.close()
+
     def close(self) -> None:
         if self._closed:
             return
