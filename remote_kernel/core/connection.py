@@ -421,6 +421,13 @@ class Connection:
 
     def _drive_until(self, done: Callable[[], bool], deadline: float | None) -> None:
         """Read and dispatch messages (or wait for the thread that does) until ``done()``."""
+        try:
+            self._drive(done, deadline)
+        finally:
+            if self._announced_state != "open" and self.state == "open":
+                self._announce_state()  # the wait ended with the session resumed
+
+    def _drive(self, done: Callable[[], bool], deadline: float | None) -> None:
         while not done():
             if self._closed:
                 raise self._closed_error()
