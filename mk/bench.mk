@@ -7,7 +7,10 @@
 #   make bench-fanout             one call to 1, 8 and 32 peers vs ipyparallel
 #   make bench-profile            cProfile of both ends + CPU per call of every system
 #   make bench-bytecodes          Python bytecodes per call, per function, on each side
-.PHONY: bench bench-quick bench-profile bench-instructions bench-fanout bench-bytecodes
+#   make bench-link               resume time after a cut link returns, 64 MiB over 8 Mbit/s
+#                                 (two network namespaces; needs root)
+.PHONY: bench bench-quick bench-profile bench-instructions bench-fanout bench-bytecodes \
+	bench-link
 
 BENCH_FLAGS = $(if $(NO_INSTRUCTIONS),--no-instructions) $(if $(NO_FANOUT),--no-fanout)
 
@@ -28,3 +31,6 @@ bench-profile: $(STAMP)
 
 bench-bytecodes: $(STAMP)
 	$(PY) -m benchmarks.bytecodes
+
+bench-link: $(STAMP)
+	$(PY) -m benchmarks.link

@@ -214,8 +214,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"{' with TLS' if tls else ''}{'' if token else ' WITHOUT authentication'}",
           flush=True)
     print(f"remote-kernel: connection file {path}", flush=True)
-    print(f"remote-kernel: connect with  %remote connect {name}   or   "
-          f"remote_kernel.connect({name!r})", flush=True)
+    # A file written where the user said is found by its path, not by the name.
+    target = str(path) if args.connection_file else name
+    print(f"remote-kernel: connect with  %remote connect {target}   or   "
+          f"remote_kernel.connect({target!r})", flush=True)
     advertisement = None
     try:
         if args.advertise:

@@ -25,7 +25,11 @@ def test_serve_writes_a_private_connection_file_and_prints_how_to_connect(start_
     assert server.info["token"] and server.info["pid"] == server.pid
     line = server.process.stdout.readline().decode()
     line += server.process.stdout.readline().decode() + server.process.stdout.readline().decode()
-    assert "%remote connect" in line
+    # The file was written where --connection-file said: the hint names that path, and
+    # what it says works as it is.
+    hint = next(text for text in line.splitlines() if "%remote connect" in text)
+    assert f"%remote connect {server.file} " in hint
+    assert f"remote_kernel.connect({str(server.file)!r})" in hint
     with rk.connect(str(server.file)) as conn:
         assert conn.eval("1 + 1") == 2
 

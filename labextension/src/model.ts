@@ -92,6 +92,9 @@ export class RemoteModel {
   private _pinging = new Set<string>();
   private _trees = new Map<string, Map<string, ITreeNode>>();
   private _timer: ReturnType<typeof setInterval> | null = null;
+  private _tick: ReturnType<typeof setInterval> | null = null;
+  /** Date.now() when the last snapshot arrived (its `since` values count from then). */
+  snapshotAt = Date.now();
   private _requestTimeout: number;
   private _childLimit: number;
 
@@ -248,7 +251,7 @@ export class RemoteModel {
       return;
     }
     for (const info of this.connections) {
-      if (info.state === 'connected') {
+      if (info.state === 'open') {
         this.ping(info.name).catch(() => undefined);
       }
     }
@@ -346,7 +349,30 @@ export class RemoteModel {
     return pathCode(info?.code_root ?? name, path);
   }
 
+  /** How long `info` has been in its state, in seconds, as of now. */
+  secondsInState(info: IConnectionInfo): number | null {
+    if (info.since === null || info.since === undefined) {
+      return null;
+    }
+    return info.since + (Date.now() - this.snapshotAt) / 1000;
+  }
+
+  /** While a connection is unreachable or resuming, views refresh its "for N s" each second. */
+  private _tickWhileWaiting(): void {
+    const waiting = this.connections.some(c => c.state === 'unreachable' || c.state === 'resuming');
+    if (waiting && this._tick === null) {
+      this._tick = setInterval(() => this.changed.emit(), 1000);
+    } else if (!waiting && this._tick !== null) {
+      clearInterval(this._tick);
+      this._tick = null;
+    }
+  }
+
   dispose(): void {
+    if (this._tick !== null) {
+      clearInterval(this._tick);
+      this._tick = null;
+    }
     this.stopPinging();
     this._failAll('the panel was closed');
   }
@@ -366,15 +392,15 @@ export class RemoteModel {
     const previous = new Map(this.connections.map(c => [c.name, c]));
     for (const info of connections) {
       const before = previous.get(info.name);
-      // A connection that came back (or a new one under an old name) has new objects.
+      // A new session (a reconnect, or a new connection under an old name) has new
+      // objects; a session that resumed after being unreachable keeps them.
       if (
         before &&
-        (before.target !== info.target ||
-          (before.state !== 'connected' && info.state === 'connected'))
+        (before.target !== info.target || (before.state === 'closed' && info.state === 'open'))
       ) {
         this._dropTree(info.name);
       }
-      if (info.latency === null && before && before.latency !== null && info.state === 'connected') {
+      if (info.latency === null && before && before.latency !== null && info.state === 'open') {
         info.latency = before.latency;
       }
       previous.delete(info.name);
@@ -385,11 +411,13 @@ export class RemoteModel {
     const before = new Map(this.connections.map(c => [c.name, c.state]));
     this.connections = connections;
     this.current = current;
+    this.snapshotAt = Date.now();
+    this._tickWhileWaiting();
     this.changed.emit();
     // While the panel pings, a connection that just (re)appeared gets its latency at once.
     if (this.isPinging) {
       for (const info of connections) {
-        if (info.state === 'connected' && before.get(info.name) !== 'connected') {
+        if (info.state === 'open' && before.get(info.name) !== 'open') {
           this.ping(info.name).catch(() => undefined);
         }
       }
@@ -452,6 +480,15 @@ export function pathCode(root: string, path: PathStep[]): string {
 }
 
 /** "0.8 ms", "12 ms", "1.3 s", or "–" when unknown. */
+/** A connection's state as a user reads it: "unreachable for 12 s" while it lasts. */
+export function stateText(model: RemoteModel, info: IConnectionInfo): string {
+  const waited = model.secondsInState(info);
+  if ((info.state === 'unreachable' || info.state === 'resuming') && waited !== null) {
+    return `${info.state} for ${Math.round(waited)} s`;
+  }
+  return info.state;
+}
+
 export function formatLatency(seconds: number | null | undefined): string {
   if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) {
     return '–';

@@ -24,7 +24,12 @@ export const TARGET = 'remote_kernel.panel';
 /** The protocol version both sides announce in snapshots. */
 export const PROTOCOL_VERSION = 1;
 
-export type ConnectionState = 'connected' | 'lost' | 'reconnecting' | 'closed';
+/**
+ * One vocabulary with the kernel's `Connection.state` and `%remote list`: "open";
+ * "unreachable" (the link went silent; the session is kept and resumes when it returns);
+ * "resuming" (the resume handshake runs on a new link); "closed".
+ */
+export type ConnectionState = 'open' | 'unreachable' | 'resuming' | 'closed';
 
 export interface IStats {
   requests: number;
@@ -37,8 +42,10 @@ export interface IConnectionInfo {
   name: string;
   target: string;
   state: ConnectionState;
-  /** Why a connection is not connected ("" when it is). */
+  /** Why a connection closed ("" while it is not closed). */
   error?: string;
+  /** Seconds in this state when the snapshot was taken (null: not known). */
+  since?: number | null;
   /** Seconds of the last ping, or null before the first one. */
   latency: number | null;
   stats: IStats;

@@ -4,7 +4,7 @@
 
 import { Widget } from '@lumino/widgets';
 
-import { formatLatency, RemoteModel } from './model';
+import { formatLatency, RemoteModel, stateText } from './model';
 
 export class RemoteStatus extends Widget {
   constructor(private readonly _onClick: () => void) {
@@ -31,7 +31,7 @@ export class RemoteStatus extends Widget {
     if (!info) {
       return '';
     }
-    const detail = info.state === 'connected' ? formatLatency(info.latency) : info.state;
+    const detail = info.state === 'open' ? formatLatency(info.latency) : stateText(model!, info);
     const more = model!.connections.length > 1 ? ` (+${model!.connections.length - 1})` : '';
     return `Remote: ${info.name}${more} · ${detail}`;
   }

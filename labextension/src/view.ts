@@ -236,13 +236,24 @@ function renderConnection(model: RemoteModel, info: IConnectionInfo) {
   const header = el('div', 'rk-conn-header');
   header.append(el('span', 'rk-conn-name', info.name));
   header.append(el('span', `rk-state rk-state-${info.state}`, info.state));
+  const waited = model.secondsInState(info);
+  if ((info.state === 'unreachable' || info.state === 'resuming') && waited !== null) {
+    const since = el('span', 'rk-since', `for ${Math.round(waited)} s`);
+    since.title =
+      info.state === 'unreachable'
+        ? 'the link went silent; the session is kept and resumes when it returns'
+        : 'the session is resuming on a new link';
+    header.append(since);
+  }
   if (info.trusted) {
     const trusted = el('span', 'rk-trusted', 'trusted');
     trusted.title = "this connection's output is shown unfiltered (connected with --trust)";
     header.append(trusted);
   }
-  const connected = info.state === 'connected';
-  const latency = el('span', 'rk-latency', connected ? formatLatency(info.latency) : '–');
+  const open = info.state === 'open';
+  // An unreachable session keeps its objects: its tree stays; calls wait for the link.
+  const live = info.state !== 'closed';
+  const latency = el('span', 'rk-latency', open ? formatLatency(info.latency) : '–');
   latency.title = 'round trip of the last ping';
   header.append(latency);
   item.append(header);
@@ -257,7 +268,7 @@ function renderConnection(model: RemoteModel, info: IConnectionInfo) {
     running.title = 'the notebook cell running on this connection';
     item.append(running);
   }
-  if (!connected && info.error) {
+  if (!live && info.error) {
     item.append(el('div', 'rk-conn-error', info.error));
   }
   const stats = info.stats ?? { requests: 0, bytes_in: 0, bytes_out: 0 };
@@ -271,13 +282,13 @@ function renderConnection(model: RemoteModel, info: IConnectionInfo) {
 
   const bar = el('div', 'rk-conn-actions');
   const ping = button('rk-ping', 'Ping', 'Measure the round trip now', 'ping');
-  ping.disabled = !connected;
+  ping.disabled = !open;
   bar.append(ping);
   bar.append(button('rk-reconnect', 'Reconnect', 'Close and open the connection again', 'reconnect'));
   bar.append(button('rk-disconnect', 'Disconnect', 'Close this connection', 'disconnect'));
   item.append(bar);
 
-  if (connected) {
+  if (live) {
     const tree = el('div', 'rk-tree');
     tree.append(renderNode(model, info.name, null, [], info.root_label || 'root'));
     item.append(tree);

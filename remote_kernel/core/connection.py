@@ -138,6 +138,10 @@ class Connection:
         # A resumable session (net/session.py) under this connection, acknowledged here.
         self._session = transport if hasattr(transport, "acknowledged") else None
         self._announced_state = "open"
+        # Called with each new state ("unreachable", "resuming", "open", "closed").
+        self.on_state: list[Callable[[str], None]] = []
+        if self._session is not None:
+            self._session.on_state.append(self._state_changed)
         self._reader = reader or FrameReader(transport, self._config.max_message_size)
         self._reader.max_message_size = self._config.max_message_size
         if reader is not None:
@@ -417,6 +421,13 @@ class Connection:
 
     def _drive_until(self, done: Callable[[], bool], deadline: float | None) -> None:
         """Read and dispatch messages (or wait for the thread that does) until ``done()``."""
+        try:
+            self._drive(done, deadline)
+        finally:
+            if self._announced_state != "open" and self.state == "open":
+                self._announce_state()  # the wait ended with the session resumed
+
+    def _drive(self, done: Callable[[], bool], deadline: float | None) -> None:
         while not done():
             if self._closed:
                 raise self._closed_error()
@@ -446,6 +457,13 @@ class Connection:
                         self._cond.wait(wait)
                     finally:
                         self._waiters -= 1
+
+    def _state_changed(self, state: str) -> None:
+        for callback in list(self.on_state):
+            try:
+                callback(state)
+            except Exception:
+                log.exception("state callback failed")
 
     def _announce_state(self) -> None:
         """One line for the user waiting on this connection when its link fails, and one

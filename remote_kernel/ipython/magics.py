@@ -301,7 +301,7 @@ class RemoteMagics(Magics):
             stats = entry.stats()
             latency = f"{entry.latency * 1e3:.2f} ms" if entry.latency is not None else "-"
             rows.append(("*" if entry.name == self.registry.current else "", entry.name,
-                         entry.target, entry.state, latency, str(stats["requests"]),
+                         entry.target, entry.state_text, latency, str(stats["requests"]),
                          str(stats["bytes_in"]), str(stats["bytes_out"])))
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         for row in rows:
@@ -518,7 +518,7 @@ class RemoteMagics(Magics):
             if names:
                 raise UsageError(f"--all takes no connection names\n{USAGE}")
             peers = [name for name, entry in registry.entries.items()
-                     if entry.state == "connected"]
+                     if entry.state != "closed"]
             if not peers:
                 raise UsageError("no open connections; use %remote connect TARGET")
             return peers

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -159,11 +160,13 @@ class PanelEndpoint:
         cached = self._roots.get(entry.name)
         # Until the first browse we guess a classic peer (what `serve --classic` gives).
         classic = cached[2] if cached is not None and cached[0] is entry.conn else True
+        since = getattr(entry, "since", None)  # seconds in this state, for the panel
         return {
             "name": entry.name,
             "target": str(entry.target),
             "state": entry.state,
-            "error": str(getattr(entry, "error", "") or "") if entry.state != "connected" else "",
+            "since": None if since is None else round(time.monotonic() - since, 1),
+            "error": str(getattr(entry, "error", "") or "") if entry.state == "closed" else "",
             "latency": entry.latency,
             "stats": {key: int(stats.get(key) or 0) for key in ("requests", "bytes_in", "bytes_out")},
             "root_label": "namespace" if classic else "root",
@@ -245,7 +248,7 @@ class PanelEndpoint:
 
     def _live_conn(self, entry: Any) -> Any:
         conn = entry.conn
-        if conn is None or entry.state != "connected" or getattr(conn, "closed", False):
+        if conn is None or entry.state == "closed" or getattr(conn, "closed", False):
             raise PanelError(f"connection {entry.name!r} is {entry.state}")
         return conn
 

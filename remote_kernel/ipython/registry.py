@@ -7,6 +7,7 @@ import keyword
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,7 +26,10 @@ from remote_kernel.net.client import connect, connect_ssh, connect_subprocess, p
 
 log = logging.getLogger("remote_kernel.ipython")
 
-CONNECTED, LOST, RECONNECTING, CLOSED = "connected", "lost", "reconnecting", "closed"
+# One vocabulary with Connection.state, %remote list and the lab panel: "open";
+# "unreachable" (the link went silent; the session is kept and resumed when it returns);
+# "resuming" (the resume handshake runs on a new link); "closed".
+OPEN, UNREACHABLE, RESUMING, CLOSED = "open", "unreachable", "resuming", "closed"
 
 
 class ConnectionEntry:
@@ -39,6 +43,7 @@ class ConnectionEntry:
         self.token_file = token_file
         self.service = service
         self.state = CLOSED
+        self.since = time.monotonic()  # when the state last changed
         self.conn: Connection | None = None
         self.latency: float | None = None
         self.error: str = ""
@@ -61,8 +66,22 @@ class ConnectionEntry:
         """Drop the cached interpreter netref (a new connection has its own)."""
         self._interpreter = None
 
+    def set_state(self, state: str, error: str = "") -> None:
+        if state != self.state:
+            self.state = state
+            self.since = time.monotonic()
+        self.error = error
+
+    @property
+    def state_text(self) -> str:
+        """The state as a user reads it: "unreachable for 12 s" while it lasts."""
+        if self.state in (UNREACHABLE, RESUMING):
+            return f"{self.state} for {time.monotonic() - self.since:.0f} s"
+        return self.state
+
     def require(self) -> Connection:
-        if self.conn is None or self.conn.closed or self.state != CONNECTED:
+        """The connection, while it is not closed (an unreachable one: calls wait for it)."""
+        if self.conn is None or self.conn.closed or self.state == CLOSED:
             reason = f" ({self.error})" if self.error else ""
             raise ConnectionClosed(
                 f"connection {self.name!r} to {self.target} is {self.state}{reason}; "
@@ -72,7 +91,7 @@ class ConnectionEntry:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "target": self.target, "state": self.state,
-                "latency": self.latency, "peer": self.conn.peer if self.conn else "",
+                "since": round(time.monotonic() - self.since, 1), "latency": self.latency, "peer": self.conn.peer if self.conn else "",
                 "error": self.error, "trusted": self.trusted, "running": self.running,
                 **self.stats()}
 
@@ -230,7 +249,7 @@ class ConnectionRegistry:
         """The live connection to ``target`` that ``connect(target, name)`` would duplicate
         (answering a ping now), or None."""
         entry = self.entries.get(name or default_name(target))
-        if entry is None or entry.target != target or entry.state != CONNECTED:
+        if entry is None or entry.target != target or entry.state != OPEN:
             return None
         try:
             self.ping(entry.name)
@@ -243,7 +262,7 @@ class ConnectionRegistry:
         if name is None:
             name = base = default_name(target)
             n = 1
-            while name in self.entries and self.entries[name].state == CONNECTED:
+            while name in self.entries and self.entries[name].state != CLOSED:
                 n += 1
                 name = f"{base}{n}"
         old = self.entries.get(name)
@@ -260,7 +279,7 @@ class ConnectionRegistry:
                      service: str = "void", trusted: bool = False) -> list[ConnectionEntry]:
         """Connect several targets at once, each named as ``connect`` would name it. Those
         that opened are registered even when others failed; then GroupError names those."""
-        taken = {name for name, entry in self.entries.items() if entry.state == CONNECTED}
+        taken = {name for name, entry in self.entries.items() if entry.state != CLOSED}
         fresh: dict[str, ConnectionEntry] = {}
         for target in targets:
             name = base = default_name(target)
@@ -296,24 +315,30 @@ class ConnectionRegistry:
 
     def _adopt(self, entry: ConnectionEntry, conn: Connection) -> None:
         entry.conn = conn
-        entry.state = CONNECTED
-        entry.error = ""
+        entry.set_state(OPEN)
         entry.forget_interpreter()
         conn.on_close.append(lambda closed, entry=entry: self._closed(entry, closed))
+        conn.on_state.append(
+            lambda state, entry=entry, conn=conn: self._state_changed(entry, conn, state))
         for callback in list(self.on_open):
             callback(entry)
+
+    def _state_changed(self, entry: ConnectionEntry, conn: Connection, state: str) -> None:
+        if entry.conn is not conn or state == CLOSED:  # (closing is _closed's)
+            return
+        entry.set_state(state)
+        self.changed()
 
     def _closed(self, entry: ConnectionEntry, conn: Connection) -> None:
         if entry.conn is not conn:
             return
-        if entry.state == CONNECTED:
-            entry.state = LOST
-            entry.error = conn.close_reason
+        if entry.state != CLOSED:
+            entry.set_state(CLOSED, conn.close_reason)
         self.changed()
 
     def close(self, name: str) -> None:
         entry = self.get(name)
-        entry.state = CLOSED
+        entry.set_state(CLOSED)
         if entry.conn is not None:
             entry.conn.close()
         del self.entries[entry.name]
@@ -322,17 +347,17 @@ class ConnectionRegistry:
         self.changed()
 
     def reconnect(self, name: str | None = None) -> ConnectionEntry:
+        """A new session on the entry's target (the old one, if any, is closed)."""
         entry = self.get(name)
         if entry.conn is not None and not entry.conn.closed:
-            entry.state = RECONNECTING
+            entry.set_state(CLOSED)
             entry.conn.close("reconnecting")
-        entry.state = RECONNECTING
+        entry.set_state(CLOSED)
         self.changed()
         try:
             self._open(entry)
         except Exception as exc:
-            entry.state = LOST
-            entry.error = str(exc)
+            entry.set_state(CLOSED, str(exc))
             self.changed()
             raise
         self.current = entry.name
@@ -344,9 +369,8 @@ class ConnectionRegistry:
         try:
             entry.latency = entry.require().ping(timeout)
         except ConnectionClosed as exc:
-            if entry.state == CONNECTED:
-                entry.state = LOST
-                entry.error = str(exc)
+            if entry.state != CLOSED:
+                entry.set_state(CLOSED, str(exc))
             self.changed()
             raise
         except RequestTimeout:
@@ -401,5 +425,5 @@ def reset_registry() -> None:
     _registry = None
 
 
-__all__ = ["CLOSED", "CONNECTED", "LOST", "RECONNECTING", "ConnectionEntry",
+__all__ = ["CLOSED", "OPEN", "RESUMING", "UNREACHABLE", "ConnectionEntry",
            "ConnectionRegistry", "find_discovered", "get_registry"]

@@ -142,7 +142,8 @@ class ResumableTransport(Transport):
         self._cond = threading.Condition()
         self._send_lock = threading.Lock()  # sends and the re-send after a resume
         self._recv_mutex = threading.Lock()  # held while reading the raw link and counting
-        self.on_state: list[Callable[[str], None]] = []
+        self.on_state: list[Callable[[str], None]] = []  # called with each new state
+        self._untold: list[str] = []
         _monitor.track(self)
 
     # -- what the Connection sees -----------------------------------------------------------
@@ -258,6 +259,7 @@ class ResumableTransport(Transport):
                 return  # (a link given up already, seen ending by its reader)
             if not ends:
                 self._set_state("unreachable")
+        self._tell()
         if ends:
             self._end(f"{self.peer_name} closed the connection")
             return
@@ -305,12 +307,13 @@ class ResumableTransport(Transport):
     def attach(self, raw: Transport, peer_received: int, leftover: bytes = b"") -> bool:
         """Continue the session on ``raw``: re-send what the peer did not receive. False
         (and the session closed) when that is no longer possible."""
-        with self._send_lock:
+        with self._cond:
             if self._state == "closed":
                 raw.close()
                 return False
-            with self._cond:
-                self._set_state("resuming")
+            self._set_state("resuming")
+        self._tell()
+        with self._send_lock:
             missing = self.store.since(peer_received)
             if missing is None:
                 raw.close()
@@ -324,6 +327,7 @@ class ResumableTransport(Transport):
                 _drop(raw)
                 with self._cond:
                     self._set_state("unreachable")
+                self._tell()
                 log.info("resume of %s failed while re-sending: %s", self.peer_name, exc)
                 if self._reopen is not None:
                     threading.Thread(target=self._reconnect, name="rk-reconnect",
@@ -333,6 +337,7 @@ class ResumableTransport(Transport):
                 self._raw = raw
                 self._prefix = leftover
                 self._set_state("open")
+        self._tell()
         log.info("session with %s resumed (%d bytes re-sent)", self.peer_name,
                  sum(len(part) for part in missing))
         return True
@@ -353,6 +358,7 @@ class ResumableTransport(Transport):
                 return
             self._failure = reason
             self._set_state("closed")
+        self._tell()
         _monitor.forget(self)
         try:
             self._raw.close()
@@ -363,17 +369,26 @@ class ResumableTransport(Transport):
         return ConnectionClosed(self._failure or f"connection to {self.peer_name} is closed")
 
     def _set_state(self, state: str) -> None:
-        """Call with ``_cond`` held."""
+        """Call with ``_cond`` held; :meth:`_tell` the listeners after letting it go."""
         if state == self._state:
             return
         self._state = state
         self._since = time.monotonic()
+        self._untold.append(state)
         self._cond.notify_all()
-        for callback in list(self.on_state):
+
+    def _tell(self) -> None:
+        """Call the state listeners, outside every lock (they may use the connection)."""
+        while self._untold:
             try:
-                callback(state)
-            except Exception:
-                log.exception("session state callback failed")
+                state = self._untold.pop(0)
+            except IndexError:
+                return
+            for callback in list(self.on_state):
+                try:
+                    callback(state)
+                except Exception:
+                    log.exception("session state callback failed")
 
     def _check_link(self) -> None:
         """Notice a link the OS declared dead (keepalive, user timeout) even when nobody

@@ -224,7 +224,7 @@ def test_a_dead_connection_is_one_line_with_a_hint_that_works(shell, start_serve
     server.process.wait(10)
     with pytest.raises(rk.ConnectionClosed):  # no kernel loop here: read until it notices
         shell.user_ns["dying"].poll(5)
-    assert get_registry().entries["dying"].state == "lost"
+    assert get_registry().entries["dying"].state == "closed"
     for code in ("items.append(4)", "items?"):
         _, text = output(shell, capsys, code)
         line = one_line_error(text)

@@ -168,3 +168,14 @@ def test_connections_opened_in_a_cell_are_served_while_idle(kernel: Kernel,
     time.sleep(1.5)  # idle: the kernel's loop serves the callback
     check = kernel.run("print(direct_calls)")
     assert "[('from the device', True)]" in check.text()
+
+
+@pytest.mark.slow
+def test_a_forty_second_call_through_a_netref_returns(kernel: Kernel, lab: str) -> None:
+    """No per-call timeout by default: a live peer's long call is not a hang (the 30 s
+    limit this replaces failed it with RequestTimeout)."""
+    run = kernel.run("_rk_slow = lab.modules.time.sleep(40) or 'done'\n_rk_slow", timeout=120)
+    assert run.status == "ok", run.reply
+    assert run.ended - run.started >= 40
+    (result,) = run.of_type("execute_result")
+    assert result["content"]["data"]["text/plain"] == "'done'"

@@ -55,7 +55,7 @@ def test_connect_binds_the_name_and_lists_it(shell, lab, capsys) -> None:
     shell.run_line_magic("remote", "ping")
     shell.run_line_magic("remote", "list")
     out = capsys.readouterr().out
-    assert "lab" in out and "connected" in out and " ms" in out
+    assert "lab" in out and " open " in out and " ms" in out
     header = [line for line in out.splitlines() if "name" in line and "state" in line][0]
     for column in ("target", "latency", "requests", "bytes in", "bytes out"):
         assert column in header

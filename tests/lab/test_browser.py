@@ -329,7 +329,7 @@ def test_panel_end_to_end(env: Env, lab: Lab, page: Any, shots: Path) -> None:
 
         step("connected and remote cell run")
         bench = _connection(page, "bench")
-        expect(bench.locator(".rk-state")).to_have_text("connected")
+        expect(bench.locator(".rk-state")).to_have_text("open")
         expect(bench.locator(".rk-conn-target")).to_have_text("bench")
         expect(bench.locator(".rk-latency")).to_have_text(re.compile(r"^\d+(\.\d+)? (ms|s)$"))
         expect(bench.locator(".rk-conn-stats")).to_contain_text("requests")
@@ -374,8 +374,8 @@ def test_panel_end_to_end(env: Env, lab: Lab, page: Any, shots: Path) -> None:
         step("docs shown, code inserted and run")
         # The server dies: the panel and the status bar say so.
         first.kill()
-        expect(bench.locator(".rk-state")).to_have_text("lost", timeout=20_000)
-        expect(page.locator(".rk-status")).to_contain_text("lost")
+        expect(bench.locator(".rk-state")).to_have_text("closed", timeout=20_000)
+        expect(page.locator(".rk-status")).to_contain_text("closed")
         page.screenshot(path=str(shots / "lost.png"))
 
         step("state lost")
@@ -388,7 +388,7 @@ def test_panel_end_to_end(env: Env, lab: Lab, page: Any, shots: Path) -> None:
         page.screenshot(path=str(shots / "dialog.png"))
         dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
         lab2 = _connection(page, "lab2")
-        expect(lab2.locator(".rk-state")).to_have_text("connected")
+        expect(lab2.locator(".rk-state")).to_have_text("open")
         expect(lab2.locator(".rk-latency")).to_have_text(re.compile(r"\d"))
         expect(page.locator(".rk-status")).to_contain_text("Remote: lab2")
         nb.run("lab2.eval('6 * 7')", expect_output="42")
@@ -400,7 +400,7 @@ def test_panel_end_to_end(env: Env, lab: Lab, page: Any, shots: Path) -> None:
         expect(lab2.locator(".rk-conn-stats")).not_to_have_text(requests)
         nb.run("before = lab2")
         lab2.locator(".rk-reconnect").click()
-        expect(lab2.locator(".rk-state")).to_have_text("connected")
+        expect(lab2.locator(".rk-state")).to_have_text("open")
         # A new connection, bound to the same name in the notebook, that works.
         # The reconnect is a comm message; wait until the kernel has handled it.
         deadline = time.monotonic() + 30

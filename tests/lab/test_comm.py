@@ -58,7 +58,7 @@ class FakeEntry:
     def __init__(self, name: str, target: str) -> None:
         self.name = name
         self.target = target
-        self.state = "connected"
+        self.state = "open"
         self.conn: Any = object()
         self.latency: float | None = None
 
@@ -105,7 +105,7 @@ class FakeRegistry:
 
     def ping(self, name: str) -> float:
         entry = self.entries[name]
-        if entry.state != "connected":
+        if entry.state != "open":
             raise EOFError(f"connection {name!r} is {entry.state}")
         entry.latency = 0.002
         self.changed()
@@ -130,7 +130,7 @@ def test_snapshot_describes_each_connection(fake) -> None:
     assert snapshot["current"] == "pi"
     (info,) = snapshot["connections"]
     assert info == {
-        "name": "pi", "target": "127.0.0.1:9999", "state": "connected", "error": "",
+        "name": "pi", "target": "127.0.0.1:9999", "state": "open", "since": None, "error": "",
         "latency": None,
         "stats": {"requests": 3, "bytes_in": 100, "bytes_out": 50},
         "root_label": "namespace", "code_root": "pi.namespace", "trusted": False,
@@ -198,13 +198,13 @@ def test_ping_reports_latency_and_a_lost_connection(fake) -> None:
     registry.connect("x", name="pi")
     assert comm.request("ping", request_id=2, name="pi")["result"] == {"latency": 0.002}
     assert comm.snapshots()[-1]["connections"][0]["latency"] == 0.002
-    registry.entries["pi"].state = "lost"
+    registry.entries["pi"].state = "closed"
     registry.entries["pi"].error = "peer closed the connection"
     registry.changed()
-    assert comm.snapshots()[-1]["connections"][0]["state"] == "lost"
+    assert comm.snapshots()[-1]["connections"][0]["state"] == "closed"
     assert comm.snapshots()[-1]["connections"][0]["error"] == "peer closed the connection"
     failed = comm.request("ping", request_id=3, name="pi")
-    assert failed["ok"] is False and "lost" in failed["error"]
+    assert failed["ok"] is False and "closed" in failed["error"]
 
 
 def test_unchanged_snapshots_are_not_resent(fake) -> None:

@@ -177,5 +177,5 @@ def _drive(page: Any, env: Env, lab: Lab, shots: Path) -> None:
     page.screenshot(path=str(shots / "fanout-dialog.png"))
     dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
     labpc = panel.locator(".rk-connection[data-name='labpc']")
-    expect(labpc.locator(".rk-state")).to_have_text("connected")
+    expect(labpc.locator(".rk-state")).to_have_text("open")
     nb.run("labpc.eval('6 * 7')", expect_output="42")

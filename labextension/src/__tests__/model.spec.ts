@@ -5,7 +5,8 @@ import {
   pathCode,
   pyLiteral,
   RemoteModel,
-  shorten
+  shorten,
+  stateText
 } from '../model';
 import { IChannel, IConnectionInfo, IRequestMessage, ISnapshotMessage } from '../protocol';
 
@@ -25,7 +26,7 @@ function info(name: string, extra: Partial<IConnectionInfo> = {}): IConnectionIn
   return {
     name,
     target: '127.0.0.1:4000',
-    state: 'connected',
+    state: 'open',
     latency: null,
     stats: { requests: 1, bytes_in: 10, bytes_out: 20 },
     code_root: `${name}.namespace`,
@@ -136,7 +137,7 @@ describe('RemoteModel', () => {
   it('pings connected connections periodically until stopped', async () => {
     jest.useFakeTimers();
     const { model, channel } = setup();
-    model.handleMessage(snapshot([info('pi'), info('old', { state: 'lost' })]));
+    model.handleMessage(snapshot([info('pi'), info('old', { state: 'closed' })]));
     model.startPinging(5000);
     const pings = () => channel.sent.filter(m => m.action === 'ping');
     expect(pings().map(m => m.args.name)).toEqual(['pi']);
@@ -219,10 +220,24 @@ describe('RemoteModel', () => {
     const expanding = model.expand('pi', []);
     model.handleMessage({ type: 'reply', id: channel.last().id, ok: true, result: { children: [] } });
     await expanding;
-    model.handleMessage(snapshot([info('pi', { state: 'lost' })]));
+    model.handleMessage(snapshot([info('pi', { state: 'closed' })]));
     expect(model.node('pi', []).children).toEqual([]);
     model.handleMessage(snapshot([info('pi')]));
     expect(model.node('pi', []).children).toBeNull();
+  });
+
+  it('keeps the tree of a session that was unreachable and resumed', async () => {
+    const { model, channel } = setup();
+    model.handleMessage(snapshot([info('pi')]));
+    const expanding = model.expand('pi', []);
+    model.handleMessage({ type: 'reply', id: channel.last().id, ok: true, result: { children: [] } });
+    await expanding;
+    model.handleMessage(snapshot([info('pi', { state: 'unreachable', since: 3 })]));
+    expect(stateText(model, model.get('pi')!)).toMatch(/^unreachable for [34] s$/);
+    model.handleMessage(snapshot([info('pi', { state: 'resuming', since: 0 })]));
+    model.handleMessage(snapshot([info('pi')]));
+    expect(model.node('pi', []).children).toEqual([]);
+    model.dispose();
   });
 
   it('builds the code that reaches a node', () => {

@@ -13,7 +13,7 @@ function info(name: string, extra: Partial<IConnectionInfo> = {}): IConnectionIn
   return {
     name,
     target: 'lab.local:18812',
-    state: 'connected',
+    state: 'open',
     latency: 0.0021,
     stats: { requests: 12, bytes_in: 3400, bytes_out: 900 },
     code_root: `${name}.namespace`,
@@ -50,7 +50,7 @@ describe('renderPanel', () => {
       type: 'snapshot',
       version: 1,
       current: 'pi',
-      connections: [info('pi'), info('old', { state: 'lost', latency: 0.1, error: 'peer went away' })]
+      connections: [info('pi'), info('old', { state: 'closed', latency: 0.1, error: 'peer went away' })]
     });
     const host = document.createElement('div');
     const acts = actions();
@@ -58,12 +58,12 @@ describe('renderPanel', () => {
     const items = host.querySelectorAll('.rk-connection');
     expect(items).toHaveLength(2);
     const pi = items[0] as HTMLElement;
-    expect(pi.dataset.state).toBe('connected');
+    expect(pi.dataset.state).toBe('open');
     expect(pi.classList.contains('rk-current')).toBe(true);
     expect(pi.querySelector('.rk-latency')?.textContent).toBe('2.1 ms');
     expect(pi.querySelector('.rk-conn-stats')?.textContent).toBe('12 requests · ↓ 3.4 kB · ↑ 900 B');
     const old = items[1] as HTMLElement;
-    expect(old.querySelector('.rk-state')?.textContent).toBe('lost');
+    expect(old.querySelector('.rk-state')?.textContent).toBe('closed');
     expect(old.querySelector('.rk-latency')?.textContent).toBe('–');
     expect(old.querySelector('.rk-conn-error')?.textContent).toBe('peer went away');
     expect(pi.querySelector('.rk-conn-error')).toBeNull();
@@ -173,7 +173,7 @@ describe('renderPanel', () => {
       connections: [
         info('pi1', { running: { count: 12, code: 'for i in range(3):' } }),
         info('pi2'),
-        info('pi3', { state: 'lost' })
+        info('pi3', { state: 'closed' })
       ],
       groups: [{ name: 'bench', members: ['pi1', 'pi2', 'pi3', 'gone'] }]
     });
@@ -183,7 +183,7 @@ describe('renderPanel', () => {
     expect(group.querySelector('.rk-group-name')?.textContent).toBe('bench');
     const members = Array.from(group.querySelectorAll('.rk-group-member')) as HTMLElement[];
     expect(members.map(m => m.textContent)).toEqual(['pi1', 'pi2', 'pi3', 'gone']);
-    expect(members.map(m => m.dataset.state)).toEqual(['connected', 'connected', 'lost', 'closed']);
+    expect(members.map(m => m.dataset.state)).toEqual(['open', 'open', 'closed', 'closed']);
     expect(members[0].classList.contains('rk-busy')).toBe(true);
     expect(members[0].title).toBe('running [12] for i in range(3):');
     expect(members[1].classList.contains('rk-busy')).toBe(false);
