@@ -27,6 +27,8 @@ import threading
 import time
 from typing import Any
 
+from remote_kernel.net.auth import SessionTable
+
 log = logging.getLogger("remote_kernel.net.sshserve")
 FIRST_CONNECTION_TIMEOUT = 60.0  # a server nobody connects to gives up after this
 READY_TIMEOUT = 30.0
@@ -115,14 +117,16 @@ def _serve_session(service: Any, directory: str, path: str, ready: int) -> int:
     server = None
     try:
         server = Server(service, unix_path=path)
+        sessions = server.sessions = _WatchedSessions()
         os.write(ready, b"1")
         os.close(ready)
         server.serve_in_background()
-        started, seen = time.monotonic(), False
+        started = time.monotonic()
         while True:
-            busy = bool(server.connections) or len(server.sessions) > 0
-            seen = seen or busy
-            if not busy and (seen or time.monotonic() - started > FIRST_CONNECTION_TIMEOUT):
+            busy = bool(server.connections) or len(sessions) > 0
+            # A session added is only removed when it closed (or its window ended).
+            if not busy and (sessions.began.is_set()
+                             or time.monotonic() - started > FIRST_CONNECTION_TIMEOUT):
                 return 0
             time.sleep(0.2)
     except Exception:
@@ -132,6 +136,18 @@ def _serve_session(service: Any, directory: str, path: str, ready: int) -> int:
         if server is not None:
             server.close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+class _WatchedSessions(SessionTable):
+    """The server's session table, noting that a session began (however short it was)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.began = threading.Event()
+
+    def add(self, session_id: bytes, session: Any) -> None:
+        super().add(session_id, session)
+        self.began.set()
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:

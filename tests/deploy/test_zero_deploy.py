@@ -124,7 +124,10 @@ def test_first_connect_deploys_and_the_second_reuses_the_cache(host: Host) -> No
         TIMES["second"] = time.monotonic() - started
         assert conn.deployed["sent"] is False  # type: ignore[attr-defined]
         assert conn.eval("6 * 7") == 42
+        server_pid = conn.modules.os.getpid()
+        socket_path = Path(conn.deployed["socket"])  # type: ignore[attr-defined]
     assert cached.stat().st_mtime_ns == before
+    _assert_gone(server_pid, socket_path)  # a short session ends its server too
     print(f"\nzero-deploy over ssh (loopback): first connect {TIMES['first']:.2f} s "
           f"(bundle sent), second {TIMES['second']:.2f} s (cached)")
 
@@ -184,8 +187,6 @@ def test_clean_removes_the_cache(aliases: Host) -> None:
 
 
 def test_a_killed_ssh_session_resumes_over_a_new_one(host: Host) -> None:
-    import psutil
-
     with host.connect() as conn:
         server_pid = conn.modules.os.getpid()
         items = conn.eval("[1, 2, 3]")  # a netref made before the cut
@@ -203,7 +204,18 @@ def test_a_killed_ssh_session_resumes_over_a_new_one(host: Host) -> None:
         assert conn.modules.os.getpid() == server_pid  # the same server, not a new one
         print(f"\nresumed {resumed:.2f} s after ssh was killed")
         assert resumed < 10
-    # The session closed: the server ends and leaves nothing behind.
-    assert _wait(lambda: not psutil.pid_exists(server_pid)
-                 or psutil.Process(server_pid).status() == psutil.STATUS_ZOMBIE, 10)
+    _assert_gone(server_pid, socket_path)
+
+
+def _assert_gone(server_pid: int, socket_path: Path) -> None:
+    """The session closed: its server ended and left nothing behind."""
+    import psutil
+
+    def ended() -> bool:
+        try:
+            return psutil.Process(server_pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    assert _wait(ended, 10), f"the server {server_pid} still runs"
     assert not socket_path.exists() and not socket_path.parent.exists()
