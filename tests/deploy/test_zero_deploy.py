@@ -219,3 +219,15 @@ def _assert_gone(server_pid: int, socket_path: Path) -> None:
 
     assert _wait(ended, 10), f"the server {server_pid} still runs"
     assert not socket_path.exists() and not socket_path.parent.exists()
+
+
+def test_a_bare_host_name_goes_through_ssh_after_files_and_discovery(aliases: Host) -> None:
+    with deploy.connect_host("pi3", discover_for=0.5) as conn:
+        assert conn.modules.sys.executable == SYSTEM_PYTHON
+    with pytest.raises(rk.ConnectionClosed) as info:
+        deploy.connect_host("nowhere.invalid", discover_for=0.5, timeout=20)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "no connection file named 'nowhere.invalid'" in message
+    assert "advertised" in message or "discovery" in message
+    assert "ssh nowhere.invalid failed" in message
