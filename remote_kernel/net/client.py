@@ -258,12 +258,14 @@ def connect_unix(path: str, *, service: Any = VoidService, token: str | None = N
 
 
 def _finish(link: Link, service: Any, token: str | None, config: Any,
-            timeout: float) -> Connection:
-    """Open the first link, run the handshake, and put the connection on a session that
-    survives the link (net/session.py): a new link is opened when this one dies."""
+            timeout: float, transport: Transport | None = None) -> Connection:
+    """Open the first link (unless given ``transport``, opened already), run the handshake,
+    and put the connection on a session that survives the link (net/session.py): a new
+    link is opened when this one dies."""
     settings = make_config(config)
     link.unreachable_after = settings.unreachable_after
-    transport = link.open(timeout)
+    if transport is None:
+        transport = link.open(timeout)
     try:
         reader = client_handshake(transport, token, timeout)
     except BaseException:
@@ -397,10 +399,21 @@ def connect_subprocess(python: str = sys.executable, *, service: Any = VoidServi
 def connect_ssh(destination: str, python: str = "python3", *, service: Any = VoidService,
                 config: Any = None, timeout: float = 30.0, port: int | None = None,
                 identity: str | None = None, ssh_options: list[str] | None = None,
-                ssh: str = "ssh", trust_output: bool = False) -> Connection:
+                ssh: str = "ssh", trust_output: bool = False,
+                deploy: bool = True) -> Connection:
     """Run the server on ``destination`` through the system ssh client (BatchMode: keys or
     an agent, never a password prompt) and talk over its stdin/stdout. No port is opened on
-    the far machine."""
+    the far machine.
+
+    With ``deploy`` (the default) the host needs only Python 3.10+: this exact served side
+    is sent there when it lacks it, and the session survives a dropped ssh (net/deploy.py).
+    ``deploy=False`` runs the host's installed ``python -m remote_kernel``."""
+    if deploy:
+        from remote_kernel.net import deploy as zero_deploy
+
+        return _trusted(zero_deploy.connect(
+            destination, python, service=service, config=config, timeout=timeout, port=port,
+            identity=identity, ssh_options=ssh_options, ssh=ssh), trust_output)
     if not destination or destination.startswith("-") or any(c.isspace() for c in destination):
         # "-oProxyCommand=..." would be an option to the local ssh: a local command.
         raise ValueError(f"not an ssh destination: {destination!r}")

@@ -18,9 +18,30 @@ PREFIX = "remote-kernel-"
 
 
 def runtime_dir() -> Path:
-    from jupyter_core.paths import jupyter_runtime_dir
-
+    try:
+        from jupyter_core.paths import jupyter_runtime_dir
+    except ImportError:  # a device served from the bundle: Jupyter's default place
+        return _default_runtime_dir()
     return Path(jupyter_runtime_dir())
+
+
+def _default_runtime_dir() -> Path:
+    """jupyter_core's runtime directory without jupyter_core (its rules for the usual
+    cases: JUPYTER_RUNTIME_DIR, JUPYTER_DATA_DIR, then the platform's data directory)."""
+    import sys
+
+    if os.environ.get("JUPYTER_RUNTIME_DIR"):
+        return Path(os.environ["JUPYTER_RUNTIME_DIR"])
+    if os.environ.get("JUPYTER_DATA_DIR"):
+        return Path(os.environ["JUPYTER_DATA_DIR"]) / "runtime"
+    home = Path.home()
+    if sys.platform == "darwin":
+        data = home / "Library" / "Jupyter"
+    elif sys.platform == "win32":
+        data = Path(os.environ.get("APPDATA") or home / "AppData" / "Roaming") / "jupyter"
+    else:
+        data = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share") / "jupyter"
+    return data / "runtime"
 
 
 def path_for(name: str) -> Path:

@@ -51,13 +51,16 @@ except (ImportError, AttributeError, OSError):
 try:
     import ctypes
     import mmap
+    import sys
 
+    if not sys.platform.startswith("linux"):  # Windows: CDLL(None) is a TypeError there
+        raise ImportError("madvise(MADV_HUGEPAGE) is Linux only")
     _madvise = ctypes.CDLL(None, use_errno=True).madvise
     _madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     _madvise.restype = ctypes.c_int
     _MADV_HUGEPAGE = mmap.MADV_HUGEPAGE  # Linux only
     _PAGE = mmap.PAGESIZE
-except (ImportError, AttributeError, OSError):
+except (ImportError, AttributeError, OSError, TypeError):
     _madvise = None
 
 MIN_SIZE = 2  # CPython shares its 0- and 1-byte bytes objects: never write into those

@@ -151,7 +151,7 @@ def test_missing_remote_package_gives_the_install_command(sshd: Sshd) -> None:
     if probe.returncode == 0:
         pytest.skip(f"{bare} has remote_kernel installed")
     with pytest.raises(rk.RemoteKernelError) as info:
-        sshd.connect(python=bare, timeout=30)
+        sshd.connect(python=bare, timeout=30, deploy=False)  # (zero-deploy: tests/deploy)
     message = str(info.value)
     assert "no remote_kernel package" in message
     assert "pip install remote_kernel" in message
