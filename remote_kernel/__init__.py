@@ -40,7 +40,7 @@ _EXPORTS: dict[str, str] = {
     "Batch": "remote_kernel.core.api",
     "deliver": "remote_kernel.core.api",
     "obtain": "remote_kernel.core.api",
-    "connect": "remote_kernel.net.client",
+    "connect": "remote_kernel.net.targets",
     "connect_file": "remote_kernel.net.client",
     "connect_ssh": "remote_kernel.net.client",
     "connect_subprocess": "remote_kernel.net.client",
@@ -137,7 +137,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         RequestTimeout,
     )
     from remote_kernel.net.client import (
-        connect,
         connect_file,
         connect_ssh,
         connect_subprocess,
@@ -146,3 +145,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from remote_kernel.net.discovery import DiscoveryError, ServerInfo, discover
     from remote_kernel.net.group import Group
     from remote_kernel.net.server import Server, ThreadedServer
+    from remote_kernel.net.targets import connect

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from remote_kernel.core.netref import BaseNetref, RemoteMethod
-from remote_kernel.core.outputs import filter_bundle_report
+from remote_kernel.outputs.filter import filter_bundle_report
 
 LOST = "<remote object, connection lost>"
 log = logging.getLogger(__name__)

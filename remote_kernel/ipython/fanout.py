@@ -29,12 +29,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from remote_kernel.core.group import Group, Member, fan_out
-from remote_kernel.core.outputs import sanitize_text_stream
 from remote_kernel.core.service import exposed
 from remote_kernel.errors import GroupError, mark_stop
 from remote_kernel.ipython.display import untrusted_bundle
 from remote_kernel.ipython.registry import ConnectionRegistry
 from remote_kernel.ipython.sink import NotebookSink
+from remote_kernel.outputs.filter import sanitize_text_stream
 from remote_kernel.protocol.messages import Op
 
 _LINE = re.compile(r"(\r\n|\n|\r)")

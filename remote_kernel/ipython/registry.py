@@ -3,9 +3,7 @@ loop and the JupyterLab panel (``get_registry()``)."""
 
 from __future__ import annotations
 
-import keyword
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -15,14 +13,18 @@ from remote_kernel.core.connection import Connection
 from remote_kernel.core.group import Member, fan_out
 from remote_kernel.core.service import ClassicService, VoidService
 from remote_kernel.errors import (
-    AuthenticationError,
     ConnectionClosed,
     GroupError,
     RemoteKernelError,
     RequestTimeout,
 )
-from remote_kernel.net import connfile
-from remote_kernel.net.client import connect, connect_ssh, connect_subprocess, parse_address
+from remote_kernel.net.targets import (
+    discovery_module,
+    find_discovered,
+    open_target,
+    parse,
+    read_token_file,
+)
 
 log = logging.getLogger("remote_kernel.ipython")
 
@@ -98,107 +100,18 @@ class ConnectionEntry:
 
 def open_connection(target: str, token_file: str | None = None,
                     service: str = "void", trusted: bool = False, tls: Any = None) -> Connection:
-    """Connect to anything ``%remote connect`` accepts. ``tls`` is the user's TLS setting
-    (a connection file brings its own); an advertisement never changes it."""
-    conn = _open(target, token_file, service, tls)
-    conn.trust_output = trusted
-    return conn
-
-
-def _open(target: str, token_file: str | None, service: str, tls: Any = None) -> Connection:
-    local_service = ClassicService if service == "classic" else VoidService
-    token = None
-    if token_file:
-        try:
-            with open(token_file) as handle:
-                token = handle.read().strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read the token file {token_file}: "
-                             f"{exc.strerror or exc}") from exc
-    if target == "subprocess":
-        return connect_subprocess(service=local_service)
-    if target.startswith("ssh:"):
-        return connect_ssh(target[4:], service=local_service)
-    try:
-        return connect(target, service=local_service, token=token, tls=tls)
-    except ValueError as exc:  # no such address, connection file or socket: maybe advertised
-        server = find_discovered(target)
-        if server is None:
-            if discovery_module() is None:
-                raise
-            raise ValueError(f"{exc}; nor is a server named {target!r} advertised on the "
-                             f"network") from None
-        return _connect_discovered(server, token, local_service, exc, tls)
-
-
-DISCOVERY_TIMEOUT = 2.0  # seconds `%remote connect NAME` listens for NAME on the network
-
-
-def discovery_module() -> Any:
-    """``remote_kernel.net.discovery``, or None where it (or zeroconf) is not installed."""
-    try:
-        from remote_kernel.net import discovery
-    except ImportError:
-        return None
-    return discovery
-
-
-def find_discovered(name: str, timeout: float = DISCOVERY_TIMEOUT) -> Any:
-    """The server advertised on the local network as ``name`` (a ServerInfo), or None."""
-    discovery = discovery_module()
-    if discovery is None or not name or "/" in name or name.endswith(".json"):
-        return None
-    try:
-        servers = discovery.discover(timeout)
-    except Exception as exc:  # no network for mDNS: as if nothing was found
-        log.debug("discovery failed: %s", exc)
-        return None
-    for server in servers:
-        if server.name == name:
-            return server
-    for server in servers:
-        if server.name.casefold() == name.casefold():
-            return server
-    return None
-
-
-def _connect_discovered(server: Any, token: str | None, service: Any,
-                        cause: Exception, tls: Any = None) -> Connection:
-    """Connect to a discovered server. TLS is what the user said (``tls``), never what the
-    advertisement says: an impostor advertising ``tls=0`` for a TLS server and relaying
-    to it fails the handshake (its transcript binds each side's TLS or plain channel, see
-    net/auth.py), as does any advertised server that cannot prove it knows the token."""
-    where = f"{server.name} at {server.host}:{server.port} (advertised)"
-    try:
-        return connect(server.host, server.port, service=service, token=token, tls=tls)
-    except AuthenticationError as exc:
-        if token:  # a wrong token and a relay that changes the channel look the same
-            hint = "; it advertises TLS, this connection did not ask for TLS" \
-                if server.tls and not tls else ""
-            raise AuthenticationError(f"{where} could not prove it knows your token; not "
-                                      f"connected ({exc}{hint})") from cause
-        where = f"{server.name} was found on the network at {server.host}:{server.port}"
-        raise AuthenticationError(f"{where} but needs its token (the network never carries "
-                                  f"it): %remote connect {server.name} --token-file FILE"
-                                  ) from cause
+    """Connect to anything ``%remote connect`` accepts (net/targets.py), a name advertised
+    on the network included. ``tls`` is the user's TLS setting (a connection file brings its
+    own); an advertisement never changes it."""
+    token = read_token_file(token_file) if token_file else None
+    return open_target(parse(target), service=ClassicService if service == "classic"
+                       else VoidService, token=token, tls=tls, trust_output=trusted,
+                       discover=True)
 
 
 def default_name(target: str) -> str:
-    if target == "subprocess":
-        base = "sub"
-    elif target.startswith("ssh:"):
-        base = target[4:].rpartition("@")[2]
-    elif parse_address(target) is not None:
-        base = "remote"
-    elif target.endswith(".json"):
-        base = target.rsplit("/", 1)[-1][:-5]
-        base = base[len(connfile.PREFIX):] if base.startswith(connfile.PREFIX) else base
-    else:
-        base = target.rsplit("/", 1)[-1]
-    base = re.sub(r"\W", "_", base) or "remote"
-    if base[0].isdigit() or keyword.iskeyword(base):
-        base = f"r_{base}"
-    return base
+    """The variable a connection to ``target`` is bound to unless named (``Target.variable_name``)."""
+    return parse(target).variable_name
 
 
 class ConnectionRegistry:
@@ -426,4 +339,5 @@ def reset_registry() -> None:
 
 
 __all__ = ["CLOSED", "OPEN", "RESUMING", "UNREACHABLE", "ConnectionEntry",
-           "ConnectionRegistry", "find_discovered", "get_registry"]
+           "ConnectionRegistry", "discovery_module", "find_discovered", "get_registry",
+           "open_connection"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from remote_kernel.core.outputs import sanitize_text_stream
 from remote_kernel.core.service import exposed
 from remote_kernel.ipython.display import untrusted_bundle
+from remote_kernel.outputs.filter import sanitize_text_stream
 
 
 class RemoteResult:
@@ -27,7 +27,7 @@ class RemoteResult:
 
 class NotebookSink:
     """Writes a remote cell's streams and displays into the current notebook cell; what an
-    untrusted peer sends is filtered first (core/outputs.py)."""
+    untrusted peer sends is filtered first (outputs/filter.py)."""
 
     def __init__(self, trusted: bool = False, peer: str = "peer") -> None:
         self.value: RemoteResult | None = None

@@ -33,8 +33,8 @@ from typing import Any
 from pygments.token import Token
 
 from remote_kernel import errors
-from remote_kernel.core.outputs import sanitize_text_stream
 from remote_kernel.errors import RemoteError, RemoteFrame, chain_of, traceback_note_hidden
+from remote_kernel.outputs.filter import sanitize_text_stream
 from remote_kernel.protocol.frames import user_tracebacks
 
 DEFAULT_MODE, DEFAULT_THEME = "Context", "linux"

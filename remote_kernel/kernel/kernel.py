@@ -19,10 +19,10 @@ from traitlets import Bool, Unicode
 
 from remote_kernel import __version__
 from remote_kernel.core.connection import Connection
-from remote_kernel.core.outputs import filter_bundle_report, sanitize_text_stream
 from remote_kernel.core.service import exposed
 from remote_kernel.errors import ConnectionClosed, RemoteError, RemoteKernelError
 from remote_kernel.ipython.registry import open_connection
+from remote_kernel.outputs.filter import filter_bundle_report, sanitize_text_stream
 from remote_kernel.protocol.boxing import ByValue
 from remote_kernel.protocol.describe import json_safe
 from remote_kernel.protocol.messages import Op

@@ -1,11 +1,11 @@
 """Ways to connect: TCP (+TLS) by address or connection file, unix socket, a child
-interpreter over pipes, and ssh."""
+interpreter over pipes, and ssh. What a target string means, and which of these opens it,
+is net/targets.py (``rk.connect``)."""
 
 from __future__ import annotations
 
 import abc
 import collections
-import difflib
 import os
 import shlex
 import socket
@@ -33,93 +33,9 @@ from remote_kernel.net.transports.pipes import PipeTransport
 from remote_kernel.net.transports.sockets import SocketTransport
 
 
-def parse_address(target: str) -> tuple[str, int] | None:
-    """"host:port" or "[v6]:port" -> (host, port); None if ``target`` is not one.
-
-    A target shaped like an address whose port is not a port ("localhost:abc",
-    "127.0.0.1:99999") is a ``ValueError`` saying so, not a connection-file name."""
-    if target.startswith("["):
-        host, _, rest = target[1:].partition("]")
-        if host and rest.startswith(":"):
-            return host, _port(rest[1:], target)
-        return None
-    host, sep, port = target.rpartition(":")
-    if not sep or not host or ":" in host or "/" in target or os.sep in target \
-            or target.endswith(".json") or connfile.find(target) is not None:
-        return None
-    return host, _port(port, target)
-
-
-def _port(text: str, target: str) -> int:
-    if not text.isdigit():
-        raise ValueError(f"cannot connect to {target!r}: {text!r} is not a port number; "
-                         f"use HOST:PORT with a port from 1 to 65535")
-    port = int(text)
-    if not 0 < port <= 65535:
-        raise ValueError(f"cannot connect to {target!r}: port {port} is out of range; "
-                         f"use a port from 1 to 65535")
-    return port
-
-
-def connect(target: str, port: int | None = None, *, service: Any = VoidService,
-            token: str | None = None, tls: Any = None, config: Any = None,
-            timeout: float = 10.0, trust_output: bool = False) -> Connection:
-    """Connect to ``target``: "host" with ``port``, "host:port", or a connection file (a
-    name written by ``remote-kernel serve`` or a path), which brings host, port, token, TLS.
-
-    ``trust_output=True`` publishes the peer's display output unfiltered in a notebook
-    (JavaScript included); by default it is sanitized (see SECURITY.md)."""
-    return _trusted(_connect(target, port, service, token, tls, config, timeout), trust_output)
-
-
 def _trusted(conn: Connection, trust_output: bool) -> Connection:
     conn.trust_output = bool(trust_output)
     return conn
-
-
-def _connect(target: str, port: int | None, service: Any, token: str | None, tls: Any,
-             config: Any, timeout: float) -> Connection:
-    make_config(config)
-    if port is not None:
-        if not isinstance(port, int) or not 0 < port <= 65535:
-            raise ValueError(f"port {port!r} is not a port number from 1 to 65535")
-        return _connect_tcp(target, port, service, token, tls, config, timeout)
-    address = parse_address(target)
-    if address is not None:
-        return _connect_tcp(address[0], address[1], service, token, tls, config, timeout)
-    path = connfile.find(target)
-    if path is not None:
-        return connect_file(path, service=service, token=token, tls=tls, config=config,
-                            timeout=timeout)
-    if os.path.exists(target) and _is_socket(target):
-        return connect_unix(target, service=service, token=token, config=config,
-                            timeout=timeout)
-    raise ValueError(_unknown_target(target))
-
-
-def _unknown_target(target: str) -> str:
-    """One line: what ``target`` is not, and what would work."""
-    names = [str(info.get("name")) for info in connfile.available() if info.get("name")]
-    close = difflib.get_close_matches(target, names, n=1)
-    if close:
-        return f"no connection file named {target!r}: did you mean {close[0]!r}?"
-    running = f" (running: {', '.join(names)})" if names else ""
-    if target.endswith(".json") or "/" in target or os.sep in target:
-        return (f"there is no connection file {target} (a server removes its file when it "
-                f"stops): start the server, or give HOST:PORT")
-    if not target or any(c.isspace() for c in target):
-        return f"cannot connect to {target!r}: it is neither HOST:PORT nor a connection file"
-    return (f"no connection file named {target!r}{running}: start a server with "
-            f"'remote-kernel serve --name {target}', or give HOST:PORT")
-
-
-def _is_socket(path: str) -> bool:
-    import stat
-
-    try:
-        return stat.S_ISSOCK(os.stat(path).st_mode)
-    except OSError:
-        return False
 
 
 def connect_file(path: str | Path, *, service: Any = VoidService, token: str | None = None,
@@ -234,9 +150,13 @@ class FileLink(Link):
         return self._read().get("token")
 
 
-def _connect_tcp(host: str, port: int, service: Any, token: str | None, tls: Any,
-                 config: Any, timeout: float) -> Connection:
-    return _finish(TcpLink(host, port, tls), service, token, config, timeout)
+def connect_tcp(host: str, port: int, *, service: Any = VoidService, token: str | None = None,
+                tls: Any = None, config: Any = None, timeout: float = 10.0,
+                trust_output: bool = False) -> Connection:
+    """Connect to ``host``:``port`` over TCP (TLS where ``tls`` asks for it)."""
+    make_config(config)
+    return _trusted(_finish(TcpLink(host, port, tls), service, token, config, timeout),
+                    trust_output)
 
 
 def _why(exc: OSError, host: str, timeout: float) -> str:
@@ -408,28 +328,21 @@ def connect_ssh(destination: str, python: str = "python3", *, service: Any = Voi
     With ``deploy`` (the default) the host needs only Python 3.10+: this exact served side
     is sent there when it lacks it, and the session survives a dropped ssh (net/deploy.py).
     ``deploy=False`` runs the host's installed ``python -m remote_kernel``."""
-    if deploy:
-        from remote_kernel.net import deploy as zero_deploy
+    from remote_kernel.net import deploy as zero_deploy
 
+    if deploy:
         return _trusted(zero_deploy.connect(
             destination, python, service=service, config=config, timeout=timeout, port=port,
             identity=identity, ssh_options=ssh_options, ssh=ssh), trust_output)
-    if not destination or destination.startswith("-") or any(c.isspace() for c in destination):
-        # "-oProxyCommand=..." would be an option to the local ssh: a local command.
-        raise ValueError(f"not an ssh destination: {destination!r}")
-    argv = [ssh, "-o", "BatchMode=yes", "-o", "ServerAliveInterval=15", "-T"]
-    if port is not None:
-        argv += ["-p", str(port)]
-    if identity:
-        argv += ["-i", identity]
-    argv += list(ssh_options or [])
+    argv = zero_deploy.ssh_argv(destination, port=port, identity=identity,
+                                ssh_options=ssh_options, ssh=ssh)
     remote = " ".join(shlex.quote(part) for part in
                       [python, "-m", "remote_kernel", "serve", "--stdio", "--classic"])
-    argv += ["--", destination, remote]
+    argv.append(remote)
     return _trusted(_spawn(argv, f"ssh:{destination}", service, config, timeout,
                            f"run 'ssh {destination} {python} -m pip install remote_kernel'",
                            python), trust_output)
 
 
-__all__ = ["connect", "connect_file", "connect_ssh", "connect_subprocess", "connect_unix",
-           "parse_address"]
+__all__ = ["Link", "TcpLink", "UnixLink", "FileLink", "connect_file", "connect_ssh",
+           "connect_subprocess", "connect_tcp", "connect_unix"]

@@ -93,7 +93,10 @@ def ssh_argv(destination: str, *, port: int | None = None, identity: str | None 
     if not destination or destination.startswith("-") or any(c.isspace() for c in destination):
         # "-oProxyCommand=..." would be an option to the local ssh: a local command.
         raise ValueError(f"not an ssh destination: {destination!r}")
-    argv = [ssh, "-o", "BatchMode=yes", "-o", "ServerAliveInterval=15", "-T"]
+    # ssh notices a silent link itself (about 10 s: the default unreachable_after), and a
+    # host that does not answer is given up after 10 s.
+    argv = [ssh, "-o", "BatchMode=yes", "-o", "ServerAliveInterval=5", "-o",
+            "ServerAliveCountMax=2", "-o", "ConnectTimeout=10", "-T"]
     if port is not None:
         argv += ["-p", str(port)]
     if identity:
@@ -282,47 +285,6 @@ def _explained(exc: ConnectionClosed, destination: str, python: str) -> RemoteKe
     return exc
 
 
-def connect_host(host: str, *, service: Any = VoidService, token: str | None = None,
-                 config: Any = None, timeout: float = 30.0, discover_for: float = 1.5,
-                 python: str = "python3") -> Connection:
-    """``%remote connect HOST`` for a bare name or address: a connection file of that name,
-    else a server advertised under it, else ``ssh HOST`` with zero-deploy (so ssh config
-    aliases, keys and jump hosts apply). When none works, one line names the three tries
-    and why each failed."""
-    from remote_kernel.net import client, connfile
-
-    tried: list[str] = []
-    path = connfile.find(host)
-    if path is None:
-        tried.append(f"no connection file named {host!r}")
-    else:
-        try:
-            return client.connect_file(path, service=service, token=token, config=config)
-        except RemoteKernelError as exc:
-            tried.append(f"its connection file failed ({exc})")
-    try:
-        from remote_kernel.net import discovery
-
-        found = [info for info in discovery.discover(discover_for) if info.name == host]
-    except (ImportError, OSError, RemoteKernelError) as exc:
-        tried.append(f"no discovery ({exc})")
-        found = []
-    else:
-        if not found:
-            tried.append(f"no server advertised as {host!r}")
-    for info in found:
-        try:
-            return client.connect(info.host, info.port, service=service, token=token,
-                                  tls=info.tls or None, config=config)
-        except RemoteKernelError as exc:
-            tried.append(f"the server advertised as {host!r} refused ({exc})")
-    try:
-        return connect(host, python, service=service, config=config, timeout=timeout)
-    except (RemoteKernelError, ValueError) as exc:
-        tried.append(f"ssh {host} failed ({str(exc).splitlines()[0]})")
-    raise ConnectionClosed(f"cannot connect to {host!r}: " + "; ".join(tried))
-
-
 def clean(destination: str, python: str = "python3", **ssh: Any) -> str:
     """Remove zero-deploy's cache on ``destination``; what was removed, in one line."""
     argv = ssh_argv(destination, **ssh)
@@ -336,4 +298,4 @@ def clean(destination: str, python: str = "python3", **ssh: Any) -> str:
     return f"ssh:{destination}: {done.stdout.strip()}"
 
 
-__all__ = ["SshLink", "clean", "connect", "connect_host", "ssh_argv"]
+__all__ = ["SshLink", "clean", "connect", "ssh_argv"]

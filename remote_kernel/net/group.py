@@ -12,26 +12,19 @@ remote_kernel``, the notebook's connection names are found first.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from remote_kernel.core import group as _core
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.group import Member
 from remote_kernel.core.service import VoidService
-from remote_kernel.net import connfile
-from remote_kernel.net.client import connect, connect_ssh, connect_subprocess, parse_address
+from remote_kernel.net.targets import open_target, parse, read_token_file
 
 
 def target_name(target: str) -> str:
     """The member name of a target: the connection file's name, the ssh host, or the
-    target itself (``host:port``)."""
-    if target.startswith("ssh:"):
-        return target[4:].rpartition("@")[2] or target
-    if parse_address(target) is None and (target.endswith(".json") or "/" in target):
-        stem = Path(target).name.removesuffix(".json")
-        return stem.removeprefix(connfile.PREFIX) or target
-    return target
+    target itself (``host:port``); the rule is ``Target.member_name`` (net/targets.py)."""
+    return parse(target).member_name
 
 
 def connection_name(conn: Connection) -> str:
@@ -46,14 +39,10 @@ def connection_name(conn: Connection) -> str:
 def connect_target(target: str, *, service: Any = VoidService, token: str | None = None,
                    tls: Any = None, config: Any = None, timeout: float = 10.0) -> Member:
     """Open a connection to ``target`` for a group (which then owns it)."""
-    if target == "subprocess":
-        conn = connect_subprocess(service=service, config=config)
-    elif target.startswith("ssh:"):
-        conn = connect_ssh(target[4:], service=service, config=config)
-    else:
-        conn = connect(target, service=service, token=token, tls=tls, config=config,
+    spec = parse(target)
+    conn = open_target(spec, service=service, token=token, tls=tls, config=config,
                        timeout=timeout)
-    return Member(target_name(target), conn, owned=True)
+    return Member(spec.member_name, conn, owned=True)
 
 
 class Group(_core.Group):
@@ -69,7 +58,7 @@ class Group(_core.Group):
                  config: Any = None, service: Any = VoidService, connect_timeout: float = 10.0,
                  timeout: float | None = None, max_workers: int = _core.MAX_WORKERS) -> None:
         if token_file is not None:
-            token = Path(token_file).expanduser().read_text().strip()
+            token = read_token_file(token_file)
 
         def open_member(target: str) -> Member:
             return connect_target(target, service=service, token=token, tls=tls,

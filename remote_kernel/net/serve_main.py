@@ -178,15 +178,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.no_auth:
         token = None
     elif args.token_file:
-        try:
-            token = Path(args.token_file).read_text().strip()
-        except OSError as exc:
-            print(f"remote-kernel serve: cannot read --token-file {args.token_file}: "
-                  f"{exc.strerror or exc}", file=sys.stderr)
-            return 1
-        if not token:  # never a silent --no-auth
-            print(f"remote-kernel serve: the token file {args.token_file} is empty",
-                  file=sys.stderr)
+        from remote_kernel.net.targets import read_token_file
+
+        try:  # an empty file is refused there: never a silent --no-auth
+            token = read_token_file(args.token_file)
+        except ValueError as exc:
+            print(f"remote-kernel serve: --token-file: {exc}", file=sys.stderr)
             return 2
     else:
         token = secrets.token_urlsafe(32)

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from remote_kernel.core.outputs import filter_bundle, filter_bundle_report
-from remote_kernel.core.sanitize import (
+from remote_kernel.outputs.filter import filter_bundle, filter_bundle_report
+from remote_kernel.outputs.sanitize import (
     sanitize_html,
     sanitize_markdown,
     sanitize_svg,

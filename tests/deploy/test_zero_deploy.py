@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import remote_kernel as rk
-from remote_kernel.net import bundle, deploy
+from remote_kernel.net import bundle, deploy, targets
 from tests.conftest import ROOT
 from tests.hardening.test_ssh import SSHD, Sshd
 
@@ -222,10 +222,10 @@ def _assert_gone(server_pid: int, socket_path: Path) -> None:
 
 
 def test_a_bare_host_name_goes_through_ssh_after_files_and_discovery(aliases: Host) -> None:
-    with deploy.connect_host("pi3", discover_for=0.5) as conn:
+    with targets.connect_name("pi3", discover_for=0.5) as conn:
         assert conn.modules.sys.executable == SYSTEM_PYTHON
     with pytest.raises(rk.ConnectionClosed) as info:
-        deploy.connect_host("nowhere.invalid", discover_for=0.5, timeout=20)
+        targets.connect_name("nowhere.invalid", discover_for=0.5, timeout=20)
     message = str(info.value)
     assert "\n" not in message
     assert "no connection file named 'nowhere.invalid'" in message

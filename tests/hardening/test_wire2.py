@@ -334,6 +334,7 @@ def test_an_advertised_impostor_with_tls_0_is_refused(tls_server: Any, tmp_path:
     """`%remote connect NAME --token-file F` falling back to an advertisement that says
     tls=0 for a TLS server (an impostor relaying to it): one line, no session."""
     from remote_kernel.ipython import registry
+    from remote_kernel.net import targets
     from remote_kernel.net.discovery import ServerInfo
 
     relay = _impostor_relay(tls_server.port)
@@ -341,13 +342,13 @@ def test_an_advertised_impostor_with_tls_0_is_refused(tls_server: Any, tmp_path:
     token_file.write_text("the-token")
     advertised = ServerInfo(name="lab-impostor", host="127.0.0.1", port=relay.port, tls=False,
                             service="EchoService", addresses=("127.0.0.1",), protocol=2)
-    original = registry.find_discovered
-    registry.find_discovered = lambda name, timeout=2.0: advertised  # type: ignore[assignment]
+    original = targets.find_discovered
+    targets.find_discovered = lambda name, timeout=2.0: advertised  # type: ignore[assignment]
     try:
         with pytest.raises(rk.AuthenticationError) as info:
             registry.open_connection("lab-impostor", str(token_file))
     finally:
-        registry.find_discovered = original  # type: ignore[assignment]
+        targets.find_discovered = original  # type: ignore[assignment]
         relay.close()
     message = str(info.value)
     assert "\n" not in message
@@ -356,7 +357,7 @@ def test_an_advertised_impostor_with_tls_0_is_refused(tls_server: Any, tmp_path:
 
 
 def test_the_tls_setting_of_an_advertisement_is_not_used(monkeypatch: Any) -> None:
-    from remote_kernel.ipython import registry
+    from remote_kernel.net import targets
     from remote_kernel.net.discovery import ServerInfo
 
     seen: dict[str, Any] = {}
@@ -365,11 +366,11 @@ def test_the_tls_setting_of_an_advertisement_is_not_used(monkeypatch: Any) -> No
         seen.update(kwargs)
         raise rk.AuthenticationError("no")
 
-    monkeypatch.setattr(registry, "connect", fake_connect)
+    monkeypatch.setattr(targets, "connect_tcp", fake_connect)
     for advertised_tls in (False, True):
         info = ServerInfo(name="x", host="127.0.0.1", port=1, tls=advertised_tls,
                           service="S", addresses=("127.0.0.1",), protocol=2)
         for user_tls in (None, {"ca": "ca.pem"}):
             with pytest.raises(rk.AuthenticationError):
-                registry._connect_discovered(info, "t", rk.VoidService, ValueError(), user_tls)
+                targets.connect_advertised(info, "t", rk.VoidService, ValueError(), user_tls)
             assert seen["tls"] == user_tls

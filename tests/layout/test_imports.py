@@ -15,8 +15,9 @@ pytestmark = pytest.mark.timeout(60)
 
 PACKAGE = Path(__file__).resolve().parents[2] / "remote_kernel"
 
-# Layer order, bottom first; a module may import its own layer and those below it.
-LAYERS = ["base", "protocol", "remote", "core", "net", "ipython", "kernel", "top"]
+# Layer order, bottom first; a module may import its own layer and those below it. The output
+# filter (nh3) sits above net so that nothing a server or a client script loads can reach it.
+LAYERS = ["base", "protocol", "remote", "core", "net", "outputs", "ipython", "kernel", "top"]
 
 
 def _layer(module: str) -> str:
@@ -63,6 +64,25 @@ def test_a_server_needs_no_ipython_layer() -> None:
                                                    "remote_kernel.kernel"))]
 
 
+def _filter_modules(loaded: list[str]) -> list[str]:
+    return [m for m in loaded if m.split(".")[0] == "nh3" or m.startswith("remote_kernel.outputs")]
+
+
+def test_core_loads_no_output_filter() -> None:
+    """The output filter (and nh3) is the notebook side's: a connection never loads it."""
+    loaded = _loaded_after("import remote_kernel.core.connection")
+    assert "remote_kernel.core.connection" in loaded
+    assert _filter_modules(loaded) == []
+
+
+def test_servers_and_clients_load_no_output_filter() -> None:
+    loaded = _loaded_after("import remote_kernel as rk\n"
+                           "rk.Server, rk.connect, rk.Group, rk.connect_ssh, rk.obtain\n"
+                           "import remote_kernel.net.targets, remote_kernel.cli")
+    assert "remote_kernel.net.targets" in loaded
+    assert _filter_modules(loaded) == []
+
+
 def _imports(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(), str(path))
     found = []
@@ -95,3 +115,31 @@ def test_every_folder_imports_only_its_layer_and_those_below() -> None:
 def test_bottom_modules_import_nothing_of_the_package() -> None:
     for name in ("errors.py", "config.py"):
         assert _imports(PACKAGE / name) == [], name
+
+
+def _opcode_imports(path: Path) -> bool:
+    """Whether ``path`` imports the opcodes (``protocol.messages.Op``), at any depth."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module == "remote_kernel.protocol.messages" \
+                and any(alias.name in ("Op", "*") for alias in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.module == "remote_kernel.protocol" \
+                and any(alias.name == "messages" for alias in node.names):
+            return True
+        if isinstance(node, ast.Import) and any(
+                alias.name == "remote_kernel.protocol.messages" for alias in node.names):
+            return True
+    return False
+
+
+@pytest.mark.xfail(strict=True, reason="until conn.call (item 2) lands")
+def test_no_module_above_core_speaks_opcodes() -> None:
+    """Above core, a request is a public call (``conn.call(obj, name, ..., timeout=)``),
+    never an opcode: the wire's vocabulary stays in protocol/ and core/."""
+    above = LAYERS[LAYERS.index("core") + 1:]
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if _layer(module.removesuffix(".__init__")) in above and _opcode_imports(path):
+            offenders.append(module)
+    assert offenders == []

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from remote_kernel.core.sanitize import (
+from remote_kernel.outputs.sanitize import (
     defuse_tex,
     sanitize_html,
     sanitize_markdown,
