@@ -339,11 +339,11 @@ def _one_line(name: str, text: str) -> str:
 
 
 def _registered_name(text: str) -> str | None:
-    """The notebook's name of the lost connection a message is about, if any."""
-    from remote_kernel.ipython.registry import LOST, get_registry
+    """The notebook's name of the closed connection a message is about, if any."""
+    from remote_kernel.ipython.registry import CLOSED, get_registry
 
     for name, entry in get_registry().entries.items():
-        if entry.state == LOST and entry.conn is not None and entry.conn.peer in text:
+        if entry.state == CLOSED and entry.conn is not None and entry.conn.peer in text:
             return name
     return None
 

@@ -126,8 +126,9 @@ class SshLink(Link):
     host lacks it), then, for each resume, ``bridge`` to the same detached server."""
 
     def __init__(self, argv: list[str], destination: str, python: str,
-                 service: str | None = None) -> None:
+                 service: str | None = None, echo_stderr: bool = True) -> None:
         self.argv, self.destination, self.python = argv, destination, python
+        self.echo_stderr = echo_stderr  # ssh's own messages also go to our stderr
         self.service = service
         self.socket: str | None = None
         self.sent_bundle: bool | None = None  # the first open sent it (False: it was cached)
@@ -154,7 +155,7 @@ class SshLink(Link):
         except OSError as exc:
             raise ConnectionClosed(f"cannot start {self.argv[0]!r}: {exc}") from exc
         self.processes.append(process)
-        self.tail = _StderrTail(process.stderr, echo=True)
+        self.tail = _StderrTail(process.stderr, echo=self.echo_stderr)
         assert process.stdout is not None and process.stdin is not None
         transport = _Pushback(os.dup(process.stdout.fileno()), os.dup(process.stdin.fileno()),
                               f"ssh:{self.destination} (pid {process.pid})")
@@ -242,12 +243,15 @@ class SshLink(Link):
 def connect(destination: str, python: str = "python3", *, service: Any = VoidService,
             config: Any = None, timeout: float = 30.0, port: int | None = None,
             identity: str | None = None, ssh_options: list[str] | None = None,
-            ssh: str = "ssh", served: str | None = None) -> Connection:
+            ssh: str = "ssh", served: str | None = None,
+            echo_stderr: bool = True) -> Connection:
     """``connect_ssh`` with zero-deploy: serve ``destination`` with this exact served side,
     sent there first when it lacks it. ``served`` is the far side's --service
-    (MODULE:CLASS), classic by default."""
+    (MODULE:CLASS), classic by default. ``echo_stderr=False``: ssh's messages only in the
+    error (a bare name tried as a host, see net/targets.py)."""
     link = SshLink(ssh_argv(destination, port=port, identity=identity,
-                            ssh_options=ssh_options, ssh=ssh), destination, python, served)
+                            ssh_options=ssh_options, ssh=ssh), destination, python, served,
+                   echo_stderr)
     started = time.monotonic()
     try:
         transport = link.open(timeout)

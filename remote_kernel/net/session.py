@@ -284,7 +284,7 @@ class ResumableTransport(Transport):
             except (OSError, ConnectionClosed, AuthenticationError, ProtocolError) as exc:
                 if _server_gone(exc):
                     self._end(f"{self.peer_name} is not running any more: the session and "
-                              "its objects are gone (%remote reconnect starts a new one)")
+                              "its objects are gone")
                     return
                 log.debug("reconnect to %s failed: %s", self.peer_name, exc)
                 left = self._since + self.resume_window - time.monotonic()

@@ -302,7 +302,7 @@ def connect_name(name: str, *, service: Any = VoidService, token: str | None = N
 
     try:
         return deploy.connect(name, python, service=service, config=config,
-                              timeout=max(timeout, 30.0))
+                              timeout=max(timeout, 30.0), echo_stderr=False)
     except (RemoteKernelError, ValueError) as exc:
         tried.append(f"ssh {name} failed ({str(exc).splitlines()[0] if str(exc) else exc})")
     raise ConnectionClosed(f"cannot connect to {name!r}: " + "; ".join(tried))

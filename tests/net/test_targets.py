@@ -147,9 +147,10 @@ def test_a_name_nobody_advertises(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the notebook (``discover=True``) looks on the network, and says it did."""
     stub.install(monkeypatch)
     monkeypatch.setenv("RK_DISCOVERY_SERVERS", "[]")
-    with pytest.raises(ValueError, match="^no connection file named 'nobody'.*; nor is a "
-                                         "server named 'nobody' advertised on the network$"):
-        open_target(parse("nobody"), discover=True)
+    with pytest.raises(rk.ConnectionClosed, match="^cannot connect to 'nobody': no connection "
+                       "file named 'nobody'.*; no server advertised as 'nobody'; ssh nobody "
+                       r"failed \("):
+        open_target(parse("nobody"), discover=True)  # (then ssh: no such host)
     with pytest.raises(ValueError, match="give HOST:PORT$"):
         open_target(parse("nobody"))
 
