@@ -1,6 +1,7 @@
-"""Remote errors are as useful as local ones (DESIGN.md): against a real server process,
-the chain, the attributes, the original class, the frames and where they ran, and the
-standard ``traceback`` printout; the decoder against a hostile peer; the CLI's mistakes."""
+"""Remote errors are as useful as local ones (README.md, "Python API", the errors): against
+a real server process, the chain, the attributes, the original class, the frames and where
+they ran, and the standard ``traceback`` printout; the decoder against a hostile peer; the
+CLI's mistakes."""
 
 from __future__ import annotations
 
