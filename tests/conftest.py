@@ -21,6 +21,15 @@ from remote_kernel.net.transports import memory_pair
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the modules that hold slow tests go first (each kept whole, for its
+    module fixtures): a long test that started last would keep one worker busy alone."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow_modules = {getattr(item, "module", None) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: getattr(item, "module", None) not in slow_modules)  # stable: order otherwise kept
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_jupyter_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     base = tmp_path_factory.mktemp("jupyter")

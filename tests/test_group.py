@@ -77,6 +77,7 @@ def test_members_given_by_address_authenticate_with_a_token_file(
     assert isinstance(caught.value.errors[address], rk.AuthenticationError)
 
 
+@pytest.mark.serial
 def test_members_run_concurrently(servers: list[ServerProcess]) -> None:
     with rk.Group({f"s{n}": str(server.file) for n, server in enumerate(servers)}) as group:
         start = time.monotonic()

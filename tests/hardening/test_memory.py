@@ -102,6 +102,7 @@ class _Echoer:
         assert not self._thread.is_alive()
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("arrays", [1, 256], ids=["one array", "256 arrays"])
@@ -169,6 +170,7 @@ def _netref_classes() -> int:
     return len(BaseNetref.__subclasses__())
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_100k_peer_named_exception_classes_leave_nothing_behind() -> None:
     before = _remote_error_classes()
@@ -197,6 +199,7 @@ def test_100k_peer_named_exception_classes_leave_nothing_behind() -> None:
     assert grown < 10
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_15k_peer_type_descriptors_leave_nothing_behind() -> None:
     before = _netref_classes()

@@ -198,6 +198,7 @@ def test_connecting_again_keeps_a_live_connection(shell, lab, classic_server,
 # -- a dead connection answers at once ----------------------------------------------------
 
 
+@pytest.mark.serial
 def test_inspection_and_completion_of_a_dead_connection_answer_at_once(shell,
                                                                        start_server) -> None:
     server = start_server("--classic")

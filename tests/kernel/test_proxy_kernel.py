@@ -96,6 +96,7 @@ def test_errors_carry_the_remote_type_and_frames() -> None:
         kernel.close()
 
 
+@pytest.mark.slow
 def test_interrupt_and_restart(classic_server) -> None:
     kernel = Kernel(SPEC)
     try:
