@@ -231,6 +231,7 @@ def test_format_exc_and_logging_show_the_remote_frames(lab) -> None:
         assert printed.index("KeyError") < printed.index("RuntimeError: lookup failed")
 
 
+@pytest.mark.slow
 def test_pytests_report_shows_the_remote_frames(classic_server: ServerProcess,
                                                 tmp_path: Path) -> None:
     test_file = tmp_path / "test_remote_failure.py"

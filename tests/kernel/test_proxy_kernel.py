@@ -165,6 +165,7 @@ if __name__ == "__main__":
     unittest.main()
 
 
+@pytest.mark.slow
 def test_nbclient_runs_a_notebook_on_the_remote(classic_server) -> None:
     import nbformat
     from nbclient import NotebookClient
