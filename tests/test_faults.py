@@ -38,6 +38,7 @@ def test_ctrl_c_interrupts_the_remote_sleep(test_server) -> None:
         conn.close()
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(30)
 def test_ctrl_c_interrupts_a_remote_busy_loop(test_server) -> None:
     conn = test_server.connect()

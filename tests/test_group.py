@@ -109,6 +109,7 @@ def test_a_failing_member_keeps_the_others_results(servers: list[ServerProcess])
         assert group.eval("1 + 1") == dict.fromkeys(group.names, 2)
 
 
+@pytest.mark.serial
 def test_ctrl_c_interrupts_every_member_and_they_stay_usable(
         servers: list[ServerProcess]) -> None:
     with rk.Group([str(server.file) for server in servers]) as group:
@@ -123,6 +124,7 @@ def test_ctrl_c_interrupts_every_member_and_they_stay_usable(
         assert group.eval("'still here'") == dict.fromkeys(group.names, "still here")
 
 
+@pytest.mark.serial
 def test_a_timeout_interrupts_the_slow_members_only(servers: list[ServerProcess]) -> None:
     with rk.Group([str(server.file) for server in servers]) as group:
         group["pi2"].execute("import time\ndef work():\n    time.sleep(30)\n")

@@ -273,6 +273,7 @@ def test_the_demos_frames_show(start_server) -> None:
     assert "configure" in "\n".join(exc._render_traceback_())
 
 
+@pytest.mark.serial
 def test_stop_while_waiting_is_a_local_keyboard_interrupt_of_one_line(
         classic: rk.Connection) -> None:
     timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
