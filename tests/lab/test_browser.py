@@ -37,7 +37,7 @@ NEEDS_CHROMIUM = pytest.mark.skipif(
     reason=f"no chromium at {CHROMIUM} (make lab-chromium installs it)")
 NEEDS_EXTENSION = pytest.mark.skipif(
     not LAB_EXTENSION.exists(), reason="the lab extension is not installed (make setup builds it)")
-pytestmark = [pytest.mark.lab, pytest.mark.timeout(240), NEEDS_CHROMIUM, NEEDS_EXTENSION]
+pytestmark = [pytest.mark.timeout(240), NEEDS_CHROMIUM, NEEDS_EXTENSION]
 expect = playwright_api.expect
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -34,7 +34,6 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 psutil = pytest.importorskip("psutil")
 nbformat = pytest.importorskip("nbformat")
 pytestmark = [
-    pytest.mark.lab,
     pytest.mark.timeout(240),
     pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK),
                        reason=f"no chromium at {CHROMIUM} (make lab-chromium installs it)"),

@@ -29,7 +29,7 @@ from .test_browser import (
     screenshot_dir,
 )
 
-pytestmark = [pytest.mark.lab, pytest.mark.timeout(240), NEEDS_CHROMIUM, NEEDS_EXTENSION]
+pytestmark = [pytest.mark.timeout(240), NEEDS_CHROMIUM, NEEDS_EXTENSION]
 
 CALIBRATION = '''%%remote
 calibration = {"ch1": 1.02, "ch2": 0.98}

@@ -40,7 +40,6 @@ from .test_browser import (
 )
 
 pytestmark = [
-    pytest.mark.lab,
     pytest.mark.timeout(240),
     NEEDS_CHROMIUM,
     pytest.mark.skipif(not LAB_EXTENSION.exists()

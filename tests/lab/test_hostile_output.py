@@ -26,7 +26,7 @@ from tests.lab.test_browser import (
     open_notebook,
 )
 
-pytestmark = [pytest.mark.lab, pytest.mark.timeout(240), NEEDS_CHROMIUM, NEEDS_EXTENSION]
+pytestmark = [pytest.mark.timeout(240), NEEDS_CHROMIUM, NEEDS_EXTENSION]
 
 # What a hostile server answers for a display: script in HTML, an event handler, and a
 # JavaScript output that writes a file through the contents API with the page's own rights.

@@ -211,7 +211,6 @@ def test_the_advertised_protocol_version_is_the_handshakes() -> None:
     assert PROTOCOL_VERSION == auth.PROTOCOL_VERSION
 
 
-@pytest.mark.slow
 def test_discover_works_inside_a_running_event_loop() -> None:
     """A notebook cell runs with the kernel's asyncio loop running in its thread; zeroconf
     must not attach to it (the loop would be blocked while discover() waits, and nothing
@@ -500,7 +499,6 @@ def found(lan: Lan, servers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return lan.discover(2.0, connect="bench one")
 
 
-@pytest.mark.serial
 def test_an_advertised_server_is_found_from_another_host(
         found: dict[str, Any], servers: dict[str, dict[str, Any]]) -> None:
     by_name = {server["name"]: server for server in found["servers"]}
@@ -514,14 +512,12 @@ def test_an_advertised_server_is_found_from_another_host(
     assert 2.0 <= found["elapsed"] < 5.0
 
 
-@pytest.mark.serial
 def test_a_server_that_does_not_advertise_is_not_found(
         found: dict[str, Any], servers: dict[str, dict[str, Any]]) -> None:
     assert "quiet one" not in {server["name"] for server in found["servers"]}
     assert servers["quiet"]["port"] not in {server["port"] for server in found["servers"]}
 
 
-@pytest.mark.serial
 def test_the_discovered_server_is_reached_with_its_token(
         found: dict[str, Any], servers: dict[str, dict[str, Any]]) -> None:
     assert found["eval"] == 2
@@ -529,7 +525,6 @@ def test_the_discovered_server_is_reached_with_its_token(
     assert found["without_token"] == "AuthenticationError"
 
 
-@pytest.mark.serial
 def test_no_token_is_announced_or_sent(lan: Lan, found: dict[str, Any], watcher: Proc,
                                        capture: Path) -> None:
     assert lan.token not in json.dumps(found["servers"])
@@ -572,7 +567,6 @@ with advertise("bench one", 9999, tls=False, service="ClassicService", interface
 """
 
 
-@pytest.mark.serial
 def test_a_name_taken_on_the_network_is_refused_or_renamed(lan: Lan, servers: dict[str, Any],
                                                            watcher: Proc) -> None:
     """Host B tries to take A's name. The watcher in B is a second mDNS socket on port 5353
@@ -586,7 +580,6 @@ def test_a_name_taken_on_the_network_is_refused_or_renamed(lan: Lan, servers: di
     assert proc.process.wait(10) == 0, proc.report()
 
 
-@pytest.mark.serial
 def test_a_stopped_server_says_goodbye_and_is_not_found_again(lan: Lan, watcher: Proc,
                                                               found: dict[str, Any]) -> None:
     proc, ready = lan.serve("short lived")
@@ -608,7 +601,6 @@ def test_a_stopped_server_says_goodbye_and_is_not_found_again(lan: Lan, watcher:
     assert ready["port"] not in {server["port"] for server in again["servers"]}
 
 
-@pytest.mark.serial
 def test_the_cli_advertises_and_discovers_across_hosts(lan: Lan, tmp_path: Path) -> None:
     """`remote-kernel serve --advertise` on host A, `remote-kernel discover` on host B, then a
     connection with the token from A's connection file (never from the network)."""
