@@ -2,10 +2,12 @@
 
 Theory of operation
 -------------------
-:func:`fan_out` runs one task per member on a ``ThreadPoolExecutor`` of its own (at most
-``max_workers`` threads) and waits for all of them in the calling thread. A task's thread
-is the one that waits for its connection's reply, so it also serves that peer's callbacks
-meanwhile (the output of a ``%%remote`` cell arrives that way). Each task runs in a copy of the caller's context
+:func:`fan_out` runs one task per member on a bounded set of daemon threads and waits for
+all of them in the calling thread. Daemon threads, not a ``ThreadPoolExecutor``: the
+interpreter joins an executor's threads when it exits, so a member that answers nothing even
+after its interrupt would keep the process from exiting (tests/test_fan_out_exit.py).
+A task's thread is the one that waits for its connection's reply, so it also serves that
+peer's callbacks meanwhile (the output of a ``%%remote`` cell arrives that way). Each task runs in a copy of the caller's context
 (``contextvars``), so whatever the caller's context says, such as which notebook cell
 output belongs to, holds in the task too.
 
@@ -14,9 +16,7 @@ the waiting thread) or a timeout passes, every unfinished member is interrupted
 (``Connection.interrupt``: the peer raises ``KeyboardInterrupt`` in the requests it runs for
 us, and they answer with it), the tasks get a moment to end, and the call raises
 ``KeyboardInterrupt`` or reports ``RequestTimeout`` for those members. The connections stay
-usable either way. A task that does not end even then keeps its thread until its request
-does (the connection's ``sync_request_timeout``, or its close); the interpreter waits for
-such threads when it exits.
+usable either way.
 
 Members are given as Connections or as strings (connection names, targets). This layer
 resolves Connections only; strings go first through the ``resolvers`` that upper layers
@@ -27,11 +27,11 @@ a group closes only the connections it opened.
 
 from __future__ import annotations
 
+import collections
 import contextvars
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -61,6 +61,67 @@ Resolver = Callable[[Any], "Member | None"]
 resolvers: list[Resolver] = []
 
 
+class _FanOut:
+    """The shared state of one fan-out: the queue of tasks, their outcomes, who runs what."""
+
+    def __init__(self, tasks: Mapping[str, Callable[[], Any]]) -> None:
+        # Each task gets its own copy of the caller's context (a Context runs in one thread).
+        self.queue = collections.deque(
+            (name, task, contextvars.copy_context()) for name, task in tasks.items())
+        self.results: dict[str, Any] = {}
+        self.errors: dict[str, BaseException] = {}
+        self.running: set[str] = set()
+        self.settled: set[str] = set()  # decided by the caller; a late outcome is dropped
+        self.stopped = False
+        self.cond = threading.Condition()
+
+    def work(self) -> None:
+        while True:
+            with self.cond:
+                if self.stopped or not self.queue:
+                    return
+                name, task, context = self.queue.popleft()
+                self.running.add(name)
+            try:
+                value = context.run(task)
+            except BaseException as exc:  # noqa: BLE001 - every failure is the member's outcome
+                outcome: tuple[bool, Any] = (False, exc)
+            else:
+                outcome = (True, value)
+            with self.cond:
+                self.running.discard(name)
+                if name in self.settled:
+                    pass
+                elif outcome[0]:
+                    self.results[name] = outcome[1]
+                else:
+                    self.errors[name] = outcome[1]
+                self.cond.notify_all()
+
+    def finished(self) -> bool:
+        return not self.running and (self.stopped or not self.queue)
+
+    def wait(self, deadline: float | None) -> bool:
+        """Wait until every task ended or ``deadline``; True if they all ended."""
+        with self.cond:
+            while not self.finished():
+                remaining = WAIT_SLICE if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                # In slices: a signal another thread received (SIGINT from a notebook's Stop)
+                # only becomes KeyboardInterrupt here once this thread runs again.
+                self.cond.wait(min(remaining, WAIT_SLICE))
+            return True
+
+    def stop(self) -> tuple[list[str], list[str]]:
+        """No more tasks start; returns (running, never started) names."""
+        with self.cond:
+            self.stopped = True
+            unstarted = [name for name, _task, _context in self.queue]
+            self.queue.clear()
+            return sorted(self.running), unstarted
+
+
 def fan_out(tasks: Mapping[str, Callable[[], T]], *,
             interrupt: Callable[[str], Any] | None = None, timeout: float | None = None,
             max_workers: int = MAX_WORKERS, grace: float = INTERRUPT_GRACE,
@@ -74,62 +135,35 @@ def fan_out(tasks: Mapping[str, Callable[[], T]], *,
     with ``RequestTimeout``)."""
     if max_workers < 1:
         raise ValueError(f"max_workers must be at least 1, not {max_workers}")
-    if not tasks:
-        return {}, {}
-    pool = ThreadPoolExecutor(min(max_workers, len(tasks)), thread_name_prefix="rk-fan-out")
-    # Each task gets its own copy of the caller's context (a Context runs in one thread).
-    futures = {name: pool.submit(contextvars.copy_context().run, task)
-               for name, task in tasks.items()}
-    pool.shutdown(wait=False)  # the queued tasks still run; the threads end after them
-    timed_out: dict[str, BaseException] = {}
+    run = _FanOut(tasks)
+    for index in range(min(max_workers, len(tasks))):
+        threading.Thread(target=run.work, daemon=True, name=f"rk-fan-out-{index}").start()
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        if not _wait(futures.values(), deadline):
-            running, unstarted = _stop(futures)
+        if not run.wait(deadline):
+            running, unstarted = run.stop()
             _interrupt_all(running, interrupt)
-            _wait(futures.values(), time.monotonic() + grace)
-            for name in running + unstarted:
-                future = futures[name]
-                if future.done() and not future.cancelled() and not isinstance(
-                        future.exception(), KeyboardInterrupt):
-                    continue  # it ended on its own just in time
-                timed_out[name] = RequestTimeout(
-                    f"{name}: no result within {timeout} s"
-                    + ("; interrupted" if name in running else "; never started"))
+            run.wait(time.monotonic() + grace)
+            with run.cond:
+                for name in running + unstarted:
+                    run.settled.add(name)
+                    outcome = run.errors.get(name)
+                    if name in run.results or (
+                            outcome is not None and not isinstance(outcome, KeyboardInterrupt)):
+                        continue  # it ended on its own just in time
+                    run.errors[name] = RequestTimeout(
+                        f"{name}: no result within {timeout} s"
+                        + ("; interrupted" if name in running else "; never started"))
     except KeyboardInterrupt:
-        running, _unstarted = _stop(futures)
+        running, _unstarted = run.stop()
         _interrupt_all(running, interrupt)
-        _wait(futures.values(), time.monotonic() + grace)  # a second Ctrl-C ends this wait too
+        run.wait(time.monotonic() + grace)  # a second Ctrl-C ends this wait too
         raise
-    # What ended after the decision above is dropped: those members already count as timed out.
-    results: dict[str, T] = {}
-    errors: dict[str, BaseException] = {}
-    for name, future in futures.items():
-        error = timed_out.get(name) or future.exception()
-        if error is not None:
-            errors[name] = error
-        else:
-            results[name] = future.result()
+    with run.cond:
+        order = list(tasks)
+        results = {name: run.results[name] for name in order if name in run.results}
+        errors = {name: run.errors[name] for name in order if name in run.errors}
     return results, errors
-
-
-def _wait(futures: Iterable[Future[Any]], deadline: float | None) -> bool:
-    """Wait until every future is done or ``deadline``; True if they all are."""
-    pending = set(futures)
-    while pending:
-        remaining = WAIT_SLICE if deadline is None else deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        # In slices: a signal another thread received (SIGINT from a notebook's Stop) only
-        # becomes KeyboardInterrupt here once this thread runs again.
-        _done, pending = wait_futures(pending, timeout=min(remaining, WAIT_SLICE))
-    return True
-
-
-def _stop(futures: Mapping[str, Future[Any]]) -> tuple[list[str], list[str]]:
-    """No more tasks start; returns (running, never started) names."""
-    unstarted = [name for name, future in futures.items() if future.cancel()]
-    return sorted(name for name, future in futures.items() if not future.done()), unstarted
 
 
 def _interrupt_all(names: Iterable[str], interrupt: Callable[[str], Any] | None) -> None:
