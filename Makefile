@@ -9,7 +9,16 @@ EXTRAS ?= test,bench,lab
 SETUP_STEPS :=
 TEST_STEPS :=
 
-.PHONY: setup test demo demo-script lint clean pytest
+# Which tests run where, by marker (pyproject.toml declares them): the parallel step under
+# pytest-xdist, then the serial step without it (timing bounds, network namespaces, sshd,
+# the browser). make check runs the parallel step without the slow tests; the per-Python
+# matrix (mk/matrix.mk) runs both steps.
+XDIST ?= -n auto --dist worksteal
+PARALLEL_TESTS := -m "not serial and not lab"
+SERIAL_TESTS := -m "serial or lab"
+FAST_TESTS := -m "not slow and not serial and not lab"
+
+.PHONY: setup test check demo demo-script lint clean pytest pytest-parallel pytest-serial
 
 include $(wildcard mk/*.mk)
 
@@ -24,10 +33,21 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-pytest: setup
-	$(PY) -m pytest -q tests
+# The quick loop: lint and the fast tests in parallel (about a minute and a half on two cores).
+check: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q $(XDIST) $(FAST_TESTS) tests
 
-test: setup lint $(TEST_STEPS) pytest
+pytest: pytest-parallel pytest-serial
+
+pytest-parallel: setup
+	$(PY) -m pytest -q $(XDIST) $(PARALLEL_TESTS) tests
+
+pytest-serial: setup
+	$(PY) -m pytest -q $(SERIAL_TESTS) tests
+
+# The main suite first, so that a failure shows before the jest tests and the matrix run.
+test: setup lint pytest $(TEST_STEPS)
 
 # make demo: JupyterLab on notebooks/ with the simulated bench; make demo CHECK=1: headless,
 # executes every notebook and fails on any error.

@@ -3,7 +3,8 @@
 # the main venv). `make test` runs it; `make test-matrix` alone runs only this.
 #   MATRIX_VERSIONS  the minor versions (default: those of 3.10 3.11 3.12 3.13 that the main
 #                    venv is not: it runs the whole suite itself)
-#   MATRIX_TESTS     what runs on each (default: the core, hardening and IPython tests)
+#   MATRIX_TESTS     what runs on each (default: the core, hardening and IPython tests), in
+#                    the main suite's two steps: PARALLEL_TESTS under xdist, then SERIAL_TESTS
 PYENV_ROOT ?= $(HOME)/.pyenv
 # The main venv's Python runs the whole suite already (`make pytest`): not again here.
 MAIN_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
@@ -38,13 +39,17 @@ $(MATRIX_DIR)/%/.installed: pyproject.toml | $(STAMP)
 	  'remote_kernel_worktree.pth').write_text('$(CURDIR)\n')"
 	touch $@
 
-# One version after the other (two cores are shared); -x stops a version at its first
-# failure, and the first failing version stops the run.
+# One version after the other, each with the main suite's selection: its parallel step under
+# xdist, then its serial step; -x stops a step at its first failure, and the first failing
+# version stops the run.
 test-matrix: matrix-envs
 	@for v in $(MATRIX_VERSIONS); do \
 	  echo "=== Python $$v ==="; \
 	  start=$$(date +%s); \
-	  $(MATRIX_DIR)/$$v/bin/python -m pytest $(MATRIX_PYTEST) $(MATRIX_TESTS) || exit 1; \
+	  $(MATRIX_DIR)/$$v/bin/python -m pytest $(MATRIX_PYTEST) $(XDIST) $(PARALLEL_TESTS) \
+	    $(MATRIX_TESTS) || exit 1; \
+	  $(MATRIX_DIR)/$$v/bin/python -m pytest $(MATRIX_PYTEST) $(SERIAL_TESTS) \
+	    $(MATRIX_TESTS) || exit 1; \
 	  echo "=== Python $$v: $$(( $$(date +%s) - start )) s ==="; \
 	done
 

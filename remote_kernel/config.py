@@ -8,6 +8,7 @@ value of the wrong type. Names follow RPyC where RPyC has one.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,21 +34,17 @@ class ProtocolConfig:
     connid: str | None = None
 
 
+def _accepted(annotation: Any) -> tuple[type, ...]:
+    """The classes a field's annotation accepts (``float | None`` -> int, float, NoneType)."""
+    kinds = typing.get_args(annotation) or (annotation,)
+    # A float field takes an int too, as a type checker lets it.
+    return tuple(kind for declared in kinds
+                 for kind in ((int, float) if declared is float else (declared,)))
+
+
+# Derived from the dataclass, so a new field is validated without a second list to update.
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "allow_safe_attrs": (bool,),
-    "allow_exposed_attrs": (bool,),
-    "allow_public_attrs": (bool,),
-    "allow_all_attrs": (bool,),
-    "allow_setattr": (bool,),
-    "allow_delattr": (bool,),
-    "exposed_prefix": (str,),
-    "sync_request_timeout": (int, float, type(None)),
-    "unreachable_after": (int, float),
-    "resume_window": (int, float),
-    "include_local_traceback": (bool,),
-    "max_message_size": (int,),
-    "connid": (str, type(None)),
-}
+    name: _accepted(hint) for name, hint in typing.get_type_hints(ProtocolConfig).items()}
 
 
 def make_config(config: Mapping[str, Any] | ProtocolConfig | None) -> ProtocolConfig:

@@ -21,6 +21,30 @@ from remote_kernel.net.transports import memory_pair
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Folders whose every test shares system state, marked here so that a new file there needs
+# no mark of its own: JupyterLab in chromium (lab), network namespaces and relays (serial).
+FOLDER_MARKS = {"lab": pytest.mark.lab, "net": pytest.mark.serial}
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The folder marks; then, under pytest-xdist, the modules that hold slow tests go first
+    (each kept whole, for its module fixtures): a long test that started last would keep one
+    worker busy alone."""
+    for item in items:
+        parents = item.path.resolve().parents
+        for folder, mark in FOLDER_MARKS.items():
+            if TESTS / folder in parents:
+                item.add_marker(mark)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow_modules = {getattr(item, "module", None) for item in items
+                    if item.get_closest_marker("slow")}
+    # A stable sort: the order is otherwise kept.
+    items.sort(key=lambda item: getattr(item, "module", None) not in slow_modules)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_jupyter_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     base = tmp_path_factory.mktemp("jupyter")

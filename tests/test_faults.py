@@ -22,6 +22,7 @@ def interrupt_main_after(seconds: float) -> threading.Timer:
     return timer
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(30)
 def test_ctrl_c_interrupts_the_remote_sleep(test_server) -> None:
     conn = test_server.connect()
@@ -37,6 +38,7 @@ def test_ctrl_c_interrupts_the_remote_sleep(test_server) -> None:
         conn.close()
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(30)
 def test_ctrl_c_interrupts_a_remote_busy_loop(test_server) -> None:
     conn = test_server.connect()
@@ -50,6 +52,7 @@ def test_ctrl_c_interrupts_a_remote_busy_loop(test_server) -> None:
         conn.close()
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(30)
 def test_sigkill_of_the_server_fails_the_call_at_once(start_server) -> None:
     server = start_server("--service", "tests.services:TestService", "--no-auth")
@@ -65,6 +68,7 @@ def test_sigkill_of_the_server_fails_the_call_at_once(start_server) -> None:
     assert isinstance(info.value, EOFError)
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(30)
 def test_pending_requests_of_all_threads_fail_when_the_peer_dies(start_server) -> None:
     server = start_server("--service", "tests.services:TestService", "--no-auth")

@@ -77,6 +77,7 @@ def test_members_given_by_address_authenticate_with_a_token_file(
     assert isinstance(caught.value.errors[address], rk.AuthenticationError)
 
 
+@pytest.mark.serial
 def test_members_run_concurrently(servers: list[ServerProcess]) -> None:
     with rk.Group({f"s{n}": str(server.file) for n, server in enumerate(servers)}) as group:
         start = time.monotonic()
@@ -108,6 +109,7 @@ def test_a_failing_member_keeps_the_others_results(servers: list[ServerProcess])
         assert group.eval("1 + 1") == dict.fromkeys(group.names, 2)
 
 
+@pytest.mark.serial
 def test_ctrl_c_interrupts_every_member_and_they_stay_usable(
         servers: list[ServerProcess]) -> None:
     with rk.Group([str(server.file) for server in servers]) as group:
@@ -122,6 +124,7 @@ def test_ctrl_c_interrupts_every_member_and_they_stay_usable(
         assert group.eval("'still here'") == dict.fromkeys(group.names, "still here")
 
 
+@pytest.mark.serial
 def test_a_timeout_interrupts_the_slow_members_only(servers: list[ServerProcess]) -> None:
     with rk.Group([str(server.file) for server in servers]) as group:
         group["pi2"].execute("import time\ndef work():\n    time.sleep(30)\n")

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_every_notebook_runs(tmp_path) -> None:
     result = subprocess.run([sys.executable, "-m", "remote_kernel.demo.launcher", "--check"],

@@ -22,6 +22,9 @@ import remote_kernel as rk
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.serving import _watchdog
 
+# The state under test is this process's (time.sleep, SIGINT): outside the parallel step.
+pytestmark = pytest.mark.serial
+
 ORIGINAL_SLEEP = time.sleep
 EVENTS: list[str] = []
 

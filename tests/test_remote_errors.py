@@ -1,6 +1,7 @@
-"""Remote errors are as useful as local ones (DESIGN.md): against a real server process,
-the chain, the attributes, the original class, the frames and where they ran, and the
-standard ``traceback`` printout; the decoder against a hostile peer; the CLI's mistakes."""
+"""Remote errors are as useful as local ones (README.md, "Python API", the errors): against
+a real server process, the chain, the attributes, the original class, the frames and where
+they ran, and the standard ``traceback`` printout; the decoder against a hostile peer; the
+CLI's mistakes."""
 
 from __future__ import annotations
 
@@ -230,6 +231,7 @@ def test_format_exc_and_logging_show_the_remote_frames(lab) -> None:
         assert printed.index("KeyError") < printed.index("RuntimeError: lookup failed")
 
 
+@pytest.mark.slow
 def test_pytests_report_shows_the_remote_frames(classic_server: ServerProcess,
                                                 tmp_path: Path) -> None:
     test_file = tmp_path / "test_remote_failure.py"
@@ -271,6 +273,7 @@ def test_the_demos_frames_show(start_server) -> None:
     assert "configure" in "\n".join(exc._render_traceback_())
 
 
+@pytest.mark.serial
 def test_stop_while_waiting_is_a_local_keyboard_interrupt_of_one_line(
         classic: rk.Connection) -> None:
     timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))

@@ -220,6 +220,7 @@ def test_numpy_asarray_of_a_netref_is_one_request(lab: rk.Connection) -> None:
     assert numpy.asarray(lab.eval("np.float64(2.5)")) == 2.5
 
 
+@pytest.mark.slow
 def test_large_values_come_in_chunks_and_free_their_snapshot() -> None:
     with rk.Server(rk.ClassicService) as server:
         conn = rk.connect("127.0.0.1", server.port)

@@ -3,11 +3,13 @@
 Theory of operation
 -------------------
 :func:`fan_out` runs one task per member on a bounded set of daemon threads and waits for
-all of them in the calling thread. A task's thread is the one that waits for its
-connection's reply, so it also serves that peer's callbacks meanwhile (the output of a
-``%%remote`` cell arrives that way). Each task runs in a copy of the caller's context
-(``contextvars``), so whatever the caller's context says, such as which notebook cell
-output belongs to, holds in the task too.
+all of them in the calling thread. Daemon threads, not a ``ThreadPoolExecutor``: the
+interpreter joins an executor's threads when it exits, so a member that answers nothing even
+after its interrupt would keep the process from exiting (tests/test_fan_out_exit.py).
+A task's thread is the one that waits for its connection's reply, so it also serves that
+peer's callbacks meanwhile (the output of a ``%%remote`` cell arrives that way). Each task
+runs in a copy of the caller's context (``contextvars``), so whatever the caller's context
+says, such as which notebook cell output belongs to, holds in the task too.
 
 When the caller is interrupted (Ctrl-C, a notebook's Stop button: ``KeyboardInterrupt`` in
 the waiting thread) or a timeout passes, every unfinished member is interrupted

@@ -44,11 +44,11 @@ import secrets
 import socket
 import threading
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import ifaddr
 from zeroconf import (
     DNSQuestionType,
     EventLoopBlocked,
@@ -212,14 +212,10 @@ def _open_zeroconf(interface: str | None) -> Zeroconf:
 
 def _local_ipv4_addresses() -> list[str]:
     """This host's non-loopback IPv4 addresses (what "all interfaces" advertises)."""
-    found: list[str] = []
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from zeroconf import get_all_addresses  # deprecated but present since 0.x
-
-            found = list(get_all_addresses())
-    except Exception:
+    try:  # ifaddr: zeroconf's own interface enumeration (IPv4 addresses are str, IPv6 tuples)
+        found = [ip.ip for adapter in ifaddr.get_adapters() for ip in adapter.ips
+                 if isinstance(ip.ip, str)]
+    except OSError:
         found = []
     if not found:  # the address the multicast route leaves from; no packet is sent
         try:

@@ -131,6 +131,7 @@ ext_values = st.builds(ExtType, st.sampled_from([e.value for e in Ext] + [0, 16,
                        _ext_payloads())
 
 
+@pytest.mark.slow
 @settings(max_examples=1000, deadline=None)
 @given(st.recursive(ext_values, lambda c: st.lists(c, max_size=4), max_leaves=10))
 def test_any_ext_value_decodes_or_raises_protocol_error(value: Any) -> None:

@@ -94,6 +94,7 @@ def test_cli_refuses_non_loopback_no_auth() -> None:
 # -- failed handshakes ----------------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_wrong_token_is_slowed_down_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="remote_kernel")
     with rk.Server(EchoService, token="right") as server:
@@ -124,6 +125,7 @@ def test_client_refuses_a_server_that_skips_authentication() -> None:
             rk.connect("127.0.0.1", server.port, token="secret", timeout=5)
 
 
+@pytest.mark.serial
 def test_a_failing_handshake_does_not_delay_others() -> None:
     with rk.Server(EchoService, token="right") as server:
         outcome: dict[str, BaseException] = {}

@@ -205,6 +205,7 @@ def test_half_a_reply_then_silence_times_out_and_resyncs() -> None:
         right.close()
 
 
+@pytest.mark.serial
 def test_a_stalled_client_blocks_no_one_else() -> None:
     with rk.Server(Holder, handshake_timeout=1.0) as server:
         stallers = []

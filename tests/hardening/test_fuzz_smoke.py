@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HAS_ATHERIS = importlib.util.find_spec("atheris") is not None
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_fuzz_smoke(tmp_path: Path) -> None:
     runs = "30000" if HAS_ATHERIS else "1500"

@@ -351,6 +351,7 @@ def test_malformed_input_closes_only_that_connection(name: str) -> None:
         right.close()
 
 
+@pytest.mark.serial
 def test_a_map_keyed_by_a_reference_is_refused_at_once(
         hostile: tuple[Connection, RawPeer]) -> None:
     victim, raw = hostile

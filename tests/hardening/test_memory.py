@@ -102,6 +102,7 @@ class _Echoer:
         assert not self._thread.is_alive()
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("arrays", [1, 256], ids=["one array", "256 arrays"])
@@ -229,6 +230,7 @@ def _netref_classes() -> int:
     return len(BaseNetref.__subclasses__())
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_100k_peer_named_exception_classes_leave_nothing_behind() -> None:
     before = _remote_error_classes()
@@ -295,6 +297,7 @@ def test_exception_classes_past_the_bound_cost_no_more_than_one_class() -> None:
     assert distinct < 1.3 * same + exceptions.MAX_CLASSES * 4096
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_15k_peer_type_descriptors_leave_nothing_behind() -> None:
     before = _netref_classes()

@@ -61,6 +61,7 @@ def _closed_within(sock: socket.socket, seconds: float, trickle: float = 0.2,
     return None
 
 
+@pytest.mark.serial
 def test_trickled_bytes_do_not_extend_the_handshake_deadline() -> None:
     with rk.Server(EchoService, token="tok", handshake_timeout=1.0) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
@@ -72,6 +73,7 @@ def test_trickled_bytes_do_not_extend_the_handshake_deadline() -> None:
             assert conn.root.echo(1) == 1
 
 
+@pytest.mark.serial
 def test_the_tls_handshake_shares_the_deadline(pki: dict[str, Any]) -> None:
     tls = {"cert": pki["server"].cert, "key": pki["server"].key}
     with rk.Server(EchoService, tls=tls, handshake_timeout=1.0) as server:
@@ -303,6 +305,7 @@ class _Pinger:
         assert not self._thread.is_alive()
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_2000_trickling_connections_under_1024_descriptors(tmp_path: Path) -> None:
@@ -435,6 +438,7 @@ def test_connect_waits_its_whole_timeout_for_a_late_greeting() -> None:
         thread.join(10)
 
 
+@pytest.mark.serial
 def test_connect_gives_up_at_its_timeout_when_no_greeting_comes() -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -448,6 +452,7 @@ def test_connect_gives_up_at_its_timeout_when_no_greeting_comes() -> None:
         listener.close()
 
 
+@pytest.mark.serial
 def test_a_trickled_reply_does_not_extend_the_request_timeout() -> None:
     left, right = socket.socketpair()
     client = Connection(SocketTransport(left, "trickler"), rk.VoidService, name="trickler")

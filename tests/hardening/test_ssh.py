@@ -22,10 +22,12 @@ SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SSH_KEYGEN = shutil.which("ssh-keygen")
 VENV_PYTHON = sys.executable
 
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists(SSHD) and SSH_KEYGEN and shutil.which("ssh")),
-    reason="openssh-server and openssh-client are needed (make setup installs them)",
-)
+pytestmark = [
+    pytest.mark.serial,  # a real sshd: outside the parallel step
+    pytest.mark.skipif(
+        not (os.path.exists(SSHD) and SSH_KEYGEN and shutil.which("ssh")),
+        reason="openssh-server and openssh-client are needed (make setup installs them)"),
+]
 
 
 def _free_port() -> int:

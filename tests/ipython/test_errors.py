@@ -156,6 +156,7 @@ def test_a_local_error_with_a_remote_context_shows_the_remote_frames(shell, lab,
     assert "in inner" in text and "deep down" in text  # IPython's own renderer, and a note
 
 
+@pytest.mark.serial
 def test_stop_is_one_line(shell, lab, capsys) -> None:
     timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
@@ -198,6 +199,7 @@ def test_connecting_again_keeps_a_live_connection(shell, lab, classic_server,
 # -- a dead connection answers at once ----------------------------------------------------
 
 
+@pytest.mark.serial
 def test_inspection_and_completion_of_a_dead_connection_answer_at_once(shell,
                                                                        start_server) -> None:
     server = start_server("--classic")

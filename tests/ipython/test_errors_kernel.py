@@ -88,6 +88,7 @@ def test_a_mistake_is_one_line_in_the_notebook(kernel, target: str) -> None:
     assert "Traceback" not in text and not PACKAGE_FILES.search(text)
 
 
+@pytest.mark.serial
 def test_inspect_and_complete_after_the_server_died_answer_at_once(kernel,
                                                                    start_server) -> None:
     server = start_server("--classic")
@@ -134,6 +135,7 @@ def test_the_proxy_kernel_sends_the_chain_and_a_short_stop(proxy) -> None:
     assert not PACKAGE_FILES.search(text), text
 
 
+@pytest.mark.serial
 def test_the_proxy_kernel_answers_at_once_after_the_server_died(proxy) -> None:
     kernel, server = proxy
     assert kernel.run("items = [1, 2, 3]").status == "ok"

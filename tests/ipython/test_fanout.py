@@ -85,6 +85,7 @@ def _value(kernel: Kernel, expression: str) -> object:
     return ast.literal_eval(run.text().strip())
 
 
+@pytest.mark.slow
 def test_each_peer_streams_labelled_lines_as_they_come(kernel: Kernel) -> None:
     run = kernel.run(f"%%remote {' '.join(PEERS)}\nimport time\nfor i in range(3):\n"
                      f"    print('tick', i)\n    time.sleep(1)\n")

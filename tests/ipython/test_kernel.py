@@ -31,6 +31,7 @@ def lab(kernel: Kernel, classic_server) -> str:
     return "lab"
 
 
+@pytest.mark.slow
 def test_remote_cell_streams_each_line_as_it_comes(kernel: Kernel, lab: str) -> None:
     run = kernel.run("%%remote\nimport time\nfor i in range(3):\n    print(i)\n"
                      "    time.sleep(1)\n")

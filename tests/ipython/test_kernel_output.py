@@ -38,6 +38,7 @@ def _iopub_until(kernel: Kernel, predicate: Any, timeout: float) -> dict[str, An
     raise TimeoutError("the expected message did not arrive")
 
 
+@pytest.mark.slow
 def test_callback_output_lands_in_the_cell_that_sent_it(kernel: Kernel) -> None:
     kernel.run("lab.execute('''\nimport threading\n"
                "def call_later(callback, delay):\n"

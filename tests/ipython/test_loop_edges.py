@@ -106,6 +106,7 @@ def test_the_idle_loop_does_not_spin_while_another_thread_reads(
         loop.stop()
 
 
+@pytest.mark.serial
 def test_poll_all_returns_under_a_flood() -> None:
     left, right = socket.socketpair()
     kernel = Connection(SocketTransport(left, "device"), rk.VoidService, name="device")

@@ -19,6 +19,7 @@ from tests.conftest import ROOT
 from tests.hardening.test_ssh import SSHD, Sshd
 
 pytestmark = [
+    pytest.mark.serial,  # a real sshd: outside the parallel step
     pytest.mark.timeout(120),
     pytest.mark.skipif(not os.path.exists(SSHD) or not os.path.exists("/usr/bin/ssh"),
                        reason="openssh-server and openssh-client are needed"),

@@ -82,6 +82,7 @@ def terminal(tmp_path: Path) -> Iterator[Terminal]:
     term.close()
 
 
+@pytest.mark.slow
 def test_a_callback_prints_while_the_prompt_waits(terminal: Terminal, classic_server) -> None:
     terminal.wait_for(r"In \[1\]")
     terminal.run("%load_ext remote_kernel", 2)

@@ -96,6 +96,7 @@ def test_errors_carry_the_remote_type_and_frames() -> None:
         kernel.close()
 
 
+@pytest.mark.slow
 def test_interrupt_and_restart(classic_server) -> None:
     kernel = Kernel(SPEC)
     try:
@@ -164,6 +165,7 @@ if __name__ == "__main__":
     unittest.main()
 
 
+@pytest.mark.slow
 def test_nbclient_runs_a_notebook_on_the_remote(classic_server) -> None:
     import nbformat
     from nbclient import NotebookClient

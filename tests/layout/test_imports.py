@@ -1,5 +1,6 @@
-"""The layers of DESIGN.md "Layout": what a plain import loads, and which folder may import
-which. Each check runs in a fresh interpreter, so nothing loaded by other tests counts."""
+"""The layers of README.md "How the code is organised": what a plain import loads, and
+which folder may import which. Each check runs in a fresh interpreter, so nothing loaded by
+other tests counts."""
 
 from __future__ import annotations
 
