@@ -276,3 +276,32 @@ def test_a_worker_killed_mid_cell_fails_only_that_member() -> None:
             assert group.eval("1") == {"w0": 1, "w1": 1, "w2": 1}
     finally:
         stop_cluster(cluster, client)
+
+
+NO_DASK = """
+import sys
+sys.modules["distributed"] = None  # as if it were not installed
+import remote_kernel as rk
+try:
+    rk.Group.from_dask("tcp://127.0.0.1:8786")
+except ImportError as exc:
+    print("ImportError:", exc)
+from IPython.core.interactiveshell import InteractiveShell
+shell = InteractiveShell.instance()
+shell.run_line_magic("load_ext", "remote_kernel")
+shell.run_cell("%remote connect dask:tcp://127.0.0.1:8786")
+"""
+
+
+@pytest.mark.slow
+def test_without_dask_one_line_says_what_to_install() -> None:
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", NO_DASK], capture_output=True, text=True,
+                            timeout=60)
+    lines = [line for line in (result.stdout + result.stderr).splitlines()
+             if "remote_kernel[dask]" in line]
+    assert lines[0] == "ImportError: Dask is not installed: pip install " \
+                       "'remote_kernel[dask]' (dask[distributed])", result
+    assert any(line.startswith("UsageError: Dask is not installed") for line in lines), result
+    assert "Traceback" not in result.stdout + result.stderr, result
