@@ -302,6 +302,7 @@ class DaskGroup(_net_group.Group):
         where = self.client.run(server_address, self._plugin_name,
                                 workers=list(joined), on_error="return")
         members = dict(self._members)
+        infos = dict(self._info)  # replaced whole, as members: readers never see it change
         changed = False
         for address, info in joined.items():
             found = where.get(address)
@@ -318,11 +319,14 @@ class DaskGroup(_net_group.Group):
             if old is not None:
                 old.conn.close("the worker was replaced")
             members[name] = Member(name, conn, owned=True)
-            self._info[name] = DaskMember(name, address, info.get("name"), "connected",
-                                          int(found[2]) if len(found) > 2 else None)
+            infos[name] = DaskMember(name, address, info.get("name"), "connected",
+                                     int(found[2]) if len(found) > 2 else None)
             changed = True
         if changed:
+            self._info = infos
             self._members = dict(sorted(members.items(), key=lambda item: _order(item[0])))
+            if self.closed:  # closed while these connected: they go too
+                self._close_owned(members.values())
         return changed
 
     def _watch(self) -> None:
