@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS ?= test,bench,lab
+EXTRAS ?= test,bench,lab,dask
 # Parts add their own set-up steps and test prerequisites in mk/*.mk.
 SETUP_STEPS :=
 TEST_STEPS :=

@@ -21,6 +21,7 @@ Writes ``fanout.json`` in ``--out`` and, unless ``--no-merge``, merges it into
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -229,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds for the whole run; later sizes are skipped after it")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--no-merge", action="store_true")
+    parser.add_argument("--no-dask", action="store_true",
+                        help="skip the Dask rows (benchmarks.fanout_dask; run when "
+                             "distributed is installed)")
+    parser.add_argument("--dask-workers", type=int, default=4)
     args = parser.parse_args(argv)
     sizes = sorted(int(x) for x in args.sizes.split(",") if x)
     systems = [s for s in args.systems.split(",") if s]
@@ -286,6 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_merge:
         paths = report.merge_group_into_latest(out_dir)
         log("merged into " + ", ".join(str(p) for p in paths))
+    if not args.no_dask and importlib.util.find_spec("distributed") is not None:
+        from benchmarks import fanout_dask
+
+        log(f"Dask: {args.dask_workers} workers, rk.Group.from_dask vs client.run")
+        fanout_dask.run(out_dir, args.dask_workers, reps, not args.no_merge)
     return 0
 
 

@@ -11,7 +11,8 @@ JSON shape (``benchmarks/results/latest.json``)::
 
 A system that cannot do something has ``null``. Units: µs, ms, calls/s, MiB/s, B/proxy,
 round trips, and ``instructions`` (group "instructions", from ``benchmarks.instructions``);
-the fan-out group (``benchmarks.fanout``) has an ``ipyparallel`` column. Ratios in the
+the fan-out group (``benchmarks.fanout``) has an ``ipyparallel`` column, the Dask fan-out
+(``benchmarks.fanout_dask``) a ``dask_client_run`` one. Ratios in the
 tables are peer / ours: for a time or a count (lower is better) a ratio above 1 means we
 are better, for a rate (higher is better) it means the peer is.
 """
@@ -27,9 +28,10 @@ from typing import Any
 SYSTEMS = ["remote_kernel", "rpyc", "pyro5_msgpack", "floor"]
 LABELS = {"remote_kernel": "remote_kernel", "rpyc": "RPyC", "pyro5_msgpack": "Pyro5 (msgpack)",
           "floor": "floor (msgpack / raw TCP)", "remote_kernel+ext": "remote_kernel + %load_ext",
-          "ipyparallel": "ipyparallel"}
+          "ipyparallel": "ipyparallel", "dask_client_run": "Dask client.run"}
 GESTURE_SYSTEMS = ["remote_kernel", "remote_kernel+ext", "rpyc"]
-GROUP_FILES = {"instructions": "instructions.json", "fan-out": "fanout.json"}
+GROUP_FILES = {"instructions": "instructions.json", "fan-out": "fanout.json",
+               "fan-out (Dask)": "fanout_dask.json"}
 
 
 def _stats(values: list[float]) -> dict[str, float] | None:
@@ -396,6 +398,31 @@ def fanout_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dask_markdown(result: dict[str, Any]) -> str:
+    """The Dask fan-out rows (benchmarks.fanout_dask): ours vs client.run."""
+    group = "fan-out (Dask)"
+    metrics = {n: e for n, e in result["metrics"].items() if e.get("group") == group}
+    if not metrics:
+        return ""
+    meta = result["meta"] if result.get("group") else result["meta"].get("groups", {}).get(
+        group, {})
+    lines = ["| metric | unit | remote_kernel | Dask client.run | client.run/ours |",
+             "|---|---|---|---|---|"]
+    for name, entry in metrics.items():
+        lines.append(f"| {name} | {entry['unit']}{' ↓' if entry['lower_is_better'] else ' ↑'}"
+                     f" | {_cell(entry, 'remote_kernel')} | {_cell(entry, 'dask_client_run')}"
+                     f" | {_ratio(entry, 'dask_client_run')} |")
+    carried = " **Carried over from an earlier run.**" if meta.get("carried_over") else ""
+    lines += ["", f"Dask: {meta.get('how', '')} {meta.get('date', '?')}, commit "
+              f"{meta.get('commit', '?')}, distributed "
+              f"{meta.get('versions', {}).get('distributed', '?')}, load "
+              f"{meta.get('loadavg', {}).get('start', '?')} → "
+              f"{meta.get('loadavg', {}).get('end', '?')}.{carried}"]
+    for cell, err in meta.get("errors", {}).items():
+        lines.append(f"Failed: {cell}: {err}")
+    return "\n".join(lines) + "\n"
+
+
 def conditions(result: dict[str, Any]) -> list[str]:
     meta = result["meta"]
     lines = []
@@ -458,6 +485,10 @@ def markdown(result: dict[str, Any]) -> str:
     fan = fanout_markdown(result)
     if fan:
         lines += ["", "Fan-out to many peers (issue 16):", "", fan.rstrip("\n")]
+    fan = dask_markdown(result)
+    if fan:
+        lines += ["", "Fan-out to the workers of a Dask cluster (issue 27):", "",
+                  fan.rstrip("\n")]
 
     gesture_rows = [n for n in metrics if n.endswith(": round trips")]
     if gesture_rows:
@@ -539,7 +570,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
 
     metrics = result["metrics"]
     peers = [("rpyc", "#d62728"), ("pyro5_msgpack", "#1f77b4"), ("floor", "#7f7f7f"),
-             ("ipyparallel", "#2ca02c")]
+             ("ipyparallel", "#2ca02c"), ("dask_client_run", "#9467bd")]
     names = [n for n, e in metrics.items()
              if not n.endswith(": time") and e.get("remote_kernel")
              and any(e.get(p) for p, _ in peers)]
@@ -555,7 +586,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
             if not ours or not other:
                 continue
             adv = other / ours if e["lower_is_better"] else ours / other
-            ys.append(j + (i - 1.5) * height)
+            ys.append(j + (i - (len(peers) - 1) / 2) * height)
             xs.append(adv)
         # Bars grow from 1 (a tie) to the right (we are better) or the left (we are worse).
         ax.barh(ys, [x - 1 for x in xs], height=height, color=color, label=LABELS[peer],

@@ -4,7 +4,7 @@
 #   make bench NO_INSTRUCTIONS=1 NO_FANOUT=1    the same without the two slow groups
 #   make bench-quick              a few minutes; shows the last instruction/fan-out results
 #   make bench-instructions       instructions per call under valgrind (both processes)
-#   make bench-fanout             one call to 1, 8 and 32 peers vs ipyparallel
+#   make bench-fanout             one call to 1, 8 and 32 peers vs ipyparallel; Dask workers vs client.run
 #   make bench-profile            cProfile of both ends + CPU per call of every system
 #   make bench-bytecodes          Python bytecodes per call, per function, on each side
 #   make bench-link               resume time after a cut link returns, 64 MiB over 8 Mbit/s

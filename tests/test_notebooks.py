@@ -15,7 +15,8 @@ def test_every_notebook_runs(tmp_path) -> None:
                             capture_output=True, text=True, timeout=590)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     for name in ("01-getting-started", "02-instrument-control", "03-proxy-kernel",
-                 "04-async-and-callbacks", "05-security", "06-many-instruments"):
+                 "04-async-and-callbacks", "05-security", "06-many-instruments",
+                 "07-dask"):
         assert f"ok     {name}.ipynb" in result.stdout
 
 

@@ -9,6 +9,7 @@ IPython from the prompt's input hook) and the channel to the JupyterLab panel.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from remote_kernel.core import group
@@ -70,6 +71,9 @@ def unload(shell: Any) -> None:
     magics = shell.magics_manager.magics
     magics["line"].pop("remote", None)
     magics["cell"].pop("remote", None)
+    dask = sys.modules.get("remote_kernel.ipython.dask")  # issue 27: its groups end here
+    if dask is not None:
+        dask.close_all()
     reset_registry()
 
 

@@ -248,6 +248,8 @@ class RemoteMagics(Magics):
         args = self._parse(_connect_args, rest)
         if args.name is not None and not args.name.isidentifier():
             raise UsageError(f"--name must be a valid variable name, not {args.name!r}")
+        if any(target.startswith("dask:") for target in args.targets):
+            return self._connect_dask(args)  # issue 27: remote_kernel/ipython/dask.py
         if len(args.targets) > 1:
             if args.name is not None:
                 raise UsageError(f"--name names one connection; with several targets each "
@@ -266,6 +268,21 @@ class RemoteMagics(Magics):
                                           trusted=args.trust)
         self.shell.user_ns[entry.name] = entry.conn
         print(f"connected to {entry.name} ({entry.conn.peer}), bound to `{entry.name}`")
+
+    def _connect_dask(self, args: Any) -> None:
+        """%remote connect dask:ADDRESS|dask:CLIENT_VARIABLE: every worker, as a group."""
+        from remote_kernel.ipython import dask
+
+        if len(args.targets) > 1:
+            raise UsageError(f"a dask: target connects on its own\n{USAGE}")
+        with _mistakes_as_usage_errors():
+            try:
+                group = dask.connect(self.registry, args.targets[0], args.name,
+                                     self.shell.user_ns)
+            except ImportError as exc:
+                raise ValueError(str(exc)) from None
+        self.shell.user_ns[group.name] = group
+        print(dask.describe(group))
 
     def _connect_many(self, targets: list[str], token_file: str | None,
                       service: str = "void", trusted: bool = False) -> list[ConnectionEntry]:

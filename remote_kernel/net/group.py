@@ -70,5 +70,14 @@ class Group(_core.Group):
     def name_of(self, conn: Connection) -> str:
         return connection_name(conn)
 
+    @classmethod
+    def from_dask(cls, client_or_scheduler_address: Any, *, name: str | None = None,
+                  workers: Iterable[str] | None = None, **options: Any) -> Group:
+        """A group of the workers of a Dask cluster, following it as workers come and go:
+        see remote_kernel/net/dask.py (needs ``remote_kernel[dask]``)."""
+        from remote_kernel.net.dask import from_dask
+
+        return from_dask(client_or_scheduler_address, name=name, workers=workers, **options)
+
 
 __all__ = ["Group", "connect_target", "connection_name", "target_name"]
