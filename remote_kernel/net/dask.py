@@ -46,7 +46,7 @@ from remote_kernel.core.group import Member
 from remote_kernel.core.service import ClassicService, VoidService
 from remote_kernel.errors import ConnectionClosed, RemoteKernelError
 from remote_kernel.net import group as _net_group
-from remote_kernel.net.client import connect
+from remote_kernel.net.client import connect_tcp
 from remote_kernel.net.server import Server
 
 log = logging.getLogger("remote_kernel.net.dask")
@@ -310,8 +310,9 @@ class DaskGroup(_net_group.Group):
                 continue  # its plugin is not set up yet (or it failed): the next look
             name = member_name(info.get("name"), address)
             try:
-                conn = connect(found[0], int(found[1]), service=VoidService, token=self._token,
-                               config=self.config, timeout=CONNECT_TIMEOUT)
+                conn = connect_tcp(found[0], int(found[1]), service=VoidService,
+                                   token=self._token, config=self.config,
+                                   timeout=CONNECT_TIMEOUT)
             except (OSError, RemoteKernelError) as exc:
                 log.warning("cannot connect to the server of worker %s: %s", address, exc)
                 continue
