@@ -152,9 +152,9 @@ def test_connect_by_a_discovered_name_needs_the_token(shell: InteractiveShell, t
         assert "connected to labpc" in capsys.readouterr().out
         assert shell.user_ns["labpc"].eval("__import__('os').getpid()") == server.pid
         shell.run_line_magic("remote", "close labpc")
-        # A name nobody announces is the usual one-line mistake.
-        with pytest.raises(Exception, match="no connection file .* nor is a server named "
-                                            "'nobody' advertised on the network"):
+        # A name nobody announces is tried as an ssh host last; one line says all three.
+        with pytest.raises(Exception, match="no connection file .*; no server advertised as "
+                                            "'nobody'; ssh nobody failed"):
             shell.run_line_magic("remote", "connect nobody")
     finally:
         server.stop()

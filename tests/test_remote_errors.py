@@ -472,7 +472,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     (("serve", "--service", "nosuchmod:Lab"), "no module named 'nosuchmod'"),
     (("serve", "--service", "json:Nope"), "module 'json' has no attribute 'Nope'"),
     (("serve", "--service", "json"), "--service must look like 'package.module:ClassName'"),
-    (("serve", "--classic", "--token-file", "/no/such/token"), "cannot read --token-file"),
+    (("serve", "--classic", "--token-file", "/no/such/token"),
+     "--token-file: cannot read the token file /no/such/token"),
     (("serve", "--bogus"), "unrecognized arguments: --bogus"),
 ])
 def test_a_cli_mistake_is_one_line_and_an_exit_code(args: tuple[str, ...],

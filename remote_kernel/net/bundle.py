@@ -25,8 +25,9 @@ from remote_kernel import __version__
 
 SERVED = ("protocol", "remote", "core", "net")  # folders of the package that serve
 SERVED_FILES = ("__init__.py", "errors.py", "config.py")
-# Modules of those folders that only the notebook side uses (they move to outputs/).
-NOT_SERVED = frozenset({"core/sanitize.py", "core/outputs.py"})
+# Modules of those folders that a device never needs: net/dask.py runs where Dask (and
+# so the whole package) is installed, on the notebook side and in Dask's workers.
+NOT_SERVED = frozenset({"net/dask.py"})
 MSGPACK_FILES = ("__init__.py", "exceptions.py", "ext.py", "fallback.py")
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 SHEBANG = b"#!/usr/bin/env python3\n"

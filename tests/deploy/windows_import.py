@@ -38,8 +38,8 @@ class _WindowsCDLL(_real_cdll):  # type: ignore[misc, valid-type]
 
 ctypes.CDLL = _WindowsCDLL  # type: ignore[misc]
 
-SKIP = ("remote_kernel.net.discovery", "remote_kernel.core.sanitize",
-        "remote_kernel.core.outputs")
+# Not served (net/bundle.py NOT_SERVED), or only where zeroconf is installed.
+SKIP = ("remote_kernel.net.discovery", "remote_kernel.net.dask")
 imported = ["remote_kernel.errors", "remote_kernel.config"]
 for name in imported[:]:
     importlib.import_module(name)
