@@ -164,6 +164,8 @@ class Connection:
         self._ctx = RequestContext(self._service, self._policy)
         self._seq = itertools.count(1)
         self._send_lock = threading.Lock()
+        if self._session is not None:
+            self._session.send_lock = self._send_lock  # one lock for sends and re-sends
         self._sender: int | None = None  # the thread encoding a message, under the lock
         self._packer = msgpack.Packer(use_bin_type=True)  # used under the send lock
         self._recv_lock = threading.Lock()
@@ -507,7 +509,8 @@ class Connection:
                     raise ProtocolError("a message must be an array")
                 if message[0] != BUFFERS:
                     self._messages_in += 1
-                    if self._session is not None and self._session.ack_due():
+                    session = self._session
+                    if session is not None and session.received >= session.ack_at:
                         self._send_ack()
                     return message
                 payload = None
@@ -567,7 +570,8 @@ class Connection:
             if message[0] != BUFFERS:
                 self._buffers_bytes = 0
                 self._messages_in += 1
-                if self._session is not None and self._session.ack_due():
+                session = self._session
+                if session is not None and session.received >= session.ack_at:
                     self._send_ack()
                 if self._landing_seq is not None:
                     landed_for, self._landing_seq = self._landing_seq, None
@@ -963,7 +967,7 @@ class Connection:
             session = self._session
             received = session.received
             data = self._framed(pack([Kind.NOTIFY, Op.ACK, received]))
-            session.acked = received
+            session.ack_sent(received)
             self._transport.send(data)
             self._bytes_out += len(data)
             self._messages_out += 1

@@ -47,30 +47,43 @@ class SessionRefused(ConnectionClosed):
 class ResendStore:
     """What this side sent and the peer has not acknowledged, by stream offset."""
 
-    __slots__ = ("_parts", "start", "end", "kept", "limit")
+    __slots__ = ("_parts", "start", "end", "limit", "peer_acked")
 
     def __init__(self, limit: int = RESEND_LIMIT) -> None:
         self._parts: collections.deque[bytes | memoryview] = collections.deque()
         self.start = 0  # stream offset of the first byte kept
         self.end = 0  # bytes sent in all
-        self.kept = 0
         self.limit = limit
+        self.peer_acked = 0  # the peer's last acknowledgement, let go at the next add
+
+    def note_ack(self, offset: int) -> None:
+        """The peer says it received ``offset`` bytes. Only noted (any thread may call
+        this); what it frees is let go by the next add, in the sending thread."""
+        if offset > self.end:
+            raise ProtocolError(f"the peer acknowledged {offset} bytes of {self.end} sent")
+        if offset > self.peer_acked:
+            self.peer_acked = offset
+
+    @property
+    def kept(self) -> int:
+        return self.end - self.start
 
     def add(self, data: bytes | bytearray | memoryview) -> None:
-        if type(data) is bytes:
-            part: bytes | memoryview = data  # immutable: keep it as it is
-            size = len(data)
+        if type(data) is bytes:  # immutable: kept as it is (the hot path)
+            self._parts.append(data)
+            self.end += len(data)
         else:
-            view = memoryview(data).cast("B")
-            size = view.nbytes
-            # Bytes that may change after the send (a user's array) are copied, up to the
-            # bound; an immutable buffer is kept as a view.
-            part = view if view.readonly else (bytes(view) if size <= self.limit else view)
-        self._parts.append(part)
-        self.end += size
-        self.kept += size
-        if self.kept > self.limit:
+            self._add_buffer(data)
+        if self.end - self.start > self.limit or self.peer_acked > self.start:
             self._let_go()
+
+    def _add_buffer(self, data: bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        # Bytes that may change after the send (a user's array) are copied, up to the
+        # bound; an immutable buffer is kept as a view.
+        part = view if view.readonly or view.nbytes > self.limit else bytes(view)
+        self._parts.append(part)
+        self.end += view.nbytes
 
     def acknowledge(self, offset: int) -> None:
         """The peer received everything before ``offset``."""
@@ -85,12 +98,9 @@ class ResendStore:
             if self.start + size <= offset:
                 parts.popleft()
                 self.start += size
-                self.kept -= size
             else:
-                cut = offset - self.start
-                parts[0] = memoryview(first)[cut:]
-                self.start += cut
-                self.kept -= cut
+                parts[0] = memoryview(first)[offset - self.start:]
+                self.start = offset
 
     def since(self, offset: int) -> list[bytes | memoryview] | None:
         """What to re-send to a peer that received ``offset`` bytes; None if part of it
@@ -101,12 +111,13 @@ class ResendStore:
         return list(self._parts)
 
     def _let_go(self) -> None:
+        """What the peer acknowledged, then (past the bound) the oldest bytes: a resume
+        that needs those fails cleanly (since())."""
+        self.acknowledge(self.peer_acked)
         parts = self._parts
-        while self.kept > self.limit and len(parts) > 1:
+        while self.end - self.start > self.limit and len(parts) > 1:
             first = parts.popleft()
-            size = len(first) if type(first) is bytes else first.nbytes
-            self.start += size
-            self.kept -= size
+            self.start += len(first) if type(first) is bytes else first.nbytes
 
 
 class ResumableTransport(Transport):
@@ -133,15 +144,23 @@ class ResumableTransport(Transport):
         self.bridged = False
         self._reopen = reopen
         self.received = received  # bytes of the peer's stream received here
-        self.acked = received  # what this side last told the peer it received
+        self.ack_at = received + ACK_EVERY  # received past this: the Connection acknowledges
         self.store = ResendStore(store_limit)
+        self._keep = self.store.add
+        # What send() and recv_into() call: the link's own methods while open (the hot
+        # path is one call more than a bare link), others while it is down (_hold,
+        # _wait_for_link) or while a resume's leftover bytes are read first (_recv_prefix).
+        self._link_send: Callable[..., None] = raw.send
+        self._link_recv: Callable[[memoryview, float | None], int] = raw.recv_into
+        self._reading = False  # a reader is between a link's recv_into and counting it
         self._prefix = b""  # peer bytes a resume handshake read past its last frame
         self._state = "open"
         self._since = time.monotonic()  # when the state last changed
         self._failure = ""
         self._cond = threading.Condition()
-        self._send_lock = threading.Lock()  # sends and the re-send after a resume
-        self._recv_mutex = threading.Lock()  # held while reading the raw link and counting
+        # Sends are serialised by the caller: the Connection shares its send lock here
+        # (Connection.__init__), so that the re-send after a resume never interleaves.
+        self.send_lock: threading.Lock = threading.Lock()
         self.on_state: list[Callable[[str], None]] = []  # called with each new state
         self._untold: list[str] = []
         _monitor.track(self)
@@ -177,63 +196,81 @@ class ResumableTransport(Transport):
     def failure(self) -> str:
         return self._failure
 
-    def ack_due(self) -> bool:
-        return self.received - self.acked >= ACK_EVERY
+    def ack_sent(self, received: int) -> None:
+        """The Connection told the peer it received ``received`` bytes."""
+        self.ack_at = received + ACK_EVERY
 
     def acknowledged(self, offset: int) -> None:
-        with self._send_lock:
-            self.store.acknowledge(offset)
+        """The peer received ``offset`` bytes of this side's stream (its ACK)."""
+        self.store.note_ack(offset)
 
     def send(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> None:
-        with self._send_lock:
-            if self._state == "closed":
-                raise self._closed_error()
-            self.store.add(data)
-            if self._state != "open":
-                return  # kept: it goes out with the re-send after the resume
-            raw = self._raw
-            try:
-                raw.send(data, timeout)
-            except ConnectionClosed as exc:
-                self._lost(raw, exc)
+        self._keep(data)
+        send = self._link_send
+        try:
+            send(data, timeout)
+        except ConnectionClosed as exc:
+            self._lost(getattr(send, "__self__", None), exc)
 
     def recv_into(self, buffer: memoryview, timeout: float | None) -> int:
+        self._reading = True  # (see _settle)
+        try:
+            got = self._link_recv(buffer, timeout)
+        except ConnectionClosed as exc:
+            self._reading = False
+            return self._recv_after(exc, buffer, timeout)
+        self.received += got
+        self._reading = False
+        return got
+
+    def _recv_after(self, exc: ConnectionClosed, buffer: memoryview,
+                    timeout: float | None) -> int:
+        if self._state == "closed":
+            raise self._closed_error() from None
+        self._lost(getattr(self._link_recv, "__self__", None), exc)
+        return self.recv_into(buffer, timeout)
+
+    def _hold(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> None:
+        """send() while the link is down: kept for the re-send after the resume."""
+        if self._state == "closed":
+            raise self._closed_error()
+
+    def _wait_for_link(self, buffer: memoryview, timeout: float | None) -> int:
+        """recv_into() while the link is down: wait for the resume (0 after ``timeout``)."""
+        self._reading = False
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            state = self._state
-            if state == "open":
-                with self._recv_mutex:
-                    if self._state == "open":
-                        if self._prefix:
-                            got = min(len(self._prefix), len(buffer))
-                            buffer[:got] = self._prefix[:got]
-                            self._prefix = self._prefix[got:]
-                            self.received += got
-                            return got
-                        raw = self._raw
-                        try:
-                            got = raw.recv_into(buffer, timeout)
-                        except ConnectionClosed as exc:
-                            self._lost(raw, exc)
-                            continue
-                        self.received += got
-                        return got
-                continue
-            if state == "closed":
-                raise self._closed_error()
             with self._cond:
-                if self._state in ("unreachable", "resuming"):
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return 0
-                    self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
+                if self._state == "open":
+                    break
+                if self._state == "closed":
+                    raise self._closed_error()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return 0
+                self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
             self._expire_if_due()
-            if deadline is not None and time.monotonic() >= deadline \
-                    and self._state != "open":
-                return 0
+        self._reading = True  # counted by the recv_into that called this, once
+        return self._link_recv(buffer, timeout)
+
+    def _recv_prefix(self, buffer: memoryview, timeout: float | None) -> int:
+        """recv_into() of what a resume handshake read past its last frame, first."""
+        got = min(len(self._prefix), len(buffer))
+        buffer[:got] = self._prefix[:got]
+        self._prefix = self._prefix[got:]
+        if not self._prefix:
+            self._link_recv = self._raw.recv_into
+        return got
 
     def has_buffered_data(self) -> bool:
         return bool(self._prefix) or (self._state == "open" and self._raw.has_buffered_data())
+
+    def _settle(self) -> int:
+        """How many bytes of the peer's stream arrived, once no reader is between a dead
+        link's recv_into and counting what it got (the link is closed: that is brief)."""
+        while self._reading:
+            time.sleep(0.001)
+        return self.received
 
     def fileno(self) -> int:
         return self._raw.fileno()
@@ -259,6 +296,7 @@ class ResumableTransport(Transport):
                 return  # (a link given up already, seen ending by its reader)
             if not ends:
                 self._set_state("unreachable")
+                self._link_send, self._link_recv = self._hold, self._wait_for_link
         self._tell()
         if ends:
             self._end(f"{self.peer_name} closed the connection")
@@ -274,8 +312,7 @@ class ResumableTransport(Transport):
         while self._state == "unreachable":
             if self._expire_if_due():
                 return
-            with self._recv_mutex:  # no reader is counting bytes of the old link
-                received = self.received
+            received = self._settle()
             try:
                 raw, peer_received, leftover = self._reopen(received)  # type: ignore[misc]
             except SessionRefused as exc:
@@ -301,8 +338,7 @@ class ResumableTransport(Transport):
             raise SessionRefused(self._closed_error().args[0])
         if self._state == "open":
             self.link_lost("replaced by a resumed link")
-        with self._recv_mutex:
-            return self.received
+        return self._settle()
 
     def attach(self, raw: Transport, peer_received: int, leftover: bytes = b"") -> bool:
         """Continue the session on ``raw``: re-send what the peer did not receive. False
@@ -313,7 +349,7 @@ class ResumableTransport(Transport):
                 return False
             self._set_state("resuming")
         self._tell()
-        with self._send_lock:
+        with self.send_lock:
             missing = self.store.since(peer_received)
             if missing is None:
                 raw.close()
@@ -336,6 +372,8 @@ class ResumableTransport(Transport):
             with self._cond:
                 self._raw = raw
                 self._prefix = leftover
+                self._link_send = raw.send
+                self._link_recv = self._recv_prefix if leftover else raw.recv_into
                 self._set_state("open")
         self._tell()
         log.info("session with %s resumed (%d bytes re-sent)", self.peer_name,
@@ -358,6 +396,7 @@ class ResumableTransport(Transport):
                 return
             self._failure = reason
             self._set_state("closed")
+            self._link_send, self._link_recv = self._hold, self._wait_for_link
         self._tell()
         _monitor.forget(self)
         try:
