@@ -6,6 +6,7 @@ import bisect
 import itertools
 import os
 import sys
+import time
 from collections import deque
 from typing import Any
 
@@ -19,6 +20,7 @@ from remote_kernel.protocol.landing import Landing
 from remote_kernel.protocol.messages import Op
 from remote_kernel.protocol.values import (
     LARGE_MARKER,
+    MAX_READ,
     check_available,
     decode_planned,
     is_pandas,
@@ -26,7 +28,8 @@ from remote_kernel.protocol.values import (
 
 DEFAULT: Any = object()  # "the connection's own timeout"
 LARGE = 4 * 1024 * 1024  # buffers above this come in chunks, with a progress bar
-CHUNK = 4 * 1024 * 1024
+CHUNK = 4 * 1024 * 1024  # the first READs ask for this much, and no READ for less
+CHUNK_SECONDS = 0.1  # later READs ask for about this long a transfer at the rate seen
 
 
 def obtain(obj: Any, progress: bool | None = None) -> Any:
@@ -126,11 +129,16 @@ def _pieces(starts: list[int], sizes: tuple[int, ...], offset: int,
 
 def _send_read(conn: Connection, snapshot: Any, buffers: list[Any], views: list[memoryview],
                starts: list[int], sizes: tuple[int, ...], offset: int, length: int) -> _Read:
-    """Ask for the chunk at ``offset``. A chunk that lies in one buffer and is large
-    enough to travel out of band is offered the part of that buffer it fills, to be
-    received there (the offer holds ``buffer``: a view may be a raw one that keeps nothing
-    alive, see uninit.new_bytes); smaller chunks come inside the reply message."""
+    """Ask for up to ``length`` bytes at ``offset``: less when a large enough rest of the
+    buffer it starts in ends sooner, so that every large buffer's chunks land in place. A
+    chunk that lies in one buffer and is large enough to travel out of band is offered the
+    part of that buffer it fills, to be received there (the offer holds ``buffer``: a view
+    may be a raw one that keeps nothing alive, see uninit.new_bytes); smaller chunks come
+    inside the reply message."""
     pieces = _pieces(starts, sizes, offset, length)
+    rest = pieces[0][2]
+    if len(pieces) > 1 and rest >= OOB_MIN:
+        pieces, length = pieces[:1], rest
     landing = None
     if len(pieces) == 1 and length >= OOB_MIN:
         index, position, _ = pieces[0]
@@ -163,12 +171,23 @@ def _receive(conn: Connection, read: _Read, views: list[memoryview]) -> None:
         done += length
 
 
+def _next_chunk(length: int, seconds: float) -> int:
+    """How much the next READ asks for: about CHUNK_SECONDS of transfer at the rate the
+    last chunk came (``length`` bytes in ``seconds``), in whole MiB, from CHUNK to the
+    most a READ answers. A fast link takes few READs (each costs a request and a reply
+    on both sides); a slow one keeps the progress bar moving, and a Stop drains at most
+    READS_AHEAD chunks before the connection carries the next call."""
+    wanted = CHUNK if seconds <= 0 else int(length / seconds * CHUNK_SECONDS)
+    return max(CHUNK, min(MAX_READ, wanted) & ~((1 << 20) - 1))
+
+
 def _obtain_in_chunks(conn: Connection, parts: list, progress: bool | None) -> Any:
     """READ the snapshot an OBTAIN announced, chunk by chunk, into one buffer per array,
     allocated once its size was checked against ``max_message_size`` and free memory (each
     chunk is then written in place: no regrowth, no extra copy). ``READS_AHEAD`` READs are
     in flight at a time, so chunks follow each other without a round trip between them;
-    each reply is matched to its READ by its request number."""
+    each reply is matched to its READ by its request number. Chunks grow with the rate
+    they arrive at (``_next_chunk``)."""
     _, code, fields, sizes, snapshot = parts
     parts.clear()
     if type(sizes) is not tuple or not all(type(n) is int and n >= 0 for n in sizes) \
@@ -180,18 +199,24 @@ def _obtain_in_chunks(conn: Connection, parts: list, progress: bool | None) -> A
     starts = list(itertools.accumulate(sizes, initial=0))[:-1]
     bar = _progress_bar(total, progress)
     in_flight: deque[_Read] = deque()
+    chunk = CHUNK
     try:
         offset = 0
         while offset < total or in_flight:
             while offset < total and len(in_flight) < READS_AHEAD:
-                length = min(CHUNK, total - offset)
-                in_flight.append(_send_read(conn, snapshot, buffers, views, starts, sizes,
-                                            offset, length))
-                offset += length
+                read = _send_read(conn, snapshot, buffers, views, starts, sizes, offset,
+                                  min(chunk, total - offset))
+                in_flight.append(read)
+                offset += read.length
+                if len(in_flight) == 1:
+                    since = time.monotonic()
             read = in_flight[0]
             _receive(conn, read, views)
             read.end(conn)
             in_flight.popleft()
+            now = time.monotonic()
+            chunk = _next_chunk(read.length, now - since)
+            since = now
             if bar is not None:
                 bar.update(read.length)
     finally:
