@@ -27,6 +27,7 @@ from typing import Any
 
 from remote_kernel.core.transport import Transport
 from remote_kernel.errors import AuthenticationError, ConnectionClosed, ProtocolError
+from remote_kernel.protocol import uninit
 
 log = logging.getLogger("remote_kernel.net.session")
 
@@ -65,7 +66,8 @@ class ResendStore:
             size = view.nbytes
             # Bytes that may change after the send (a user's array) are copied, up to the
             # bound; an immutable buffer is kept as a view.
-            part = view if view.readonly else (bytes(view) if size <= self.limit else view)
+            part = view if view.readonly else (
+                uninit.copy_bytes(view) if size <= self.limit else view)
         self._parts.append(part)
         self.end += size
         self.kept += size

@@ -206,17 +206,9 @@ def nbytes_estimate(obj: Any) -> int:
 
 def _frozen(view: memoryview) -> memoryview:
     """``view`` as it is now: a copy unless nobody can write to it. The copy is ``bytes``,
-    so its chunks go out as bytes values (received in place, see uninit.py), made in
-    uninitialised memory with huge pages asked for: ``bytes(view)`` of 64 MiB spends most
-    of its time faulting 4 KiB pages in (benchmarks/FINDINGS.md, session 5)."""
-    if view.readonly:
-        return view
-    if not uninit.AVAILABLE or view.nbytes < uninit.MIN_SIZE:
-        return memoryview(bytes(view))
-    copy, target = uninit.new_bytes(view.nbytes)
-    with target:
-        target[:] = view if view.format == "B" and view.ndim == 1 else view.cast("B")
-    return memoryview(copy)
+    so its chunks go out as bytes values (received in place, see uninit.py), made with
+    huge pages when large (``uninit.copy_bytes``)."""
+    return view if view.readonly else memoryview(uninit.copy_bytes(view))
 
 
 def large_plan(obj: Any, limit: int) -> tuple[Any, tuple, Snapshot] | None:
