@@ -84,6 +84,10 @@ class Client:
         """``np.asarray`` of a netref of a float64 ndarray."""
         raise Unsupported
 
+    def deliver_bytearray(self, data: bytearray) -> int:
+        """``rk.deliver`` of a bytearray (what ``%remote push`` does with one)."""
+        raise Unsupported
+
     def sync_calls(self, n: int) -> None:
         call = self.prebound()
         for _ in range(n):
@@ -163,6 +167,9 @@ class RemoteKernelClient(Client):
 
     def asarray(self, nbytes: int) -> int:
         return np.asarray(self.root.get_array(nbytes)).nbytes
+
+    def deliver_bytearray(self, data: bytearray) -> int:
+        return self.root.put_bytes(self.rk.deliver(self.conn, data))
 
     def pipelined(self, n: int) -> None:
         call = self.rk.async_(self.root.echo)

@@ -61,12 +61,15 @@ def paired(by_round: dict[str, dict[str, dict[Any, float]]], num: tuple[str, str
 
 
 BY_VALUE = "64 MiB bytes server→client"  # issue 26's reference: bytes returned by value
+BY_VALUE_UP = "64 MiB bytes client→server"  # ... and bytes passed by value
 
 
 def copies_of_remote_objects(metrics: dict[str, Any]) -> list[str]:
-    """Issue 26's rows: rk.obtain / np.asarray of a netref, 64 MiB."""
-    return [name for name in metrics if name == "64 MiB numpy server→client"
-            or name.startswith(("64 MiB rk.obtain(", "64 MiB np.asarray("))]
+    """Issue 26's rows: rk.obtain / np.asarray of a netref, rk.deliver, 64 MiB."""
+    return [name for name in metrics if name in ("64 MiB numpy server→client",
+                                                  "64 MiB numpy client→server")
+            or name.startswith(("64 MiB rk.obtain(", "64 MiB np.asarray(",
+                                "64 MiB rk.deliver("))]
 
 
 def build(samples: dict[str, dict[str, list[float]]], side: dict[str, Any], meta: dict[str, Any],
@@ -102,8 +105,9 @@ def build(samples: dict[str, dict[str, list[float]]], side: dict[str, Any], meta
     # Issue 26: each way of copying a remote 64 MiB object as a share of bytes by value,
     # both measured in the same round.
     for name in copies_of_remote_objects(out):
+        reference = BY_VALUE if name.endswith("server→client") else BY_VALUE_UP
         shares = [a * 100 / b for r, a in by_round.get(name, {}).get("remote_kernel", {}).items()
-                  if (b := by_round.get(BY_VALUE, {}).get("remote_kernel", {}).get(r))]
+                  if (b := by_round.get(reference, {}).get("remote_kernel", {}).get(r))]
         if shares:
             out[f"{name}: % of bytes by value"] = _entry("%", False, {"remote_kernel": shares})
 

@@ -243,6 +243,11 @@ def obtain_metric(method: str, nbytes: int) -> Callable[[Client, Settings], floa
     return measure
 
 
+def m_deliver_bytearray(client: Client, s: Settings) -> float:
+    data = bytearray(_data(64 * MiB))
+    return _transfer(lambda: client.deliver_bytearray(data), 64 * MiB, s.big_reps)
+
+
 def _timed_ms(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
@@ -299,6 +304,8 @@ def metrics(s: Settings) -> list[Metric]:
                                   transfer_metric(kind, direction, size), cap))
     for name, method in OBTAIN_ROWS.items():
         out.append(Metric(name, "MiB/s", False, obtain_metric(method, 64 * MiB)))
+    out.append(Metric("64 MiB rk.deliver(bytearray) client→server", "MiB/s", False,
+                      m_deliver_bytearray))
     return out
 
 

@@ -409,3 +409,34 @@ def test_stop_in_the_middle_of_pipelined_reads_writes_nothing_more() -> None:
         assert b"\x33" not in destination and b"\x44" not in destination
     finally:
         server.close()
+
+
+def test_every_large_buffer_of_a_value_lands_in_place(classic: Any) -> None:
+    """A masked array is three buffers (data, mask, fill value): a READ ends where a large
+    buffer ends, so each large chunk lands in place; the small rest comes inline."""
+    classic.execute("import numpy\n"
+                    "n = 9 * 131072 + 3\n"
+                    "masked = numpy.ma.masked_array(numpy.arange(n, dtype=numpy.float64),\n"
+                    "                               mask=numpy.arange(n) % 3 == 0)")
+    async_request = Connection.async_request
+    reads: list[tuple[Any, Any, int]] = []
+
+    def spy(self: Connection, op: int, *args: Any, **kwargs: Any) -> Any:
+        result = async_request(self, op, *args, **kwargs)
+        if op == Op.READ:
+            reads.append((kwargs.get("into"), result, args[2]))
+        return result
+
+    Connection.async_request = spy  # type: ignore[method-assign]
+    try:
+        value = rk.obtain(classic.namespace["masked"], progress=False)
+    finally:
+        Connection.async_request = async_request  # type: ignore[method-assign]
+    n = 9 * 131072 + 3
+    assert numpy.array_equal(value.data, numpy.arange(n, dtype=numpy.float64))
+    assert numpy.array_equal(value.mask, numpy.arange(n) % 3 == 0)
+    large = [(into, result) for into, result, length in reads if length >= 64 * 1024]
+    assert len(large) >= 3 and all(into is not None and result.value is into.view
+                                   for into, result in large), reads
+    assert sum(length for _, _, length in reads) == n * 8 + n + 8
+    classic.execute("del masked")
