@@ -17,7 +17,7 @@ from remote_kernel.net.transports.sockets import SocketTransport
 from remote_kernel.protocol.boxing import OID
 from remote_kernel.protocol.handlers import LARGE_MARKER
 from remote_kernel.protocol.messages import Ext, Kind, Op
-from tests.hardening.rawpeer import RawPeer, frame, ref
+from tests.hardening.rawpeer import RawPeer, exc, frame, ref
 
 numpy = pytest.importorskip("numpy")
 
@@ -440,3 +440,39 @@ def test_every_large_buffer_of_a_value_lands_in_place(classic: Any) -> None:
                                    for into, result in large), reads
     assert sum(length for _, _, length in reads) == n * 8 + n + 8
     classic.execute("del masked")
+
+
+@pytest.mark.timeout(30)
+def test_stop_while_waiting_for_an_async_result_ends_when_the_cancel_is_answered() -> None:
+    """Stop during ``AsyncResult.wait`` (each READ of an obtain waits so) cancels the
+    request and ends as soon as the peer answers it, not after the whole grace period.
+    Stop is a real SIGINT here, as in a kernel (it interrupts the blocking receive)."""
+    import os
+    import signal
+
+    server = _Server()
+    try:
+        result = server.victim.async_request(Op.PING, None)
+        request = server.raw.recv_kind((Kind.REQUEST,))
+
+        def answer_the_cancel() -> None:
+            cancel = server.raw.recv_kind((Kind.NOTIFY,), timeout=10)
+            assert cancel[1] == Op.CANCEL and cancel[2] == request[1]
+            server.raw.send([Kind.EXCEPTION, request[1],
+                             exc("builtins", "KeyboardInterrupt", "cancelled")])
+
+        thread = threading.Thread(target=answer_the_cancel, daemon=True)
+        thread.start()
+        stop = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+        stop.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                result.wait(20)
+        finally:
+            stop.cancel()
+        assert time.monotonic() - started < 0.3 + 0.6  # the grace is 1 s
+        thread.join(5)
+        assert not server.victim.closed
+    finally:
+        server.close()

@@ -406,7 +406,11 @@ class Connection:
             return
         try:
             self._send_message(Kind.NOTIFY, None, Op.CANCEL, (seq,))
-            self._drive_until(lambda: seq in self._replies, time.monotonic() + CANCEL_GRACE)
+            # Answered: a sync request's reply is in _replies, an async one's was handed
+            # to its AsyncResult (or nobody waits for it any more).
+            self._drive_until(lambda: seq in self._replies or (
+                seq not in self._pending and seq not in self._async),
+                time.monotonic() + CANCEL_GRACE)
         except (RequestTimeout, ConnectionClosed, KeyboardInterrupt, ProtocolError):
             pass
         finally:
