@@ -513,7 +513,7 @@ def markdown(result: dict[str, Any]) -> str:
                 cells.append(f"{st['median']}{span} rt · {_cell(tm, s)} ms{note}")
             lines.append(f"| {g} | " + " | ".join(cells) + " |")
 
-    lines += ["", "Targets of issue 15 (same-round ratios, median over rounds):", "",
+    lines += ["", "Targets of issues 15 and 26 (same-round ratios, median over rounds):", "",
               "| metric | now (issue) | target | measured | met? |", "|---|---|---|---|---|"]
     for t in result["targets"]:
         ok = "–" if t["ok"] is None else ("yes" if t["ok"] else "**no**")
