@@ -70,6 +70,24 @@ class Client:
     def put_array(self, arr: np.ndarray) -> int:
         raise Unsupported
 
+    # Issue 26: copies of a remote object the server holds (remote_kernel only; the other
+    # systems have no netref-to-value copy, so these cells stay empty without a note).
+    def obtain_memoryview(self, nbytes: int) -> int:
+        """``rk.obtain`` of a netref of a memoryview of bytes (read in place, no snapshot)."""
+        raise Unsupported
+
+    def obtain_bytearray(self, nbytes: int) -> int:
+        """``rk.obtain`` of a netref of a bytearray (a snapshot on the server)."""
+        raise Unsupported
+
+    def asarray(self, nbytes: int) -> int:
+        """``np.asarray`` of a netref of a float64 ndarray."""
+        raise Unsupported
+
+    def deliver_bytearray(self, data: bytearray) -> int:
+        """``rk.deliver`` of a bytearray (what ``%remote push`` does with one)."""
+        raise Unsupported
+
     def sync_calls(self, n: int) -> None:
         call = self.prebound()
         for _ in range(n):
@@ -140,6 +158,18 @@ class RemoteKernelClient(Client):
 
     def put_array(self, arr: np.ndarray) -> int:
         return self.root.put_array(self.rk.deliver(self.conn, arr))
+
+    def obtain_memoryview(self, nbytes: int) -> int:
+        return len(self.rk.obtain(self.root.get_memoryview(nbytes)))
+
+    def obtain_bytearray(self, nbytes: int) -> int:
+        return len(self.rk.obtain(self.root.get_bytearray(nbytes)))
+
+    def asarray(self, nbytes: int) -> int:
+        return np.asarray(self.root.get_array(nbytes)).nbytes
+
+    def deliver_bytearray(self, data: bytearray) -> int:
+        return self.root.put_bytes(self.rk.deliver(self.conn, data))
 
     def pipelined(self, n: int) -> None:
         call = self.rk.async_(self.root.echo)

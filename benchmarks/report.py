@@ -62,6 +62,18 @@ def paired(by_round: dict[str, dict[str, dict[Any, float]]], num: tuple[str, str
     return statistics.median(ratios) if ratios else None
 
 
+BY_VALUE = "64 MiB bytes server→client"  # issue 26's reference: bytes returned by value
+BY_VALUE_UP = "64 MiB bytes client→server"  # ... and bytes passed by value
+
+
+def copies_of_remote_objects(metrics: dict[str, Any]) -> list[str]:
+    """Issue 26's rows: rk.obtain / np.asarray of a netref, rk.deliver, 64 MiB."""
+    return [name for name in metrics if name in ("64 MiB numpy server→client",
+                                                  "64 MiB numpy client→server")
+            or name.startswith(("64 MiB rk.obtain(", "64 MiB np.asarray(",
+                                "64 MiB rk.deliver("))]
+
+
 def build(samples: dict[str, dict[str, list[float]]], side: dict[str, Any], meta: dict[str, Any],
           metric_defs: list[dict[str, Any]],
           by_round: dict[str, dict[str, dict[int, float]]] | None = None) -> dict[str, Any]:
@@ -91,6 +103,15 @@ def build(samples: dict[str, dict[str, list[float]]], side: dict[str, Any], meta
                 speedup[system] = ratios
         out["pipelining speed-up (sync time / async time)" + suffix] = _entry(
             "×", False, speedup)
+
+    # Issue 26: each way of copying a remote 64 MiB object as a share of bytes by value,
+    # both measured in the same round.
+    for name in copies_of_remote_objects(out):
+        reference = BY_VALUE if name.endswith("server→client") else BY_VALUE_UP
+        shares = [a * 100 / b for r, a in by_round.get(name, {}).get("remote_kernel", {}).items()
+                  if (b := by_round.get(reference, {}).get("remote_kernel", {}).get(r))]
+        if shares:
+            out[f"{name}: % of bytes by value"] = _entry("%", False, {"remote_kernel": shares})
 
     memory = side.get("memory", {})
     for key, label in (("tracemalloc_bytes_per_proxy", "Python heap"),
@@ -251,6 +272,15 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             add(f"64 MiB {kind} {arrow} vs raw TCP", now, goal,
                 ratio((name, rk), (f"64 MiB bytes {arrow}", "floor")),
                 lambda v, f=floor_: v >= f, "{:.0%}")
+    for name, now in (("64 MiB rk.obtain(bytearray) server→client", "34%"),
+                      ("64 MiB numpy server→client", "34%"),
+                      ("64 MiB np.asarray(ndarray netref) server→client", "33%")):
+        what = name[len("64 MiB "):-len(" server→client")]
+        if what == "numpy":
+            what = "rk.obtain(ndarray)"
+        add(f"64 MiB {what} vs bytes by value, one CPU (issue 26)", now, "≥ 60%",
+            ratio((name if name in metrics else None, rk), (BY_VALUE, rk)),
+            lambda v: v >= 0.6, "{:.0%}")
     add("client memory per held proxy", "232 B", "≤ 250 B",
         _med(metrics, "client memory per held proxy (Python heap)", rk),
         lambda v: v <= 250, "{:.0f} B")
@@ -514,7 +544,7 @@ def markdown(result: dict[str, Any]) -> str:
                 cells.append(f"{st['median']}{span} rt · {_cell(tm, s)} ms{note}")
             lines.append(f"| {g} | " + " | ".join(cells) + " |")
 
-    lines += ["", "Targets of issue 15 (same-round ratios, median over rounds):", "",
+    lines += ["", "Targets of issues 15 and 26 (same-round ratios, median over rounds):", "",
               "| metric | now (issue) | target | measured | met? |", "|---|---|---|---|---|"]
     for t in result["targets"]:
         ok = "–" if t["ok"] is None else ("yes" if t["ok"] else "**no**")

@@ -226,6 +226,28 @@ def transfer_metric(kind: str, direction: str, nbytes: int) -> Callable[[Client,
     return measure
 
 
+# Issue 26: the ways a large object the server holds is copied to the client, each beside
+# "64 MiB bytes server→client" (bytes by value, the reference) in the same round.
+OBTAIN_ROWS = {
+    "64 MiB rk.obtain(memoryview of bytes) server→client": "obtain_memoryview",
+    "64 MiB rk.obtain(bytearray) server→client": "obtain_bytearray",
+    "64 MiB np.asarray(ndarray netref) server→client": "asarray",
+}
+
+
+def obtain_metric(method: str, nbytes: int) -> Callable[[Client, Settings], float]:
+    def measure(client: Client, s: Settings) -> float:
+        copy = getattr(client, method)
+        return _transfer(lambda: copy(nbytes), nbytes, s.big_reps)
+
+    return measure
+
+
+def m_deliver_bytearray(client: Client, s: Settings) -> float:
+    data = bytearray(_data(64 * MiB))
+    return _transfer(lambda: client.deliver_bytearray(data), 64 * MiB, s.big_reps)
+
+
 def _timed_ms(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
     fn()
@@ -280,7 +302,19 @@ def metrics(s: Settings) -> list[Metric]:
                 cap = big_cap if size > MiB else {}
                 out.append(Metric(f"{label} {kind} {arrow}", "MiB/s", False,
                                   transfer_metric(kind, direction, size), cap))
+    for name, method in OBTAIN_ROWS.items():
+        out.append(Metric(name, "MiB/s", False, obtain_metric(method, 64 * MiB)))
+    out.append(Metric("64 MiB rk.deliver(bytearray) client→server", "MiB/s", False,
+                      m_deliver_bytearray))
     return out
+
+
+def selected(ms: list[Metric], spec: str | None) -> list[Metric]:
+    """The metrics whose names contain one of the comma-separated parts of ``spec``."""
+    if not spec:
+        return ms
+    parts = [part.strip() for part in spec.split(",") if part.strip()]
+    return [m for m in ms if any(part in m.name for part in parts)]
 
 
 def pass_suffix(mode: str) -> str:
@@ -637,6 +671,10 @@ def main(argv: list[str] | None = None) -> int:
                         "only; otherwise the last results are shown)")
     parser.add_argument("--fanout", action=argparse.BooleanOptionalAction, default=None,
                         help="fan-out vs ipyparallel (default: full run only)")
+    parser.add_argument("--metrics", default=None,
+                        help="run only the metrics whose names contain one of these "
+                        "comma-separated parts, e.g. --metrics '64 MiB' (the 64 MiB "
+                        "transfers and the obtain rows of issue 26)")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     s = settings_for(args.quick, args.rounds)
@@ -655,7 +693,9 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {client_cpu})
     watchdog = Watchdog()
     samples = Samples()
-    ms = metrics(s)
+    ms = selected(metrics(s), args.metrics)
+    if not ms:
+        parser.error(f"no metric name contains any of {args.metrics!r}")
     main_pass = Pass(args.pin, client_cpu, server_cpu)
     second: Pass | None = None
     if not args.no_second_pass and args.pin in ("same", "split") and len(cpus) >= 2:

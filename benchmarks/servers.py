@@ -22,6 +22,7 @@ import numpy as np
 
 _PAYLOADS: dict[int, bytes] = {}
 _ARRAYS: dict[int, np.ndarray] = {}
+_BYTEARRAYS: dict[int, bytearray] = {}
 _LOCK = threading.Lock()
 
 
@@ -32,6 +33,16 @@ def payload(nbytes: int) -> bytes:
         if data is None:
             data = _PAYLOADS[nbytes] = np.random.default_rng(nbytes).bytes(nbytes)
         return data
+
+
+def mutable_payload(nbytes: int) -> bytearray:
+    """A bytearray of incompressible bytes (cached; nobody changes it)."""
+    data = payload(nbytes)
+    with _LOCK:
+        buffer = _BYTEARRAYS.get(nbytes)
+        if buffer is None:
+            buffer = _BYTEARRAYS[nbytes] = bytearray(data)
+        return buffer
 
 
 def array(nbytes: int) -> np.ndarray:
@@ -111,6 +122,12 @@ class Workload:
     def put_array(self, arr: Any) -> int:
         return int(arr.nbytes)
 
+    def get_bytearray(self, nbytes: int) -> bytearray:
+        return mutable_payload(nbytes)
+
+    def get_memoryview(self, nbytes: int) -> memoryview:
+        return memoryview(payload(nbytes))
+
     def get_array_raw(self, nbytes: int) -> tuple:
         """For peers without numpy support: (bytes, dtype, shape)."""
         arr = array(nbytes)
@@ -150,6 +167,12 @@ def serve_rk(sock_ready: Any) -> None:
 
         def exposed_put_array(self, arr: Any) -> int:
             return workload.put_array(arr)
+
+        def exposed_get_bytearray(self, nbytes: int) -> Any:  # by reference, for obtain
+            return workload.get_bytearray(nbytes)
+
+        def exposed_get_memoryview(self, nbytes: int) -> Any:  # by reference, for obtain
+            return workload.get_memoryview(nbytes)
 
         def exposed_make_obj(self) -> Widget:
             return workload.make_obj()

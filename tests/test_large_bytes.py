@@ -265,3 +265,65 @@ def test_without_uninitialised_buffers_bytes_still_arrive_as_bytes(pair: Any,
     data = os.urandom(2 * MiB)
     back = client.root.echo(data)
     assert type(back) is bytes and back == data
+
+
+# -- bytearrays out of band, copies with huge pages (issue 26) -------------------------------
+
+def test_a_bytearray_received_out_of_band_is_the_value_itself(
+        hostile: tuple[Connection, RawPeer]) -> None:
+    """A BYTEARRAY value whose buffer comes out of band as a writable buffer is that very
+    buffer: allocated once, no copy into a second bytearray."""
+    victim, raw = hostile
+    data = os.urandom(4 * MiB)
+    raw_frame = frame(data)
+    reply = ExtType(Ext.BYTEARRAY, packb(ExtType(Ext.BUFFER, OID.pack(0))))
+    result: list[Any] = []
+
+    def answer() -> None:
+        thread = threading.Thread(
+            target=lambda: result.append(victim.sync_request(Op.PING, 1)))
+        thread.start()
+        request = raw.recv_kind((Kind.REQUEST,))
+        raw.send([Kind.BUFFERS, 1, b"\0"])
+        raw.send_bytes(raw_frame)
+        raw.send([Kind.REPLY, request[1], reply])
+        thread.join(10)
+
+    _, peak = _peak_while(answer)
+    assert result and type(result[0]) is bytearray and result[0] == data
+    assert peak < 4 * MiB + 2 * BIG_START, peak  # (it was copied twice more)
+
+
+def test_a_large_bytearray_goes_out_of_band_uncopied_and_comes_back(conn: rk.Connection) -> None:
+    from remote_kernel.protocol.boxing import OOB_MIN, Boxer, ObjectTable
+
+    data = bytearray(os.urandom(5 * MiB + 7))
+    copy = rk.deliver(conn, data)  # client -> server, by value
+    assert rk.obtain(copy, progress=False) == data
+    assert type(rk.obtain(copy, progress=False)) is bytearray
+    boxer = Boxer(ObjectTable(), describe=lambda cls: ("m", cls.__name__, (), (), 0, ""),
+                  make_proxy=lambda oid, d: ("proxy", oid), proxy_oid=lambda obj: None,
+                  peer_name=lambda: "test")
+    boxer.begin()
+    boxed = boxer.box_value(data)
+    assert boxed.code == Ext.BYTEARRAY and len(boxer.outgoing) == 1
+    assert boxer.outgoing[0].obj is data  # the bytearray's own memory, sent as it is
+    small = bytearray(b"x" * (OOB_MIN - 1))
+    assert boxer.box_value(small).code == Ext.BYTEARRAY and len(boxer.outgoing) == 1
+
+
+@pytest.mark.parametrize("size", [0, 5, uninit.HUGE_MIN - 1, uninit.HUGE_MIN + 4097])
+def test_copy_bytes_is_an_exact_copy_with_huge_pages_when_large(monkeypatch,
+                                                               size: int) -> None:
+    advised: list[tuple] = []
+    if uninit._madvise is not None:
+        monkeypatch.setattr(uninit, "_madvise", lambda *call: advised.append(call) or 0)
+    source = bytearray(os.urandom(size))
+    copy = uninit.copy_bytes(memoryview(source))
+    assert type(copy) is bytes and copy == source
+    source[:1] = b"!" if size else b""
+    assert size == 0 or copy[:1] != b"!" or source[:1] == copy[:1]
+    large = uninit.AVAILABLE and uninit._madvise is not None and size >= uninit.HUGE_MIN
+    assert bool(advised) == large
+    wide = memoryview(bytearray(size - size % 8)).cast("d")  # any format: its bytes
+    assert uninit.copy_bytes(wide) == bytes(wide)

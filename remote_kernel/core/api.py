@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import sys
+import time
+from collections import deque
 from typing import Any
 
 from remote_kernel.core.asyncresult import AsyncResult
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import BaseNetref, RemoteMethod
-from remote_kernel.errors import ProtocolError, RemoteKernelError
+from remote_kernel.errors import ProtocolError, RemoteKernelError, RequestTimeout
 from remote_kernel.protocol import uninit
 from remote_kernel.protocol.boxing import OOB_MIN, BatchCalls, ByValue, Kwargs
 from remote_kernel.protocol.landing import Landing
 from remote_kernel.protocol.messages import Op
 from remote_kernel.protocol.values import (
     LARGE_MARKER,
+    MAX_READ,
     check_available,
     decode_planned,
     is_pandas,
@@ -23,7 +28,8 @@ from remote_kernel.protocol.values import (
 
 DEFAULT: Any = object()  # "the connection's own timeout"
 LARGE = 4 * 1024 * 1024  # buffers above this come in chunks, with a progress bar
-CHUNK = 4 * 1024 * 1024
+CHUNK = 4 * 1024 * 1024  # the first READs ask for this much, and no READ for less
+CHUNK_SECONDS = 0.1  # later READs ask for about this long a transfer at the rate seen
 
 
 def obtain(obj: Any, progress: bool | None = None) -> Any:
@@ -78,21 +84,110 @@ def _destination(code: Any, sizes: tuple[int, ...]) -> tuple[list[Any], list[mem
     return buffers, [memoryview(buffer) for buffer in buffers]
 
 
-def _landing(buffer: Any, view: memoryview, filled: int, size: int,
-             length: int) -> Landing | None:
-    """Where a chunk of ``length`` bytes can be received in place: the next part of
-    ``buffer`` (``view`` is a view of it), if the whole chunk fits in it and is large enough
-    to travel out of band (smaller chunks come inside the reply message). The offer holds
-    ``buffer``: the view may be a raw one that keeps nothing alive (uninit.new_bytes)."""
-    if length < OOB_MIN or filled + length > size:
-        return None
-    return Landing(buffer, view[filled:filled + length])
+READS_AHEAD = 3  # READs in flight: the server always has the next chunk to send, and a
+# Stop drains at most this many chunks before the connection carries the next call.
+
+
+class _Read:
+    """One READ in flight: where its chunk goes (pieces of the destination buffers) and
+    the memory offered for it, if it lands in place."""
+
+    __slots__ = ("landing", "length", "pieces", "result")
+
+    def __init__(self, pieces: list[tuple[int, int, int]], length: int,
+                 landing: Landing | None) -> None:
+        self.pieces = pieces
+        self.length = length
+        self.landing = landing
+        self.result: AsyncResult | None = None
+
+    def end(self, conn: Connection) -> None:
+        """Nothing more may land in this READ's memory; its reply, if it still comes, is
+        dropped."""
+        if self.landing is not None:
+            self.landing.withdraw()
+        if self.result is not None:
+            conn.forget(self.result)
+
+
+def _pieces(starts: list[int], sizes: tuple[int, ...], offset: int,
+            length: int) -> list[tuple[int, int, int]]:
+    """(buffer index, position, length) of each part of the buffers, laid end to end, that
+    the bytes [offset, offset + length) fall in."""
+    pieces = []
+    index = max(0, bisect.bisect_right(starts, offset) - 1)
+    while length:
+        while offset - starts[index] >= sizes[index]:  # (empty buffers take nothing)
+            index += 1
+        position = offset - starts[index]
+        take = min(length, sizes[index] - position)
+        pieces.append((index, position, take))
+        offset += take
+        length -= take
+    return pieces
+
+
+def _send_read(conn: Connection, snapshot: Any, buffers: list[Any], views: list[memoryview],
+               starts: list[int], sizes: tuple[int, ...], offset: int, length: int) -> _Read:
+    """Ask for up to ``length`` bytes at ``offset``: less when a large enough rest of the
+    buffer it starts in ends sooner, so that every large buffer's chunks land in place. A
+    chunk that lies in one buffer and is large enough to travel out of band is offered the
+    part of that buffer it fills, to be received there (the offer holds ``buffer``: a view
+    may be a raw one that keeps nothing alive, see uninit.new_bytes); smaller chunks come
+    inside the reply message."""
+    pieces = _pieces(starts, sizes, offset, length)
+    rest = pieces[0][2]
+    if len(pieces) > 1 and rest >= OOB_MIN:
+        pieces, length = pieces[:1], rest
+    landing = None
+    if len(pieces) == 1 and length >= OOB_MIN:
+        index, position, _ = pieces[0]
+        landing = Landing(buffers[index], views[index][position:position + length])
+    read = _Read(pieces, length, landing)
+    read.result = conn.async_request(Op.READ, snapshot, offset, length, into=landing)
+    return read
+
+
+def _receive(conn: Connection, read: _Read, views: list[memoryview]) -> None:
+    """Wait for a READ's chunk and put it in place: it landed there, or it came as bytes
+    of exactly the length asked for (anything else is the peer's error)."""
+    result = read.result
+    assert result is not None
+    timeout = conn.config.sync_request_timeout
+    try:
+        result.wait(timeout)
+    except RequestTimeout:
+        raise RequestTimeout(f"no reply from {conn.peer} within {timeout} s") from None
+    chunk = result.value
+    landing = read.landing
+    if landing is not None and chunk is landing.view:  # received in place
+        landing.view.release()
+        return
+    if type(chunk) is not bytes or len(chunk) != read.length:
+        raise ProtocolError(f"{conn.peer} answered a READ with a malformed chunk")
+    done = 0
+    for index, position, length in read.pieces:
+        views[index][position:position + length] = chunk[done:done + length]
+        done += length
+
+
+def _next_chunk(length: int, seconds: float) -> int:
+    """How much the next READ asks for: about CHUNK_SECONDS of transfer at the rate the
+    last chunk came (``length`` bytes in ``seconds``), in whole MiB, from CHUNK to the
+    most a READ answers. A fast link takes few READs (each costs a request and a reply
+    on both sides); a slow one keeps the progress bar moving, and a Stop drains at most
+    READS_AHEAD chunks before the connection carries the next call."""
+    wanted = CHUNK if seconds <= 0 else int(length / seconds * CHUNK_SECONDS)
+    return max(CHUNK, min(MAX_READ, wanted) & ~((1 << 20) - 1))
 
 
 def _obtain_in_chunks(conn: Connection, parts: list, progress: bool | None) -> Any:
     """READ the snapshot an OBTAIN announced, chunk by chunk, into one buffer per array,
     allocated once its size was checked against ``max_message_size`` and free memory (each
-    chunk is then written in place: no regrowth, no extra copy)."""
+    chunk is then written in place: no regrowth, no extra copy). ``READS_AHEAD`` READs are
+    in flight at a time, so chunks follow each other without a round trip between them;
+    each reply is matched to its READ by its request number. Chunks grow with the rate
+    they arrive at (``_next_chunk``)."""
     _, code, fields, sizes, snapshot = parts
     parts.clear()
     if type(sizes) is not tuple or not all(type(n) is int and n >= 0 for n in sizes) \
@@ -101,38 +196,33 @@ def _obtain_in_chunks(conn: Connection, parts: list, progress: bool | None) -> A
     total = sum(sizes)
     _check_announced(conn, total)
     buffers, views = _destination(code, sizes)
-    filled = [0] * len(sizes)
+    starts = list(itertools.accumulate(sizes, initial=0))[:-1]
     bar = _progress_bar(total, progress)
+    in_flight: deque[_Read] = deque()
+    chunk = CHUNK
     try:
-        offset, index = 0, 0
-        while offset < total:
-            length = min(CHUNK, total - offset)
-            while filled[index] == sizes[index]:
-                index += 1
-            landing = _landing(buffers[index], views[index], filled[index], sizes[index],
-                               length)
-            chunk = conn.sync_request(Op.READ, snapshot, offset, length, into=landing)
-            if landing is not None and chunk is landing.view:  # received in place
-                landing.view.release()
-                filled[index] += length
-                offset += length
-                if bar is not None:
-                    bar.update(length)
-                continue
-            if type(chunk) is not bytes or not 0 < len(chunk) <= length:
-                raise ProtocolError(f"{conn.peer} answered a READ with a malformed chunk")
-            view = memoryview(chunk)
-            while view:
-                while filled[index] == sizes[index]:
-                    index += 1
-                room = min(sizes[index] - filled[index], len(view))
-                views[index][filled[index]:filled[index] + room] = view[:room]
-                filled[index] += room
-                view = view[room:]
-            offset += len(chunk)
+        offset = 0
+        while offset < total or in_flight:
+            while offset < total and len(in_flight) < READS_AHEAD:
+                read = _send_read(conn, snapshot, buffers, views, starts, sizes, offset,
+                                  min(chunk, total - offset))
+                in_flight.append(read)
+                offset += read.length
+                if len(in_flight) == 1:
+                    since = time.monotonic()
+            read = in_flight[0]
+            _receive(conn, read, views)
+            read.end(conn)
+            in_flight.popleft()
+            now = time.monotonic()
+            chunk = _next_chunk(read.length, now - since)
+            since = now
             if bar is not None:
-                bar.update(len(chunk))
+                bar.update(read.length)
     finally:
+        for read in in_flight:  # given up (Stop, a timeout, an error): nothing lands here
+            read.end(conn)
+        in_flight.clear()
         if bar is not None:
             bar.close()
         for buffer_view in views:

@@ -346,16 +346,31 @@ class Connection:
     def callattr(self, obj: Any, name: str, args: tuple, kwargs: dict | None) -> Any:
         return self.sync_request(CALLATTR, obj, name, args, Kwargs(kwargs) if kwargs else None)
 
-    def async_request(self, op: int, *args: Any) -> AsyncResult:
+    def async_request(self, op: int, *args: Any, into: Landing | None = None) -> AsyncResult:
+        """Send a request; its reply comes as an :class:`AsyncResult`. ``into``: memory
+        offered for the reply's one large bytes buffer, as for :meth:`sync_request`; the
+        caller withdraws it (and calls :meth:`forget`) when it stops waiting."""
         seq = next(self._seq)
         result = AsyncResult(self, seq)
         self._async[seq] = result
+        if into is not None:
+            self._landings[seq] = into
         try:
             self._send_message(REQUEST, seq, op, args)
         except BaseException:
             self._async.pop(seq, None)
+            if into is not None:
+                self._landings.pop(seq, None)
+                into.withdraw()
             raise
         return result
+
+    def forget(self, result: AsyncResult) -> None:
+        """No one waits for ``result`` any more: its reply is dropped when it comes, and
+        memory offered for it is no longer handed to a frame that has not started (one
+        that has keeps its offer until the caller withdraws it, see landing.py)."""
+        self._async.pop(result._seq, None)
+        self._landings.pop(result._seq, None)
 
     def _wait_reply(self, seq: int, op: int, timeout: float | None) -> tuple[bool, Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -397,7 +412,11 @@ class Connection:
             return
         try:
             self._send_message(Kind.NOTIFY, None, Op.CANCEL, (seq,))
-            self._drive_until(lambda: seq in self._replies, time.monotonic() + CANCEL_GRACE)
+            # Answered: a sync request's reply is in _replies, an async one's was handed
+            # to its AsyncResult (or nobody waits for it any more).
+            self._drive_until(lambda: seq in self._replies or (
+                seq not in self._pending and seq not in self._async),
+                time.monotonic() + CANCEL_GRACE)
         except (RequestTimeout, ConnectionClosed, KeyboardInterrupt, ProtocolError):
             pass
         finally:

@@ -27,6 +27,7 @@ from typing import Any
 
 from remote_kernel.core.transport import Transport
 from remote_kernel.errors import AuthenticationError, ConnectionClosed, ProtocolError
+from remote_kernel.protocol import uninit
 
 log = logging.getLogger("remote_kernel.net.session")
 
@@ -81,7 +82,8 @@ class ResendStore:
         view = memoryview(data).cast("B")
         # Bytes that may change after the send (a user's array) are copied, up to the
         # bound; an immutable buffer is kept as a view.
-        part = view if view.readonly or view.nbytes > self.limit else bytes(view)
+        part = view if view.readonly or view.nbytes > self.limit else \
+            uninit.copy_bytes(view)
         self._parts.append(part)
         self.end += view.nbytes
 

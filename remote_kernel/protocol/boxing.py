@@ -470,7 +470,9 @@ class Boxer:
         if t is frozenset:
             return ExtType(Ext.FROZENSET, pack([self.box_value(i, depth + 1) for i in obj]))
         if t is bytearray:
-            return ExtType(Ext.BYTEARRAY, pack(self.box(bytes(obj))))
+            if len(obj) >= OOB_MIN:  # out of band as it is: no copy here, none there
+                return ExtType(Ext.BYTEARRAY, pack(self._out_of_band(memoryview(obj))))
+            return ExtType(Ext.BYTEARRAY, pack(bytes(obj)))
         if t is memoryview:
             if obj.nbytes >= OOB_MIN and obj.c_contiguous:
                 # Out of band as it is (no copy); it arrives as bytes all the same.
@@ -623,7 +625,12 @@ class Boxer:
                 raise ProtocolError("malformed dict")
             return dict(zip(flat[::2], flat[1::2], strict=True))
         if code == Ext.BYTEARRAY:
-            value = self._unpack(data)
+            # A buffer received as a writable bytearray (out of band) is the value itself.
+            raw, self._raw_buffers = self._raw_buffers, True
+            try:
+                value = self._unpack(data)
+            finally:
+                self._raw_buffers = raw
             if not isinstance(value, (bytes, bytearray)):
                 raise ProtocolError("malformed bytearray")
             return value if type(value) is bytearray else bytearray(value)

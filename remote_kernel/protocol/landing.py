@@ -1,12 +1,15 @@
 """Memory a caller offers for one large frame to be received in place, with its owner.
 
 An obtain's READ offers the part of its destination the chunk fills
-(``Connection.sync_request(..., into=Landing(...))``). The view may be a raw view of an
+(``Connection.async_request(..., into=Landing(...))``, several READs in flight, each with its
+own offer; ``sync_request`` takes ``into=`` too). The view may be a raw view of an
 uninitialised ``bytes`` object (uninit.py), which keeps nothing alive: so the offer carries
 the object that owns the memory, and whatever writes into the view (the frame decoder)
 holds the offer, hence the owner, until its frame ends. Nothing writes into freed memory.
 
-A caller that stops waiting (its request timed out, or Stop) withdraws the offer: from
+A caller that stops waiting (its request timed out, or Stop) withdraws the offer (an
+obtain withdraws the offers of every READ in flight, and ``Connection.forget`` takes those
+whose frames have not started off the table): from
 then on the frame's remaining bytes drain into the decoder's scratch memory, never into
 the view. The owner may still be kept alive until the frame ends (a receive already under
 way in another thread completes into it), so a withdrawn buffer must not be handed out;

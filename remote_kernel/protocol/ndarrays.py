@@ -100,8 +100,13 @@ def array_fields(array: Any, put: Put, scalar: bool, what: str = "an array") -> 
     description = dtype_description(dtype, what)
     if array.ndim > 1 and array.flags.f_contiguous and not array.flags.c_contiguous:
         order, flat = "F", array.T.reshape(-1)  # the transpose is C-contiguous: no copy
+    elif array.flags.c_contiguous:
+        order, flat = "C", array.reshape(-1)
     else:
+        # A strided view is copied here; that copy is private (nobody else can write to
+        # it), so it is marked read-only and a snapshot does not copy it again.
         order, flat = "C", numpy.ascontiguousarray(array).reshape(-1)
+        flat.flags.writeable = False
     raw = memoryview(flat.view(numpy.uint8)) if flat.size else memoryview(b"")
     return (description, tuple(int(n) for n in array.shape), scalar, put(raw), order)
 

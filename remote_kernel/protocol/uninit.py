@@ -11,8 +11,9 @@ nothing else ever sees it half-written.
 Large buffers (from 4 MiB, numpy's own threshold) are also advised to use transparent huge
 pages where Linux offers them (``madvise(MADV_HUGEPAGE)``, what numpy does for its arrays):
 filling 64 MiB of fresh 4 KiB pages costs 16,384 page faults, about four times the copy itself.
-These are the buffers a peer's data is received into; benchmarks/FINDINGS.md (session 4)
-says why the obtain snapshot on the sending side is not one of them.
+These are the buffers a peer's data is received into, and the copies a sender makes of
+mutable data (the obtain snapshot, what a session keeps for re-sending): benchmarks/
+FINDINGS.md (session 5) measured both ends with huge pages at once this time.
 
 Where the C API is not reachable (no ``ctypes.pythonapi``, another interpreter) or does not
 behave as checked at import, :data:`AVAILABLE` is False and the callers fall back to a
@@ -89,6 +90,19 @@ def new_bytes(size: int) -> tuple[bytes, memoryview]:
     address = _storage(value)
     _advise_huge(address, size)
     return value, _memory_view(address, size, PyBUF_WRITE)
+
+
+def copy_bytes(view: memoryview) -> bytes:
+    """A ``bytes`` copy of the bytes of ``view`` (contiguous): written once into
+    uninitialised memory, with huge pages asked for when it is large. ``bytes(view)`` of
+    64 MiB spends most of its time faulting in fresh 4 KiB pages (3-4x this copy)."""
+    size = view.nbytes
+    if not AVAILABLE or size < HUGE_MIN:
+        return bytes(view)
+    copy, target = new_bytes(size)
+    with target:
+        target[:] = view if view.format == "B" and view.ndim == 1 else view.cast("B")
+    return copy
 
 
 def new_bytearray(size: int) -> bytearray:

@@ -64,6 +64,7 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
+from remote_kernel.protocol import uninit
 from remote_kernel.protocol.dataframes import encode_pandas, is_pandas, pandas_from
 from remote_kernel.protocol.messages import Ext
 from remote_kernel.protocol.ndarrays import (
@@ -205,8 +206,9 @@ def nbytes_estimate(obj: Any) -> int:
 
 def _frozen(view: memoryview) -> memoryview:
     """``view`` as it is now: a copy unless nobody can write to it. The copy is ``bytes``,
-    so its chunks go out as bytes values (received in place, see uninit.py)."""
-    return view if view.readonly else memoryview(bytes(view))
+    so its chunks go out as bytes values (received in place, see uninit.py), made with
+    huge pages when large (``uninit.copy_bytes``)."""
+    return view if view.readonly else memoryview(uninit.copy_bytes(view))
 
 
 def large_plan(obj: Any, limit: int) -> tuple[Any, tuple, Snapshot] | None:

@@ -82,7 +82,8 @@ def _announced() -> list:
 def _hostile_server(listener: socket.socket, log: list[str]) -> None:
     """Answer PING with a netref, OBTAIN with a large snapshot, then the first READ with
     a BUFFERS frame and part of its chunk; stall; when the next request comes, send the
-    rest of the chunk (bytes of its choosing), the READ's late reply, then the answer."""
+    rest of the chunk (bytes of its choosing), the READ's late reply, then whole chunks
+    of its choosing for the READs the victim sent ahead (pipelined), then the answer."""
     sock, _ = listener.accept()
     raw = RawPeer(sock)
     try:
@@ -95,9 +96,17 @@ def _hostile_server(listener: socket.socket, log: list[str]) -> None:
         raw.send([Kind.BUFFERS, 1, b"\1", read[1]])
         raw.send_bytes(frame(b"\0" * CHUNK)[:4 + SENT_EARLY])
         after = raw.recv_kind((Kind.REQUEST,), timeout=20)  # the victim gave up: next call
-        log.append(f"next {after[2]}")
+        ahead = []
+        while after[2] == Op.READ:  # sent ahead of the first one's reply
+            ahead.append(after)
+            after = raw.recv_kind((Kind.REQUEST,), timeout=20)
+        log.append(f"next {after[2]} after {len(ahead)} READs ahead")
         raw.send_bytes(b"\xab" * (CHUNK - SENT_EARLY))  # the late bytes
         raw.send([Kind.REPLY, read[1], ExtType(Ext.BUFFER, OID.pack(0))])
+        for late in ahead:  # whole chunks, each announced for its READ's offer
+            raw.send([Kind.BUFFERS, 1, b"\1", late[1]])
+            raw.send_bytes(frame(b"\xab" * late[5]))
+            raw.send([Kind.REPLY, late[1], ExtType(Ext.BUFFER, OID.pack(0))])
         raw.send([Kind.REPLY, after[1], after[3]])
         time.sleep(1)
     except (OSError, EOFError, TimeoutError) as error:
@@ -123,6 +132,7 @@ def test_a_read_abandoned_mid_frame_never_writes_into_freed_memory(how: str) -> 
         server.join(5)
     report = f"exit {victim.returncode}\n{victim.stdout}\n{victim.stderr[-3000:]}\n{log}"
     assert log and log[0] == f"read {int(Op.READ)} [0, {CHUNK}]", report
+    assert log[1] == f"next {int(Op.PING)} after 1 READs ahead", report  # (8 MiB: 2 chunks)
     assert victim.returncode == 0, report  # not 134 (abort), -11 / -6 (signals), 4
     expected = "RequestTimeout no reply from hostile" if how == "timeout" \
         else "KeyboardInterrupt"

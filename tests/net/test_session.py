@@ -45,6 +45,11 @@ def test_mutable_buffers_are_copied_so_a_resend_is_what_was_sent() -> None:
     store.add(data)
     data[:] = b"AFTER!"
     assert bytes(store.since(0)[0]) == b"before"
+    large = bytearray(b"\1" * (8 << 20))  # (copied with huge pages: uninit.copy_bytes)
+    store.add(large)
+    large[:] = bytes(len(large))
+    kept = store.since(0)
+    assert type(kept[1]) is bytes and kept[1] == b"\1" * (8 << 20)
 
 
 class SessionPair:
