@@ -97,6 +97,7 @@ class Reading:
 
     def _wait_reply(self, seq: int, timeout: float | None) -> tuple[bool, Any]:
         """The outcome of request ``seq``, serving the peer meanwhile."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             # Fast path: no other thread waits, so the next message is most likely this
             # reply: taken right here, with no hand-over.
@@ -110,8 +111,7 @@ class Reading:
                         return kind == REPLY, message[2]
                     self._dispatch(message)
             replies = self._replies
-            self._drive_until(lambda: seq in replies,
-                              None if timeout is None else time.monotonic() + timeout)
+            self._drive_until(lambda: seq in replies, deadline)
         except RequestTimeout:
             self._replies.pop(seq, None)
             raise RequestTimeout(f"no reply from {self.peer} within {timeout} s") from None
