@@ -284,8 +284,44 @@ class Connection(Reading, Sending, Dispatching):
             return mark_stop(KeyboardInterrupt(), self.peer)
         return error
 
-    def callattr(self, obj: Any, name: str, args: tuple, kwargs: dict | None) -> Any:
-        return self.sync_request(CALLATTR, obj, name, args, Kwargs(kwargs) if kwargs else None)
+    def call(self, obj: Any, name: str, /, *args: Any, timeout: Any = _DEFAULT,
+             **kwargs: Any) -> Any:
+        """``obj.name(*args, **kwargs)`` on the peer in one round trip, as a netref method
+        call is, waiting at most ``timeout`` seconds (default: the config's
+        ``sync_request_timeout``; None: as long as it takes) before raising
+        :class:`~remote_kernel.errors.RequestTimeout`. ``obj`` is a netref of this
+        connection (or an object the peer holds a reference to). A remote keyword argument
+        called ``timeout`` goes through :meth:`callattr`."""
+        return self.sync_request(CALLATTR, obj, name, args, Kwargs(kwargs) if kwargs else None,
+                                 timeout=timeout)
+
+    def callattr(self, obj: Any, name: str, args: tuple, kwargs: dict | None,
+                 timeout: Any = _DEFAULT) -> Any:
+        """``obj.name(*args, **kwargs)`` on the peer, arguments given as a tuple and a dict."""
+        return self.sync_request(CALLATTR, obj, name, args, Kwargs(kwargs) if kwargs else None,
+                                 timeout=timeout)
+
+    # -- notebook gestures: one request each, with a timeout (the IPython layer's calls) ---
+
+    def object_info(self, obj: Any, attribute: str | None = None, detail_level: int = 0, *,
+                    timeout: Any = _DEFAULT) -> dict[str, Any]:
+        """What ``obj?`` shows (of ``obj.attribute`` when given): type, name, docstring,
+        signature, file, source (``detail_level`` 1)."""
+        return self.sync_request(Op.OINFO, obj, attribute, detail_level, timeout=timeout)
+
+    def completions(self, obj: Any, path: tuple = (), *, timeout: Any = _DEFAULT) -> tuple:
+        """The attribute names to complete after ``obj`` (reached through ``path``)."""
+        return self.sync_request(Op.COMPLETE, obj, path, timeout=timeout)
+
+    def key_completions(self, obj: Any, *, timeout: Any = _DEFAULT) -> tuple:
+        """The keys to complete in ``obj[``: a mapping's keys, as the peer lists them."""
+        return self.sync_request(Op.KEYS, obj, timeout=timeout)
+
+    def children(self, obj: Any, path: tuple, limit: int, *,
+                 timeout: Any = _DEFAULT) -> tuple:
+        """The object browser: at most ``limit`` children of what ``path`` reaches from
+        ``obj``, each a tuple of (field, value) pairs."""
+        return self.sync_request(Op.CHILDREN, obj, path, limit, timeout=timeout)
 
     def async_request(self, op: int, *args: Any) -> AsyncResult:
         seq = next(self._seq)

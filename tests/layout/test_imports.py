@@ -95,3 +95,32 @@ def test_every_folder_imports_only_its_layer_and_those_below() -> None:
 def test_bottom_modules_import_nothing_of_the_package() -> None:
     for name in ("errors.py", "config.py"):
         assert _imports(PACKAGE / name) == [], name
+
+
+def _imported_names(path: Path) -> list[tuple[str, str]]:
+    """(module, name) for every ``from module import name`` in a file, nested ones too."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [(node.module, alias.name) for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+            for alias in node.names]
+
+
+def test_no_module_above_core_speaks_opcodes() -> None:
+    """Layers above core call the Connection's public API (``conn.call(..., timeout=)``,
+    ``object_info``, ``completions``...), never ``sync_request`` with an opcode (issue 22)."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "labextension" in path.parts:
+            continue
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        module = module.removesuffix(".__init__")
+        if LAYERS.index(_layer(module)) <= LAYERS.index("core"):
+            continue
+        for source, name in _imported_names(path):
+            if source == "remote_kernel.protocol.messages" and name in ("Op", "*"):
+                offenders.append(module)
+            if source == "remote_kernel.protocol" and name == "messages":
+                offenders.append(module)
+        if "sync_request(" in path.read_text():
+            offenders.append(f"{module} (sync_request)")
+    assert offenders == []
