@@ -71,10 +71,12 @@ class Sending:
                 if kind == REQUEST:
                     body = [kind, seq, op_or_value]
                     box = boxer.box
-                    for arg in args:  # names and None need no boxing (most arguments)
-                        body.append(arg if type(arg) in PASSTHROUGH else box(arg))
+                    for arg in args:  # plain arguments (names, None, ints) go as they are
+                        t = type(arg)  # plain(arg), inlined
+                        body.append(arg if t in PASSTHROUGH or t is int and
+                                    INT_MIN <= arg <= INT_MAX else box(arg))
                 elif kind == REPLY:
-                    value = op_or_value
+                    value = op_or_value  # plain(value), inlined
                     body = [kind, seq, value if type(value) in PASSTHROUGH or (
                         type(value) is int and INT_MIN <= value <= INT_MAX) else boxer.box(value)]
                 elif kind == EXCEPTION:
