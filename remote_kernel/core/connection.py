@@ -46,7 +46,7 @@ from remote_kernel.core.serving import _watchdog
 from remote_kernel.core.transport import FrameReader, Transport
 from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout, mark_stop
 from remote_kernel.protocol.boxing import Boxer, Kwargs, ObjectTable
-from remote_kernel.protocol.codec import CHUNK, pack
+from remote_kernel.protocol.codec import CHUNK, MAX_FRAME, pack
 from remote_kernel.protocol.describe import Descriptor, describe_type
 from remote_kernel.protocol.handlers import RequestContext
 from remote_kernel.protocol.landing import Landing
@@ -95,6 +95,7 @@ class Connection(Reading, Sending, Dispatching):
         # Wire revision 2: with a token, every frame sent carries a tag (protocol/codec.py).
         self._send_auth = self._reader.send_auth
         self.session = self._reader.session  # what the handshake agreed (net/auth.py)
+        self._frame_limit = min(self._config.max_message_size, MAX_FRAME)
         self._policy = AttributePolicy(self._config)
         self._table = ObjectTable(origin=hooks.capture_origin)
         self._descriptors: dict[type, Descriptor] = {}

@@ -86,9 +86,10 @@ class Reading:
             message = self._read_message(wait)
             if message is None:
                 return ()
-            kind = message[0]
-            if (kind == REPLY or kind == EXCEPTION) and message[1] != own:
-                self._delivering.add(_get_ident())
+            if message[1] != own:
+                kind = message[0]
+                if kind == REPLY or kind == EXCEPTION:
+                    self._delivering.add(_get_ident())
             return message
         finally:
             lock.release()
@@ -105,10 +106,12 @@ class Reading:
                 message = self._take_turn(
                     READ_SLICE if timeout is None else min(timeout, READ_SLICE), 0, seq)
                 if message:
-                    kind = message[0]
-                    if (kind == REPLY or kind == EXCEPTION) and message[1] == seq \
-                            and len(message) == 3:
-                        return kind == REPLY, message[2]
+                    if message[1] == seq and len(message) == 3:
+                        kind = message[0]
+                        if kind == REPLY:
+                            return True, message[2]
+                        if kind == EXCEPTION:
+                            return False, message[2]
                     self._dispatch(message)
             replies = self._replies
             self._drive_until(lambda: seq in replies, deadline)

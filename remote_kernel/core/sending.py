@@ -26,10 +26,11 @@ from remote_kernel.protocol.boxing import (
     Boxer,
     buffers_header,
 )
-from remote_kernel.protocol.codec import HEADER, MAX_FRAME, frame, pack
+from remote_kernel.protocol.codec import HEADER, frame, pack
 from remote_kernel.protocol.messages import EXCEPTION, REPLY, REQUEST, Kind, Op
 
 MAX_BUFFERS = 1024  # out-of-band buffers in one message
+_get_ident = threading.get_ident
 
 
 class Sending:
@@ -38,6 +39,7 @@ class Sending:
 
     _boxer: Boxer
     _config: ProtocolConfig
+    _frame_limit: int  # the largest frame: min(max_message_size, MAX_FRAME)
     _transport: Transport
     _send_lock: threading.Lock
     _sender: int | None  # the thread encoding a message, under the lock
@@ -57,7 +59,7 @@ class Sending:
             raise self._closed_error()
         boxer = self._boxer
         limit = self._config.max_message_size
-        ident = threading.get_ident()
+        ident = _get_ident()
         if self._sender == ident:
             # Encoding a message ran code that asks the peer something (Python 3.12 looks
             # up ``dir(obj)`` of a netref to suggest names in an AttributeError's text):
@@ -69,12 +71,10 @@ class Sending:
             boxer.begin()
             try:
                 if kind == REQUEST:
-                    body = [kind, seq, op_or_value]
-                    box = boxer.box
-                    for arg in args:  # plain arguments (names, None, ints) go as they are
-                        t = type(arg)  # plain(arg), inlined
-                        body.append(arg if t in PASSTHROUGH or t is int and
-                                    INT_MIN <= arg <= INT_MAX else box(arg))
+                    box = boxer.box  # plain arguments (names, None, ints) go as they are:
+                    body = [kind, seq, op_or_value, *[  # plain(arg), inlined
+                        arg if type(arg) in PASSTHROUGH or type(arg) is int and
+                        INT_MIN <= arg <= INT_MAX else box(arg) for arg in args]]
                 elif kind == REPLY:
                     value = op_or_value  # plain(value), inlined
                     body = [kind, seq, value if type(value) in PASSTHROUGH or (
@@ -96,10 +96,10 @@ class Sending:
                         f"a message may carry at most {MAX_VALUE_ITEMS} items by value, this "
                         f"one {boxer.items}; not sent (copy large data as a numpy array)")
                 size = len(payload)
-                if size > limit or size > MAX_FRAME:
+                if size > self._frame_limit:
                     frame(payload, limit)  # refuses it
                 released = pack([Kind.NOTIFY, Op.DEL, releases]) if releases else None
-                if released is not None and len(released) > min(limit, MAX_FRAME):
+                if released is not None and len(released) > self._frame_limit:
                     frame(released, limit)  # refuses it
                 views = self._checked_buffers(buffers, len(payload), limit) if buffers \
                     else None
