@@ -71,10 +71,12 @@ class Sending:
             boxer.begin()
             try:
                 if kind == REQUEST:
-                    box = boxer.box  # plain arguments (names, None, ints) go as they are:
-                    body = [kind, seq, op_or_value, *[  # plain(arg), inlined
-                        arg if type(arg) in PASSTHROUGH or type(arg) is int and
-                        INT_MIN <= arg <= INT_MAX else box(arg) for arg in args]]
+                    body = [kind, seq, op_or_value]
+                    box, append = boxer.box, body.append
+                    for arg in args:  # plain arguments (names, None, ints) go as they are
+                        t = type(arg)  # plain(arg), inlined
+                        append(arg if t in PASSTHROUGH or t is int and INT_MIN <= arg <= INT_MAX
+                               else box(arg))
                 elif kind == REPLY:
                     value = op_or_value  # plain(value), inlined
                     body = [kind, seq, value if type(value) in PASSTHROUGH or (
