@@ -19,9 +19,10 @@ us, and they answer with it), the tasks get a moment to end, and the call raises
 usable either way.
 
 Members are given as Connections or as strings (connection names, targets). This layer
-resolves Connections only; strings go first through the ``resolvers`` that upper layers
-register (a notebook's connection names), then through the group's ``connect`` (the net
-layer's ``remote_kernel.Group`` connects connection-file names and ``host:port``). Closing
+resolves Connections only; strings go first through the group's ``resolvers`` (by default
+those of ``core.hooks.PROCESS_HOOKS``, where the IPython extension adds a notebook's
+connection names), then through the group's ``connect`` (the net layer's
+``remote_kernel.Group`` connects connection-file names and ``host:port``). Closing
 a group closes only the connections it opened.
 """
 
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from remote_kernel.core.connection import Connection
+from remote_kernel.core.hooks import PROCESS_HOOKS
 from remote_kernel.errors import GroupError, RemoteKernelError, RequestTimeout
 
 T = TypeVar("T")
@@ -56,9 +58,8 @@ class Member:
 
 
 # Tried in order for each member given to a Group (a string or a Connection); the first that
-# returns a Member wins. The IPython extension registers one for the notebook's connections.
+# returns a Member wins.
 Resolver = Callable[[Any], "Member | None"]
-resolvers: list[Resolver] = []
 
 
 class _FanOut:
@@ -184,12 +185,16 @@ class Group:
     mapping ``{name: member}`` to choose the names. A member that fails makes the call raise
     :class:`~remote_kernel.errors.GroupError`, which keeps the others' results. ``timeout``
     is the default per call (None: wait until done; Ctrl-C interrupts every member).
+    ``resolvers``: tried in order on each member before ``connect`` (default: the
+    process's, core/hooks.py, where the IPython extension finds a notebook's connections).
     """
 
     def __init__(self, members: Iterable[Any] | Mapping[str, Any] = (), *,
                  connect: Callable[[str], Member] | None = None,
-                 timeout: float | None = None, max_workers: int = MAX_WORKERS) -> None:
+                 timeout: float | None = None, max_workers: int = MAX_WORKERS,
+                 resolvers: list[Resolver] | None = None) -> None:
         self.timeout = timeout
+        self._resolvers = PROCESS_HOOKS.resolvers if resolvers is None else resolvers
         self.max_workers = max_workers
         self._connect = connect
         self._members: dict[str, Member] = {}
@@ -225,7 +230,7 @@ class Group:
     # -- building ----------------------------------------------------------------------------
 
     def _resolve(self, member: Any) -> Member | None:
-        for resolver in list(resolvers):
+        for resolver in list(self._resolvers):
             found = resolver(member)
             if found is not None:
                 return found
@@ -368,4 +373,4 @@ class Group:
         self.close()
 
 
-__all__ = ["INTERRUPT_GRACE", "MAX_WORKERS", "Group", "Member", "fan_out", "resolvers"]
+__all__ = ["INTERRUPT_GRACE", "MAX_WORKERS", "Group", "Member", "Resolver", "fan_out"]

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from remote_kernel.core import group
+from remote_kernel.core.hooks import PROCESS_HOOKS
 from remote_kernel.ipython import (
     completion,
     display,
@@ -34,8 +35,8 @@ def _group_member(item: Any) -> group.Member | None:
 
 def load(shell: Any) -> None:
     shell.register_magics(RemoteMagics)
-    if _group_member not in group.resolvers:  # rk.Group(["pi1"]) finds notebook connections
-        group.resolvers.append(_group_member)
+    if _group_member not in PROCESS_HOOKS.resolvers:  # rk.Group(["pi1"]) finds notebook connections
+        PROCESS_HOOKS.resolvers.append(_group_member)
     display.install(shell)
     completion.install(shell)
     inspection.install(shell)
@@ -62,8 +63,8 @@ def unload(shell: Any) -> None:
     terminal.uninstall(shell)
     routing.uninstall(shell)
     loop.uninstall(shell)
-    if _group_member in group.resolvers:
-        group.resolvers.remove(_group_member)
+    if _group_member in PROCESS_HOOKS.resolvers:
+        PROCESS_HOOKS.resolvers.remove(_group_member)
     tracebacks.restore_syntax_error(shell)
     inspection.uninstall(shell)
     completion.uninstall(shell)

@@ -17,7 +17,6 @@ from IPython.core.completer import SimpleCompletion, context_matcher
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import BaseNetref
 from remote_kernel.errors import RemoteKernelError
-from remote_kernel.protocol.messages import Op
 
 CACHE_SECONDS = 2.0
 TIMEOUT = 5.0  # seconds a completion may take on the peer
@@ -66,16 +65,16 @@ class RemoteCompleter:
         if resolved is None:
             return None
         obj, path = resolved
-        return self._ask(obj, ("dir", path), lambda conn: conn.sync_request(
-            Op.COMPLETE, obj, path, timeout=TIMEOUT))
+        return self._ask(obj, ("dir", path), lambda conn: conn.completions(
+            obj, path, timeout=TIMEOUT))
 
     def keys(self, dotted: str) -> tuple | None:
         resolved = self._resolve(dotted)
         if resolved is None or resolved[1]:
             return None
         obj = resolved[0]
-        return self._ask(obj, ("keys",), lambda conn: conn.sync_request(
-            Op.KEYS, obj, timeout=TIMEOUT))
+        return self._ask(obj, ("keys",), lambda conn: conn.key_completions(
+            obj, timeout=TIMEOUT))
 
     def _ask(self, obj: Any, what: tuple, fetch: Any) -> tuple:
         if obj is _DEAD or obj._rk_conn.closed:
@@ -106,8 +105,8 @@ class RemoteCompleter:
         except KeyError:
             return None
         try:
-            reply = entry.require().sync_request(Op.CALLATTR, entry.interpreter, "complete",
-                                                 (code, cursor - offset), None, timeout=TIMEOUT)
+            reply = entry.require().call(entry.interpreter, "complete", code,
+                                         cursor - offset, timeout=TIMEOUT)
         except RemoteKernelError:  # a dead or silent peer: nothing to offer, at once
             return {"completions": [], "suppress": True}
         start = reply["cursor_start"]

@@ -35,7 +35,6 @@ from remote_kernel.ipython.display import untrusted_bundle
 from remote_kernel.ipython.registry import ConnectionRegistry
 from remote_kernel.ipython.sink import NotebookSink
 from remote_kernel.outputs.filter import sanitize_text_stream
-from remote_kernel.protocol.messages import Op
 
 _LINE = re.compile(r"(\r\n|\n|\r)")
 
@@ -220,8 +219,7 @@ def run_cell(shell: Any, registry: ConnectionRegistry, names: Sequence[str], cel
             for key, value in inputs.items():
                 namespace[key] = send(conn, value)
         sink = PeerSink(name, output, trusted=conn.trust_output)
-        conn.sync_request(Op.CALLATTR, entry.interpreter, "run_cell", (cell, sink), None,
-                          timeout=None)
+        conn.call(entry.interpreter, "run_cell", cell, sink, timeout=None)
         values: dict[str, Any] = {}
         if outputs:
             namespace = conn.namespace

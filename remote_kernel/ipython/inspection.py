@@ -9,7 +9,6 @@ from IPython.core.oinspect import Inspector
 
 from remote_kernel.core.netref import BaseNetref, RemoteMethod
 from remote_kernel.errors import RemoteKernelError
-from remote_kernel.protocol.messages import Op
 
 _FIELDS = ("type_name", "base_class", "string_form", "namespace", "length", "file",
            "definition", "docstring", "source", "init_definition", "class_docstring",
@@ -22,9 +21,8 @@ TIMEOUT = 5.0  # seconds an inspection may take on the peer
 def remote_info(obj: Any, detail_level: int) -> dict[str, Any]:
     if isinstance(obj, RemoteMethod):
         owner = obj._rk_owner
-        return owner._rk_conn.sync_request(Op.OINFO, owner, obj._rk_name, detail_level,
-                                           timeout=TIMEOUT)
-    return obj._rk_conn.sync_request(Op.OINFO, obj, None, detail_level, timeout=TIMEOUT)
+        return owner._rk_conn.object_info(owner, obj._rk_name, detail_level, timeout=TIMEOUT)
+    return obj._rk_conn.object_info(obj, None, detail_level, timeout=TIMEOUT)
 
 
 class RemoteInspector(Inspector):

@@ -20,7 +20,8 @@ import logging
 import threading
 from typing import Any
 
-from remote_kernel.core.connection import Connection, new_connection_hooks
+from remote_kernel.core.connection import Connection
+from remote_kernel.core.hooks import PROCESS_HOOKS
 from remote_kernel.errors import ConnectionClosed, ProtocolError
 from remote_kernel.ipython.registry import ConnectionEntry, get_registry
 
@@ -134,7 +135,7 @@ def install(shell: Any) -> LoopServer | None:
         _server.attach(entry)
     # Connections a cell opens itself (``rk.connect(...)``) are served while idle too; those
     # made in other threads (a Server running in the notebook) have their own reader.
-    new_connection_hooks.append(_attach_if_main_thread)
+    PROCESS_HOOKS.on_new.append(_attach_if_main_thread)
     shell.events.register("post_run_cell", _post_run_cell)
     return _server
 
@@ -156,8 +157,8 @@ def uninstall(shell: Any) -> None:
     registry = get_registry()
     if _server.attach in registry.on_open:
         registry.on_open.remove(_server.attach)
-    if _attach_if_main_thread in new_connection_hooks:
-        new_connection_hooks.remove(_attach_if_main_thread)
+    if _attach_if_main_thread in PROCESS_HOOKS.on_new:
+        PROCESS_HOOKS.on_new.remove(_attach_if_main_thread)
     try:
         shell.events.unregister("post_run_cell", _post_run_cell)
     except ValueError:

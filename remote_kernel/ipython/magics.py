@@ -504,13 +504,11 @@ class RemoteMagics(Magics):
         if conn.trust_output:
             bridge_for(entry, self.shell)  # widgets the cell creates stay live here
         sink = NotebookSink(trusted=conn.trust_output, peer=entry.name)
-        from remote_kernel.protocol.messages import Op
 
         self.registry.set_running([entry.name], fanout.running_cell(self.shell, cell))
         try:
             with remote_frames_only():
-                conn.sync_request(Op.CALLATTR, entry.interpreter, "run_cell", (cell, sink),
-                                  None, timeout=args.timeout)
+                conn.call(entry.interpreter, "run_cell", cell, sink, timeout=args.timeout)
         except RequestTimeout:
             if args.timeout is None:
                 raise  # a request the cell made timed out, not the cell

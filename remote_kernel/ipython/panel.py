@@ -326,21 +326,17 @@ class PanelEndpoint:
         return conn, root
 
     def _children(self, args: dict[str, Any]) -> dict[str, Any]:
-        from remote_kernel.protocol.messages import Op
-
         entry = self._entry(args)
         path = _path(args.get("path"))
         limit = args.get("limit", 200)
         if not isinstance(limit, int) or isinstance(limit, bool):
             raise PanelError("limit must be an integer")
         conn, root = self._root(entry)
-        found = conn.sync_request(Op.CHILDREN, root, path, max(1, min(limit, MAX_CHILDREN)),
-                                  timeout=self.request_timeout)
+        found = conn.children(root, path, max(1, min(limit, MAX_CHILDREN)),
+                              timeout=self.request_timeout)
         return {"children": [dict(child) for child in found]}
 
     def _inspect(self, args: dict[str, Any]) -> dict[str, Any]:
-        from remote_kernel.protocol.messages import Op
-
         entry = self._entry(args)
         path = _path(args.get("path"))
         conn, obj = self._root(entry)
@@ -350,7 +346,7 @@ class PanelEndpoint:
             path = path[:-1]
         for kind, key in path:  # one round trip per step; fine for "show documentation"
             obj = getattr(obj, key) if kind == "attr" else obj[key]
-        info = conn.sync_request(Op.OINFO, obj, attribute, 0, timeout=self.request_timeout)
+        info = conn.object_info(obj, attribute, 0, timeout=self.request_timeout)
         return {"info": dict(info)}
 
 

@@ -18,8 +18,7 @@ import contextvars
 import sys
 from typing import Any
 
-from remote_kernel.core import connection
-from remote_kernel.core.connection import OutputRouting
+from remote_kernel.core.hooks import PROCESS_HOOKS, OutputRouting
 
 
 class CellRouting(OutputRouting):
@@ -76,11 +75,11 @@ def install(shell: Any) -> None:
     if getattr(shell, "kernel", None) is None:
         return
     if hasattr(shell, "set_thread_parent"):
-        connection.output_routing = CellRouting(shell)
+        PROCESS_HOOKS.output_routing = CellRouting(shell)
     elif isinstance(getattr(shell, "_parent_header", None), contextvars.ContextVar):
-        connection.output_routing = ContextVarRouting(shell)
+        PROCESS_HOOKS.output_routing = ContextVarRouting(shell)
 
 
 def uninstall(shell: Any) -> None:
-    if isinstance(connection.output_routing, CellRouting):
-        connection.output_routing = None
+    if isinstance(PROCESS_HOOKS.output_routing, CellRouting):
+        PROCESS_HOOKS.output_routing = None

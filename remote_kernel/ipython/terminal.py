@@ -19,7 +19,8 @@ import threading
 import weakref
 from typing import Any
 
-from remote_kernel.core.connection import Connection, new_connection_hooks
+from remote_kernel.core.connection import Connection
+from remote_kernel.core.hooks import PROCESS_HOOKS
 from remote_kernel.errors import ConnectionClosed, ProtocolError
 from remote_kernel.ipython.registry import ConnectionEntry, get_registry
 
@@ -94,7 +95,7 @@ def install(shell: Any) -> PromptServer | None:
     registry.on_open.append(server.add_entry)
     for entry in registry.entries.values():
         server.add_entry(entry)
-    new_connection_hooks.append(server.add_if_main_thread)
+    PROCESS_HOOKS.on_new.append(server.add_if_main_thread)
     _server = server
     return server
 
@@ -107,8 +108,8 @@ def uninstall(shell: Any) -> None:
     registry = get_registry()
     if server.add_entry in registry.on_open:
         registry.on_open.remove(server.add_entry)
-    if server.add_if_main_thread in new_connection_hooks:
-        new_connection_hooks.remove(server.add_if_main_thread)
+    if server.add_if_main_thread in PROCESS_HOOKS.on_new:
+        PROCESS_HOOKS.on_new.remove(server.add_if_main_thread)
     if getattr(shell, "active_eventloop", None) == NAME:
         shell.enable_gui(None)
     from IPython.terminal import pt_inputhooks

@@ -25,7 +25,6 @@ from remote_kernel.ipython.registry import open_connection
 from remote_kernel.outputs.filter import filter_bundle_report, sanitize_text_stream
 from remote_kernel.protocol.boxing import ByValue
 from remote_kernel.protocol.describe import json_safe
-from remote_kernel.protocol.messages import Op
 
 QUICK_TIMEOUT = 5.0  # seconds a completion or inspection may take on the remote
 MAX_MATCHES = 2000  # completions kept from one remote reply
@@ -207,8 +206,8 @@ class RemoteKernel(Kernel):
             if pager is not None:
                 payload = self._page(interpreter, pager.group(1), len(pager.group(2)) - 1)
             else:
-                conn.sync_request(Op.CALLATTR, interpreter, "run_cell",
-                                  (code, self._sink, store_history, silent), None, timeout=None)
+                conn.call(interpreter, "run_cell", code, self._sink, store_history, silent,
+                          timeout=None)
         except KeyboardInterrupt as exc:  # the Stop button: one line (errors.mark_stop)
             render = getattr(exc, "_render_traceback_", None)
             return self._error("KeyboardInterrupt", str(exc),
@@ -235,8 +234,7 @@ class RemoteKernel(Kernel):
         if conn is None or conn.closed or interpreter is None:
             return None
         try:
-            return conn.sync_request(Op.CALLATTR, interpreter, method, args, None,
-                                     timeout=QUICK_TIMEOUT)
+            return conn.call(interpreter, method, *args, timeout=QUICK_TIMEOUT)
         except Exception as exc:
             self.log.debug("%s on %s failed: %s", method, self.target, exc)
             return None

@@ -64,6 +64,15 @@ MAX_PEER_TYPE_NAMES = 1_000_000  # method and dunder names in all of them togeth
 
 # Types sent as they are (msgpack's own): no boxing at all.
 PASSTHROUGH = frozenset({str, float, bool, type(None)})
+
+
+def plain(value: Any) -> bool:
+    """Whether ``value`` goes as it is, with no boxing (``box(value) is value``): a str,
+    float, bool, None, or an int msgpack packs. The one definition; the hot loops (a
+    request's arguments, a reply, a tuple's items, a batch) inline it, as a call per value
+    costs more than the test, and tests/protocol/test_plain.py pins each copy to it."""
+    t = type(value)
+    return t in PASSTHROUGH or t is int and INT_MIN <= value <= INT_MAX
 _CONTAINERS = frozenset({tuple, list, dict, set, frozenset})
 _REF, _PEERREF = int(Ext.REF), int(Ext.PEERREF)
 _STD_ENCODERS = stdvalues.ENCODERS
@@ -360,7 +369,7 @@ class Boxer:
         if t is tuple:
             self.items += len(obj)
             for item in obj:  # a tuple of plain items goes as it is (packed as an array)
-                it = type(item)
+                it = type(item)  # plain(item), inlined
                 if it not in PASSTHROUGH and (it is not int or not INT_MIN <= item <= INT_MAX):
                     return [self.box(item) for item in obj]
             return obj
@@ -416,7 +425,7 @@ class Boxer:
                 targets.append(box(target))
             self.items += len(args) + 4
             for arg in args:  # plain arguments go as they are (msgpack packs the tuple)
-                t = type(arg)
+                t = type(arg)  # plain(arg), inlined
                 if t not in PASSTHROUGH and (t is not int or not INT_MIN <= arg <= INT_MAX):
                     args = [box(item) for item in args]
                     break
@@ -427,7 +436,7 @@ class Boxer:
         """(1, value) or (0, exception) per call, boxed in place; plain values as they are."""
         box = self.box
         for i, (ok, value) in enumerate(items):
-            t = type(value)
+            t = type(value)  # plain(value), inlined
             if ok and (t in PASSTHROUGH or t is int and INT_MIN <= value <= INT_MAX):
                 continue
             items[i] = (1, box(value)) if ok else (0, self.box_exception(value))

@@ -118,29 +118,30 @@ def test_bottom_modules_import_nothing_of_the_package() -> None:
         assert _imports(PACKAGE / name) == [], name
 
 
-def _opcode_imports(path: Path) -> bool:
-    """Whether ``path`` imports the opcodes (``protocol.messages.Op``), at any depth."""
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.ImportFrom) and node.module == "remote_kernel.protocol.messages" \
-                and any(alias.name in ("Op", "*") for alias in node.names):
-            return True
-        if isinstance(node, ast.ImportFrom) and node.module == "remote_kernel.protocol" \
-                and any(alias.name == "messages" for alias in node.names):
-            return True
-        if isinstance(node, ast.Import) and any(
-                alias.name == "remote_kernel.protocol.messages" for alias in node.names):
-            return True
-    return False
+def _imported_names(path: Path) -> list[tuple[str, str]]:
+    """(module, name) for every ``from module import name`` in a file, nested ones too."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [(node.module, alias.name) for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+            for alias in node.names]
 
 
-@pytest.mark.xfail(strict=True, reason="until conn.call (item 2) lands")
 def test_no_module_above_core_speaks_opcodes() -> None:
-    """Above core, a request is a public call (``conn.call(obj, name, ..., timeout=)``),
-    never an opcode: the wire's vocabulary stays in protocol/ and core/."""
-    above = LAYERS[LAYERS.index("core") + 1:]
+    """Layers above core call the Connection's public API (``conn.call(..., timeout=)``,
+    ``object_info``, ``completions``...), never ``sync_request`` with an opcode (issue 22)."""
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
+        if "labextension" in path.parts:
+            continue
         module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-        if _layer(module.removesuffix(".__init__")) in above and _opcode_imports(path):
-            offenders.append(module)
+        module = module.removesuffix(".__init__")
+        if LAYERS.index(_layer(module)) <= LAYERS.index("core"):
+            continue
+        for source, name in _imported_names(path):
+            if source == "remote_kernel.protocol.messages" and name in ("Op", "*"):
+                offenders.append(module)
+            if source == "remote_kernel.protocol" and name == "messages":
+                offenders.append(module)
+        if "sync_request(" in path.read_text():
+            offenders.append(f"{module} (sync_request)")
     assert offenders == []

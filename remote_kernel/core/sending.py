@@ -1,0 +1,228 @@
+"""Sending: one message out, all or nothing (see connection.py's theory of operation).
+
+A message that cannot be encoded or is too large is not sent and leaves no trace: the
+releases it would have carried stay queued, and what boxing changed is undone. Once bytes
+have gone out, a send that fails cuts the stream mid-frame, so the connection is dropped.
+Releases of dropped proxies are queued by ``__del__`` and go out as one batch in front of
+the next message. Part of :class:`~remote_kernel.core.connection.Connection`.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any
+
+import msgpack
+
+from remote_kernel.config import ProtocolConfig
+from remote_kernel.core.transport import Transport
+from remote_kernel.errors import ConnectionClosed, ProtocolError
+from remote_kernel.protocol.boxing import (
+    INT_MAX,
+    INT_MIN,
+    MAX_VALUE_ITEMS,
+    PASSTHROUGH,
+    Boxer,
+    buffers_header,
+)
+from remote_kernel.protocol.codec import HEADER, frame, pack
+from remote_kernel.protocol.messages import EXCEPTION, REPLY, REQUEST, Kind, Op
+
+MAX_BUFFERS = 1024  # out-of-band buffers in one message
+_get_ident = threading.get_ident
+
+
+class Sending:
+    """The sending half of a Connection: encoding under the send lock, framing (tagged
+    under wire revision 2), out-of-band buffers, release batches and session ACKs."""
+
+    _boxer: Boxer
+    _config: ProtocolConfig
+    _frame_limit: int  # the largest frame: min(max_message_size, MAX_FRAME)
+    _transport: Transport
+    _send_lock: threading.Lock
+    _sender: int | None  # the thread encoding a message, under the lock
+    _packer: msgpack.Packer
+    _send_auth: Any  # net/auth.py's tagger, or None
+    _session: Any
+    _releases: collections.deque[tuple[int, int]]
+    _proxies: dict
+    _closed: bool
+    _requests: int
+    _releases_sent: int
+    _messages_out: int
+    _bytes_out: int
+
+    def _send_message(self, kind: int, seq: Any, op_or_value: Any, args: tuple | None) -> None:
+        if self._closed:
+            raise self._closed_error()
+        boxer = self._boxer
+        limit = self._config.max_message_size
+        ident = _get_ident()
+        if self._sender == ident:
+            # Encoding a message ran code that asks the peer something (Python 3.12 looks
+            # up ``dir(obj)`` of a netref to suggest names in an AttributeError's text):
+            # waiting for our own send lock would hang; the caller's fallback applies.
+            raise ProtocolError("a request cannot be made while a message is being encoded")
+        with self._send_lock:
+            self._sender = ident
+            releases = self._take_releases() if self._releases else None
+            boxer.begin()
+            try:
+                if kind == REQUEST:
+                    body = [kind, seq, op_or_value]
+                    box, append = boxer.box, body.append
+                    for arg in args:  # plain arguments (names, None, ints) go as they are
+                        t = type(arg)  # plain(arg), inlined
+                        append(arg if t in PASSTHROUGH or t is int and INT_MIN <= arg <= INT_MAX
+                               else box(arg))
+                elif kind == REPLY:
+                    value = op_or_value  # plain(value), inlined
+                    body = [kind, seq, value if type(value) in PASSTHROUGH or (
+                        type(value) is int and INT_MIN <= value <= INT_MAX) else boxer.box(value)]
+                elif kind == EXCEPTION:
+                    body = [kind, seq, boxer.box_exception(op_or_value)]
+                else:  # NOTIFY: seq is unused, op_or_value is the opcode
+                    body = [kind, op_or_value, *map(boxer.box, args or ())]
+                try:
+                    payload = self._packer.pack(body)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    self._packer.reset()
+                    raise ProtocolError(f"cannot encode message: {exc}") from exc
+                buffers = boxer.outgoing
+                if buffers:
+                    boxer.outgoing = []
+                if boxer.items > MAX_VALUE_ITEMS:
+                    raise ProtocolError(
+                        f"a message may carry at most {MAX_VALUE_ITEMS} items by value, this "
+                        f"one {boxer.items}; not sent (copy large data as a numpy array)")
+                size = len(payload)
+                if size > self._frame_limit:
+                    frame(payload, limit)  # refuses it
+                released = pack([Kind.NOTIFY, Op.DEL, releases]) if releases else None
+                if released is not None and len(released) > self._frame_limit:
+                    frame(released, limit)  # refuses it
+                views = self._checked_buffers(buffers, len(payload), limit) if buffers \
+                    else None
+            except BaseException:
+                # Not sent: leave no trace (see the theory of operation).
+                self._sender = None
+                boxer.rollback()
+                if releases:
+                    self._releases.extendleft(reversed(releases))
+                raise
+            self._sender = None
+            # Frames are tagged in the order they are sent (each tag counts its frame).
+            auth = self._send_auth
+            head = None if released is None else self._framed(released)
+            try:
+                sent = 0
+                if views is not None:
+                    # The buffers must come right before the message that uses them.
+                    if head is not None:
+                        self._transport.send(head)
+                        sent, head = len(head), None
+                    sent += self._send_buffers(views, limit, seq if kind == REPLY else None)
+                data = HEADER.pack(size) + payload if auth is None else auth.seal(payload)
+                if head is not None:
+                    data = head + data
+                sent += len(data)
+                self._transport.send(data)
+            except ConnectionClosed as exc:
+                self._lost(str(exc))  # the stream may be cut mid-frame: it cannot go on
+                raise self._closed_error() from None
+            self._bytes_out += sent
+            self._messages_out += 1
+            if kind == REQUEST:
+                self._requests += 1
+
+    @staticmethod
+    def _checked_buffers(buffers: list[Any], body: int, limit: int) -> list[memoryview]:
+        """Byte views of a message's buffers; the whole message must fit max_message_size."""
+        if len(buffers) > MAX_BUFFERS:
+            raise ProtocolError(f"a message may carry at most {MAX_BUFFERS} large buffers")
+        views = [memoryview(buffer).cast("B") for buffer in buffers]
+        total = body + sum(view.nbytes for view in views)
+        if total > limit:
+            raise ProtocolError(f"message of {total} bytes exceeds max_message_size "
+                                f"({limit} bytes); not sent")
+        return views
+
+    def _framed(self, payload: bytes) -> bytes:
+        """A frame of ``payload``, tagged when the session has keys (counts it: send it)."""
+        auth = self._send_auth
+        return HEADER.pack(len(payload)) + payload if auth is None else auth.seal(payload)
+
+    def _send_buffers(self, views: list[memoryview], limit: int, reply_to: int | None) -> int:
+        """The BUFFERS frame and the raw buffers, each sent as it is (no copy); a buffer's
+        tag is computed over its view and sent after it."""
+        send = self._transport.send
+        header = pack(buffers_header(views, reply_to))
+        frame(header, limit)  # refuses an oversized one before anything is sent
+        data = self._framed(header)
+        send(data)
+        auth = self._send_auth
+        for view in views:
+            send(HEADER.pack(view.nbytes))
+            send(view)
+            if auth is not None:
+                send(auth.tag(view.nbytes, view))
+        return sum(view.nbytes + 4 for view in views)
+
+    def _send_ack(self) -> None:
+        """Tell the session's peer how much of its stream arrived, so it can let go of
+        what it keeps for re-sending. Only when no other thread is sending: a reader never
+        waits for the send lock (the next read tries again)."""
+        if not self._send_lock.acquire(blocking=False):
+            return
+        try:
+            session = self._session
+            received = session.received
+            data = self._framed(pack([Kind.NOTIFY, Op.ACK, received]))
+            session.ack_sent(received)
+            self._transport.send(data)
+            self._bytes_out += len(data)
+            self._messages_out += 1
+        except ConnectionClosed as exc:
+            self._lost(str(exc))
+        finally:
+            self._send_lock.release()
+
+
+    def _queue_release(self, oid: int, count: int) -> None:
+        if not self._closed:
+            self._releases.append((oid, count))
+
+    def _take_releases(self) -> list[tuple[int, int]]:
+        releases = []
+        pop = self._releases.popleft
+        while True:
+            try:
+                releases.append(pop())
+            except IndexError:
+                break
+        proxies = self._proxies
+        for oid, _count in releases:
+            ref = proxies.get(oid)
+            if ref is not None and ref() is None:
+                proxies.pop(oid, None)
+        self._releases_sent += len(releases)
+        return releases
+
+    def _flush_releases(self) -> None:
+        if not self._releases or self._closed:
+            return
+        with self._send_lock:
+            releases = self._take_releases()
+            if releases:
+                payload = pack([Kind.NOTIFY, Op.DEL, releases])
+                frame(payload, self._config.max_message_size)  # refuses an oversized one
+                data = self._framed(payload)
+                try:
+                    self._transport.send(data)
+                except ConnectionClosed as exc:
+                    self._lost(str(exc))
+                    return
+                self._bytes_out += len(data)
+                self._messages_out += 1
