@@ -15,14 +15,6 @@ import remote_kernel as rk
 from remote_kernel.ipython.sink import NotebookSink
 
 
-@pytest.fixture(scope="module")
-def shell() -> Iterator[InteractiveShell]:
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "remote_kernel")
-    yield shell
-    shell.run_line_magic("unload_ext", "remote_kernel")
-
-
 @pytest.fixture
 def lab(shell: InteractiveShell, classic_server) -> Iterator[rk.Connection]:
     shell.run_line_magic("remote", f"connect 127.0.0.1:{classic_server.port} --name lab "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
@@ -14,14 +13,6 @@ from remote_kernel.ipython.registry import get_registry
 from tests.net.test_resume import ResettingRelay
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(scope="module")
-def shell() -> Iterator[InteractiveShell]:
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "remote_kernel")
-    yield shell
-    shell.run_line_magic("unload_ext", "remote_kernel")
 
 
 def test_an_unreachable_peer_is_said_and_the_session_resumes(shell: InteractiveShell,

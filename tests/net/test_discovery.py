@@ -382,11 +382,15 @@ def _ip(*args: str) -> None:
 class Lan:
     """Two namespaces on one veth link; processes started in them are stopped at the end."""
 
+    NAME = "disc"  # in the namespaces' and links' names
+    ADDRESSES = (ADDRESS_A, ADDRESS_B)
+
     def __init__(self, tmp: Path) -> None:
         tag = str(os.getpid())  # unique among live processes; at most 7 digits
         self.tmp = tmp
-        self.ns_a, self.ns_b = f"rk-disc-a-{tag}", f"rk-disc-b-{tag}"
-        self.veth_a, self.veth_b = f"rkda{tag}", f"rkdb{tag}"  # at most 15 characters
+        self.ns_a, self.ns_b = f"rk-{self.NAME}-a-{tag}", f"rk-{self.NAME}-b-{tag}"
+        # at most 15 characters
+        self.veth_a, self.veth_b = f"rk{self.NAME[0]}a{tag}", f"rk{self.NAME[0]}b{tag}"
         self.token = secrets.token_urlsafe(32)
         self.procs: list[Proc] = []
         self.env = dict(os.environ, PYTHONPATH=str(ROOT), RK_TEST_TOKEN=self.token,
@@ -397,8 +401,8 @@ class Lan:
         _ip("netns", "add", self.ns_a)
         _ip("netns", "add", self.ns_b)
         _ip("link", "add", self.veth_a, "type", "veth", "peer", "name", self.veth_b)
-        for ns, dev, address in ((self.ns_a, self.veth_a, ADDRESS_A),
-                                 (self.ns_b, self.veth_b, ADDRESS_B)):
+        for ns, dev, address in ((self.ns_a, self.veth_a, self.ADDRESSES[0]),
+                                 (self.ns_b, self.veth_b, self.ADDRESSES[1])):
             _ip("link", "set", dev, "netns", ns)
             _ip("-n", ns, "addr", "add", f"{address}/24", "dev", dev)
             _ip("-n", ns, "link", "set", "dev", dev, "multicast", "on")

@@ -74,24 +74,8 @@ for line in sys.stdin:
 class Link(Lan):
     """The server's namespace (A) and the client's (B) on one veth pair."""
 
-    def __init__(self, tmp: Path) -> None:
-        super().__init__(tmp)
-        tag = str(os.getpid())
-        self.ns_a, self.ns_b = f"rk-link-a-{tag}", f"rk-link-b-{tag}"
-        self.veth_a, self.veth_b = f"rkla{tag}", f"rklb{tag}"
-        self._next_id = 0
-
-    def create(self) -> None:
-        self.destroy()
-        _ip("netns", "add", self.ns_a)
-        _ip("netns", "add", self.ns_b)
-        _ip("link", "add", self.veth_a, "type", "veth", "peer", "name", self.veth_b)
-        for ns, dev, address in ((self.ns_a, self.veth_a, SERVER_ADDRESS),
-                                 (self.ns_b, self.veth_b, CLIENT_ADDRESS)):
-            _ip("link", "set", dev, "netns", ns)
-            _ip("-n", ns, "addr", "add", f"{address}/24", "dev", dev)
-            _ip("-n", ns, "link", "set", "dev", dev, "up")
-            _ip("-n", ns, "link", "set", "dev", "lo", "up")
+    NAME = "link"
+    ADDRESSES = (SERVER_ADDRESS, CLIENT_ADDRESS)
 
     def cut(self) -> None:
         """The server's side of the link goes away without a word (an access point lost)."""
