@@ -3,6 +3,7 @@ watchdog that lends a reader to connections busy with long requests."""
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
 import weakref
@@ -59,6 +60,16 @@ class _Watchdog:
         with self._lock:
             self._connections.add(conn)
 
+    def close_all(self) -> None:
+        """At interpreter exit: every open connection says goodbye (the peer frees the
+        session at once, instead of keeping it for a resume that will not come)."""
+        for conn in list(self._connections):
+            if not conn.closed:
+                try:
+                    conn.close("the process is exiting")
+                except Exception:
+                    pass
+
     def kick(self) -> None:
         """A tracked connection became busy: make sure the thread runs."""
         if self._thread is None:
@@ -107,3 +118,4 @@ class _Watchdog:
 
 
 _watchdog = _Watchdog()
+atexit.register(_watchdog.close_all)

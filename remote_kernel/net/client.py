@@ -90,7 +90,9 @@ class TcpLink(Link):
         import ssl
 
         try:
-            sock = context.wrap_socket(sock, server_hostname=server_name or host)
+            # A reset link must not look like the peer's goodbye (a TLS close): see session.py.
+            sock = context.wrap_socket(sock, server_hostname=server_name or host,
+                                       suppress_ragged_eofs=False)
         except (ssl.SSLError, OSError) as exc:
             sock.close()
             from remote_kernel.errors import AuthenticationError

@@ -380,7 +380,8 @@ def _tls_handshake(context: ssl.SSLContext, sock: socket.socket, deadline: float
     """The server side of a TLS handshake that ends by ``deadline`` however slowly the
     peer's bytes arrive (a socket timeout alone restarts with every byte), or when
     ``pending`` is evicted."""
-    tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False,
+                              suppress_ragged_eofs=False)  # (see net/session.py: _lost)
     if pending is not None:
         pending.sock = tls  # the descriptor now belongs to it (sock is detached)
     try:

@@ -218,3 +218,46 @@ def test_state_is_unreachable_while_the_link_is_down(relay: ResettingRelay,
     with pytest.raises(rk.ConnectionClosed, match="unreachable for 2 s"):
         items.append(2)
     assert conn.state == "closed"
+
+
+def test_a_tls_session_resumes_over_a_new_tls_link(tmp_path: Path) -> None:
+    certs = pytest.importorskip("tests.hardening.certs", reason="needs cryptography")
+    ca = certs.CertificateAuthority(tmp_path, "rk-resume-ca")
+    pair = ca.issue("server")
+    token = "tls-resume-token"
+    with rk.Server(rk.ClassicService, token=token,
+                   tls={"cert": pair.cert, "key": pair.key}) as server:
+        relay = ResettingRelay(("127.0.0.1", server.port))
+        try:
+            with rk.connect("127.0.0.1", relay.port, token=token,
+                            tls={"ca": ca.ca}) as conn:
+                items = conn.eval("[1]")
+                relay.cut()
+                items.append(2)  # a new TCP link, a new TLS session, the same session
+                assert list(items) == [1, 2]
+                assert relay.accepted == 2
+                assert conn._transport.link.sock.version()  # still TLS
+        finally:
+            relay.close()
+
+
+def test_a_unix_socket_session_resumes_behind_a_bridge(tmp_path: Path) -> None:
+    """A unix socket fails only where a bridge stands in between (an ssh channel, see
+    net/sshserve.py, whose server marks its sessions bridged): then the session resumes."""
+    path = str(tmp_path / "rk.sock")
+    with rk.Server(rk.ClassicService, unix_path=path) as server:
+        sessions = []
+        add = server.sessions.add
+
+        def bridged(session_id: bytes, session: Any) -> None:
+            session.bridged = True
+            sessions.append(session)
+            add(session_id, session)
+
+        server.sessions.add = bridged  # type: ignore[method-assign]
+        with rk.connect_unix(path) as conn:
+            items = conn.eval("[1]")
+            conn._transport.link_lost("the bridge went away")
+            items.append(2)
+            assert list(items) == [1, 2]
+            assert len(sessions) == 1 and conn.state == "open"
