@@ -166,7 +166,10 @@ class Reading:
         return True
 
     def _state_changed(self, state: str) -> None:
-        """The session's state changed (its own thread): tell the listeners."""
+        """The session's state changed (its own thread): tell the listeners. A session
+        that ended closes the connection at once, read or not (its close callbacks run)."""
+        if state == "closed" and not self._closed:
+            self._lost(self._session.failure or "the session ended")
         for callback in list(self.on_state):
             try:
                 callback(state)
