@@ -3,8 +3,10 @@
 # the main venv). `make test` runs it; `make test-matrix` alone runs only this.
 #   MATRIX_VERSIONS  the minor versions (default: those of 3.10 3.11 3.12 3.13 that the main
 #                    venv is not: it runs the whole suite itself)
-#   MATRIX_TESTS     what runs on each (default: the core, hardening and IPython tests), in
-#                    the main suite's two steps: PARALLEL_TESTS under xdist, then SERIAL_TESTS
+#   MATRIX_TESTS     what runs on each (default: the core, hardening and IPython tests that
+#                    make check runs, under xdist: the slow ones and those with timing bounds
+#                    or system state (namespaces, sshd, Dask, browsers) run once, on the
+#                    main venv's Python, in make test's own steps)
 PYENV_ROOT ?= $(HOME)/.pyenv
 # The main venv's Python runs the whole suite already (`make pytest`): not again here.
 MAIN_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
@@ -46,9 +48,7 @@ test-matrix: matrix-envs
 	@for v in $(MATRIX_VERSIONS); do \
 	  echo "=== Python $$v ==="; \
 	  start=$$(date +%s); \
-	  $(MATRIX_DIR)/$$v/bin/python -m pytest $(MATRIX_PYTEST) $(XDIST) $(PARALLEL_TESTS) \
-	    $(MATRIX_TESTS) || exit 1; \
-	  $(MATRIX_DIR)/$$v/bin/python -m pytest $(MATRIX_PYTEST) $(SERIAL_TESTS) \
+	  $(MATRIX_DIR)/$$v/bin/python -m pytest $(MATRIX_PYTEST) $(XDIST) $(FAST_TESTS) \
 	    $(MATRIX_TESTS) || exit 1; \
 	  echo "=== Python $$v: $$(( $$(date +%s) - start )) s ==="; \
 	done
