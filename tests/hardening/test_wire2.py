@@ -374,3 +374,31 @@ def test_the_tls_setting_of_an_advertisement_is_not_used(monkeypatch: Any) -> No
             with pytest.raises(rk.AuthenticationError):
                 targets.connect_advertised(info, "t", rk.VoidService, ValueError(), user_tls)
             assert seen["tls"] == user_tls
+
+
+# -- resuming a session takes its secret, not only the token ----------------------------------
+
+
+def test_a_token_holder_cannot_resume_someone_elses_session(start_server: Any) -> None:
+    """The resume proof is an HMAC with the session's own secret (agreed in its first
+    handshake), bound to the new nonces: the token alone takes over nothing, and the
+    session goes on undisturbed."""
+    from remote_kernel.net.auth import Resume, client_handshake
+    from remote_kernel.net.transports.sockets import SocketTransport
+
+    server = start_server("--classic")
+    with rk.connect("127.0.0.1", server.port, token=server.token) as owner:
+        items = owner.eval("[1]")
+        session_id = owner._transport.session_id
+        attempts = [Resume(session_id, os.urandom(32), 0),  # the token, a guessed secret
+                    Resume(session_id, None, 0)]  # no proof at all
+        for resume in attempts:
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            transport = SocketTransport(sock, "thief")
+            try:
+                with pytest.raises(rk.AuthenticationError, match="not the owner of that session"):
+                    client_handshake(transport, server.token, 10, resume)
+            finally:
+                transport.close()
+        items.append(2)
+        assert list(items) == [1, 2] and owner.state == "open"
