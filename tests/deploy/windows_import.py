@@ -7,16 +7,21 @@ TypeError there."""
 from __future__ import annotations
 
 import asyncio  # noqa: F401  (the standard library's own platform branches, loaded first:
-import ctypes  # on Windows they load modules this machine does not have)
+import ctypes  # on Windows they load modules this machine does not have: _winapi, nt...)
 import importlib
+import importlib.metadata  # noqa: F401
 import json
 import mmap
 import pkgutil
 import select
+import shutil  # noqa: F401
 import signal
 import socket
 import subprocess  # noqa: F401
 import sys
+import tempfile  # noqa: F401
+import zipapp  # noqa: F401
+import zipfile  # noqa: F401
 
 sys.platform = "win32"
 for name in ("fcntl", "termios", "pwd", "grp", "resource", "posix_ipc", "readline"):
