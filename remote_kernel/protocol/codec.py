@@ -56,17 +56,17 @@ class FrameAuthenticator:
         self._keyed = hashlib.blake2b(key=key, digest_size=TAG_SIZE)
         self.count = 0  # frames tagged or checked so far
 
-    def tag(self, length: int, payload: bytes | bytearray | memoryview) -> bytes:
-        """The tag of the next frame (counts it); ``payload`` is read, never copied."""
+    def _tag_of(self, length: int, payload: bytes | bytearray | memoryview) -> bytes:
         hasher = self._keyed.copy()
         hasher.update(_COUNTED_HEADER.pack(self.count, length))
         hasher.update(payload)
-        self.count += 1
         return hasher.digest()
 
-    def skip(self) -> None:
-        """Count a frame whose bytes were let go unread (see FrameDecoder._drain)."""
+    def tag(self, length: int, payload: bytes | bytearray | memoryview) -> bytes:
+        """The tag of the next frame sent (counts it); ``payload`` is read, never copied."""
+        tag = self._tag_of(length, payload)
         self.count += 1
+        return tag
 
     def seal(self, payload: bytes) -> bytes:
         """The next frame, whole: header, payload, tag."""
@@ -75,8 +75,12 @@ class FrameAuthenticator:
 
     def check(self, length: int, payload: bytes | bytearray | memoryview,
               tag: bytes | bytearray | memoryview) -> None:
-        """Raises ProtocolError unless ``tag`` is the next frame's tag for ``payload``."""
-        if not hmac.compare_digest(self.tag(length, payload), tag):
+        """Raises ProtocolError unless ``tag`` is the next frame's tag for ``payload``.
+        Counts nothing: the decoder counts the frame (``count += 1``) as it takes it, in
+        the same few statements, with no call between that a Stop (KeyboardInterrupt
+        raised at any bytecode of the reading thread) could land in — so an interrupted
+        read leaves the decoder and the counter as they were, and reads the frame again."""
+        if not hmac.compare_digest(self._tag_of(length, payload), tag):
             raise ProtocolError("frame failed authentication")
 
 
@@ -254,22 +258,21 @@ class FrameDecoder:
         if big is not None:
             if self._big_got != self._need or self._tag_got != self._frame_tag:
                 return None
-            view, length = self._big_view, self._need
-            landing, self._landing = self._landing, None  # the frame ends: let it go
+            view, length, landing = self._big_view, self._need, self._landing
             drained = landing is not None and landing.withdrawn
-            try:
-                if self._frame_tag:
-                    if drained:
-                        # Its bytes went to scratch and nobody reads them; it is counted
-                        # all the same, so the next frame's tag still binds the order.
-                        self.authenticator.skip()  # type: ignore[union-attr]
-                    else:
-                        self.authenticator.check(length, view, self._tag)  # type: ignore[union-attr]
-            finally:
-                if landing is None:
-                    view.release()  # nothing writes into it any more
-                self._big = self._big_view = self._need = None
-                self._tag_got = 0
+            if self._frame_tag and not drained:
+                self.authenticator.check(length, view, self._tag)  # type: ignore[union-attr]
+            # Taken: the frame and its count change together, with no call between (a Stop
+            # can land at any call; see FrameAuthenticator.check). A drained frame's bytes
+            # went to scratch and nobody reads them: it is counted all the same, so the
+            # next frame's tag still binds the order.
+            if self._frame_tag:
+                self.authenticator.count += 1  # type: ignore[union-attr]
+            self._landing = None  # the frame ends: its offer is let go
+            self._big = self._big_view = self._need = None
+            self._tag_got = 0
+            if landing is None:
+                view.release()  # nothing writes into it any more
             if drained:
                 return b""  # its reader gave up: the reply is dropped, the data with it
             return big
@@ -291,11 +294,12 @@ class FrameDecoder:
         if available >= need + tag:
             stop = start + need
             payload = bytes(self._view[start:stop])
-            self._need = None
             if tag:
                 self.authenticator.check(  # type: ignore[union-attr]
                     need, payload, self._buf[stop:stop + tag])
                 stop += tag
+                self.authenticator.count += 1  # type: ignore[union-attr]  (taken, below)
+            self._need = None
             if stop == end:
                 self._start = self._end = 0
             else:

@@ -402,3 +402,31 @@ def test_a_token_holder_cannot_resume_someone_elses_session(start_server: Any) -
                 transport.close()
         items.append(2)
         assert list(items) == [1, 2] and owner.state == "open"
+
+
+@pytest.mark.parametrize("size", [10, 3_000_000])  # shared buffer, and a large frame
+def test_a_stop_while_a_tag_is_checked_loses_no_frame_and_no_count(size: int) -> None:
+    """Stop raises KeyboardInterrupt at any call of the reading thread, the tag check's
+    included: the frame and its count are taken together after it, so the interrupted
+    read is simply read again (before, the frame was counted and not taken, or taken
+    and not counted: every later frame failed authentication)."""
+    key = secrets.token_bytes(32)
+    payloads = [secrets.token_bytes(size), b"second", b"third"]
+
+    class InterruptedOnce(FrameAuthenticator):
+        calls = 0
+
+        def _tag_of(self, length: int, payload: Any) -> bytes:
+            InterruptedOnce.calls += 1
+            if InterruptedOnce.calls == 1:
+                raise KeyboardInterrupt
+            return super()._tag_of(length, payload)
+
+    decoder = FrameDecoder(1 << 26)
+    decoder.authenticator = InterruptedOnce(key)
+    frames = _tagged_stream(key, payloads)
+    with pytest.raises(KeyboardInterrupt):  # the first frame is in; its check is stopped
+        decoder.feed(frames[0])
+    assert decoder.next_frame() == payloads[0]  # read again, checked, taken
+    assert decoder.feed(frames[1] + frames[2]) == payloads[1:]
+    assert decoder.authenticator.count == 3
