@@ -454,23 +454,29 @@ def _candidates(module: str, qualname: str, builtin_base: str) -> Iterator[type[
             continue
 
 
+def loaded_class(module: str, qualname: str) -> type | None:
+    """The class ``module.qualname`` if this process already has it: looked up in
+    ``sys.modules`` through namespaces only, never imported, no attribute hook run (a
+    peer names it; the exception classes and enum members of a copy are found so)."""
+    found: Any = sys.modules.get(module)
+    if not isinstance(found, types.ModuleType):
+        return None
+    for part in qualname.split("."):
+        if isinstance(found, types.ModuleType):
+            # Not vars(): a lazily loaded module would load on attribute access.
+            namespace = object.__getattribute__(found, "__dict__")
+        elif isinstance(found, type):
+            namespace = type.__getattribute__(found, "__dict__")
+        else:
+            return None
+        found = namespace.get(part)
+    return found if isinstance(found, type) else None
+
+
 def known_class(module: str, qualname: str) -> type[BaseException] | None:
     """The exception class ``module.qualname`` if this process already has it."""
-    if module == "builtins":
-        found = vars(builtins).get(qualname)
-    else:
-        found = sys.modules.get(module)
-        if not isinstance(found, types.ModuleType):
-            return None
-        for part in qualname.split("."):
-            if isinstance(found, types.ModuleType):
-                # Not vars(): a lazily loaded module would load on attribute access.
-                namespace = object.__getattribute__(found, "__dict__")
-            elif isinstance(found, type):
-                namespace = type.__getattribute__(found, "__dict__")
-            else:
-                return None
-            found = namespace.get(part)
+    found = vars(builtins).get(qualname) if module == "builtins" \
+        else loaded_class(module, qualname)
     if isinstance(found, type) and issubclass(found, BaseException):
         return found
     return None

@@ -47,13 +47,13 @@ import os
 import pathlib
 import re
 import sys
-import types
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
+from remote_kernel.protocol.exceptions import loaded_class
 from remote_kernel.protocol.messages import Ext
 
 MAX_DIGITS = 4300  # Python's own default limit for int <-> str conversions
@@ -338,21 +338,10 @@ def _enum_from(data: bytes) -> enum.Enum:
 
 
 def _known_enum(module: str, qualname: str) -> type | None:
-    """The enum class ``module.qualname`` if this process already has it: looked up in
-    ``sys.modules`` through namespaces only (as exception classes are), nothing imported
-    and no attribute hook run."""
-    found: Any = sys.modules.get(module)
-    if not isinstance(found, types.ModuleType):
-        return None
-    for part in qualname.split("."):
-        if isinstance(found, types.ModuleType):
-            namespace = object.__getattribute__(found, "__dict__")
-        elif isinstance(found, type):
-            namespace = type.__getattribute__(found, "__dict__")
-        else:
-            return None
-        found = namespace.get(part)
-    if isinstance(found, type) and enum.Enum in type.__getattribute__(found, "__mro__"):
+    """The enum class ``module.qualname`` if this process already has it (found as
+    exception classes are: exceptions.loaded_class)."""
+    found = loaded_class(module, qualname)
+    if found is not None and enum.Enum in type.__getattribute__(found, "__mro__"):
         return found
     return None
 
