@@ -9,13 +9,13 @@ import http
 import pathlib
 import zoneinfo
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 import remote_kernel as rk
 from remote_kernel.ipython.registry import get_registry
+from tests.ipython.test_shell import run
 
 
 @pytest.fixture
@@ -26,14 +26,6 @@ def lab(shell: InteractiveShell, classic_server) -> Iterator[rk.Connection]:
     if "lab" in get_registry().entries:
         shell.run_line_magic("remote", "close lab")
 
-
-def run(shell: InteractiveShell, code: str) -> Any:
-    result = shell.run_cell(code)
-    if result.error_in_exec is not None:
-        raise result.error_in_exec
-    if result.error_before_exec is not None:
-        raise result.error_before_exec
-    return result.result
 
 
 def test_remote_outputs_and_pull_give_the_values(shell, lab) -> None:

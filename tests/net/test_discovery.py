@@ -455,8 +455,13 @@ def _need_root_and_iproute2() -> None:
 
 @pytest.fixture(scope="module")
 def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lan]:
+    yield from namespaces(Lan(tmp_path_factory.mktemp("lan")))
+
+
+def namespaces(net: Lan) -> Iterator[Lan]:
+    """A module fixture's body: ``net`` made (skipped where namespaces cannot be), yielded,
+    destroyed."""
     _need_root_and_iproute2()
-    net = Lan(tmp_path_factory.mktemp("lan"))
     try:
         net.create()
     except subprocess.CalledProcessError as exc:

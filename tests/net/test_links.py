@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.net.test_discovery import IP, Lan, Proc, _ip, _need_root_and_iproute2
+from tests.net.test_discovery import IP, Lan, Proc, _ip, namespaces
 
 pytestmark = [pytest.mark.serial, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -151,17 +151,7 @@ class Client:
 
 @pytest.fixture(scope="module")
 def link(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Link]:
-    _need_root_and_iproute2()
-    net = Link(tmp_path_factory.mktemp("link"))
-    try:
-        net.create()
-    except subprocess.CalledProcessError as exc:
-        net.destroy()
-        pytest.skip(f"cannot create network namespaces here: {exc.stderr.decode().strip()}")
-    try:
-        yield net
-    finally:
-        net.destroy()
+    yield from namespaces(Link(tmp_path_factory.mktemp("link")))  # type: ignore[misc]
 
 
 @pytest.fixture
