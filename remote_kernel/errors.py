@@ -13,9 +13,12 @@ How the remote frames reach every traceback printout
 A received exception carries the peer's frames as data (``remote_frames``), not as Python
 frames. Three printers show them:
 
-- IPython and the notebook call ``_render_traceback_``, which the IPython layer implements
-  with IPython's own formatters (``ipython/tracebacks.py``), so ``%xmode`` and ``%colors``
-  apply.
+- IPython and the notebook call ``_render_traceback_``. An error shows as the
+  :class:`ErrorRendering` it carries says: the plain one (the standard traceback's text) by
+  default; a connection stamps the errors it raises with the rendering of the hooks it was
+  built with (``core/hooks.py``), which in a notebook is the IPython layer's
+  (``ipython/tracebacks.py``: IPython's own formatters, so ``%xmode`` and ``%colors``
+  apply, and the reconnect hint).
 - The standard ``traceback`` module (``traceback.print_exc()``, ``logging.exception``,
   pytest, an uncaught exception) prints PEP 678 notes on Python 3.11+: each remote exception
   has one extra note, its remote frames, computed when first read (``__notes__`` is a
@@ -38,15 +41,8 @@ import contextlib
 import contextvars
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, NamedTuple
-
-# How IPython shows our errors. The IPython layer (``remote_kernel.ipython.tracebacks``) sets
-# these when it loads; until then the standard ``traceback`` text is used. A hook rather than
-# an import, so this bottom module depends on nothing of the package.
-render_remote_error: Callable[[Any], list[str]] | None = None
-render_connection_closed: Callable[[Any], list[str]] | None = None
-render_one_line: Callable[[BaseException], list[str]] | None = None
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple, TypeVar
 
 HAS_NOTES = sys.version_info >= (3, 11)  # the traceback module prints __notes__
 _hide_note: contextvars.ContextVar[bool] = contextvars.ContextVar("rk_hide_note", default=False)
@@ -54,6 +50,41 @@ _hide_note: contextvars.ContextVar[bool] = contextvars.ContextVar("rk_hide_note"
 
 def _plain(exc: BaseException) -> list[str]:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()
+
+
+class ErrorRendering:
+    """How an error of this package shows where ``_render_traceback_`` is used (IPython, the
+    proxy kernel, a group's summary): these are the plain texts. A layer above subclasses it
+    and gives it to the connections it builds (``ConnectionHooks(error_rendering=...)``);
+    each error a connection raises carries its connection's (:func:`rendered_by`)."""
+
+    def remote_error(self, exc: RemoteError) -> list[str]:
+        """A peer's exception: its chain with the remote frames."""
+        return _plain(exc)
+
+    def connection_closed(self, exc: ConnectionClosed) -> list[str]:
+        """One line naming the peer, not a stack of plumbing."""
+        return [f"ConnectionClosed: {exc}"]
+
+    def one_line(self, exc: BaseException) -> list[str]:
+        """A Stop or a timeout while waiting for the peer: the frames of the wait say nothing."""
+        return [f"{type(exc).__name__}: {exc}"]
+
+
+PLAIN_RENDERING = ErrorRendering()
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def rendered_by(exc: _E, rendering: ErrorRendering) -> _E:
+    """``exc``, which now shows as ``rendering`` says (returned, to be raised)."""
+    if rendering is not PLAIN_RENDERING:
+        exc.__dict__["_rk_rendering"] = rendering
+    return exc
+
+
+def _rendering(exc: BaseException) -> ErrorRendering:
+    return exc.__dict__.get("_rk_rendering", PLAIN_RENDERING)
 
 
 class RemoteKernelError(Exception):
@@ -69,9 +100,7 @@ class ConnectionClosed(RemoteKernelError, EOFError):
 
     def _render_traceback_(self) -> list[str]:
         """In a notebook: one line naming the peer, not a stack of plumbing."""
-        if render_connection_closed is None:
-            return [f"ConnectionClosed: {self}"]
-        return render_connection_closed(self)
+        return _rendering(self).connection_closed(self)
 
 
 class RequestTimeout(RemoteKernelError, TimeoutError):
@@ -83,9 +112,7 @@ class RequestTimeout(RemoteKernelError, TimeoutError):
 
 
 def _one_line(exc: BaseException) -> list[str]:
-    if render_one_line is not None:
-        return render_one_line(exc)
-    return [f"{type(exc).__name__}: {exc}"]
+    return _rendering(exc).one_line(exc)
 
 
 class AuthenticationError(RemoteKernelError):
@@ -250,9 +277,7 @@ class RemoteError(RemoteKernelError):
 
     def _render_traceback_(self) -> list[str]:
         """IPython calls this instead of formatting the local traceback."""
-        if render_remote_error is None:
-            return _plain(self)
-        return render_remote_error(self)
+        return _rendering(self).remote_error(self)
 
 
 def _section(exc: BaseException) -> list[str]:
@@ -278,13 +303,14 @@ class RemoteTraceback(Exception):
         return "\n" + self.exc.remote_traceback.rstrip("\n")
 
 
-def mark_stop(exc: BaseException, peer: str) -> BaseException:
+def mark_stop(exc: BaseException, peer: str,
+              rendering: ErrorRendering = PLAIN_RENDERING) -> BaseException:
     """The user's own Ctrl-C (the Stop button) ended a wait on ``peer``: the request was
     cancelled there. In IPython it shows as one line, without the frames of the wait."""
     if not exc.args:
         exc.args = (f"the call to {peer} was interrupted; the connection stays usable",)
     exc._render_traceback_ = _StopLines(exc)  # type: ignore[attr-defined]
-    return exc
+    return rendered_by(exc, rendering)
 
 
 class _StopLines:
@@ -338,9 +364,11 @@ class GroupError(RemoteKernelError):
 
 
 __all__ = [
+    "PLAIN_RENDERING",
     "AccessDenied",
     "AuthenticationError",
     "ConnectionClosed",
+    "ErrorRendering",
     "GroupError",
     "ProtocolError",
     "RemoteError",

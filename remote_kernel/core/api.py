@@ -13,7 +13,7 @@ from typing import Any
 from remote_kernel.core.asyncresult import AsyncResult
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import BaseNetref, RemoteMethod
-from remote_kernel.errors import ProtocolError, RemoteKernelError, RequestTimeout
+from remote_kernel.errors import ProtocolError, RemoteKernelError, RequestTimeout, rendered_by
 from remote_kernel.protocol import uninit
 from remote_kernel.protocol.boxing import OOB_MIN, BatchCalls, ByValue, Kwargs
 from remote_kernel.protocol.landing import Landing
@@ -157,7 +157,8 @@ def _receive(conn: Connection, read: _Read, views: list[memoryview]) -> None:
     try:
         result.wait(timeout)
     except RequestTimeout:
-        raise RequestTimeout(f"no reply from {conn.peer} within {timeout} s") from None
+        raise rendered_by(RequestTimeout(f"no reply from {conn.peer} within {timeout} s"),
+                          conn._hooks.error_rendering) from None
     chunk = result.value
     landing = read.landing
     if landing is not None and chunk is landing.view:  # received in place

@@ -9,7 +9,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout, mark_stop
+from remote_kernel.errors import (
+    ConnectionClosed,
+    ProtocolError,
+    RequestTimeout,
+    mark_stop,
+    rendered_by,
+)
 
 if TYPE_CHECKING:
     from remote_kernel.core.connection import Connection
@@ -116,10 +122,11 @@ class AsyncResult:
             self._conn._drive_until(lambda: self._outcome is not None, deadline)
         except RequestTimeout:
             what = "expired" if self.expired else f"not ready within {timeout} s"
-            raise RequestTimeout(f"result #{self._seq} from {self._conn.peer} {what}") from None
+            raise rendered_by(RequestTimeout(f"result #{self._seq} from {self._conn.peer} {what}"),
+                              self._conn._hooks.error_rendering) from None
         except KeyboardInterrupt as exc:
             self._conn._cancel(self._seq)
-            mark_stop(exc, self._conn.peer)
+            mark_stop(exc, self._conn.peer, self._conn._hooks.error_rendering)
             raise
 
     @property
@@ -135,7 +142,7 @@ class AsyncResult:
         ok, value = self._outcome
         if ok:
             return value
-        raise value
+        raise rendered_by(value, self._conn._hooks.error_rendering)
 
     def __await__(self) -> Any:
         if self._outcome is None:

@@ -44,7 +44,13 @@ from remote_kernel.core.reading import DELIVERY_SLICE, READ_SLICE, Reading
 from remote_kernel.core.sending import MAX_BUFFERS, Sending
 from remote_kernel.core.serving import _watchdog
 from remote_kernel.core.transport import FrameReader, Transport
-from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout, mark_stop
+from remote_kernel.errors import (
+    ConnectionClosed,
+    ProtocolError,
+    RequestTimeout,
+    mark_stop,
+    rendered_by,
+)
 from remote_kernel.protocol.boxing import Boxer, Kwargs, ObjectTable
 from remote_kernel.protocol.codec import CHUNK, MAX_FRAME, pack
 from remote_kernel.protocol.describe import Descriptor, describe_type
@@ -278,7 +284,7 @@ class Connection(Reading, Sending, Dispatching):
             self._interrupted.discard(seq)
         if ok:
             return value
-        raise value
+        raise rendered_by(value, self._hooks.error_rendering)
 
     def _as_local_stop(self, seq: int, error: BaseException) -> BaseException:
         """The KeyboardInterrupt a peer sends back for a request WE cancelled is our own
@@ -288,7 +294,7 @@ class Connection(Reading, Sending, Dispatching):
             return error
         self._interrupted.discard(seq)
         if getattr(error, "remote_type", "") == "builtins.KeyboardInterrupt":
-            return mark_stop(KeyboardInterrupt(), self.peer)
+            return mark_stop(KeyboardInterrupt(), self.peer, self._hooks.error_rendering)
         return error
 
     def call(self, obj: Any, name: str, /, *args: Any, timeout: Any = _DEFAULT,
@@ -417,7 +423,8 @@ class Connection(Reading, Sending, Dispatching):
 
     def _closed_error(self) -> ConnectionClosed:
         reason = f": {self._close_reason}" if self._close_reason else ""
-        return ConnectionClosed(f"connection to {self.peer} is closed{reason}")
+        return rendered_by(ConnectionClosed(f"connection to {self.peer} is closed{reason}"),
+                           self._hooks.error_rendering)
 
     def _lost(self, reason: str) -> None:
         if not self._closed:

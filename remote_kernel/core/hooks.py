@@ -2,8 +2,8 @@
 
 A :class:`~remote_kernel.core.connection.Connection` takes ``hooks=`` (a
 :class:`ConnectionHooks`: what to call with each new connection, where a request's output
-goes) and a :class:`~remote_kernel.core.group.Group` takes ``resolvers=``. Built without
-them, they use the process's one :data:`PROCESS_HOOKS`, which starts empty (plain core
+goes, how its errors show) and a :class:`~remote_kernel.core.group.Group` takes
+``resolvers=``. Built without them, they use the process's one :data:`PROCESS_HOOKS`, which starts empty (plain core
 behaviour) and which the IPython extension fills while it is loaded, so that a connection
 that user code opens in a notebook is served from the kernel's loop and prints into the
 cell that caused its output. A test or an embedding passes a ``ConnectionHooks()`` of its
@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from remote_kernel.errors import PLAIN_RENDERING, ErrorRendering
 
 if TYPE_CHECKING:
     from remote_kernel.core.connection import Connection
@@ -46,14 +48,18 @@ class ConnectionHooks:
     hook is logged, never raised). ``output_routing``: an :class:`OutputRouting`, or None
     for output that goes wherever the serving thread's output goes. ``resolvers``: tried in
     order for each member given to a Group; the first that returns a Member wins.
+    ``error_rendering``: how the errors a connection raises show in ``_render_traceback_``
+    (errors.ErrorRendering; the plain texts by default).
     Consulted when used, so a change applies to the objects already built with it."""
 
     def __init__(self, on_new: list[Callable[[Connection], None]] | None = None,
                  output_routing: OutputRouting | None = None,
-                 resolvers: list[Callable[[Any], Any]] | None = None) -> None:
+                 resolvers: list[Callable[[Any], Any]] | None = None,
+                 error_rendering: ErrorRendering = PLAIN_RENDERING) -> None:
         self.on_new: list[Callable[[Connection], None]] = list(on_new or ())
         self.output_routing = output_routing
         self.resolvers: list[Callable[[Any], Any]] = list(resolvers or ())
+        self.error_rendering = error_rendering
 
     def connection_made(self, conn: Connection) -> None:
         """Run the ``on_new`` hooks for ``conn``."""

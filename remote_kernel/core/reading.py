@@ -25,9 +25,16 @@ from typing import Any
 
 from remote_kernel.config import ProtocolConfig
 from remote_kernel.core.asyncresult import AsyncResult
+from remote_kernel.core.hooks import ConnectionHooks
 from remote_kernel.core.sending import MAX_BUFFERS
 from remote_kernel.core.transport import FrameReader
-from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout, mark_stop
+from remote_kernel.errors import (
+    ConnectionClosed,
+    ProtocolError,
+    RequestTimeout,
+    mark_stop,
+    rendered_by,
+)
 from remote_kernel.protocol.boxing import Boxer, buffers_announced, buffers_reply_to
 from remote_kernel.protocol.landing import Landing
 from remote_kernel.protocol.messages import BUFFERS, EXCEPTION, REPLY
@@ -66,6 +73,7 @@ class Reading:
     _closed: bool
     _messages_in: int
     _bytes_in: int
+    _hooks: ConnectionHooks
 
     # -- the reader role -------------------------------------------------------------------
 
@@ -118,10 +126,12 @@ class Reading:
             self._drive_until(lambda: seq in replies, deadline)
         except RequestTimeout:
             self._replies.pop(seq, None)
-            raise RequestTimeout(f"no reply from {self.peer} within {timeout} s") from None
+            raise rendered_by(RequestTimeout(f"no reply from {self.peer} within {timeout} s"),
+                              self._hooks.error_rendering) from None
         except KeyboardInterrupt as exc:  # the user's Ctrl-C / Stop: cancel it over there
             self._cancel(seq)
-            mark_stop(exc, self.peer)  # one short line in IPython, no frames of the wait
+            # One short line in IPython, no frames of the wait.
+            mark_stop(exc, self.peer, self._hooks.error_rendering)
             raise
         return replies.pop(seq)
 

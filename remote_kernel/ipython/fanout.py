@@ -34,6 +34,7 @@ from remote_kernel.errors import GroupError, mark_stop
 from remote_kernel.ipython.display import untrusted_bundle
 from remote_kernel.ipython.registry import ConnectionRegistry
 from remote_kernel.ipython.sink import NotebookSink
+from remote_kernel.ipython.tracebacks import IPYTHON_RENDERING
 from remote_kernel.outputs.filter import sanitize_text_stream
 
 _LINE = re.compile(r"(\r\n|\n|\r)")
@@ -154,7 +155,7 @@ class RegistryGroup(Group):
 def _stopped(names: Sequence[str]) -> KeyboardInterrupt:
     """The Stop button's KeyboardInterrupt: one short line, as for a single peer."""
     stop = KeyboardInterrupt(f"interrupted on {', '.join(names)}; the connections stay usable")
-    return mark_stop(stop, ", ".join(names))  # type: ignore[return-value]
+    return mark_stop(stop, ", ".join(names), IPYTHON_RENDERING)  # type: ignore[return-value]
 
 
 def running_cell(shell: Any, cell: str) -> dict[str, Any]:

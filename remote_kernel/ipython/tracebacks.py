@@ -33,7 +33,14 @@ from typing import Any
 from pygments.token import Token
 
 from remote_kernel import errors
-from remote_kernel.errors import RemoteError, RemoteFrame, chain_of, traceback_note_hidden
+from remote_kernel.core.hooks import PROCESS_HOOKS
+from remote_kernel.errors import (
+    ErrorRendering,
+    RemoteError,
+    RemoteFrame,
+    chain_of,
+    traceback_note_hidden,
+)
 from remote_kernel.outputs.filter import sanitize_text_stream
 from remote_kernel.protocol.frames import user_tracebacks
 
@@ -303,30 +310,32 @@ def remote_frames_only() -> Iterator[None]:
         raise
 
 
-def render_remote_error(exc: Any) -> list[str]:
-    """``RemoteError._render_traceback_``: the structured traceback IPython shows. The peer
-    wrote its messages and source lines: terminal escapes other than colours (an OSC 52
-    clipboard write in a terminal IPython) and bidi overrides are removed, trusted or not."""
-    try:
-        lines = RemoteTracebackFormatter().structured(exc)
-    except Exception:  # never hide the error behind a failure to format it
-        lines = [*errors._plain(exc)]
-    return [sanitize_text_stream(str(line)) for line in lines]
+class IPythonRendering(ErrorRendering):
+    """How errors show in IPython and the notebook: IPython's own formatters (``%xmode``,
+    ``%colors``), and the text the peer wrote cleaned of terminal escapes other than colours
+    (an OSC 52 clipboard write in a terminal IPython) and of bidi overrides, trusted or not."""
+
+    def remote_error(self, exc: Any) -> list[str]:
+        try:
+            lines = RemoteTracebackFormatter().structured(exc)
+        except Exception:  # never hide the error behind a failure to format it
+            lines = [*errors._plain(exc)]
+        return [sanitize_text_stream(str(line)) for line in lines]
+
+    def connection_closed(self, exc: Any) -> list[str]:
+        """One line for a dead connection; the reconnect hint only where it applies."""
+        text = str(exc)
+        if "reconnect" not in text:
+            name = _registered_name(text)
+            if name is not None:
+                text += f" (%remote reconnect {name} connects again)"
+        return [_one_line("ConnectionClosed", text)]
+
+    def one_line(self, exc: BaseException) -> list[str]:
+        return [_one_line(type(exc).__name__, str(exc))]
 
 
-def render_connection_closed(exc: Any) -> list[str]:
-    """One line for a dead connection; the reconnect hint only where it applies."""
-    text = str(exc)
-    if "reconnect" not in text:
-        name = _registered_name(text)
-        if name is not None:
-            text += f" (%remote reconnect {name} connects again)"
-    return [_one_line("ConnectionClosed", text)]
-
-
-def render_one_line(exc: BaseException) -> list[str]:
-    """A Stop or a timeout while waiting for the peer: one line, no frames of the wait."""
-    return [_one_line(type(exc).__name__, str(exc))]
+IPYTHON_RENDERING = IPythonRendering()
 
 
 def _one_line(name: str, text: str) -> str:
@@ -371,7 +380,5 @@ def restore_syntax_error(shell: Any) -> None:
 
 
 def install() -> None:
-    """Make remote errors, a closed connection, a Stop and a timeout render here."""
-    errors.render_remote_error = render_remote_error
-    errors.render_connection_closed = render_connection_closed
-    errors.render_one_line = render_one_line
+    """Connections built with the process's hooks (core/hooks.py) render their errors here."""
+    PROCESS_HOOKS.error_rendering = IPYTHON_RENDERING
