@@ -5,6 +5,9 @@ from it, so a subcommand or an option is written down once.
 
 The README's Magics table cannot be generated at run time; a test checks it against this
 table instead (tests/ipython/test_subcommands.py).
+
+Reading a parser back (its actions, an option's action, an action's invocation) uses
+argparse's underscored attributes, as argcomplete does: argparse has no public way.
 """
 
 from __future__ import annotations
@@ -68,7 +71,6 @@ class Subcommand:
             return self.parser.parse_argstring(rest)
         except (UsageError, ValueError) as exc:  # ValueError: an unclosed quote
             raise UsageError(f"%remote {self.name}: {exc}\n{self.usage}") from None
-
 
 
 def subcommand(name: str, summary: str) -> Callable[[Any], Any]:
