@@ -17,11 +17,12 @@ from IPython.core.completer import SimpleCompletion, context_matcher
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import BaseNetref
 from remote_kernel.errors import RemoteKernelError
+from remote_kernel.ipython import subcommands
 
 CACHE_SECONDS = 2.0
 TIMEOUT = 5.0  # seconds a completion may take on the peer
 _KEY_EXPRESSION = re.compile(r"([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*)\[\s*(['\"]?)([^'\"\]]*)$")
-_MAGIC_LINE = re.compile(r"^\s*%remote\s+(\w*)(?:\s+([\w.-]*))?$")
+_MAGIC_LINE = re.compile(r"^\s*(%%?)remote[ \t]+(.*)$")
 _ATTRIBUTE_TOKEN = re.compile(r"([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*)\.(\w*)$")
 
 
@@ -115,31 +116,42 @@ class RemoteCompleter:
                 "suppress": True, "matched_fragment": fragment}
 
     def magic_completions(self, line: str) -> dict[str, Any] | None:
-        """``%remote <TAB>``: subcommands; ``%remote connect <TAB>``: live connection files
-        and ``subprocess``; ``%remote use|close|ping|reconnect <TAB>``: connection names.
-        All local: no request."""
+        """``%remote <TAB>``: the subcommands; after one, its options (``--<TAB>``), an
+        option's choices, and by the metavar of the argument being typed: live connection
+        files and ``subprocess`` (TARGET), connection names (NAME), group names (GROUP) or
+        both (MEMBER). ``%%remote <TAB>`` on the cell's first line likewise. All local: no
+        request."""
         match = _MAGIC_LINE.match(line)
         if match is None:
             return None
-        from remote_kernel.ipython.magics import SUBCOMMANDS
-        from remote_kernel.ipython.registry import get_registry
-        from remote_kernel.net import connfile
+        from remote_kernel.ipython.magics import CELL_PARSER, SUBCOMMANDS
 
-        command, argument = match.group(1), match.group(2)
-        if argument is None:
-            choices: list[str] = list(SUBCOMMANDS)
-            prefix = command
-        elif command == "connect":
-            choices = [str(info.get("name")) for info in connfile.available()] + ["subprocess"]
-            prefix = argument
-        elif command in ("use", "close", "ping", "reconnect"):
-            choices = list(get_registry().entries)
-            prefix = argument
+        words = re.split(r"[ \t]", match.group(2))
+        if match.group(1) == "%%":
+            parser = CELL_PARSER
+        elif len(words) == 1:
+            if not re.fullmatch(r"\w*", words[0]):
+                return None
+            return _offer(list(SUBCOMMANDS), words[0])
+        elif words[0] in SUBCOMMANDS:
+            parser = SUBCOMMANDS[words[0]].parser
+            words = words[1:]
         else:
-            return None
-        found = [c for c in choices if c.startswith(prefix)]
-        return {"completions": [SimpleCompletion(c, type="magic") for c in found],
-                "suppress": bool(found), "matched_fragment": prefix}
+            return None  # an expression: attribute completion may apply
+        *before, prefix = [word for word in words[:-1] if word] + [words[-1]]
+        if prefix.startswith("-"):
+            return _offer(subcommands.options(parser), prefix)
+        option = subcommands.option_action(parser, before[-1]) if before else None
+        if option is not None:
+            metavar = str(option.metavar or "")
+            if option.choices:
+                return _offer([str(choice) for choice in option.choices], prefix)
+        else:
+            metavar = subcommands.positional_metavar(parser, before) or ""
+            if parser is CELL_PARSER and metavar == "NAME":
+                metavar = "MEMBER"  # a cell runs on connections and groups
+        choices = _metavar_choices(metavar)
+        return None if choices is None else _offer(choices, prefix)
 
     # -- the matcher --------------------------------------------------------------------------
 
@@ -174,6 +186,29 @@ class RemoteCompleter:
                        and (show_private or not name.startswith("_"))]
         return {"completions": completions, "suppress": True,
                 "matched_fragment": f"{base}.{prefix}"}
+
+
+def _offer(choices: list[str], prefix: str) -> dict[str, Any]:
+    found = [choice for choice in choices if choice.startswith(prefix)]
+    return {"completions": [SimpleCompletion(choice, type="magic") for choice in found],
+            "suppress": bool(found), "matched_fragment": prefix}
+
+
+def _metavar_choices(metavar: str) -> list[str] | None:
+    """What completes where the magics' parsers say TARGET, NAME, GROUP or MEMBER."""
+    from remote_kernel.ipython.registry import get_registry
+    from remote_kernel.net import connfile
+
+    registry = get_registry()
+    if metavar == "TARGET":
+        return [str(info.get("name")) for info in connfile.available()] + ["subprocess"]
+    if metavar == "NAME":
+        return list(registry.entries)
+    if metavar == "GROUP":
+        return list(registry.groups)
+    if metavar == "MEMBER":
+        return [*registry.entries, *registry.groups]
+    return None
 
 
 _MISSING = object()

@@ -22,99 +22,49 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+from argparse import Namespace
 from collections.abc import Iterator
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument
 
 from remote_kernel.core.api import deliver, obtain
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import is_netref
 from remote_kernel.errors import RemoteKernelError, RequestTimeout
-from remote_kernel.ipython import fanout
+from remote_kernel.ipython import fanout, subcommands
 from remote_kernel.ipython.registry import ConnectionEntry, get_registry
 from remote_kernel.ipython.sink import NotebookSink
+from remote_kernel.ipython.subcommands import build_parser, subcommand
 from remote_kernel.ipython.tracebacks import remote_frames_only
 from remote_kernel.ipython.widgets import bridge_for
 
-SUBCOMMANDS = ("connect", "list", "use", "close", "ping", "reconnect", "pull", "push",
-               "group", "discover")
-
-USAGE = """\
-%remote connect TARGET... [--name NAME] [--token-file F] [--service classic|void] [--trust]
-%remote list | use NAME | close [NAME|--all] | ping [NAME] | reconnect [NAME]
-%remote pull NAME... | push NAME... | %remote EXPR
-%remote group [NAME [MEMBER...]] | discover [--timeout S] [--interface IP]
-%%remote [NAME...|--all] [-i a,b] [-o c,d] [--timeout S]"""
+# Arguments several subcommands share (each `argument` may decorate many handlers). The
+# metavars also say what completes there (completion.py): NAME a connection, TARGET a target.
+_connection_name = argument("name", nargs="?", metavar="NAME",
+                            help="connection name (default: the current one)")
+_variables = argument("names", nargs="+", metavar="VARIABLE", help="variable names")
+_on_connection = argument("--on", dest="connection", metavar="NAME",
+                          help="connection name (default: the current one)")
 
 
-@magic_arguments()
-@argument("targets", nargs="+", metavar="TARGET",
-          help="a connection-file name or path, host:port, a unix socket path, "
-               "'subprocess' (a local child interpreter), ssh:user@host, or the name of a "
-               "server advertised on the network; several connect at once")
-@argument("--name", help="the variable the connection is bound to (default: from TARGET)")
-@argument("--token-file", help="read the token from this file")
-@argument("--service", choices=("void", "classic"), default="void",
-          help="what this notebook exposes to the peer: nothing (void, the default) or "
-               "its whole interpreter (classic)")
-@argument("--trust", action="store_true",
-          help="publish the peer's display output unfiltered (HTML scripts, JavaScript); "
-               "only for a peer you control")
-def _connect_args(line: str) -> None:
-    """%remote connect TARGET: connect and bind the connection to a variable."""
-
-
-@magic_arguments()
-@argument("name", nargs="?", help="connection name (default: the current connection)")
-@argument("--all", action="store_true", help="close every connection")
-def _close_args(line: str) -> None:
-    """%remote close [NAME|--all]"""
-
-
-@magic_arguments()
-@argument("name", nargs="?", help="connection name (default: the current one)")
-def _name_args(line: str) -> None:
-    """%remote use|ping|reconnect [NAME]"""
-
-
-@magic_arguments()
-@argument("names", nargs="+", help="variable names")
-@argument("--on", dest="connection", help="connection name (default: the current one)")
-def _names_args(line: str) -> None:
-    """%remote pull|push NAME..."""
-
-
-@magic_arguments()
 @argument("names", nargs="*", metavar="NAME",
           help="connection or group names (default: the current connection); with several, "
                "the cell runs on each at the same time")
 @argument("--all", action="store_true", help="run on every open connection at once")
-@argument("-i", "--inputs", default="", help="local variables to send in, comma separated")
-@argument("-o", "--outputs", default="",
+@argument("-i", "--inputs", default="", metavar="a,b",
+          help="local variables to send in, comma separated")
+@argument("-o", "--outputs", default="", metavar="c,d",
           help="remote variables to bring back (from several peers: {peer: value} each)")
-@argument("--timeout", type=float, default=None,
+@argument("--timeout", type=float, default=None, metavar="S",
           help="seconds before the cell is abandoned (default: none; Stop interrupts)")
-def _cell_args(line: str) -> None:
-    """%%remote [NAME...|--all] [-i a,b] [-o c,d] [--timeout S]"""
+def _cell_arguments() -> None:
+    """The arguments of %%remote (its parser is CELL_PARSER)."""
 
 
-@magic_arguments()
-@argument("name", nargs="?", help="the group's name (a variable bound to the group)")
-@argument("members", nargs="*", metavar="MEMBER",
-          help="connection names, group names or targets (those are connected)")
-@argument("--token-file", help="token for the members this connects")
-def _group_args(line: str) -> None:
-    """%remote group [NAME [MEMBER...]]"""
-
-
-@magic_arguments()
-@argument("--timeout", type=float, default=2.0, help="seconds to listen (default 2)")
-@argument("--interface", metavar="IP", help="listen on this address of this host only")
-def _discover_args(line: str) -> None:
-    """%remote discover [--timeout S] [--interface IP]"""
+CELL_PARSER = build_parser("%remote", None, _cell_arguments)
 
 
 class RoundTrip(float):
@@ -180,29 +130,6 @@ class RemoteMagics(Magics):
     def remote(self, line: str) -> Any:
         """Drive remote interpreters.
 
-        Usage::
-
-            %remote connect TARGET... [--name NAME] [--token-file F] [--service classic|void]
-                    [--trust]
-                TARGET is a connection-file name (from `remote-kernel serve --name NAME`)
-                or path, host:port, a unix socket path, `subprocess` (a local child
-                interpreter), ssh:user@host, or the name of a server advertised on the
-                network (`remote-kernel serve --advertise`; it still needs its token:
-                --token-file). The connection is bound to NAME in the notebook and becomes
-                the current one. Several targets connect at once (`ssh:pi1 ssh:pi2`).
-            %remote list                 table of connections: state, latency, traffic
-            %remote use NAME             make NAME the current connection
-            %remote close [NAME|--all]   close one (default: the current) or all
-            %remote ping [NAME]          round-trip time (returned, in seconds)
-            %remote reconnect [NAME]     connect again to the same target
-            %remote pull x y             copy remote variables here (by value if possible)
-            %remote push x y             copy local variables there
-            %remote group NAME a b c     a named group: `%%remote NAME` runs on a, b, c;
-                                         NAME is bound to it (an rk.Group)
-            %remote group                the groups
-            %remote discover             table of servers advertised on the network
-            %remote EXPR                 evaluate EXPR remotely and return the result
-
         Example::
 
             In [1]: %remote connect subprocess --name sub
@@ -213,9 +140,9 @@ class RemoteMagics(Magics):
         if not line:
             raise UsageError(f"%remote needs a subcommand or an expression\n{USAGE}")
         command, _, rest = line.partition(" ")
-        handler = getattr(self, f"_do_{command}", None) if command in SUBCOMMANDS else None
-        if handler is not None:
-            return handler(rest.strip())
+        found = SUBCOMMANDS.get(command)
+        if found is not None:
+            return found.handler(self, found.parse(rest.strip()))
         self._reject_typo(command, line)
         return self._eval(line)
 
@@ -239,13 +166,25 @@ class RemoteMagics(Magics):
         except KeyError as exc:
             raise UsageError(str(exc.args[0])) from None
 
-    # -- subcommands ------------------------------------------------------------------------
+    # -- subcommands: each handler takes the arguments its parser made ---------------------
 
-    def _parse(self, func: Any, rest: str) -> Any:
-        return parse_argstring(func, rest)
-
-    def _do_connect(self, rest: str) -> None:
-        args = self._parse(_connect_args, rest)
+    @subcommand("connect", "connect to each TARGET and bind the connection to a variable; "
+                           "the last becomes the current one")
+    @argument("targets", nargs="+", metavar="TARGET",
+              help="a connection-file name (from `remote-kernel serve --name NAME`) or path, "
+                   "host:port, a unix socket path, 'subprocess' (a local child interpreter), "
+                   "ssh:user@host, dask:ADDRESS (every worker, as a group), or the name of a "
+                   "server advertised on the network (`remote-kernel serve --advertise`; it "
+                   "still needs its token: --token-file); several connect at once")
+    @argument("--name", help="the variable the connection is bound to (default: from TARGET)")
+    @argument("--token-file", metavar="FILE", help="read the token from this file")
+    @argument("--service", choices=("void", "classic"), default="void",
+              help="what this notebook exposes to the peer: nothing (void, the default) or "
+                   "its whole interpreter (classic)")
+    @argument("--trust", action="store_true",
+              help="publish the peer's display output unfiltered (HTML scripts, JavaScript); "
+                   "only for a peer you control")
+    def _do_connect(self, args: Namespace) -> None:
         if args.name is not None and not args.name.isidentifier():
             raise UsageError(f"--name must be a valid variable name, not {args.name!r}")
         if any(target.startswith("dask:") for target in args.targets):
@@ -305,9 +244,9 @@ class RemoteMagics(Magics):
             self.shell.user_ns[entry.name] = entry.conn
             print(f"connected to {entry.name} ({entry.conn.peer}), bound to `{entry.name}`")
 
-    def _do_list(self, rest: str) -> None:
-        if rest:
-            raise UsageError(f"%remote list takes no arguments\n{USAGE}")
+    @subcommand("list", "table of connections: name, target, state, latency, requests, "
+                        "bytes in/out (* = the current one)")
+    def _do_list(self, args: Namespace) -> None:
         entries = list(self.registry.entries.values())
         if not entries:
             print("no connections; use %remote connect TARGET")
@@ -326,16 +265,18 @@ class RemoteMagics(Magics):
         for group, members in self.registry.groups.items():
             print(f"group {group}: {' '.join(members)}")
 
-    def _do_use(self, rest: str) -> None:
-        args = self._parse(_name_args, rest)
-        if not args.name:
-            raise UsageError(f"%remote use needs a connection name\n{USAGE}")
+    @subcommand("use", "make NAME the current connection")
+    @argument("name", metavar="NAME", help="connection name")
+    def _do_use(self, args: Namespace) -> None:
         entry = self._entry(args.name)
         self.registry.current = entry.name
         self.registry.changed()
 
-    def _do_close(self, rest: str) -> None:
-        args = self._parse(_close_args, rest)
+    @subcommand("close", "close one connection (default: the current one) or all, and say "
+                         "which")
+    @_connection_name
+    @argument("--all", action="store_true", help="close every connection")
+    def _do_close(self, args: Namespace) -> None:
         names = list(self.registry.entries) if args.all else [self._entry(args.name).name]
         closed = []
         for name in names:
@@ -344,21 +285,26 @@ class RemoteMagics(Magics):
             self.registry.close(name)
         print(f"closed {', '.join(closed)}" if closed else "no connections to close")
 
-    def _do_ping(self, rest: str) -> RoundTrip:
-        args = self._parse(_name_args, rest)
+    @subcommand("ping", "the round-trip time, returned (in seconds; shown in ms)")
+    @_connection_name
+    def _do_ping(self, args: Namespace) -> RoundTrip:
         entry = self._entry(args.name)
         return RoundTrip(self.registry.ping(entry.name), entry.name)
 
-    def _do_reconnect(self, rest: str) -> None:
-        args = self._parse(_name_args, rest)
+    @subcommand("reconnect", "connect again to the same target (re-reads its connection file)")
+    @_connection_name
+    def _do_reconnect(self, args: Namespace) -> None:
         name = self._entry(args.name).name
         with _mistakes_as_usage_errors(f"cannot reconnect {name}: "):
             entry = self.registry.reconnect(name)
         self.shell.user_ns[entry.name] = entry.conn
         print(f"reconnected {entry.name} ({entry.conn.peer})")
 
-    def _do_pull(self, rest: str) -> None:
-        args = self._parse(_names_args, rest)
+    @subcommand("pull", "copy remote variables here: by value where possible, else by "
+                        "reference")
+    @_variables
+    @_on_connection
+    def _do_pull(self, args: Namespace) -> None:
         conn = self._entry(args.connection).require()
         names = _split_names(" ".join(args.names))
         namespace = conn.namespace
@@ -369,8 +315,11 @@ class RemoteMagics(Magics):
                 raise UsageError(f"{name!r} is not defined on {conn.peer}") from None
             self.shell.user_ns[name] = _local_copy(value)
 
-    def _do_push(self, rest: str) -> None:
-        args = self._parse(_names_args, rest)
+    @subcommand("push", "copy local variables there: by value where possible, else by "
+                        "reference")
+    @_variables
+    @_on_connection
+    def _do_push(self, args: Namespace) -> None:
         conn = self._entry(args.connection).require()
         names = _split_names(" ".join(args.names))
         namespace = conn.namespace
@@ -379,8 +328,15 @@ class RemoteMagics(Magics):
                 raise UsageError(f"{name!r} is not defined here")
             namespace[name] = _copy_or_reference(conn, self.shell.user_ns[name])
 
-    def _do_group(self, rest: str) -> None:
-        args = self._parse(_group_args, rest)
+    @subcommand("group", "a named group of connections, bound to GROUP (an rk.Group): "
+                         "`%%remote GROUP` runs on its members; without a MEMBER, the group; "
+                         "without arguments, every group")
+    @argument("name", nargs="?", metavar="GROUP",
+              help="the group's name (a variable bound to the group)")
+    @argument("members", nargs="*", metavar="MEMBER",
+              help="connection names, group names or targets (those are connected)")
+    @argument("--token-file", metavar="FILE", help="token for the members this connects")
+    def _do_group(self, args: Namespace) -> None:
         registry = self.registry
         if args.name is None:
             if not registry.groups:
@@ -419,10 +375,13 @@ class RemoteMagics(Magics):
         self.shell.user_ns[name] = fanout.RegistryGroup(registry, members)
         print(f"group {name}: {' '.join(members)}, bound to `{name}`")
 
-    def _do_discover(self, rest: str) -> None:
+    @subcommand("discover", "table of the servers advertised on the local network")
+    @argument("--timeout", type=float, default=2.0, metavar="S",
+              help="seconds to listen (default 2)")
+    @argument("--interface", metavar="IP", help="listen on this address of this host only")
+    def _do_discover(self, args: Namespace) -> None:
         from remote_kernel.ipython.registry import discovery_module
 
-        args = self._parse(_discover_args, rest)
         discovery = discovery_module()
         if discovery is None:
             raise UsageError("discovery is not available here: it needs the zeroconf package "
@@ -456,10 +415,6 @@ class RemoteMagics(Magics):
     def remote_cell(self, line: str, cell: str) -> Any:
         """Run the cell on a remote interpreter.
 
-        Usage::
-
-            %%remote [NAME...|--all] [-i a,b] [-o c,d] [--timeout S]
-
         The cell runs in the remote namespace with IPython's semantics: its output streams
         here while it runs, display() and the last expression arrive as rich output
         computed remotely. -i sends local variables in (by value where possible), -o brings
@@ -486,8 +441,8 @@ class RemoteMagics(Magics):
             Out[7]: {'pi1': 21.4, 'pi2': 22.0}
         """
         try:
-            args = parse_argstring(_cell_args, line)
-        except UsageError as exc:
+            args = CELL_PARSER.parse_argstring(line)
+        except (UsageError, ValueError) as exc:  # ValueError: an unclosed quote
             raise UsageError(f"{exc}\n{USAGE}") from None
         inputs, outputs = _split_names(args.inputs), _split_names(args.outputs)
         peers = self._cell_peers(args.names, args.all)
@@ -561,4 +516,12 @@ class RemoteMagics(Magics):
                         send=_copy_or_reference, receive=_local_copy, timeout=timeout)
 
 
-__all__ = ["USAGE", "RemoteMagics"]
+SUBCOMMANDS = subcommands.collect(RemoteMagics)
+USAGE = subcommands.usage(SUBCOMMANDS, CELL_PARSER)
+# %remote? and %%remote? show usages generated from the parsers, around the prose written here
+RemoteMagics.remote.__doc__ = subcommands.docstring(SUBCOMMANDS, CELL_PARSER,
+                                                    RemoteMagics.remote.__doc__)
+RemoteMagics.remote_cell.__doc__ = subcommands.cell_docstring(CELL_PARSER,
+                                                              RemoteMagics.remote_cell.__doc__)
+
+__all__ = ["SUBCOMMANDS", "USAGE", "RemoteMagics"]
