@@ -28,9 +28,15 @@ from remote_kernel.core.asyncresult import AsyncResult
 from remote_kernel.core.sending import MAX_BUFFERS
 from remote_kernel.core.transport import FrameReader
 from remote_kernel.errors import ConnectionClosed, ProtocolError, RequestTimeout, mark_stop
-from remote_kernel.protocol.boxing import Boxer, buffers_announced, buffers_reply_to
+from remote_kernel.protocol.boxing import Boxer
 from remote_kernel.protocol.landing import Landing
-from remote_kernel.protocol.messages import BUFFERS, EXCEPTION, REPLY
+from remote_kernel.protocol.messages import (
+    BUFFERS,
+    EXCEPTION,
+    REPLY,
+    buffers_announced,
+    buffers_reply_to,
+)
 
 log = logging.getLogger("remote_kernel.core.connection")
 
