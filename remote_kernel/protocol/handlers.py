@@ -190,7 +190,7 @@ def _deliver(ctx: RequestContext, value: Any) -> Any:
 
 
 def _refused(ctx: RequestContext, refusal: Any = None) -> Any:
-    """A request whose values this side refused while decoding it (boxing.py): it fails
+    """A request whose values this side refused while decoding it (unboxing.py): it fails
     with the reason. A Refusal is made locally only; a peer sending this opcode gets an
     unknown-opcode error like any other."""
     if type(refusal) is not Refusal:
