@@ -28,9 +28,8 @@ import remote_kernel as rk  # noqa: E402
 from remote_kernel.core.connection import Connection  # noqa: E402
 from remote_kernel.errors import ConnectionClosed, ProtocolError  # noqa: E402
 from remote_kernel.net.transports.sockets import SocketTransport  # noqa: E402
-from remote_kernel.protocol.boxing import OID  # noqa: E402
 from remote_kernel.protocol.codec import HEADER, FrameDecoder  # noqa: E402
-from remote_kernel.protocol.messages import Ext, Kind, Op  # noqa: E402
+from remote_kernel.protocol.messages import OID, Ext, Kind, Op  # noqa: E402
 
 MAX_FRAME = 1 << 16
 KNOWN: collections.Counter[str] = collections.Counter()

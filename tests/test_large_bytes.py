@@ -19,9 +19,15 @@ from remote_kernel.core.connection import Connection
 from remote_kernel.errors import ProtocolError
 from remote_kernel.net.transports.sockets import SocketTransport
 from remote_kernel.protocol import uninit
-from remote_kernel.protocol.boxing import OID, buffers_announced, buffers_header
 from remote_kernel.protocol.codec import BIG_START, CHUNK, HEADER, FrameDecoder
-from remote_kernel.protocol.messages import Ext, Kind, Op
+from remote_kernel.protocol.messages import (
+    OID,
+    Ext,
+    Kind,
+    Op,
+    buffers_announced,
+    buffers_header,
+)
 from tests.hardening.rawpeer import RawPeer, frame, packb
 
 MiB = 1 << 20
@@ -295,7 +301,8 @@ def test_a_bytearray_received_out_of_band_is_the_value_itself(
 
 
 def test_a_large_bytearray_goes_out_of_band_uncopied_and_comes_back(conn: rk.Connection) -> None:
-    from remote_kernel.protocol.boxing import OOB_MIN, Boxer, ObjectTable
+    from remote_kernel.protocol.boxing import OOB_MIN, Boxer
+    from remote_kernel.protocol.objects import ObjectTable
 
     data = bytearray(os.urandom(5 * MiB + 7))
     copy = rk.deliver(conn, data)  # client -> server, by value

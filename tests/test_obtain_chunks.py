@@ -14,9 +14,8 @@ from msgpack import ExtType
 import remote_kernel as rk
 from remote_kernel.core.connection import Connection
 from remote_kernel.net.transports.sockets import SocketTransport
-from remote_kernel.protocol.boxing import OID
 from remote_kernel.protocol.handlers import LARGE_MARKER
-from remote_kernel.protocol.messages import Ext, Kind, Op
+from remote_kernel.protocol.messages import OID, Ext, Kind, Op
 from tests.hardening.rawpeer import RawPeer, exc, frame, ref
 
 numpy = pytest.importorskip("numpy")

@@ -29,9 +29,10 @@ import remote_kernel as rk
 from remote_kernel import errors
 from remote_kernel.errors import RemoteError
 from remote_kernel.protocol import exceptions
-from remote_kernel.protocol.boxing import Boxer, ObjectTable
+from remote_kernel.protocol.boxing import Boxer
 from remote_kernel.protocol.codec import pack
 from remote_kernel.protocol.messages import Ext
+from remote_kernel.protocol.objects import ObjectTable
 from tests.conftest import ROOT, ServerProcess
 from tests.error_services import InstrumentFault
 

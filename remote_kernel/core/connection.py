@@ -51,12 +51,13 @@ from remote_kernel.errors import (
     mark_stop,
     rendered_by,
 )
-from remote_kernel.protocol.boxing import Boxer, Kwargs, ObjectTable
+from remote_kernel.protocol.boxing import Boxer, Kwargs
 from remote_kernel.protocol.codec import CHUNK, MAX_FRAME, pack
 from remote_kernel.protocol.describe import Descriptor, describe_type
 from remote_kernel.protocol.handlers import RequestContext
 from remote_kernel.protocol.landing import Landing
 from remote_kernel.protocol.messages import CALLATTR, REQUEST, Kind, Op
+from remote_kernel.protocol.objects import ObjectTable
 from remote_kernel.protocol.policy import AttributePolicy
 
 log = logging.getLogger("remote_kernel.core.connection")

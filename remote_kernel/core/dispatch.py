@@ -21,9 +21,9 @@ from remote_kernel.core.reading import READ_SLICE
 from remote_kernel.core.serving import BgServingThread, _watchdog
 from remote_kernel.core.transport import FrameReader
 from remote_kernel.errors import ConnectionClosed, ProtocolError
-from remote_kernel.protocol.boxing import ObjectTable
 from remote_kernel.protocol.handlers import HANDLERS, RequestContext
 from remote_kernel.protocol.messages import EXCEPTION, NOTIFY, REPLY, REQUEST, Kind, Op
+from remote_kernel.protocol.objects import ObjectTable
 
 log = logging.getLogger("remote_kernel.core.connection")
 

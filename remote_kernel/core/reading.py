@@ -35,9 +35,15 @@ from remote_kernel.errors import (
     mark_stop,
     rendered_by,
 )
-from remote_kernel.protocol.boxing import Boxer, buffers_announced, buffers_reply_to
+from remote_kernel.protocol.boxing import Boxer
 from remote_kernel.protocol.landing import Landing
-from remote_kernel.protocol.messages import BUFFERS, EXCEPTION, REPLY
+from remote_kernel.protocol.messages import (
+    BUFFERS,
+    EXCEPTION,
+    REPLY,
+    buffers_announced,
+    buffers_reply_to,
+)
 
 log = logging.getLogger("remote_kernel.core.connection")
 

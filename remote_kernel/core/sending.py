@@ -18,16 +18,18 @@ import msgpack
 from remote_kernel.config import ProtocolConfig
 from remote_kernel.core.transport import Transport
 from remote_kernel.errors import ConnectionClosed, ProtocolError
-from remote_kernel.protocol.boxing import (
+from remote_kernel.protocol.boxing import MAX_VALUE_ITEMS, PASSTHROUGH, Boxer
+from remote_kernel.protocol.codec import HEADER, frame, pack
+from remote_kernel.protocol.messages import (
+    EXCEPTION,
     INT_MAX,
     INT_MIN,
-    MAX_VALUE_ITEMS,
-    PASSTHROUGH,
-    Boxer,
+    REPLY,
+    REQUEST,
+    Kind,
+    Op,
     buffers_header,
 )
-from remote_kernel.protocol.codec import HEADER, frame, pack
-from remote_kernel.protocol.messages import EXCEPTION, REPLY, REQUEST, Kind, Op
 
 MAX_BUFFERS = 1024  # out-of-band buffers in one message
 _get_ident = threading.get_ident

@@ -25,9 +25,11 @@ minutes for SRV, 75 for PTR) runs out; an interpreter that exits normally closes
 :func:`discover` browses for ``timeout`` seconds with a fresh zeroconf instance (multicast
 questions, for the same reason), resolving each instance it sees (SRV, TXT, addresses; mostly
 from the records a responder sends along with its PTR answer) and returns what is still
-announced when the time is up, sorted by name, one entry per name. Everything learnt from the network is untrusted: a host on the LAN may send any name,
-port, address or TXT bytes. Entries whose name, port, addresses or TXT values do not look like
-something :func:`advertise` could have produced are skipped; sizes are bounded.
+announced when the time is up, sorted by name, one entry per name. Everything learnt from the
+network is untrusted: a host on the LAN may send any name, port, address or TXT bytes. Entries
+whose name, port, addresses or TXT values do not look like something :func:`advertise` could
+have produced are skipped; sizes are bounded (``net/dnssd.py``: what a record may hold, in
+both directions).
 
 Zeroconf runs its own asyncio loop in a thread. It is created from a helper thread so that it
 never attaches to an event loop already running in the caller's thread (a Jupyter kernel),
@@ -38,14 +40,11 @@ from __future__ import annotations
 
 import atexit
 import ipaddress
-import math
 import re
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import ifaddr
@@ -63,7 +62,20 @@ from zeroconf import (
 )
 
 from remote_kernel.errors import RemoteKernelError
+from remote_kernel.net.dnssd import (
+    PROTOCOL_VERSION,
+    SERVICE_TYPE,
+    ServerInfo,
+    check_announcement,
+    check_interface,
+    check_timeout,
+    instance_name,
+    numbered,
+    parse_service_info,
+    txt_properties,
+)
 
+# The public names of discovery (rk.discover, rk.ServerInfo...): some are defined in dnssd.
 __all__ = [
     "PROTOCOL_VERSION",
     "SERVICE_TYPE",
@@ -75,20 +87,7 @@ __all__ = [
     "parse_service_info",
 ]
 
-SERVICE_TYPE = "_remote-kernel._tcp.local."
-TXT_VERSION = "1"
-PROTOCOL_VERSION = 2  # the handshake's version (net/auth.py); advertised, never enforced here
-
-MAX_NAME_BYTES = 63  # one DNS label
-MAX_SERVICE_CHARS = 128
-MAX_TXT_BYTES = 1024  # ours is under 100 bytes; anything far larger is not one of ours
 MAX_SERVICES = 256  # instances tracked per discover() call
-MAX_ADDRESSES = 16  # addresses kept per instance
-MAX_TIMEOUT = 300.0
-
-_SERVICE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:]*")
-_PROTOCOL_RE = re.compile(r"[0-9]{1,6}")
-_FORBIDDEN_IN_NAME = frozenset("./\\:")
 _RESOLVE_SLICE = 0.25  # seconds spent asking for one unresolved instance before the next
 # How long advertise() asks for an owner of the name before zeroconf probes for it (another
 # ~1.2 s). A responder answers a multicast question within ~0.5 s, but one that multicast the
@@ -99,82 +98,6 @@ NAME_CHECK_TIME = 2.0
 
 class DiscoveryError(RemoteKernelError):
     """Advertising failed: the name is taken on the network, or mDNS cannot run here."""
-
-
-@dataclass(frozen=True)
-class ServerInfo:
-    """A server found on the network. Connect with ``rk.connect(info.host, info.port, ...)``.
-
-    ``name`` is the DNS-SD instance name (unique on the network), ``host`` the preferred of its
-    ``addresses``, ``tls`` whether it expects TLS, ``service`` the served class's name and
-    ``protocol`` the protocol version it announced (None if it did not). Never a token.
-    """
-
-    name: str
-    host: str
-    port: int
-    tls: bool
-    service: str
-    addresses: tuple[str, ...] = ()
-    protocol: int | None = None
-
-
-# ---------------------------------------------------------------------------------------------
-# validation shared by both directions
-
-
-def _name_problem(name: object) -> str | None:
-    """Why ``name`` cannot be an instance name, or None if it can."""
-    if not isinstance(name, str) or not name:
-        return "must be a non-empty string"
-    if name != name.strip():
-        return "must not start or end with whitespace"
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "must be valid Unicode"
-    if size > MAX_NAME_BYTES:
-        return f"must be at most {MAX_NAME_BYTES} bytes in UTF-8"
-    if not name.isprintable() or "\ufffd" in name:
-        return "must not contain control, invisible or undecodable characters"
-    bad = sorted(set(name) & _FORBIDDEN_IN_NAME)
-    if bad:
-        return f"must not contain {' '.join(repr(c) for c in bad)}"
-    return None
-
-
-def _check_port(port: object) -> int:
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ValueError(f"port must be an integer from 1 to 65535, not {port!r}")
-    return port
-
-
-def _check_interface(interface: object) -> str | None:
-    if interface is None:
-        return None
-    if not isinstance(interface, str):
-        raise ValueError(f"interface must be an IP address of this host, not {interface!r}")
-    try:
-        address = ipaddress.ip_address(interface.strip())
-    except ValueError:
-        raise ValueError(
-            f"interface must be an IP address of this host (like 192.168.1.20), "
-            f"not {interface!r}"
-        ) from None
-    if address.is_unspecified or address.is_multicast:
-        raise ValueError(
-            f"interface must be one address of this host, not {interface!r}; "
-            "leave it out to use every interface"
-        )
-    return str(address)
-
-
-def _check_timeout(timeout: object) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
-            or not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT:
-        raise ValueError(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT:g}], "
-                         f"not {timeout!r}")
-    return float(timeout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,28 +257,15 @@ def _name_in_use(zc: Zeroconf, full_name: str) -> bool:
         return False  # zeroconf's own probing still runs
 
 
-def _numbered(name: str, number: int) -> str:
-    """``name-N``, shortened so that it still fits one DNS label."""
-    suffix = f"-{number}"
-    room = MAX_NAME_BYTES - len(suffix)
-    base = name.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip()
-    return f"{base}{suffix}"
-
-
 def _free_name(zc: Zeroconf, name: str, allow_name_change: bool) -> str:
     """``name``, or with ``allow_name_change`` the first free of name-2 ... name-9."""
     candidates = [name]
     if allow_name_change:
-        candidates += [_numbered(name, number) for number in range(2, 10)]
+        candidates += [numbered(name, number) for number in range(2, 10)]
     for candidate in candidates:
         if not _name_in_use(zc, f"{candidate}.{SERVICE_TYPE}"):
             return candidate
     raise NonUniqueNameException
-
-
-def _txt_properties(name: str, tls: bool, service: str, protocol: int) -> dict[str, str]:
-    return {"txtvers": TXT_VERSION, "name": name, "tls": "1" if tls else "0",
-            "service": service, "protocol": str(protocol)}
 
 
 def advertise(name: str, port: int, *, tls: bool, service: str, interface: str | None = None,
@@ -370,17 +280,8 @@ def advertise(name: str, port: int, *, tls: bool, service: str, interface: str |
     ``allow_name_change``) or mDNS cannot run. Blocks for about 3.5 s: two seconds asking
     whether the name is taken, then zeroconf's probes and announcements.
     """
-    problem = _name_problem(name)
-    if problem:
-        raise ValueError(f"server name {name!r} {problem}")
-    _check_port(port)
-    if not isinstance(service, str) or not service \
-            or len(service) > MAX_SERVICE_CHARS or not _SERVICE_RE.fullmatch(service):
-        raise ValueError(f"service must be a class name like 'ClassicService', not {service!r}")
-    if isinstance(protocol, bool) or not isinstance(protocol, int) \
-            or not _PROTOCOL_RE.fullmatch(str(protocol)):
-        raise ValueError(f"protocol must be a small non-negative integer, not {protocol!r}")
-    iface = _check_interface(interface)
+    check_announcement(name, port, service, protocol)
+    iface = check_interface(interface)
     if iface is not None:
         addresses: tuple[str, ...] = (iface,)
     else:
@@ -393,7 +294,7 @@ def advertise(name: str, port: int, *, tls: bool, service: str, interface: str |
         chosen = _free_name(zc, name, allow_name_change)
         info = ServiceInfo(
             SERVICE_TYPE, f"{chosen}.{SERVICE_TYPE}", port=port,
-            properties=_txt_properties(chosen, bool(tls), service, protocol),
+            properties=txt_properties(chosen, bool(tls), service, protocol),
             server=f"{_host_label()}.local.", parsed_addresses=list(addresses),
         )
         zc.register_service(info, allow_name_change=allow_name_change)
@@ -416,117 +317,6 @@ def advertise(name: str, port: int, *, tls: bool, service: str, interface: str |
 # discovery
 
 
-def _text(value: bytes | None, limit: int) -> str | None:
-    """A TXT value as text, or None if absent, too long or not clean UTF-8."""
-    if not isinstance(value, bytes) or len(value) > limit:
-        return None
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return text if text.isprintable() else None
-
-
-def _prefix_length(address: str, local: list[ipaddress.IPv4Address]) -> int:
-    """Leading bits ``address`` shares with the closest local IPv4 address."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return 0
-    if not isinstance(ip, ipaddress.IPv4Address):
-        return 0
-    best = 0
-    for mine in local:
-        differing = int(ip) ^ int(mine)
-        best = max(best, 32 - differing.bit_length())
-    return best
-
-
-def _clean_addresses(raw: list[str], allow_loopback: bool,
-                     local: list[ipaddress.IPv4Address]) -> tuple[str, ...]:
-    """Valid unicast addresses, best first: IPv4 nearest to ours, then IPv6."""
-    kept: list[str] = []
-    for text in raw[: MAX_ADDRESSES * 4]:
-        if not isinstance(text, str) or len(text) > 64:
-            continue
-        try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
-            continue
-        if address.is_unspecified or address.is_multicast or address.is_reserved \
-                or (address.is_loopback and not allow_loopback):
-            continue
-        if text not in kept:
-            kept.append(text)
-        if len(kept) >= MAX_ADDRESSES:
-            break
-
-    def rank(text: str) -> tuple[int, int, int]:
-        address = ipaddress.ip_address(text)
-        if isinstance(address, ipaddress.IPv4Address):
-            return (0, -_prefix_length(text, local), 0)
-        return (1, 0, 1 if address.is_link_local else 0)
-
-    return tuple(sorted(kept, key=rank))
-
-
-def parse_service_info(info: ServiceInfo, *, allow_loopback: bool = False,
-                       local_addresses: tuple[str, ...] = ()) -> ServerInfo | None:
-    """A :class:`ServerInfo` from a resolved zeroconf record, or None if it is not usable.
-
-    The record comes from the network and is untrusted: the instance name must be one
-    :func:`advertise` would accept, the port in range, at least one address valid, ``tls``
-    exactly "0" or "1", ``service`` a class name, the TXT record small and clean UTF-8.
-    ``local_addresses`` (this host's, or the interface browsed on) rank the server's addresses.
-    """
-    try:
-        name = _instance_name(info.name)
-        if name is None:
-            return None
-        port = info.port
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-            return None
-        if len(info.text or b"") > MAX_TXT_BYTES:
-            return None
-        properties = info.properties
-        if not isinstance(properties, Mapping):
-            return None
-        tls_text = _text(properties.get(b"tls"), 1)
-        if tls_text not in ("0", "1"):
-            return None
-        service = _text(properties.get(b"service"), MAX_SERVICE_CHARS)
-        if service is None or not _SERVICE_RE.fullmatch(service):
-            return None
-        protocol_text = _text(properties.get(b"protocol"), 6)
-        protocol = int(protocol_text) if protocol_text and _PROTOCOL_RE.fullmatch(
-            protocol_text) else None
-        local = []
-        for text in local_addresses:
-            try:
-                address = ipaddress.ip_address(text)
-            except ValueError:
-                continue
-            if isinstance(address, ipaddress.IPv4Address):
-                local.append(address)
-        addresses = _clean_addresses(list(info.parsed_scoped_addresses()), allow_loopback,
-                                     local)
-        if not addresses:
-            return None
-    except Exception:  # a record malformed in a way zeroconf itself chokes on
-        return None
-    return ServerInfo(name=name, host=addresses[0], port=port, tls=tls_text == "1",
-                      service=service, addresses=addresses, protocol=protocol)
-
-
-def _instance_name(full: object) -> str | None:
-    """The instance part of ``<instance>._remote-kernel._tcp.local.``, if it is acceptable."""
-    suffix = "." + SERVICE_TYPE
-    if not isinstance(full, str) or len(full) > 255 or not full.lower().endswith(suffix):
-        return None
-    name = full[: -len(suffix)]
-    return None if _name_problem(name) else name
-
-
 class _Seen:
     """Instance names the browser currently sees, bounded; filled from zeroconf's thread."""
 
@@ -537,7 +327,7 @@ class _Seen:
 
     def on_change(self, zeroconf: Zeroconf, service_type: str, name: str,
                   state_change: ServiceStateChange) -> None:
-        if _instance_name(name) is None:
+        if instance_name(name) is None:
             return  # not an instance of our type, or a name advertise() would refuse
         with self._lock:
             if state_change is ServiceStateChange.Removed:
@@ -573,8 +363,8 @@ def discover(timeout: float = 2.0, *, interface: str | None = None) -> list[Serv
     ago, so a timeout under about 1.5 s may miss servers on a busy network. Returns within
     about ``timeout`` seconds plus zeroconf's shutdown. Never includes a token.
     """
-    duration = _check_timeout(timeout)
-    iface = _check_interface(interface)
+    duration = check_timeout(timeout)
+    iface = check_interface(interface)
     deadline = time.monotonic() + duration
     zc = _open_zeroconf(iface)
     try:

@@ -61,6 +61,7 @@ from remote_kernel.protocol.values import is_numpy
 
 if TYPE_CHECKING:
     from remote_kernel.protocol.boxing import Boxer
+    from remote_kernel.protocol.unboxing import Unboxer
 
 MAX_CHAIN = 8  # linked exceptions (cause, context) below the one raised
 MAX_FRAMES = 100  # innermost frames kept per exception
@@ -231,7 +232,7 @@ def _builtin_base_name(cls: type) -> str:
 # -- decoding ----------------------------------------------------------------------------
 
 
-def decode(boxer: Boxer, data: bytes) -> BaseException:
+def decode(boxer: Unboxer, data: bytes) -> BaseException:
     """The local exception for a peer's EXC value; ProtocolError if it is malformed."""
     boxer.exception_depth += 1
     try:

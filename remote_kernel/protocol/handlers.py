@@ -13,13 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from remote_kernel.errors import AccessDenied, ProtocolError
-from remote_kernel.protocol.boxing import (
-    REFUSED,
-    BatchOutcomes,
-    ByValue,
-    Refusal,
-    remote_exception_class,
-)
+from remote_kernel.protocol.boxing import BatchOutcomes, ByValue, remote_exception_class
 from remote_kernel.protocol.describe import (
     children,
     describe_type,
@@ -29,6 +23,7 @@ from remote_kernel.protocol.describe import (
 )
 from remote_kernel.protocol.messages import Op
 from remote_kernel.protocol.policy import AttributePolicy
+from remote_kernel.protocol.unboxing import REFUSED, Refusal
 from remote_kernel.protocol.values import LARGE_MARKER, Snapshot, check_available, large_plan
 
 MAX_SNAPSHOTS = 4  # large transfers in progress per connection
@@ -195,7 +190,7 @@ def _deliver(ctx: RequestContext, value: Any) -> Any:
 
 
 def _refused(ctx: RequestContext, refusal: Any = None) -> Any:
-    """A request whose values this side refused while decoding it (boxing.py): it fails
+    """A request whose values this side refused while decoding it (unboxing.py): it fails
     with the reason. A Refusal is made locally only; a peer sending this opcode gets an
     unknown-opcode error like any other."""
     if type(refusal) is not Refusal:

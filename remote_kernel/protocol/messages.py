@@ -4,7 +4,7 @@ A message is a msgpack array whose first item is its kind:
 
     [REQUEST, seq, opcode, arg...]    expects a REPLY or an EXCEPTION with the same seq
     [REPLY, seq, value]
-    [EXCEPTION, seq, exception]       exception is an EXC ext value (see boxing.py)
+    [EXCEPTION, seq, exception]       exception is an EXC ext value (see exceptions.py)
     [NOTIFY, opcode, arg...]          no reply (releases, cancel)
 
 A message carrying large buffers (over ``OOB_MIN`` bytes) is preceded by a BUFFERS frame
@@ -23,7 +23,10 @@ size there; the next message must then be that reply, else the connection is dro
 
 from __future__ import annotations
 
+import struct
 from enum import IntEnum
+
+from remote_kernel.errors import ProtocolError
 
 
 class Kind(IntEnum):
@@ -106,3 +109,48 @@ class Ext(IntEnum):
     UUID = 26
     PATH = 27
     ENUM = 28  # an enum member, in a copy by value only
+
+
+# The fixed layouts of ext values, and the ints msgpack packs as they are (others are BIGINT).
+INT_MIN = -(2**63)
+INT_MAX = 2**64 - 1
+REF = struct.Struct(">QI")  # REF: object id, type id
+OID = struct.Struct(">Q")  # PEERREF: object id; BUFFER: buffer index
+COMPLEX = struct.Struct(">dd")
+
+
+def buffers_header(views: list[memoryview], reply_to: int | None = None) -> list:
+    """The BUFFERS frame of a message's out-of-band buffers (see above): their count,
+    which of them are bytes values (for the peer to receive those straight into bytes),
+    and for a reply its sequence number (a caller may have memory waiting for it)."""
+    kinds = bytes(type(view.obj) is bytes for view in views)
+    header = [Kind.BUFFERS, len(views), kinds]
+    if reply_to is not None:
+        header.append(reply_to)
+    return header
+
+
+def buffers_announced(message: tuple, max_buffers: int) -> tuple[int, bytes]:
+    """The count and kinds of a BUFFERS frame; a peer that sends no kinds (an older one)
+    sends writable buffers only."""
+    count = message[1]
+    if type(count) is not int or not 0 < count <= max_buffers:
+        raise ProtocolError(f"bad out-of-band buffer count {count!r}")
+    if len(message) == 2:
+        return count, bytes(count)
+    kinds = message[2]
+    if len(message) > 4 or type(kinds) is not bytes or len(kinds) != count \
+            or kinds.strip(b"\0\1"):
+        raise ProtocolError("malformed out-of-band buffer kinds")
+    buffers_reply_to(message)  # checked here too
+    return count, kinds
+
+
+def buffers_reply_to(message: tuple) -> int | None:
+    """The sequence number of the reply a BUFFERS frame's buffers belong to, if it says."""
+    if len(message) < 4:
+        return None
+    seq = message[3]
+    if type(seq) is not int or not 0 < seq <= INT_MAX:
+        raise ProtocolError("malformed out-of-band buffer reply number")
+    return seq

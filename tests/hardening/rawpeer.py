@@ -11,9 +11,8 @@ from typing import Any
 import msgpack
 from msgpack import ExtType
 
-from remote_kernel.protocol.boxing import OID, REF
 from remote_kernel.protocol.codec import HEADER, FrameDecoder
-from remote_kernel.protocol.messages import Ext, Kind, Op
+from remote_kernel.protocol.messages import OID, REF, Ext, Kind, Op
 
 
 def frame(payload: bytes) -> bytes:

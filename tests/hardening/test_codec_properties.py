@@ -16,9 +16,10 @@ from msgpack import ExtType
 from remote_kernel.core.transport import FrameReader
 from remote_kernel.errors import ProtocolError
 from remote_kernel.protocol import uninit
-from remote_kernel.protocol.boxing import Boxer, ObjectTable
+from remote_kernel.protocol.boxing import Boxer
 from remote_kernel.protocol.codec import HEADER, FrameDecoder, frame, pack, parse_header
 from remote_kernel.protocol.messages import Ext
+from remote_kernel.protocol.objects import ObjectTable
 
 SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -19,10 +19,11 @@ import remote_kernel as rk
 from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import LOCAL_DENIED
 from remote_kernel.net.transports.sockets import SocketTransport
-from remote_kernel.protocol import boxing, dataframes, values
-from remote_kernel.protocol.boxing import Boxer, ObjectTable
+from remote_kernel.protocol import dataframes, unboxing, values
+from remote_kernel.protocol.boxing import Boxer
 from remote_kernel.protocol.codec import pack
 from remote_kernel.protocol.messages import Ext, Kind, Op
+from remote_kernel.protocol.objects import ObjectTable
 from tests.hardening.rawpeer import RawPeer, packb, ref
 from tests.hardening.test_hostile_peer import _netref_from
 
@@ -385,7 +386,7 @@ def test_a_malformed_standard_value_fails_only_its_request() -> None:
     call does; a well-formed one after it decodes normally."""
     boxer = _boxer()
     request = boxer.decode(packb([Kind.REQUEST, 7, Op.CALL, BAD_STD["datetime month 13"]]))
-    assert request[:3] == (Kind.REQUEST, 7, boxing.REFUSED)
+    assert request[:3] == (Kind.REQUEST, 7, unboxing.REFUSED)
     assert isinstance(request[3].error, rk.ProtocolError)
     assert "malformed datetime" in str(request[3].error)
     reply = boxer.decode(packb([Kind.REPLY, 8, [1, BAD_STD["uuid of 15 bytes"]]]))
@@ -440,4 +441,4 @@ def test_a_refusal_cannot_be_asked_for_by_a_peer() -> None:
     from remote_kernel.protocol.handlers import HANDLERS
 
     with pytest.raises(rk.ProtocolError, match="unknown request opcode"):
-        HANDLERS[boxing.REFUSED](None, "any argument a peer sends")
+        HANDLERS[unboxing.REFUSED](None, "any argument a peer sends")

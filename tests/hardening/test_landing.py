@@ -21,11 +21,10 @@ import pytest
 from msgpack import ExtType
 
 import remote_kernel as rk
-from remote_kernel.protocol.boxing import OID
 from remote_kernel.protocol.codec import FrameDecoder
 from remote_kernel.protocol.handlers import LARGE_MARKER
 from remote_kernel.protocol.landing import Landing
-from remote_kernel.protocol.messages import Ext, Kind, Op
+from remote_kernel.protocol.messages import OID, Ext, Kind, Op
 from tests.hardening.rawpeer import RawPeer, frame, ref
 
 MIB = 1 << 20

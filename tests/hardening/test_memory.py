@@ -21,8 +21,8 @@ from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import BaseNetref
 from remote_kernel.net.auth import client_handshake
 from remote_kernel.net.transports.sockets import SocketTransport
-from remote_kernel.protocol import boxing, exceptions, policy
-from remote_kernel.protocol.messages import Ext, Kind, Op
+from remote_kernel.protocol import boxing, exceptions, policy, unboxing
+from remote_kernel.protocol.messages import OID, Ext, Kind, Op
 from tests.hardening.rawpeer import RawPeer, exc, packb, ref
 
 MIB = 1 << 20
@@ -145,7 +145,7 @@ def _one_buffer_named(times: int, as_array: bool) -> bytes:
     (as bytes values, or as the data of uint8 arrays): about 1 MiB + 16 bytes a name.
     Each use would copy: a buffer announced as an array's (kind 0) into bytes, one
     announced as bytes (kind 1) into an array's writable memory."""
-    name = ExtType(Ext.BUFFER, boxing.OID.pack(0))
+    name = ExtType(Ext.BUFFER, OID.pack(0))
     if as_array:
         name = ExtType(Ext.NDARRAY, packb(["|u1", [MIB], False, name]))
     request = packb([Kind.REQUEST, 7, int(Op.PING), [name] * times])
@@ -188,7 +188,7 @@ def test_an_out_of_band_buffer_used_twice_is_a_protocol_error(
     victim, raw = hostile
     result = victim.async_request(Op.PING, None)
     request = raw.recv_kind((Kind.REQUEST,))
-    name = ExtType(Ext.BUFFER, boxing.OID.pack(0))
+    name = ExtType(Ext.BUFFER, OID.pack(0))
     raw.send([Kind.BUFFERS, 1, b"\1", request[1]])
     raw.send_bytes(struct.pack(">I", 64 * 1024) + bytes(64 * 1024))
     raw.send([Kind.REPLY, request[1], [name, name]])
@@ -324,7 +324,7 @@ def test_15k_peer_type_descriptors_leave_nothing_behind() -> None:
 
 def test_peer_type_descriptors_are_capped_per_connection(
         hostile: tuple[Connection, RawPeer], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(boxing, "MAX_PEER_TYPES", 100)
+    monkeypatch.setattr(unboxing, "MAX_PEER_TYPES", 100)
     victim, raw = hostile
     refs = [ref(i + 1, i + 1, ["evil", f"C{i}", [], [], 0, ""]) for i in range(101)]
     with pytest.raises((rk.ProtocolError, rk.ConnectionClosed)):
@@ -362,7 +362,7 @@ def test_a_sender_refuses_more_items_than_a_peer_would_decode(
 def test_a_message_decoding_to_too_many_items_closes_the_connection(
         hostile: tuple[Connection, RawPeer]) -> None:
     victim, raw = hostile
-    count = boxing.MAX_ITEMS // 4 + 1
+    count = unboxing.MAX_ITEMS // 4 + 1
     # Five arrays of a quarter of the limit each: none too long alone, too many together.
     chunk = b"\xdd" + struct.pack(">I", count) + b"\xc0" * count
     result = victim.async_request(Op.PING, None)
@@ -377,7 +377,7 @@ def test_a_message_decoding_to_too_many_items_closes_the_connection(
 
 def test_items_nested_in_ext_values_count_too(hostile: tuple[Connection, RawPeer]) -> None:
     victim, raw = hostile
-    count = boxing.MAX_ITEMS // 2 + 1
+    count = unboxing.MAX_ITEMS // 2 + 1
     nested = b"\xdd" + struct.pack(">I", count) + b"\xc0" * count
     lists = [ExtType(Ext.LIST, nested), ExtType(Ext.LIST, nested)]
     with pytest.raises((rk.ProtocolError, rk.ConnectionClosed)):

@@ -33,17 +33,15 @@ from hypothesis import strategies as st
 from zeroconf import ServiceInfo
 
 from remote_kernel.errors import RemoteKernelError
-from remote_kernel.net.discovery import (
+from remote_kernel.net.discovery import DiscoveryError, advertise, discover
+from remote_kernel.net.dnssd import (
     MAX_ADDRESSES,
     MAX_NAME_BYTES,
     PROTOCOL_VERSION,
     SERVICE_TYPE,
-    DiscoveryError,
     ServerInfo,
-    _txt_properties,
-    advertise,
-    discover,
     parse_service_info,
+    txt_properties,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +78,7 @@ def test_a_well_formed_record_parses() -> None:
 
 
 def test_what_advertise_announces_parses_back_and_has_no_token() -> None:
-    properties = _txt_properties("lab", True, "ClassicService", 1)
+    properties = txt_properties("lab", True, "ClassicService", 1)
     assert set(properties) == TXT_KEYS
     info = parse_service_info(_record(text=properties))
     assert info is not None and info.tls and info.service == "ClassicService"

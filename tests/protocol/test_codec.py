@@ -8,8 +8,9 @@ import msgpack
 import pytest
 
 from remote_kernel.errors import ProtocolError, RemoteError
-from remote_kernel.protocol.boxing import Boxer, ObjectTable
+from remote_kernel.protocol.boxing import Boxer
 from remote_kernel.protocol.codec import FrameDecoder, frame, pack, parse_header, unpack
+from remote_kernel.protocol.objects import ObjectTable
 
 
 def make_boxer() -> Boxer:

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 import remote_kernel as rk
 from remote_kernel.core.connection import Connection
 from remote_kernel.net.transports.sockets import SocketTransport
-from remote_kernel.protocol.boxing import INT_MAX, INT_MIN, BatchCalls, BatchOutcomes, plain
-from remote_kernel.protocol.messages import REPLY, REQUEST, Op
+from remote_kernel.protocol.boxing import BatchCalls, BatchOutcomes, plain
+from remote_kernel.protocol.messages import INT_MAX, INT_MIN, REPLY, REQUEST, Op
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -1,0 +1,314 @@
+"""The decoding half of a connection's Boxer: what the peer sends, back into values.
+
+Unboxing happens under the connection's receive lock, one message at a time. References
+decode to proxies (``make_proxy``) or, coming home, to the local object; a type's descriptor
+arrives with the first REF of that type and is kept (bounded) for the later ones.
+
+Decoding is bounded by what arrived: a message holds at most ``MAX_ITEMS`` items (array
+elements, map keys and values, nested ext values included), counted while it is decoded
+(a payload shorter than that cannot hold more, so it takes the fast path); the peer's type
+descriptors are capped per connection, and so is the cache of exception classes.
+
+A message holding a standard-library value (``stdvalues.py``) whose fields are malformed,
+or that this side cannot rebuild (an unknown time zone or enum), is still read to its end:
+its framing is intact, so only the request it belongs to fails (``decode`` turns a REQUEST
+into one that the REFUSED handler answers with the error, and a REPLY into that error); the
+connection goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from remote_kernel.errors import ProtocolError
+from remote_kernel.protocol import exceptions, stdvalues, values
+from remote_kernel.protocol.codec import ItemBudget, unpack
+from remote_kernel.protocol.describe import Descriptor
+from remote_kernel.protocol.messages import (
+    COMPLEX,
+    EXCEPTION,
+    INT_MAX,
+    NOTIFY,
+    OID,
+    REF,
+    REPLY,
+    REQUEST,
+    Ext,
+)
+from remote_kernel.protocol.objects import ObjectTable
+
+MAX_DECODE_DEPTH = 32  # nested ext values (each is a C-level unpack: the C stack is finite)
+MAX_ITEMS = 1 << 22  # items one decoded message may hold (4,194,304)
+MAX_PEER_TYPES = 16_384  # type descriptors a peer may send over one connection
+MAX_PEER_TYPE_NAMES = 1_000_000  # method and dunder names in all of them together
+REFUSED = -1  # a request opcode never sent: a request whose values were refused (Refusal)
+_REF, _PEERREF = int(Ext.REF), int(Ext.PEERREF)
+
+
+class Refusal:
+    """The argument of a REFUSED request: why its values could not be decoded here."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _checked_descriptor(descriptor: Any) -> Descriptor:
+    """A peer's type descriptor, with every field of the expected type."""
+    if type(descriptor) is not tuple or len(descriptor) < 6:
+        raise ProtocolError("malformed type descriptor")
+    module, qualname, methods, dunders, flags, builtin_name = descriptor[:6]
+    if not (type(module) is str and type(qualname) is str and type(flags) is int
+            and type(builtin_name) is str and type(methods) is tuple and type(dunders) is tuple
+            and all(type(n) is str for n in methods) and all(type(n) is str for n in dunders)):
+        raise ProtocolError("malformed type descriptor")
+    return (module, qualname, methods, dunders, flags, builtin_name)
+
+
+def _take_buffer(item: Any) -> bytes | bytearray:
+    if type(item) not in (bytes, bytearray):
+        raise ValueError("expected a buffer")
+    return item
+
+
+class Unboxer:
+    """Decodes what the peer sends over one connection (``Boxer`` adds the encoding).
+
+    ``make_proxy(oid, descriptor)`` returns the proxy of a peer object; ``peer_name()``
+    names the peer in errors.
+    """
+
+    def __init__(
+        self,
+        table: ObjectTable,
+        make_proxy: Callable[[int, Descriptor], Any],
+        peer_name: Callable[[], str],
+    ) -> None:
+        self.table = table
+        self._make_proxy = make_proxy
+        self.peer_name = peer_name
+        # Exceptions on the wire (protocol/exceptions.py): the local classes made for the
+        # peer's exception types (per connection, bounded) and the nesting of the one being
+        # decoded.
+        self.exception_classes: dict[tuple[str, str, str], type[BaseException]] = {}
+        self.exception_depth = 0
+        self._peer_types: dict[int, Descriptor] = {}
+        self._peer_type_names = 0
+        self._budget: ItemBudget | None = None  # set while a long payload is decoded
+        self.refusal: BaseException | None = None  # a std value of this message refused
+        # Out-of-band buffers of the message being decoded (receive lock).
+        # bytes: announced and received as such; None once used (each is used once)
+        self.incoming: list[bytes | bytearray | memoryview | None] = []
+        self._raw_buffers = False  # True while decoding an array: keep the bytearray
+        self._depth = 0
+
+    def forget(self) -> None:
+        """The connection closed: drop everything kept about the peer's types."""
+        self._peer_types = {}
+        self._peer_type_names = 0
+        self.exception_classes = {}
+
+    def decode(self, payload: bytes | bytearray | memoryview) -> Any:
+        """One message. A payload of n bytes holds at most n items, so only one longer
+        than MAX_ITEMS bytes has its items counted as they are decoded."""
+        try:
+            if len(payload) <= MAX_ITEMS:
+                message = unpack(payload, self.ext_hook)
+            else:
+                self._budget = ItemBudget(MAX_ITEMS)
+                try:
+                    message = unpack(payload, self.ext_hook, self._budget)
+                finally:
+                    self._budget = None
+        except BaseException:
+            self.refusal = None
+            raise
+        if self.refusal is not None:
+            return self._refused(message)
+        return message
+
+    def _refused(self, message: Any) -> tuple:
+        """A message that held a refused value (see the theory of operation): a request
+        becomes one that fails with the error, a reply (or an exception) that error."""
+        error, self.refusal = self.refusal, None
+        if type(message) is tuple and len(message) >= 3 and type(message[1]) is int:
+            kind = message[0]
+            if kind == REQUEST:
+                return (REQUEST, message[1], REFUSED, Refusal(error))
+            if kind == REPLY or kind == EXCEPTION:
+                return (EXCEPTION, message[1], error)
+        if type(message) is tuple and message and message[0] == NOTIFY:
+            raise ProtocolError(f"a notification carried a refused value: {error}")
+        raise error if isinstance(error, ProtocolError) else ProtocolError(str(error))
+
+    def _unpack(self, data: bytes) -> Any:
+        """A value nested in an ext value: inside the budget of its message."""
+        return unpack(data, self.ext_hook, self._budget)
+
+    def ext_hook(self, code: int, data: bytes) -> Any:
+        """Decode one ext value; anything malformed (or nested too deeply) is a
+        ProtocolError, whatever the lower layer raised."""
+        if code == _PEERREF and len(data) == 8 and not self.exception_depth:
+            # Our own object coming home: the most common ext value, nothing nested.
+            return self.table.get(OID.unpack(data)[0])
+        if self._depth >= MAX_DECODE_DEPTH:
+            raise ProtocolError("values nested too deeply")
+        self._depth += 1
+        try:
+            return self._decode_ext(code, data)
+        except ProtocolError:
+            raise
+        except Exception as exc:  # struct.error, numpy's dtype parser, RecursionError...
+            raise ProtocolError(f"malformed ext value {code}: {type(exc).__name__}: {exc}") \
+                from None
+        finally:
+            self._depth -= 1
+
+    def _decode_ext(self, code: int, data: bytes) -> Any:
+        # References first, and compared as plain ints: they are most of what arrives.
+        if code == _PEERREF:
+            if self.exception_depth:
+                raise ProtocolError("an exception may not carry references")
+            if len(data) != OID.size:
+                raise ProtocolError("malformed object id")
+            return self.table.get(OID.unpack(data)[0])
+        if code == _REF:
+            if self.exception_depth:
+                raise ProtocolError("an exception may not carry references")
+            if len(data) != REF.size:
+                raise ProtocolError("malformed reference")
+            oid, tid = REF.unpack(data)
+            descriptor = self._peer_types.get(tid)
+            if descriptor is None:
+                raise ProtocolError(f"reference to unknown type id {tid}")
+            return self._make_proxy(oid, descriptor)
+        if code == Ext.REFDESC:
+            if self.exception_depth:
+                raise ProtocolError("an exception may not carry references")
+            oid, tid, descriptor = self._unpack_tuple(data, length=3)
+            if type(oid) is not int or type(tid) is not int or oid < 0 or tid < 0 \
+                    or oid > INT_MAX or tid > 0xFFFFFFFF:
+                raise ProtocolError("malformed reference")
+            descriptor = self._remember_type(tid, _checked_descriptor(descriptor))
+            return self._make_proxy(oid, descriptor)
+        if code == Ext.BIGINT:
+            try:
+                return int(data.decode("ascii"))
+            except ValueError:
+                raise ProtocolError("malformed big integer") from None
+        if code == Ext.COMPLEX:
+            real, imag = COMPLEX.unpack(data)
+            return complex(real, imag)
+        if code == Ext.FROZENSET:
+            return frozenset(self._unpack_tuple(data))
+        if code == Ext.SLICE:
+            start, stop, step = self._unpack_tuple(data, length=3)
+            return slice(start, stop, step)
+        if code == Ext.ELLIPSIS:
+            return Ellipsis
+        if code == Ext.NOTIMPLEMENTED:
+            return NotImplemented
+        if code == Ext.LIST:
+            return list(self._unpack_tuple(data))
+        if code == Ext.SET:
+            return set(self._unpack_tuple(data))
+        if code == Ext.DICT:
+            flat = self._unpack_tuple(data)
+            if len(flat) % 2:
+                raise ProtocolError("malformed dict")
+            return dict(zip(flat[::2], flat[1::2], strict=True))
+        if code == Ext.BYTEARRAY:
+            # A buffer received as a writable bytearray (out of band) is the value itself.
+            raw, self._raw_buffers = self._raw_buffers, True
+            try:
+                value = self._unpack(data)
+            finally:
+                self._raw_buffers = raw
+            if not isinstance(value, (bytes, bytearray)):
+                raise ProtocolError("malformed bytearray")
+            return value if type(value) is bytearray else bytearray(value)
+        if code == Ext.BUFFER:
+            if len(data) != OID.size:
+                raise ProtocolError("malformed buffer reference")
+            index = OID.unpack(data)[0]
+            if index >= len(self.incoming):
+                raise ProtocolError(f"reference to missing out-of-band buffer {index}")
+            # An array copies a read-only buffer (ndarrays.array_from); bytes(...) does not
+            # copy one that arrived as bytes. A memoryview is a caller's memory the buffer
+            # landed in (``Connection.sync_request(..., into=)``): the caller takes it as
+            # it is.
+            buffer = self.incoming[index]
+            if buffer is None:
+                raise ProtocolError(f"out-of-band buffer {index} is used twice")
+            # Each buffer stands for one value: a second use would copy it again, and a
+            # small message could multiply one large buffer many times over.
+            self.incoming[index] = None
+            if self._raw_buffers or type(buffer) is memoryview:
+                return buffer
+            return bytes(buffer)
+        if code in stdvalues.CODES:
+            return self._decode_std(code, data)
+        if code in values.CODES:
+            return self._decode_value(code, data)
+        if code == Ext.EXC:
+            return exceptions.decode(self, data)
+        raise ProtocolError(f"unknown ext type {code}")
+
+    def _remember_type(self, tid: int, descriptor: Descriptor) -> Descriptor:
+        """Keep a peer's type descriptor, within the connection's bounds."""
+        types = self._peer_types
+        old = types.get(tid)
+        if old is None and len(types) >= MAX_PEER_TYPES:
+            raise ProtocolError(f"the peer described more than {MAX_PEER_TYPES} types")
+        names = self._peer_type_names + len(descriptor[2]) + len(descriptor[3])
+        if old is not None:
+            names -= len(old[2]) + len(old[3])
+        if names > MAX_PEER_TYPE_NAMES:
+            raise ProtocolError(f"the peer's type descriptors name more than "
+                                f"{MAX_PEER_TYPE_NAMES} methods")
+        self._peer_type_names = names
+        types[tid] = descriptor
+        return descriptor
+
+    def _unpack_tuple(self, data: bytes, length: int | None = None) -> tuple:
+        items = self._unpack(data)
+        if type(items) is not tuple or (length is not None and len(items) != length):
+            raise ProtocolError("malformed container value")
+        return items
+
+    unpack_tuple = _unpack_tuple
+
+    def _decode_std(self, code: int, data: bytes) -> Any:
+        """A standard-library value (stdvalues.py). One that is malformed or that this side
+        cannot rebuild is refused: None stands for it, and the message fails as a whole
+        (``decode``), not the connection."""
+        try:
+            return stdvalues.decode(code, data)
+        except stdvalues.NotHere as exc:
+            error: BaseException = TypeError(str(exc))
+        except Exception as exc:  # ValueError, OverflowError, msgpack's own errors...
+            error = ProtocolError(f"malformed {Ext(code).name.lower()} value from "
+                                  f"{self.peer_name()}: {type(exc).__name__}: {exc}")
+        if self.refusal is None:
+            self.refusal = error
+        return None
+
+    def _decode_value(self, code: int, data: bytes) -> Any:
+        """A numpy/pandas value (values.py); one this side cannot rebuild (a library is
+        missing) becomes an ``Unavailable`` marker, so the message is still read and the
+        request that carried it fails with a ``TypeError`` instead of the connection."""
+        self._raw_buffers = True
+        try:
+            fields = self._unpack_tuple(data)
+        finally:
+            self._raw_buffers = False
+        try:
+            return values.decode(code, fields, _take_buffer)
+        except values.MissingLibrary as exc:
+            return values.Unavailable(str(exc))
+        except Exception as exc:  # ValueError, TypeError, numpy's and pandas' own errors
+            raise ProtocolError(f"malformed {Ext(code).name.lower()} value: "
+                                f"{type(exc).__name__}: {exc}") from None
+
