@@ -374,7 +374,8 @@ def client_handshake(transport: Transport, token: str | None, timeout: float = 1
         if answer.get("unknown_session") is True and resume is not None:
             from remote_kernel.net.session import SessionRefused
 
-            raise SessionRefused(f"{peer} restarted: the session and its objects are gone")
+            raise SessionRefused(f"{peer} no longer has this session (it restarted, or it "
+                                 f"ended the session): its objects are gone")
         raise AuthenticationError(error)
     session_id = answer.get("session")
     if not isinstance(session_id, bytes) or len(session_id) != SESSION_ID_SIZE:

@@ -71,6 +71,17 @@ for line in sys.stdin:
 """
 
 
+# A server with its own config (the serve command takes none): prints where it listens.
+CONFIGURED_SERVER_SCRIPT = """
+import json, sys
+import remote_kernel as rk
+host, token, config = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+server = rk.Server(rk.ClassicService, host=host, port=0, token=token, config=config)
+print(json.dumps({"ready": True, "host": host, "port": server.port, "token": token}), flush=True)
+server.start()
+"""
+
+
 class Link(Lan):
     """The server's namespace (A) and the client's (B) on one veth pair."""
 
@@ -83,6 +94,21 @@ class Link(Lan):
 
     def heal(self) -> None:
         _ip("-n", self.ns_a, "link", "set", "dev", self.veth_a, "up")
+
+    def cut_client_side(self) -> None:
+        """The client's side goes away (its Wi-Fi): the server's interface stays up, so its
+        sends find no one and the kernel gives the link up there too."""
+        _ip("-n", self.ns_b, "link", "set", "dev", self.veth_b, "down")
+
+    def heal_client_side(self) -> None:
+        _ip("-n", self.ns_b, "link", "set", "dev", self.veth_b, "up")
+
+    def start_configured_server(self, **config: Any) -> tuple[Proc, dict[str, Any]]:
+        proc = self.run(self.ns_a, CONFIGURED_SERVER_SCRIPT, SERVER_ADDRESS, self.token,
+                        json.dumps(config), label=f"server-{time.monotonic_ns()}")
+        info = proc.expect(lambda v: isinstance(v, dict) and v.get("ready"), 30,
+                           "configured server ready")
+        return proc, info
 
     def start_server(self, *args: str) -> tuple[Proc, dict[str, Any]]:
         """`remote-kernel serve --classic` in A; its connection file's contents."""
@@ -180,6 +206,29 @@ def test_a_silent_cut_is_noticed_and_the_session_resumes(link: Link,
     assert answer["ok"], answer
     assert answer["value"] == "[1, 2, 3, 4]"
     assert "unreachable" in client.proc.report()  # the waiting call printed one line
+
+
+def test_a_cut_on_the_clients_side_keeps_the_session_past_the_servers_own_timeout(
+        link: Link) -> None:
+    # The server's kernel gives the link up after its unreachable_after (3 s) and its
+    # receive then sees a bare end of stream, as after a goodbye: the session must stay.
+    proc, info = link.start_configured_server(unreachable_after=3, resume_window=60)
+    try:
+        client = link.start_client(info, unreachable_after=3)
+        client.execute("items = conn.eval('[1, 2, 3]')")
+        link.cut_client_side()
+        cut_at = time.monotonic()
+        try:
+            client.state("unreachable", 3 + 5 + 5, after=cut_at)
+            time.sleep(max(0.0, cut_at + 9 - time.monotonic()))  # past the server's 3 s
+        finally:
+            link.heal_client_side()
+        answer = client.eval("items.append(4) or list(items)", timeout=30)
+        assert answer["ok"], answer
+        assert answer["value"] == "[1, 2, 3, 4]"
+        assert "closed the connection" not in proc.report()
+    finally:
+        proc.stop()
 
 
 def test_a_call_in_flight_while_the_client_moves_returns_once(link: Link,

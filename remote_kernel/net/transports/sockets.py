@@ -16,6 +16,8 @@ RECV_SLICE = 1.0  # seconds; matches the connection's READ_SLICE
 TLS_SLICE = 0.25  # a TLS socket's own timeout: the longest a read or write blocks at once
 TLS_SEND_CHUNK = 256 * 1024  # TLS writes go in pieces, so progress can be seen
 _POLL_OUT = select.POLLOUT | select.POLLERR | select.POLLHUP
+_TCP_INFO = getattr(socket, "TCP_INFO", None)  # Linux: its first byte is the TCP state
+_TCP_CLOSE = 7  # include/net/tcp_states.h: ended without the peer's FIN (timeout, reset)
 
 
 class SocketTransport(Transport):
@@ -134,8 +136,24 @@ class SocketTransport(Transport):
         except (OSError, ValueError) as exc:
             raise ConnectionClosed(f"connection to {self.peer_name} lost: {exc}") from exc
         if got == 0:
+            if self._link_gave_up():
+                raise ConnectionClosed(f"connection to {self.peer_name} lost: the link "
+                                       f"stopped answering")
             raise PeerClosed(f"{self.peer_name} closed the connection")
         return got
+
+    def _link_gave_up(self) -> bool:
+        """Whether an end of stream is the kernel's, not the peer's: a link that timed out
+        (TCP_USER_TIMEOUT, keepalive) or whose host became unreachable ends in the CLOSE
+        state, and once a send took its error a receive sees a bare 0 as after a goodbye.
+        The peer's own end of stream (its FIN) leaves the socket in CLOSE_WAIT."""
+        if _TCP_INFO is None or self.sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return False
+        try:
+            state = self.sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0]
+        except OSError:
+            return False
+        return state == _TCP_CLOSE
 
     def fileno(self) -> int:
         return self.sock.fileno()
