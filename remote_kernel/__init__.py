@@ -49,8 +49,8 @@ _EXPORTS: dict[str, str] = {
     "Server": "remote_kernel.net.server",
     "ThreadedServer": "remote_kernel.net.server",
     "discover": "remote_kernel.net.discovery",
-    "ServerInfo": "remote_kernel.net.discovery",
-    "DiscoveryError": "remote_kernel.net.discovery",
+    "ServerInfo": "remote_kernel.net.dnssd",
+    "DiscoveryError": "remote_kernel.net.dnssd",
 }
 
 __all__ = [
@@ -142,7 +142,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
         connect_subprocess,
         connect_unix,
     )
-    from remote_kernel.net.discovery import DiscoveryError, ServerInfo, discover
+    from remote_kernel.net.discovery import discover
+    from remote_kernel.net.dnssd import DiscoveryError, ServerInfo
     from remote_kernel.net.group import Group
     from remote_kernel.net.server import Server, ThreadedServer
     from remote_kernel.net.targets import connect

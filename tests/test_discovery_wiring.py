@@ -166,3 +166,24 @@ def test_the_public_names_when_discovery_is_installed() -> None:
         pytest.skip("only the stub is installed")
     assert rk.discover is discovery.discover and rk.ServerInfo is discovery.ServerInfo
     assert {"discover", "ServerInfo"} <= set(rk.__all__)
+
+
+WITHOUT_ZEROCONF = """
+import sys
+sys.modules["zeroconf"] = None  # as on a device served from the bundle: not installed
+import remote_kernel as rk
+assert rk.ServerInfo.__name__ == "ServerInfo"  # the record type needs no zeroconf
+try:
+    rk.discover(timeout=0.1)
+except rk.DiscoveryError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_without_zeroconf_discovery_is_one_line_saying_what_to_install() -> None:
+    result = subprocess.run([sys.executable, "-c", WITHOUT_ZEROCONF], capture_output=True,
+                            text=True, timeout=60, cwd=str(ROOT))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("refused: finding or announcing servers on the network "
+                                    "needs the zeroconf package (pip install zeroconf)")
+    assert "Traceback" not in result.stderr

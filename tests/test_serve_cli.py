@@ -149,3 +149,9 @@ def test_public_api_matches_all() -> None:
                  "ConnectionClosed", "RequestTimeout", "AuthenticationError", "AccessDenied",
                  "RemoteKernelError", "load_ipython_extension"):
         assert name in exported
+
+
+def test_a_server_needs_its_service_said() -> None:
+    # As RPyC's ThreadedServer: serving the whole interpreter is never a default.
+    with pytest.raises(TypeError):
+        rk.Server()  # type: ignore[call-arg]

@@ -47,24 +47,30 @@ import threading
 import time
 from typing import Any
 
-import ifaddr
-from zeroconf import (
-    DNSQuestionType,
-    EventLoopBlocked,
-    InterfaceChoice,
-    IPVersion,
-    NonUniqueNameException,
-    ServiceBrowser,
-    ServiceInfo,
-    ServiceStateChange,
-    Zeroconf,
-    current_time_millis,
-)
+from remote_kernel.net.dnssd import DiscoveryUnavailable
 
-from remote_kernel.errors import RemoteKernelError
+try:
+    import ifaddr
+    from zeroconf import (
+        DNSQuestionType,
+        EventLoopBlocked,
+        InterfaceChoice,
+        IPVersion,
+        NonUniqueNameException,
+        ServiceBrowser,
+        ServiceInfo,
+        ServiceStateChange,
+        Zeroconf,
+        current_time_millis,
+    )
+except ImportError as exc:  # a device served from the bundle: one line, not a traceback
+    raise DiscoveryUnavailable(f"finding or announcing servers on the network needs the "
+                               f"zeroconf package (pip install zeroconf): {exc}") from None
+
 from remote_kernel.net.dnssd import (
     PROTOCOL_VERSION,
     SERVICE_TYPE,
+    DiscoveryError,
     ServerInfo,
     check_announcement,
     check_interface,
@@ -94,10 +100,6 @@ _RESOLVE_SLICE = 0.25  # seconds spent asking for one unresolved instance before
 # record a moment ago may hold its answer back, so the question must be asked twice, a second
 # apart (zeroconf re-asks after 1 s), and the second answer awaited.
 NAME_CHECK_TIME = 2.0
-
-
-class DiscoveryError(RemoteKernelError):
-    """Advertising failed: the name is taken on the network, or mDNS cannot run here."""
 
 
 # ---------------------------------------------------------------------------------------------

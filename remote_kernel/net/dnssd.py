@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from remote_kernel.errors import RemoteKernelError
+
 if TYPE_CHECKING:
     from zeroconf import ServiceInfo
 
@@ -34,6 +36,15 @@ MAX_TIMEOUT = 300.0
 _SERVICE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:]*")
 _PROTOCOL_RE = re.compile(r"[0-9]{1,6}")
 _FORBIDDEN_IN_NAME = frozenset("./\\:")
+
+
+class DiscoveryError(RemoteKernelError):
+    """Advertising failed: the name is taken on the network, or mDNS cannot run here."""
+
+
+class DiscoveryUnavailable(DiscoveryError, ImportError):
+    """zeroconf is not installed here (a device served from the bundle): nothing can be
+    found or announced on the network."""
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import Any
 
 from remote_kernel.config import make_config
 from remote_kernel.core.connection import Connection
-from remote_kernel.core.service import ClassicService, make_service
+from remote_kernel.core.service import make_service
 from remote_kernel.errors import AuthenticationError, ConnectionClosed, ProtocolError
 from remote_kernel.net.auth import SessionTable, server_handshake
 from remote_kernel.net.session import ResumableTransport, configure_liveness
@@ -59,9 +59,11 @@ def is_loopback(host: str) -> bool:
 
 
 class Server:
-    """Serves ``service`` (a Service class: one instance per connection; or an instance)."""
+    """Serves ``service`` (a Service class: one instance per connection; or an instance).
+    ``service`` has no default, as in RPyC: serving the whole interpreter
+    (``rk.ClassicService``) is said, never assumed."""
 
-    def __init__(self, service: Any = ClassicService, host: str = "127.0.0.1", port: int = 0,
+    def __init__(self, service: Any, host: str = "127.0.0.1", port: int = 0,
                  token: str | None = None, tls: Any = None, unix_path: str | None = None,
                  config: Any = None, handshake_timeout: float = HANDSHAKE_TIMEOUT,
                  max_pending: int = MAX_PENDING) -> None:
