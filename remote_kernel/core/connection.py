@@ -43,6 +43,7 @@ from remote_kernel.core.netref import BaseNetref, new_proxy
 from remote_kernel.core.reading import DELIVERY_SLICE, READ_SLICE, Reading
 from remote_kernel.core.sending import MAX_BUFFERS, Sending
 from remote_kernel.core.serving import _watchdog
+from remote_kernel.core.stop_deferral import message_was_sent
 from remote_kernel.core.transport import FrameReader, Transport
 from remote_kernel.errors import (
     ConnectionClosed,
@@ -275,6 +276,11 @@ class Connection(Reading, Sending, Dispatching):
         try:
             self._send_message(REQUEST, seq, op, args)
             ok, value = self._wait_reply(seq, timeout)
+        except KeyboardInterrupt as exc:
+            if message_was_sent(exc):  # a Stop held back while a large request went out
+                self._cancel(seq)
+                mark_stop(exc, self.peer, self._hooks.error_rendering)
+            raise
         finally:
             self._pending.discard(seq)
             if into is not None:
@@ -348,11 +354,14 @@ class Connection(Reading, Sending, Dispatching):
             self._landings[seq] = into
         try:
             self._send_message(REQUEST, seq, op, args)
-        except BaseException:
+        except BaseException as exc:
             self._async.pop(seq, None)
             if into is not None:
                 self._landings.pop(seq, None)
                 into.withdraw()
+            if message_was_sent(exc):  # a Stop held back while a large request went out
+                self._cancel(seq)
+                mark_stop(exc, self.peer, self._hooks.error_rendering)
             raise
         return result
 

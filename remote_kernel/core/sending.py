@@ -16,8 +16,10 @@ from typing import Any
 import msgpack
 
 from remote_kernel.config import ProtocolConfig
+from remote_kernel.core.hooks import ConnectionHooks
+from remote_kernel.core.stop_deferral import DEFER_FROM, MessageCut, stop_held_back
 from remote_kernel.core.transport import Transport
-from remote_kernel.errors import ConnectionClosed, ProtocolError
+from remote_kernel.errors import ConnectionClosed, ProtocolError, mark_stop
 from remote_kernel.protocol.boxing import MAX_VALUE_ITEMS, PASSTHROUGH, Boxer
 from remote_kernel.protocol.codec import HEADER, frame, pack
 from remote_kernel.protocol.messages import (
@@ -55,6 +57,8 @@ class Sending:
     _releases_sent: int
     _messages_out: int
     _bytes_out: int
+    _hooks: ConnectionHooks
+    peer: str
 
     def _send_message(self, kind: int, seq: Any, op_or_value: Any, args: tuple | None) -> None:
         if self._closed:
@@ -121,25 +125,46 @@ class Sending:
             auth = self._send_auth
             head = None if released is None else self._framed(released)
             try:
-                sent = 0
-                if views is not None:
-                    # The buffers must come right before the message that uses them.
+                if views is None and size < DEFER_FROM:  # the hot path: one frame, one send
+                    data = HEADER.pack(size) + payload if auth is None else auth.seal(payload)
                     if head is not None:
-                        self._transport.send(head)
-                        sent, head = len(head), None
-                    sent += self._send_buffers(views, limit, seq if kind == REPLY else None)
-                data = HEADER.pack(size) + payload if auth is None else auth.seal(payload)
-                if head is not None:
-                    data = head + data
-                sent += len(data)
-                self._transport.send(data)
+                        data = head + data
+                    sent = len(data)
+                    self._transport.send(data)
+                else:  # may take long: a Stop waits until the message is out whole
+                    with stop_held_back():
+                        sent = self._send_large(head, views, payload, limit,
+                                                seq if kind == REPLY else None)
             except ConnectionClosed as exc:
                 self._lost(str(exc))  # the stream may be cut mid-frame: it cannot go on
                 raise self._closed_error() from None
+            except MessageCut:
+                self._lost("a second Stop cut a message in the middle of its sending")
+                stop = KeyboardInterrupt(f"the second Stop closed the connection to "
+                                         f"{self.peer}: a message was cut in the middle of "
+                                         f"its sending")
+                raise mark_stop(stop, self.peer, self._hooks.error_rendering) from None
             self._bytes_out += sent
             self._messages_out += 1
             if kind == REQUEST:
                 self._requests += 1
+
+    def _send_large(self, head: bytes | None, views: list[memoryview] | None, payload: bytes,
+                    limit: int, reply_to: int | None) -> int:
+        """A message with large buffers or a large frame, after the releases (``head``);
+        returns the bytes sent."""
+        sent = 0
+        if views is not None:
+            # The buffers must come right before the message that uses them.
+            if head is not None:
+                self._transport.send(head)
+                sent, head = len(head), None
+            sent += self._send_buffers(views, limit, reply_to)
+        data = self._framed(payload)
+        if head is not None:
+            data = head + data
+        self._transport.send(data)
+        return sent + len(data)
 
     @staticmethod
     def _checked_buffers(buffers: list[Any], body: int, limit: int) -> list[memoryview]:

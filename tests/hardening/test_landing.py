@@ -192,10 +192,11 @@ def test_a_withdrawn_landing_is_never_written_again(when: str) -> None:
 
 class _ThrottledProxy:
     """A transparent loopback relay that passes the server's bytes on at ``rate`` bytes a
-    second (None: as fast as they come): a slow link."""
+    second (None: as fast as they come): a slow link. ``up``: the client's bytes instead."""
 
-    def __init__(self, port: int, rate: float | None) -> None:
+    def __init__(self, port: int, rate: float | None, up: bool = False) -> None:
         self.rate = rate
+        self.up = up
         self._target = port
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -209,8 +210,9 @@ class _ThrottledProxy:
             return
         server = socket.create_connection(("127.0.0.1", self._target))
         self._sockets += [client, server]
-        threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-        threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(client, server, self.up), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client, not self.up),
+                         daemon=True).start()
 
     def _pump(self, source: socket.socket, target: socket.socket, slow: bool) -> None:
         try:

@@ -1,0 +1,120 @@
+"""A Stop that comes while a large message is being sent (core/stop_deferral.py): the
+message goes out whole, then the Stop happens as usual (the request is cancelled on the
+peer, one short line, the connection goes on); a second Stop gives the message up and
+closes the connection at once, saying so. Before, the first Stop cut the message in the
+middle and the connection hung on its next call (the peer read it as the rest of the cut
+message). A real server process (with its token: frames are counted) and an in-process one
+without a token, behind a relay that slows the client's bytes."""
+
+from __future__ import annotations
+
+import _thread
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import remote_kernel as rk
+from remote_kernel.core.stop_deferral import HELD_BACK, message_was_sent
+from tests.hardening.test_landing import _ThrottledProxy
+
+pytestmark = [pytest.mark.serial, pytest.mark.timeout(90)]
+
+MIB = 1 << 20
+SIZE = 24 * MIB  # more than the loopback buffers hold, so the send is still going at the Stop
+RATE = 4 * MIB  # bytes a second from client to server
+
+
+@pytest.fixture(params=["token", "no token"])
+def target(request: Any, classic_server: Any) -> Iterator[tuple[int, str | None]]:
+    if request.param == "token":
+        yield classic_server.port, classic_server.token
+        return
+    server = rk.Server(rk.ClassicService, port=0)
+    threading.Thread(target=server.start, daemon=True).start()
+    yield server.port, None
+    server.close()
+
+
+def _stops(*after: float) -> list[threading.Timer]:
+    timers = [threading.Timer(delay, _thread.interrupt_main) for delay in after]
+    for timer in timers:
+        timer.start()
+    return timers
+
+
+def test_a_stop_while_a_large_request_goes_out_comes_after_it(
+        target: tuple[int, str | None], capsys: pytest.CaptureFixture[str]) -> None:
+    port, token = target
+    proxy = _ThrottledProxy(port, rate=RATE, up=True)
+    conn = rk.connect("127.0.0.1", proxy.port, token=token)
+    try:
+        length = conn.eval("len")
+        timers = _stops(0.5)
+        started = time.monotonic()
+        try:
+            with pytest.raises(KeyboardInterrupt) as info:
+                length(bytes(SIZE))
+        finally:
+            for timer in timers:
+                timer.cancel()
+        assert message_was_sent(info.value), "the Stop did not come while sending"
+        assert time.monotonic() - started > 1.0
+        assert "interrupted; the connection stays usable" in str(info.value)
+        assert HELD_BACK.strip() in capsys.readouterr().err
+        proxy.rate = None
+        assert conn.eval("6 * 7") == 42  # before: no answer, ever
+        assert length(b"abc") == 3 and conn.state == "open"
+    finally:
+        conn.close()
+        proxy.close()
+
+
+def test_a_second_stop_closes_the_connection_at_once(target: tuple[int, str | None]) -> None:
+    port, token = target
+    proxy = _ThrottledProxy(port, rate=RATE, up=True)
+    conn = rk.connect("127.0.0.1", proxy.port, token=token)
+    try:
+        length = conn.eval("len")
+        timers = _stops(0.5, 1.0)
+        started = time.monotonic()
+        try:
+            with pytest.raises(KeyboardInterrupt) as info:
+                length(bytes(SIZE))
+        finally:
+            for timer in timers:
+                timer.cancel()
+        assert time.monotonic() - started < 1.0 + 2.0  # not after the whole message
+        assert "the second Stop closed the connection" in str(info.value)
+        assert [line for line in info.value._render_traceback_()] == [
+            f"KeyboardInterrupt: {info.value}"]
+        assert conn.closed
+        with pytest.raises(rk.ConnectionClosed, match="cut a message"):
+            conn.eval("1")
+    finally:
+        conn.close()
+        proxy.close()
+
+
+def test_a_large_value_sent_by_deliver_is_stopped_the_same_way(classic_server: Any) -> None:
+    np = pytest.importorskip("numpy")
+    proxy = _ThrottledProxy(classic_server.port, rate=RATE, up=True)
+    conn = rk.connect("127.0.0.1", proxy.port, token=classic_server.token)
+    try:
+        array = np.arange(SIZE // 8, dtype=np.float64)
+        timers = _stops(0.5)
+        try:
+            with pytest.raises(KeyboardInterrupt) as info:
+                rk.deliver(conn, array)
+        finally:
+            for timer in timers:
+                timer.cancel()
+        assert message_was_sent(info.value)
+        proxy.rate = None
+        copy = rk.deliver(conn, array[:1000])
+        assert copy.sum() == array[:1000].sum()
+    finally:
+        conn.close()
+        proxy.close()
