@@ -111,14 +111,33 @@ def _zone_fields(tz: Any) -> tuple:
                                f"or not valid UTF-8")
         return ("offset", micros, name)
     if type(tz) is zoneinfo.ZoneInfo:
-        key = tz.key
-        if type(key) is str and _ZONE_KEY.fullmatch(key) is not None and _by_key(tz) \
-                and _zone_source(key, zoneinfo.TZPATH) != "outside":
-            return ("zone", key)
-        raise CannotEncode(f"its zoneinfo zone {key!r} was made from a file or has a key "
-                           f"that a peer would refuse")
+        fields = _ZONES_SEEN.get(tz, _UNSEEN)
+        if fields is _UNSEEN:
+            if len(_ZONES_SEEN) >= 256:
+                _ZONES_SEEN.clear()
+            fields = _ZONES_SEEN[tz] = _zoneinfo_fields(tz)
+        if fields is None:
+            raise CannotEncode(f"its zoneinfo zone {tz.key!r} was made from a file or has "
+                               f"a key that a peer would refuse")
+        return fields
     raise CannotEncode(f"its time zone {type(tz).__module__}.{type(tz).__qualname__} is "
                        f"not a datetime.timezone or a zoneinfo zone with a key")
+
+
+# zone -> its fields, or None: a datetime in a zone is encoded often, and the checks below
+# cost microseconds (reading zoneinfo.TZPATH alone goes through a module __getattr__).
+_ZONES_SEEN: dict[Any, tuple | None] = {}
+_UNSEEN = object()
+
+
+def _zoneinfo_fields(zone: Any) -> tuple | None:
+    """``["zone", key]``, or None when the zone cannot travel by its key: made from a file,
+    or a key that this side would refuse from a peer (the peer checks its own database)."""
+    key = zone.key
+    if type(key) is str and _ZONE_KEY.fullmatch(key) is not None and _by_key(zone) \
+            and _zone_source(key, zoneinfo.TZPATH) != "outside":
+        return ("zone", key)
+    return None
 
 
 def _sendable_name(name: str) -> bool:
@@ -145,7 +164,8 @@ def _by_key(zone: Any) -> bool:
 def _zone_source(key: str, tzpath: tuple[str, ...]) -> str:
     """Where ``ZoneInfo(key)`` would read ``key`` (a well-formed key): ``"file"`` under
     ``tzpath`` (the first that has it, as zoneinfo looks), ``"outside"`` when that file
-    resolves out of its directory (a link), or ``"none"`` (the tzdata package, if any)."""
+    resolves out of its directory (a link), or ``"none"`` (the tzdata package, if any).
+    Cached: a peer's datetimes in one zone decode it often; the database does not move."""
     for root in tzpath:
         path = os.path.join(root, key)
         if os.path.isfile(path):
