@@ -1,6 +1,6 @@
-"""Standard-library values by value (datetime, Decimal, Fraction, UUID, paths), enum members
-in copies, numpy scalars, and ``numpy.asarray`` of pandas netrefs, through a real server
-process."""
+"""Standard-library values by value (datetime, time zones, Decimal, Fraction, UUID, paths),
+enum members in copies, numpy scalars, and ``numpy.asarray`` of pandas netrefs, through a
+real server process."""
 
 from __future__ import annotations
 
@@ -9,12 +9,20 @@ import decimal
 import enum
 import http
 import pathlib
+import shutil
+import socket
 import zoneinfo
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from msgpack import ExtType
 
 import remote_kernel as rk
+from remote_kernel.net.auth import client_handshake
+from remote_kernel.net.transports.sockets import SocketTransport
+from remote_kernel.protocol.messages import Ext, Op
+from tests.hardening.rawpeer import RawPeer, packb
 
 SETUP = """
 import datetime, decimal, enum, fractions, http, pathlib, uuid, zoneinfo
@@ -42,6 +50,9 @@ std_values = {
     'pure_posix': pathlib.PurePosixPath('/data/run 1/ä.h5'),
     'pure_windows': pathlib.PureWindowsPath(r'C:\\data\\run 1\\a.h5'),
     'posix': pathlib.PosixPath('/tmp/results'),
+    'zone': berlin,
+    'utc_zone': datetime.timezone.utc,
+    'named_zone': datetime.timezone(datetime.timedelta(hours=-3, minutes=-30), 'NST'),
 }
 """
 
@@ -74,6 +85,114 @@ def test_each_value_round_trips_equal_and_of_its_type(lab: rk.Connection) -> Non
     assert remote["zone_fold"].utcoffset() == datetime.timedelta(hours=1)  # fold=1 kept
     assert remote["named_offset"].tzname() == "JST"
     assert remote["utc"].tzinfo is datetime.timezone.utc
+
+
+ZONE_FACTS = """
+def zone_facts(zone, *instants):
+    exact = type(zone) in (datetime.timezone, zoneinfo.ZoneInfo)
+    cached = type(zone) is not zoneinfo.ZoneInfo or zone is zoneinfo.ZoneInfo(zone.key)
+    return exact, cached, [(zone.utcoffset(when.astimezone(zone)),
+                            zone.tzname(when.astimezone(zone))) for when in instants]
+"""
+INSTANTS = (datetime.datetime(2024, 3, 31, 0, 59, tzinfo=datetime.timezone.utc),
+            datetime.datetime(2024, 3, 31, 1, 1, tzinfo=datetime.timezone.utc),
+            datetime.datetime(1900, 1, 1, tzinfo=datetime.timezone.utc))
+
+
+def test_time_zones_travel_by_value_both_ways(lab: rk.Connection) -> None:
+    paris = lab.eval("zoneinfo.ZoneInfo('Europe/Paris')")
+    assert paris is zoneinfo.ZoneInfo("Europe/Paris")  # the cached zone of its key
+    assert lab.eval("datetime.timezone.utc") is datetime.timezone.utc
+    nepal = lab.eval("datetime.timezone(datetime.timedelta(hours=5, minutes=45), 'NPT')")
+    assert type(nepal) is datetime.timezone and nepal.tzname(None) == "NPT"
+    assert nepal == datetime.timezone(datetime.timedelta(hours=5, minutes=45))
+    assert lab.eval("[datetime.timezone(datetime.timedelta(seconds=-1))]")[0] == \
+        datetime.timezone(datetime.timedelta(seconds=-1))
+    lab.execute(ZONE_FACTS)
+    zone_facts = lab.namespace["zone_facts"]
+    for zone in (paris, nepal, zoneinfo.ZoneInfo("America/St_Johns"), datetime.timezone.utc):
+        expected = [(zone.utcoffset(when.astimezone(zone)), zone.tzname(when.astimezone(zone)))
+                    for when in INSTANTS]
+        assert zone_facts(zone, *INSTANTS) == (True, True, expected), zone
+    lab.namespace["sent"] = zoneinfo.ZoneInfo.no_cache("Asia/Tokyo")
+    assert lab.eval("sent is zoneinfo.ZoneInfo('Asia/Tokyo')")
+
+
+class _Zone(zoneinfo.ZoneInfo):
+    pass
+
+
+def test_zone_subclasses_and_zones_from_files_stay_by_reference(lab: rk.Connection) -> None:
+    lab.execute(f"class Zone(zoneinfo.ZoneInfo):\n    pass\n"
+                f"with open({_zone_file('Europe/Paris')!r}, 'rb') as handle:\n"
+                f"    read = zoneinfo.ZoneInfo.from_file(handle, key='Europe/Paris')")
+    for expr in ("Zone('Europe/Paris')", "read", "datetime.datetime(2024, 1, 1, tzinfo=read)"):
+        assert rk.is_netref(lab.eval(expr)), expr
+    with pytest.raises(TypeError, match="not an acceptable base type"):
+        lab.execute("class Fixed(datetime.timezone):\n    pass")
+    lab.execute("import remote_kernel")
+    lab.namespace["mine"] = _Zone("Europe/Paris")
+    assert lab.eval("remote_kernel.is_netref(mine) and type(mine) is not zoneinfo.ZoneInfo")
+    assert lab.eval("str(mine)") == "Europe/Paris"
+
+
+@pytest.fixture
+def raw(classic_server: Any) -> Iterator[RawPeer]:
+    """A client of the real server that speaks the wire format by hand."""
+    sock = socket.create_connection(("127.0.0.1", classic_server.port), timeout=10)
+    reader = client_handshake(SocketTransport(sock, "raw"), classic_server.token, 10)
+    yield RawPeer(sock, reader)
+    sock.close()
+
+
+def _zone(fields: Any) -> ExtType:
+    return ExtType(Ext.TZINFO, packb(fields))
+
+
+HOSTILE_ZONES = {
+    "path traversal": (["zone", "../../etc/passwd"], "malformed time zone key"),
+    "absolute path": (["zone", "/etc/passwd"], "malformed time zone key"),
+    "NUL": (["zone", "Europe/Paris\0"], "malformed time zone key"),
+    "a table with a dot": (["zone", "zone.tab"], "malformed time zone key"),
+    "a table, not a zone": (["zone", "leapseconds"], "TZif"),
+    "a link out of the database": (["zone", "Evil/Out"], "leads out of the time zone"),
+    "unknown here": (["zone", "Mars/Olympus"], "which this side does not know"),
+    "offset of a day": (["offset", 86_400_000_000, None], "integer in range"),
+    "name too long": (["offset", 0, "n" * 1025], "malformed time zone name"),
+    "nil": (None, "malformed time zone"),
+}
+
+
+def test_hostile_zones_fail_their_request_and_open_nothing(lab: rk.Connection, raw: RawPeer,
+                                                          tmp_path: pathlib.Path) -> None:
+    """A raw client sends each hostile zone to the real server: each request gets an error
+    that says why, the server opens no file for it (an audit hook there watches ``open``),
+    and the next request is answered."""
+    root = tmp_path / "db"
+    (root / "Evil").mkdir(parents=True)
+    shutil.copyfile(_zone_file("Europe/Berlin"), tmp_path / "secret")
+    (root / "Evil" / "Out").symlink_to(tmp_path / "secret")  # a valid zone, outside
+    lab.execute("import sys\n"
+                "tz_opened = []\n"
+                "def tz_watch(event, args, opened=tz_opened):\n"
+                "    if event == 'open' and opened is not None:\n"
+                "        opened.append(str(args[0]))\n"
+                "sys.addaudithook(tz_watch)\n"
+                f"zoneinfo.reset_tzpath([{str(root)!r}, *zoneinfo.TZPATH])")
+    try:
+        for name, (fields, reason) in HOSTILE_ZONES.items():
+            ok, error = raw.request(Op.PING, _zone(fields), timeout=10)
+            assert not ok and reason in error.message, (name, error)
+            ok, echo = raw.request(Op.PING, _zone(["zone", "Europe/Paris"]), timeout=10)
+            assert ok and echo.code == Ext.TZINFO, name
+        opened = lab.eval("tuple(tz_opened)")  # a copy, by value
+    finally:
+        lab.execute("zoneinfo.reset_tzpath()\ntz_opened.clear()\n"
+                    "tz_watch.__defaults__ = (None,)")
+    # Only the database's own files: Paris, and the table that is no zone.
+    assert {pathlib.Path(path).name for path in opened} <= {"Paris", "leapseconds"}, opened
+    assert not any(name in path for path in opened for name in ("Evil", "secret", "passwd"))
+    assert lab.ping() > 0
 
 
 def test_special_decimals_keep_their_kind(lab: rk.Connection) -> None:

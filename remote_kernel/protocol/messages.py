@@ -109,6 +109,7 @@ class Ext(IntEnum):
     UUID = 26
     PATH = 27
     ENUM = 28  # an enum member, in a copy by value only
+    TZINFO = 29  # a datetime.timezone or zoneinfo zone on its own (a datetime's tz field)
 
 
 # The fixed layouts of ext values, and the ints msgpack packs as they are (others are BIGINT).

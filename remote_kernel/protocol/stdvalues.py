@@ -1,6 +1,7 @@
 """The immutable standard-library values that travel by value, like str and int:
-``datetime`` (``datetime``, ``date``, ``time``, ``timedelta``), ``Decimal``, ``Fraction``,
-``UUID`` and the paths of the standard flavours; and enum members copied by ``obtain``.
+``datetime`` (``datetime``, ``date``, ``time``, ``timedelta``, and the time zones
+``datetime.timezone`` and ``zoneinfo.ZoneInfo``), ``Decimal``, ``Fraction``, ``UUID`` and the
+paths of the standard flavours; and enum members copied by ``obtain``.
 
 Exactly these types (``type(x) is ...``): a user subclass travels by reference, and so does a
 value that cannot be carried faithfully (a datetime with a pytz or dateutil zone, a Decimal
@@ -13,11 +14,18 @@ Each is the msgpack array inside its ext type (``messages.Ext``), except UUID (r
 ``DATETIME`` ``[year, month, day, hour, minute, second, microsecond, fold, tz]``
 ``DATE`` ``[year, month, day]``
 ``TIME`` ``[hour, minute, second, microsecond, fold, tz]``
-    *tz* is nil (naive), ``["offset", microseconds, name or nil]`` for a
-    ``datetime.timezone`` (its name only when it was given one), or ``["zone", key]`` for a
-    ``zoneinfo.ZoneInfo``, rebuilt here by its key when this side's time zone database has
-    it (a file under ``zoneinfo.TZPATH``, or the ``tzdata`` package when it is already
-    imported), else refused with a ``TypeError`` naming the key.
+    *tz* is nil (naive) or a zone's fields, as in ``TZINFO``.
+``TZINFO`` a time zone on its own: ``["offset", microseconds, name or nil]`` for a
+    ``datetime.timezone`` (its name only when it was given one; the offset strictly within
+    a day, the name at most ``MAX_NAME`` characters), or ``["zone", key]`` for a
+    ``zoneinfo.ZoneInfo``, rebuilt here as ``ZoneInfo(key)`` (the cached zone) when this
+    side's time zone database has it (a file under ``zoneinfo.TZPATH``, or the ``tzdata``
+    package when it is already imported), else refused with a ``TypeError`` naming the key.
+    A key is a few path segments of letters, digits, ``_+-`` (no dot, no leading slash),
+    and its file must resolve inside its ``TZPATH`` directory (``localtime`` is a link to
+    ``/etc/localtime`` on Debian): a key never opens a file outside the database. A zone
+    made from a file (``ZoneInfo.from_file``: its key, if any, does not say what is in it),
+    or whose key would be refused so, travels by reference.
 ``TIMEDELTA`` ``[days, seconds, microseconds]``
 ``DECIMAL`` ``[sign, digits, exponent]``: Decimal's tuple form; *digits* a string of ASCII
     digits, *exponent* an int or ``"n"``/``"N"``/``"F"`` (NaN, sNaN, Infinity). Bounded: at
@@ -33,8 +41,8 @@ Each is the msgpack array inside its ext type (``messages.Ext``), except UUID (r
     decoded as the member of the class this process already has (looked up in
     ``sys.modules``, never imported), else a ``TypeError`` naming the enum.
 
-Decoding evaluates nothing and imports nothing but ``zoneinfo``: every field is type- and
-range-checked before a constructor sees it.
+Decoding evaluates nothing and imports nothing: every field is type- and range-checked
+before a constructor sees it.
 """
 
 from __future__ import annotations
@@ -43,11 +51,13 @@ import datetime
 import decimal
 import enum
 import fractions
+import functools
 import os
 import pathlib
 import re
 import sys
 import uuid
+import zoneinfo  # imported here (a few ms) so that its zones are in ENCODERS
 from collections.abc import Callable
 from typing import Any
 
@@ -86,18 +96,87 @@ def _pack(fields: Any) -> bytes:
 
 
 def _tz_fields(tz: Any) -> Any:
-    if tz is None:
-        return None
+    return None if tz is None else _zone_fields(tz)
+
+
+def _zone_fields(tz: Any) -> tuple:
+    """The one encoding of a time zone: a datetime's or a time's, and a zone on its own."""
     if type(tz) is datetime.timezone:
         args = tz.__getinitargs__()  # (offset,) or (offset, name): the name only if given
         offset = args[0]
         micros = (offset.days * 86400 + offset.seconds) * 1_000_000 + offset.microseconds
-        return ("offset", micros, args[1] if len(args) > 1 else None)
-    zoneinfo = sys.modules.get("zoneinfo")  # a ZoneInfo exists only if it is loaded
-    if zoneinfo is not None and type(tz) is zoneinfo.ZoneInfo and type(tz.key) is str:
-        return ("zone", tz.key)
+        name = args[1] if len(args) > 1 else None
+        if name is not None and not _sendable_name(name):
+            raise CannotEncode(f"its time zone name is longer than {MAX_NAME} characters "
+                               f"or not valid UTF-8")
+        return ("offset", micros, name)
+    if type(tz) is zoneinfo.ZoneInfo:
+        fields = _ZONES_SEEN.get(tz, _UNSEEN)
+        if fields is _UNSEEN:
+            if len(_ZONES_SEEN) >= 256:
+                _ZONES_SEEN.clear()
+            fields = _ZONES_SEEN[tz] = _zoneinfo_fields(tz)
+        if fields is None:
+            raise CannotEncode(f"its zoneinfo zone {tz.key!r} was made from a file or has "
+                               f"a key that a peer would refuse")
+        return fields
     raise CannotEncode(f"its time zone {type(tz).__module__}.{type(tz).__qualname__} is "
                        f"not a datetime.timezone or a zoneinfo zone with a key")
+
+
+# zone -> its fields, or None: a datetime in a zone is encoded often, and the checks below
+# cost microseconds (reading zoneinfo.TZPATH alone goes through a module __getattr__).
+_ZONES_SEEN: dict[Any, tuple | None] = {}
+_UNSEEN = object()
+
+
+def _zoneinfo_fields(zone: Any) -> tuple | None:
+    """``["zone", key]``, or None when the zone cannot travel by its key: made from a file,
+    or a key that this side would refuse from a peer (the peer checks its own database)."""
+    key = zone.key
+    if type(key) is str and _ZONE_KEY.fullmatch(key) is not None and _by_key(zone) \
+            and _zone_source(key, zoneinfo.TZPATH) != "outside":
+        return ("zone", key)
+    return None
+
+
+def _sendable_name(name: str) -> bool:
+    if len(name) > MAX_NAME:
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def _by_key(zone: Any) -> bool:
+    """Whether ``zone`` is what its key says: ZoneInfo's pickling refuses a zone that
+    ``from_file`` read (key or not); a cached or ``no_cache`` zone pickles by key."""
+    try:
+        zone.__reduce__()
+    except Exception:  # pickle.PicklingError
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=256)
+def _zone_source(key: str, tzpath: tuple[str, ...]) -> str:
+    """Where ``ZoneInfo(key)`` would read ``key`` (a well-formed key): ``"file"`` under
+    ``tzpath`` (the first that has it, as zoneinfo looks), ``"outside"`` when that file
+    resolves out of its directory (a link), or ``"none"`` (the tzdata package, if any).
+    Cached: a peer's datetimes in one zone decode it often; the database does not move."""
+    for root in tzpath:
+        path = os.path.join(root, key)
+        if os.path.isfile(path):
+            real_root = os.path.realpath(root)
+            inside = os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+            return "file" if inside else "outside"
+    return "none"
+
+
+def _tzinfo(value: datetime.tzinfo) -> bytes:
+    return _pack(_zone_fields(value))
 
 
 def _datetime(value: datetime.datetime) -> bytes:
@@ -166,6 +245,8 @@ ENCODERS: dict[type, tuple[int, Callable[[Any], bytes]]] = {
     fractions.Fraction: (int(Ext.FRACTION), _fraction),
     uuid.UUID: (int(Ext.UUID), _uuid),
     **{cls: (int(Ext.PATH), _path) for cls in _PATH_KINDS},
+    datetime.timezone: (int(Ext.TZINFO), _tzinfo),
+    zoneinfo.ZoneInfo: (int(Ext.TZINFO), _tzinfo),
 }
 
 
@@ -202,8 +283,11 @@ def _ints(*values: Any, low: int = 0, high: int = 1_000_000_000) -> None:
 
 
 def _tz_from(fields: Any) -> datetime.tzinfo | None:
-    if fields is None:
-        return None
+    return None if fields is None else _zone_from(fields)
+
+
+def _zone_from(fields: Any) -> datetime.tzinfo:
+    """A time zone from its fields (``_zone_fields``)."""
     if type(fields) is not tuple or not fields:
         raise ValueError("malformed time zone")
     if fields[0] == "offset" and len(fields) == 3:
@@ -224,18 +308,23 @@ def _zone(key: Any) -> datetime.tzinfo:
     """The zoneinfo zone ``key``, if this side's time zone database has it."""
     if type(key) is not str or _ZONE_KEY.fullmatch(key) is None:
         raise ValueError("malformed time zone key")
-    import zoneinfo
-
-    on_disk = any(os.path.isfile(os.path.join(root, key)) for root in zoneinfo.TZPATH)
-    if not on_disk and "tzdata" not in sys.modules:
-        raise NotHere(f"the peer sent a time in zone {key!r}, which this side does not know "
+    source = _zone_source(key, zoneinfo.TZPATH)
+    if source == "outside":
+        raise ValueError(f"time zone key {key!r} leads out of the time zone database")
+    if source == "none" and "tzdata" not in sys.modules:
+        raise NotHere(f"the peer sent the time zone {key!r}, which this side does not know "
                       f"(no such file under zoneinfo.TZPATH; pip install tzdata, then "
                       f"import tzdata)")
     try:
         return zoneinfo.ZoneInfo(key)
     except zoneinfo.ZoneInfoNotFoundError:
-        raise NotHere(f"the peer sent a time in zone {key!r}, which this side does not know "
+        raise NotHere(f"the peer sent the time zone {key!r}, which this side does not know "
                       f"(pip install tzdata, then import tzdata)") from None
+
+
+def _tzinfo_from(data: bytes) -> datetime.tzinfo:
+    # Nil (a datetime's "naive") is no zone on its own: not a tuple, so malformed.
+    return _zone_from(msgpack.unpackb(data, use_list=False, raw=False, strict_map_key=True))
 
 
 def _datetime_from(data: bytes) -> datetime.datetime:
@@ -356,6 +445,7 @@ DECODERS: dict[int, Callable[[bytes], Any]] = {
     int(Ext.UUID): _uuid_from,
     int(Ext.PATH): _path_from,
     int(Ext.ENUM): _enum_from,
+    int(Ext.TZINFO): _tzinfo_from,
 }
 CODES = frozenset(DECODERS)
 

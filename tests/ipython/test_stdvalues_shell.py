@@ -52,3 +52,20 @@ def test_remote_outputs_and_pull_give_the_values(shell, lab) -> None:
     run(shell, "%remote pull ok")
     assert ns["later"] == (datetime.date(2024, 2, 29), datetime.timedelta(hours=1))
     assert ns["ok"] is http.HTTPStatus.OK
+
+
+def test_a_remote_zone_comes_back_a_zone_and_displays(shell, lab) -> None:
+    """%remote EXPR of a time zone gives the zone itself (by value): it displays here, with
+    no request."""
+    paris = run(shell, "%remote __import__('zoneinfo').ZoneInfo('Europe/Paris')")
+    assert paris is zoneinfo.ZoneInfo("Europe/Paris")
+    fixed = run(shell, "%remote datetime.timezone(datetime.timedelta(hours=9), 'JST')")
+    assert type(fixed) is datetime.timezone and fixed.tzname(None) == "JST"
+    before = lab.stats["requests"]
+    data, _ = shell.display_formatter.format(paris)
+    assert data["text/plain"] == "zoneinfo.ZoneInfo(key='Europe/Paris')"
+    assert shell.display_formatter.format(fixed)[0]["text/plain"] == repr(fixed)
+    assert lab.stats["requests"] == before
+    shell.user_ns["here"] = zoneinfo.ZoneInfo("Asia/Tokyo")
+    run(shell, "%remote push here")
+    assert lab.eval("type(here).__name__, str(here)") == ("ZoneInfo", "Asia/Tokyo")
