@@ -281,7 +281,7 @@ def decode(boxer: Unboxer, data: bytes) -> BaseException:
         boxer.exception_count = 0
     boxer.exception_count += 1
     if boxer.exception_count > MAX_EXCEPTIONS:
-        raise ProtocolError(f"an exception linked to more than {MAX_EXCEPTIONS} others")
+        raise ProtocolError(f"an exception holding more than {MAX_EXCEPTIONS} exceptions")
     boxer.exception_depth += 1
     try:
         if boxer.exception_depth > MAX_CHAIN + 1:
