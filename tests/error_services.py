@@ -93,6 +93,57 @@ def exit_here() -> None:
     raise SystemExit(3)
 
 
+# -- exception groups (Python 3.11+; the names exist on 3.10, where the tests skip) -------
+
+_GROUP: type = vars(builtins).get("ExceptionGroup", Exception)
+_BASE_GROUP: type = vars(builtins).get("BaseExceptionGroup", BaseException)
+
+
+class BatchFailed(_GROUP):  # type: ignore[misc,valid-type]
+    """A library's own exception group (the client has this module too)."""
+
+    batch: str | None = None
+
+
 def several() -> None:
-    group = vars(builtins)["ExceptionGroup"]  # Python 3.11+
-    raise group("several", [ValueError("a"), KeyError("b")])
+    raise _GROUP("several", [ValueError("a"), KeyError("b")])
+
+
+def nested_groups() -> None:
+    raise _GROUP("outer", [ValueError("a"), _GROUP("inner", [KeyError("b"), TypeError("c")])])
+
+
+def _failure(key: str) -> BaseException:
+    try:
+        lookup(key)  # RuntimeError("lookup failed") from KeyError(key)
+    except RuntimeError as exc:
+        return exc
+    raise AssertionError("lookup did not fail")
+
+
+def group_with_causes() -> None:
+    raise _GROUP("lookups", [_failure("x"), _failure("y")])
+
+
+def batch_failed() -> None:
+    instrument = InstrumentFault("channel 2 is dead", 7)
+    instrument.channel = 2
+    group = BatchFailed("batch of 2 failed", [instrument, ValueError("bad sample")])
+    group.batch = "morning"
+    group.add_note("rerun the batch")
+    raise group
+
+
+def wide_group(count: int) -> None:
+    raise _GROUP("wide", [ValueError(n) for n in range(count)])
+
+
+def deep_group(depth: int) -> None:
+    group = _GROUP("level 0", [ValueError("the innermost")])
+    for level in range(1, depth):
+        group = _GROUP(f"level {level}", [group])
+    raise group
+
+
+def base_group() -> None:
+    raise _BASE_GROUP("stopped", [KeyboardInterrupt(), ValueError("v")])

@@ -191,9 +191,10 @@ def test_a_peers_keyboard_interrupt_or_exit_is_an_exception_here(lab, name: str)
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="ExceptionGroup is 3.11+")
 def test_a_class_that_needs_arguments_to_exist_still_arrives(lab) -> None:
-    exc = raised(lab.several)  # ExceptionGroup cannot be made without arguments
+    exc = raised(lab.several)  # ExceptionGroup cannot be made without arguments: it gets
     assert isinstance(exc, RemoteError) and type(exc).__name__ == "ExceptionGroup"
-    assert exc.remote_type == "builtins.ExceptionGroup"
+    assert exc.remote_type == "builtins.ExceptionGroup"  # its own (tests/test_exception_groups.py)
+    assert [type(member).__name__ for member in exc.exceptions] == ["ValueError", "KeyError"]
 
 
 # -- frames, sides, printouts ------------------------------------------------------------

@@ -41,6 +41,7 @@ def load(shell: Any) -> None:
     completion.install(shell)
     inspection.install(shell)
     tracebacks.show_remote_syntax_error(shell)
+    tracebacks.show_remote_groups(shell)
     loop.install(shell)
     routing.install(shell)
     terminal.install(shell)
@@ -66,6 +67,7 @@ def unload(shell: Any) -> None:
     if _group_member in PROCESS_HOOKS.resolvers:
         PROCESS_HOOKS.resolvers.remove(_group_member)
     tracebacks.restore_syntax_error(shell)
+    tracebacks.restore_groups(shell)
     inspection.uninstall(shell)
     completion.uninstall(shell)
     display.uninstall(shell)

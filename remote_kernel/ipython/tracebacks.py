@@ -11,7 +11,10 @@ this notebook that the peer called). Remote frames have no Python frame objects:
 and Verbose modes they show the source lines the peer sent, without variables.
 
 A ``SyntaxError`` shows its file, line and caret; a Stop (Ctrl-C while waiting for the
-peer) and a closed connection are one line each. Without a shell (the proxy kernel) the
+peer) and a closed connection are one line each. An exception group (or a chain holding one)
+shows as the standard library prints it, sub-exceptions boxed, their remote frames as notes:
+IPython's formatters do not show sub-exceptions, and IPython prints a local group so too
+(without ``%colors``); its local frames are the user's only, as for other remote errors. Without a shell (the proxy kernel) the
 look is IPython's default: Context mode, the "linux" colors.
 
 IPython 9 colors through themes (``IPython.utils.PyColorize.theme_table``, pygments tokens);
@@ -23,9 +26,11 @@ methods used here (``_format_list``, ``get_records``, ``format_record``,
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import linecache
 import sys
+import traceback
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -48,6 +53,7 @@ DEFAULT_MODE, DEFAULT_THEME = "Context", "linux"
 MAIN_CONTEXT, CHAINED_CONTEXT = 5, 3  # source lines around a frame, as IPython shows them
 _CONTEXT_MODES = ("Context", "Verbose", "Docs")
 _LINK_CAUSE = {"cause": True, "context": None}
+_GROUP: type | None = vars(builtins).get("BaseExceptionGroup")  # Python 3.11+
 
 
 def _shell_settings() -> tuple[str, str]:
@@ -78,6 +84,8 @@ class RemoteTracebackFormatter:
     # -- the whole traceback ------------------------------------------------------------
 
     def structured(self, exc: BaseException) -> list[str]:
+        if self.mode != "Minimal" and holds_group(exc):
+            return self._group_lines(exc)
         with traceback_note_hidden():  # the frames are shown here, not as a note
             if self.mode == "Minimal":
                 return self._exception_lines(exc)
@@ -96,6 +104,14 @@ class RemoteTracebackFormatter:
                     parts.extend(self.tb.prepare_chained_exception_message(
                         _LINK_CAUSE[link])[0])  # type: ignore[arg-type]
             return parts
+
+    def _group_lines(self, exc: BaseException) -> list[str]:
+        """The standard library's printout (the remote frames are notes there), with the
+        user's local frames only."""
+        entries, _ = self._frames(exc)
+        printed = traceback.TracebackException(type(exc), exc, _traceback_of(entries),
+                                               compact=True).format()
+        return "".join(printed).splitlines()
 
     # -- one exception of the chain -----------------------------------------------------
 
@@ -152,9 +168,7 @@ class RemoteTracebackFormatter:
 
     def _local_records(self, entries: list[types.TracebackType], context: int) -> list[str]:
         """The real frames that led to the call, through IPython's VerboseTB."""
-        tb: types.TracebackType | None = None
-        for entry in reversed(entries):  # a traceback of the user frames only
-            tb = types.TracebackType(tb, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+        tb = _traceback_of(entries)
         if tb is None:
             return []
         self.tb.include_vars = self.mode == "Verbose"
@@ -190,6 +204,19 @@ class RemoteTracebackFormatter:
 
     def _paint(self, tokens: list[tuple[Any, str]]) -> str:
         return self.look.paint(tokens)
+
+
+def _traceback_of(entries: list[types.TracebackType]) -> types.TracebackType | None:
+    """A traceback of these entries only (the user frames)."""
+    tb: types.TracebackType | None = None
+    for entry in reversed(entries):
+        tb = types.TracebackType(tb, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return tb
+
+
+def holds_group(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception of its printed chain is an exception group."""
+    return _GROUP is not None and any(isinstance(linked, _GROUP) for linked, _ in chain_of(exc))
 
 
 # -- IPython 9 themes and IPython 8 color schemes ----------------------------------------------
@@ -377,6 +404,36 @@ def restore_syntax_error(shell: Any) -> None:
     current = shell.__dict__.get("showsyntaxerror")
     if current is not None and hasattr(current, "_rk_original"):
         del shell.showsyntaxerror
+
+
+def show_remote_groups(shell: Any) -> None:
+    """IPython prints any exception group with ``traceback.print_exc()``, never asking its
+    ``_render_traceback_`` (so the frames of the connection's machinery would show, and
+    ``%xmode Minimal`` would not apply): a remote one is rendered here instead."""
+    original = shell.showtraceback
+
+    def showtraceback(exc_tuple: Any = None, filename: str | None = None,
+                      tb_offset: int | None = None, exception_only: bool = False,
+                      running_compiled_code: bool = False) -> None:
+        try:
+            value = shell._get_exc_info(exc_tuple)[1]
+        except ValueError:  # nothing to show: IPython says so
+            value = None
+        if isinstance(value, RemoteError) and not exception_only and holds_group(value):
+            shell._showtraceback(type(value), value, value._render_traceback_())
+            if shell.call_pdb:
+                shell.debugger(force=True)
+            return
+        original(exc_tuple, filename, tb_offset, exception_only, running_compiled_code)
+
+    showtraceback._rk_original = original  # type: ignore[attr-defined]
+    shell.showtraceback = showtraceback
+
+
+def restore_groups(shell: Any) -> None:
+    current = shell.__dict__.get("showtraceback")
+    if current is not None and hasattr(current, "_rk_original"):
+        del shell.showtraceback
 
 
 def install() -> None:

@@ -24,7 +24,12 @@ Wire format: the EXC ext value is a msgpack array
                       frames, at most ``MAX_CHAIN`` deep; context ``true``: the same as cause
     suppress_context  ``__suppress_context__``
 
-A version-0 peer sends only the first 7 items; the rest default to empty.
+A version-0 peer sends only the first 7 items; the rest default to empty. An exception
+group's sub-exceptions are its attribute ``exceptions``: a list of EXC values, first of the
+attributes (``exception_groups.py``); a peer that does not know groups keeps them as a plain
+attribute. Linked exceptions (chain and sub-exceptions) share the bounds: at most
+``MAX_CHAIN`` levels below the one raised, ``MAX_EXCEPTIONS`` in all, ``MAX_GROUP`` per group;
+the sender cuts there, the receiver refuses more.
 
 Decoding trusts nothing: every field is type-checked (``ProtocolError`` otherwise), counts
 and lengths are bounded, an exception may not carry references (no netref hides in it), the
@@ -54,6 +59,7 @@ from msgpack import ExtType
 
 from remote_kernel import errors
 from remote_kernel.errors import ProtocolError, RemoteError, RemoteFrame, RemoteTraceback
+from remote_kernel.protocol import exception_groups as _groups
 from remote_kernel.protocol import frames as _frames
 from remote_kernel.protocol.codec import pack
 from remote_kernel.protocol.messages import Ext
@@ -63,7 +69,8 @@ if TYPE_CHECKING:
     from remote_kernel.protocol.boxing import Boxer
     from remote_kernel.protocol.unboxing import Unboxer
 
-MAX_CHAIN = 8  # linked exceptions (cause, context) below the one raised
+MAX_CHAIN = 8  # levels of linked exceptions (cause, context, group members) below the one raised
+MAX_EXCEPTIONS = 512  # exceptions in one, linked ones included (a full tree of causes and contexts)
 MAX_FRAMES = 100  # innermost frames kept per exception
 MAX_ATTRIBUTES = 32
 MAX_NOTES = 32
@@ -88,29 +95,65 @@ _DESCRIPTORS = (types.MemberDescriptorType, types.GetSetDescriptorType)
 # -- encoding ----------------------------------------------------------------------------
 
 
+class _Sending:
+    """What one exception sent so far holds: the ids met (a chain may loop) and the count."""
+
+    __slots__ = ("count", "seen")
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.count = 0
+
+
 def encode(boxer: Boxer, exc: BaseException, depth: int = 0,
-           seen: set[int] | None = None) -> ExtType:
-    """The EXC ext value of ``exc`` (with its chain) for the peer."""
-    seen = set() if seen is None else seen
-    seen.add(id(exc))
+           sending: _Sending | None = None) -> ExtType:
+    """The EXC ext value of ``exc`` (with its chain and sub-exceptions) for the peer."""
+    sending = _Sending() if sending is None else sending
+    sending.seen.add(id(exc))
+    sending.count += 1
     cls = type(exc)
     message = _safe_str(exc)[:MAX_TEXT]
     args = _by_value(boxer, tuple(getattr(exc, "args", ()) or ()))
     frames = _frames_out(exc) if boxer.include_traceback else []
-    cause = _linked(boxer, exc.__cause__, depth, seen)
+    cause = _linked(boxer, exc.__cause__, depth, sending)
     context: ExtType | bool | None
     if exc.__context__ is not None and exc.__context__ is exc.__cause__:
         context = True if cause is not None else None  # `raise ... from e` in `except e`
     else:
-        context = _linked(boxer, exc.__context__, depth, seen)
+        context = _linked(boxer, exc.__context__, depth, sending)
+    attributes, notes = _attributes_out(boxer, exc), _notes_out(exc)
+    group = _groups.members_out(exc)
+    if group is not None:
+        attributes, notes = _with_members(boxer, group, depth, sending, attributes, notes)
     return ExtType(Ext.EXC, pack([
         str(getattr(cls, "__module__", None) or "builtins")[:MAX_NAME],
         str(getattr(cls, "__qualname__", cls.__name__))[:MAX_NAME],
         args if args is not None else [message],
         message, "", frames, _builtin_base_name(cls),
-        _attributes_out(boxer, exc), _notes_out(exc), cause, context,
+        attributes, notes, cause, context,
         bool(exc.__suppress_context__),
     ]))
+
+
+def _with_members(boxer: Boxer, group: tuple[tuple[BaseException, ...], int], depth: int,
+                  sending: _Sending, attributes: dict[str, Any],
+                  notes: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """A group's attributes with its sub-exceptions first (an attribute past the bound is
+    dropped, not them), and a note when some of them were not sent."""
+    members: list[ExtType] = []
+    for member in group[0] if depth < MAX_CHAIN else ():
+        if sending.count >= MAX_EXCEPTIONS:
+            break
+        members.append(encode(boxer, member, depth + 1, sending))
+    attributes.pop(_groups.MEMBERS, None)
+    if members:
+        attributes = {_groups.MEMBERS: members,
+                      **dict(list(attributes.items())[:MAX_ATTRIBUTES - 1])}
+    total = group[1]
+    if len(members) < total:
+        notes = [*notes[:MAX_NOTES - 1], f"({total - len(members)} of its {total} "
+                                          f"sub-exceptions were not sent)"]
+    return attributes, notes
 
 
 def _safe_str(exc: BaseException) -> str:
@@ -121,11 +164,11 @@ def _safe_str(exc: BaseException) -> str:
 
 
 def _linked(boxer: Boxer, linked: BaseException | None, depth: int,
-            seen: set[int]) -> ExtType | None:
+            sending: _Sending) -> ExtType | None:
     if (linked is None or isinstance(linked, RemoteTraceback) or depth >= MAX_CHAIN
-            or id(linked) in seen):
+            or id(linked) in sending.seen or sending.count >= MAX_EXCEPTIONS):
         return None
-    return encode(boxer, linked, depth + 1, seen)
+    return encode(boxer, linked, depth + 1, sending)
 
 
 def _by_value(boxer: Boxer, value: Any) -> Any:
@@ -234,6 +277,11 @@ def _builtin_base_name(cls: type) -> str:
 
 def decode(boxer: Unboxer, data: bytes) -> BaseException:
     """The local exception for a peer's EXC value; ProtocolError if it is malformed."""
+    if not boxer.exception_depth:  # the one raised: count it and all it links to
+        boxer.exception_count = 0
+    boxer.exception_count += 1
+    if boxer.exception_count > MAX_EXCEPTIONS:
+        raise ProtocolError(f"an exception holding more than {MAX_EXCEPTIONS} exceptions")
     boxer.exception_depth += 1
     try:
         if boxer.exception_depth > MAX_CHAIN + 1:
@@ -250,9 +298,13 @@ def decode(boxer: Unboxer, data: bytes) -> BaseException:
         raise ProtocolError("malformed exception class")
     peer = boxer.peer_name()
     message = _text(message)
-    exc = _instantiate(boxer.exception_classes, module, qualname, builtin_base)
+    group = _groups.members_in(attributes, message, MAX_TEXT)
+    exc = _instantiate(boxer.exception_classes, module, qualname, builtin_base, group)
     try:
-        exc.args = args if type(args) is tuple else (message,)
+        if group is not None and _groups.is_group_class(type(exc)):
+            exc.args = (group[0], list(group[1]))  # as a local group's
+        else:
+            exc.args = args if type(args) is tuple else (message,)
     except Exception:
         exc.args = (message,)
     state = exc.__dict__
@@ -368,21 +420,23 @@ def _hang_traceback(exc: BaseException) -> None:
 # -- the local class ---------------------------------------------------------------------
 
 
-def _instantiate(cache: dict[tuple[str, str, str], type[BaseException]], module: str,
-                 qualname: str, builtin_base: str) -> BaseException:
-    """An instance of the local class for a remote type, built without ``__init__``."""
-    key = (module, qualname, builtin_base)
+def _instantiate(cache: dict[tuple[str, str, str, bool], type[BaseException]], module: str,
+                 qualname: str, builtin_base: str,
+                 group: _groups.Members | None = None) -> BaseException:
+    """An instance of the local class for a remote type, built without ``__init__``; a
+    group class only when ``group`` holds its message and sub-exceptions."""
+    key = (module, qualname, builtin_base, group is not None)
     cls = cache.get(key)
     if cls is not None:
-        exc = _new(cls)
+        exc = _new(cls, group)
         if exc is not None:
             return exc
     elif len(cache) >= MAX_CLASSES:
-        exc = _new(_shared_class(module, qualname, builtin_base))
+        exc = _new(_shared_class(module, qualname, builtin_base, group is not None), group)
         if exc is not None:
             return exc
-    for cls in _candidates(module, qualname, builtin_base):
-        exc = _new(cls)
+    for cls in _candidates(module, qualname, builtin_base, group is not None):
+        exc = _new(cls, group)
         if exc is not None:  # else the class cannot exist without arguments: the next one
             if key in cache or len(cache) < MAX_CLASSES:
                 cache[key] = cls
@@ -390,18 +444,12 @@ def _instantiate(cache: dict[tuple[str, str, str], type[BaseException]], module:
     raise ProtocolError(f"cannot build a local {qualname} exception")
 
 
-def _shared_class(module: str, qualname: str, builtin_base: str) -> type[BaseException]:
+def _shared_class(module: str, qualname: str, builtin_base: str,
+                  grouped: bool) -> type[BaseException]:
     """The class exceptions of names past a connection's bound share: one per builtin
     base, made once per process (there are a few dozen builtin bases, whatever the peer
     names)."""
-    original = known_class(module, qualname)
-    if original is None:
-        base = _builtin_exception(builtin_base)
-    elif issubclass(original, Exception):
-        base = _builtin_exception(_builtin_base_name(original))
-    else:
-        base = None
-    return _class_sharing(base)
+    return _class_sharing(_nearest_builtin(module, qualname, builtin_base, grouped)[1])
 
 
 @lru_cache(maxsize=128)  # keyed by builtin classes: a few dozen at most
@@ -409,15 +457,18 @@ def _class_sharing(base: type[BaseException] | None) -> type[BaseException]:
     namespace = {"__module__": RemoteError.__module__, "__qualname__": "RemoteError"}
     if base is not None:
         try:
-            return type("RemoteError", (RemoteError, base), namespace)
+            return type("RemoteError", (RemoteError, base), _with_derive(namespace, (base,)))
         except TypeError:  # a layout conflict: RemoteError alone
             pass
     return type("RemoteError", (RemoteError,), namespace)
 
 
-def _new(cls: type[BaseException]) -> BaseException | None:
+def _new(cls: type[BaseException], group: _groups.Members | None = None) -> BaseException | None:
     try:
-        exc = cls.__new__(cls)
+        if _groups.is_group_class(cls):  # BaseExceptionGroup.__new__ needs its arguments
+            exc = _groups.new_group(cls, group) if group is not None else None
+        else:
+            exc = cls.__new__(cls)
     except Exception:
         return None
     return exc if isinstance(exc, cls) else None
@@ -429,30 +480,43 @@ def local_class(module: str, qualname: str, builtin_base: str = "") -> type[Base
     return next(_candidates(module, qualname, builtin_base))
 
 
-def _candidates(module: str, qualname: str, builtin_base: str) -> Iterator[type[BaseException]]:
+def _candidates(module: str, qualname: str, builtin_base: str,
+                grouped: bool = False) -> Iterator[type[BaseException]]:
     """Local classes for a remote type, best first: a subclass of the original class, of
-    the nearest builtin base, of RemoteError alone."""
+    the nearest builtin base, of RemoteError alone. An exception group's classes only when
+    ``grouped`` (its sub-exceptions arrived)."""
     name = qualname.rpartition(".")[2] or "RemoteException"
     namespace = {"__module__": module, "__qualname__": qualname}
-    original = known_class(module, qualname)
-    if original is None:
-        base = _builtin_exception(builtin_base)  # the peer's word: its nearest builtin
-    elif issubclass(original, Exception):
-        base = _builtin_exception(_builtin_base_name(original))
-    else:
-        base = None  # KeyboardInterrupt, SystemExit...: an Exception here, nothing more
+    original, base = _nearest_builtin(module, qualname, builtin_base, grouped)
     bases_tried: list[tuple[type, ...]] = []
-    if original is not None and _adoptable(original):
+    if original is not None and _adoptable(original) \
+            and (grouped or not _groups.is_group_class(original)):
         bases_tried.append((original,) if issubclass(original, RemoteError)
                            else (RemoteError, original))
-    if base is not None and base is not original:
+    if base is not None and (RemoteError, base) not in bases_tried:
         bases_tried.append((RemoteError, base))
     bases_tried.append((RemoteError,))
     for bases in bases_tried:
         try:
-            yield type(name, bases, dict(namespace))
+            yield type(name, bases, _with_derive(dict(namespace), bases))
         except TypeError:  # a layout conflict, or a class that cannot be subclassed
             continue
+
+
+def _nearest_builtin(module: str, qualname: str, builtin_base: str,
+                     grouped: bool) -> tuple[type[BaseException] | None,
+                                             type[BaseException] | None]:
+    """The original class if this side has it, and the builtin class a stand-in derives
+    from: the original's nearest, else the peer's word."""
+    original = known_class(module, qualname)
+    name = builtin_base if original is None else _builtin_base_name(original)
+    return original, _builtin_exception(name, grouped)
+
+
+def _with_derive(namespace: dict[str, Any], bases: tuple[type, ...]) -> dict[str, Any]:
+    if _groups.needs_derive(bases):
+        namespace["derive"] = _groups.derive_part
+    return namespace
 
 
 def loaded_class(module: str, qualname: str) -> type | None:
@@ -497,9 +561,13 @@ def _adoptable(original: type[BaseException]) -> bool:
     return True
 
 
-def _builtin_exception(name: str) -> type[BaseException] | None:
-    """The builtin ``Exception`` subclass named ``name`` (not Exception itself)."""
+def _builtin_exception(name: str, grouped: bool = False) -> type[BaseException] | None:
+    """The builtin ``Exception`` subclass named ``name`` (not Exception itself); an
+    exception group class (``BaseExceptionGroup`` too: a stand-in is an Exception) only
+    when ``grouped``. KeyboardInterrupt, SystemExit...: None, an Exception here."""
     found = vars(builtins).get(name)
-    if isinstance(found, type) and issubclass(found, Exception) and found is not Exception:
-        return found
-    return None
+    if not isinstance(found, type) or found is Exception:
+        return None
+    if _groups.is_group_class(found):
+        return found if grouped else None
+    return found if issubclass(found, Exception) else None

@@ -90,10 +90,11 @@ class Unboxer:
         self._make_proxy = make_proxy
         self.peer_name = peer_name
         # Exceptions on the wire (protocol/exceptions.py): the local classes made for the
-        # peer's exception types (per connection, bounded) and the nesting of the one being
-        # decoded.
-        self.exception_classes: dict[tuple[str, str, str], type[BaseException]] = {}
+        # peer's exception types (per connection, bounded), the nesting of the one being
+        # decoded and how many it holds (its chain and sub-exceptions).
+        self.exception_classes: dict[tuple[str, str, str, bool], type[BaseException]] = {}
         self.exception_depth = 0
+        self.exception_count = 0
         self._peer_types: dict[int, Descriptor] = {}
         self._peer_type_names = 0
         self._budget: ItemBudget | None = None  # set while a long payload is decoded

@@ -156,6 +156,25 @@ def test_a_local_error_with_a_remote_context_shows_the_remote_frames(shell, lab,
     assert "in inner" in text and "deep down" in text  # IPython's own renderer, and a note
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception groups are Python 3.11+")
+def test_a_remote_exception_group_shows_its_sub_exceptions(shell, lab, capsys) -> None:
+    lab.execute("from tests.error_services import group_with_causes")
+    result, text = output(shell, capsys, "lab.namespace['group_with_causes']()")
+    assert type(result.error_in_exec).__name__ == "ExceptionGroup"
+    assert "Exception Group Traceback (most recent call last):" in text
+    assert "+-+---------------- 1 ----------------" in text
+    assert text.count("| RuntimeError: lookup failed") == 2 and "| KeyError: 'y'" in text
+    assert "lab.namespace['group_with_causes']()" in text  # the local frame that called
+    assert f"[on {lab.peer}]" in text and "in _failure" in text  # the members' remote frames
+    assert not PACKAGE_FILES.search(text), text  # not IPython's print_exc of every frame
+    _, text = output(shell, capsys, "%%remote\ngroup_with_causes()\n")
+    assert "run_cell_magic" not in text and "<remote-cell-" in text and "| KeyError: 'x'" in text
+    assert not PACKAGE_FILES.search(text), text
+    shell.run_line_magic("xmode", "Minimal")
+    _, text = output(shell, capsys, "lab.namespace['group_with_causes']()")
+    assert one_line_error(text) == "ExceptionGroup: lookups (2 sub-exceptions)"
+
+
 @pytest.mark.serial
 def test_stop_is_one_line(shell, lab, capsys) -> None:
     timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
