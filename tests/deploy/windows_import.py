@@ -22,6 +22,7 @@ import sys
 import tempfile  # noqa: F401
 import zipapp  # noqa: F401
 import zipfile  # noqa: F401
+import zoneinfo  # noqa: F401  (reads sysconfig, whose Windows data this machine lacks)
 
 sys.platform = "win32"
 for name in ("fcntl", "termios", "pwd", "grp", "resource", "posix_ipc", "readline"):
