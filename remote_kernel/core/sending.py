@@ -69,7 +69,6 @@ class Sending:
         if self._closed:
             raise self._closed_error()
         boxer = self._boxer
-        limit = self._config.max_message_size
         ident = _get_ident()
         if self._sender == ident:
             # Encoding a message ran code that asks the peer something (Python 3.12 looks
@@ -112,11 +111,15 @@ class Sending:
                         f"one {boxer.items}; not sent (copy large data as a numpy array)")
                 size = len(payload)
                 if size > self._frame_limit:
-                    frame(payload, limit)  # refuses it
-                released = pack([Kind.NOTIFY, Op.DEL, releases]) if releases else None
-                if released is not None and len(released) > self._frame_limit:
-                    frame(released, limit)  # refuses it
-                views = self._checked_buffers(buffers, len(payload), limit) if buffers \
+                    frame(payload, self._config.max_message_size)  # refuses it
+                if releases:
+                    released = pack([Kind.NOTIFY, Op.DEL, releases])
+                    if len(released) > self._frame_limit:
+                        frame(released, self._config.max_message_size)  # refuses it
+                else:
+                    released = None
+                views = self._checked_buffers(buffers, len(payload),
+                                              self._config.max_message_size) if buffers \
                     else None
             except BaseException:
                 # Not sent: leave no trace (see the theory of operation).
@@ -139,7 +142,8 @@ class Sending:
                     self._transport.send(data)
                 else:  # may take long: a Stop waits until the message is out whole
                     with stop_held_back():
-                        sent = self._send_large(head, views, payload, limit,
+                        sent = self._send_large(head, views, payload,
+                                                self._config.max_message_size,
                                                 seq if kind == REPLY else None)
             except ConnectionClosed as exc:
                 self._lost(str(exc))  # the stream may be cut mid-frame: it cannot go on

@@ -45,7 +45,8 @@ class SocketTransport(Transport):
             # A blocking receive gives up after RECV_SLICE: long waits need no poll() first.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                             struct.pack("ll", int(RECV_SLICE), int(RECV_SLICE % 1 * 1e6)))
-        self._slice_ms = int((TLS_SLICE if self._tls else RECV_SLICE) * 1000)
+        self._slice = TLS_SLICE if self._tls else RECV_SLICE  # the longest wait at once
+        self._slice_ms = int(self._slice * 1000)
         self._poller = select.poll()
         self._poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
         self._out_poller = select.poll()
@@ -125,15 +126,16 @@ class SocketTransport(Transport):
     def recv_into(self, buffer: memoryview, timeout: float | None) -> int:
         if self._closed:
             raise ConnectionClosed(f"connection to {self.peer_name} is closed")
-        if timeout is None:
+        if _get_ident() == _MAIN:
             # The main thread (the only one a Stop lands in) waits in poll(), which takes
             # no bytes: a Stop landing as a receive returns would lose what it read.
-            if _get_ident() == _MAIN and not (self._tls and self.sock.pending()):
-                if not self._poller.poll(self._slice_ms):
+            if not (self._tls and self.sock.pending()):
+                wait = self._slice_ms if timeout is None or timeout >= self._slice else \
+                    max(0, int(timeout * 1000))
+                if not self._poller.poll(wait):
                     return 0
-        elif timeout < (TLS_SLICE if self._tls else RECV_SLICE) or _get_ident() == _MAIN:
-            if not self.has_buffered_data() and not self._poller.poll(
-                    max(0, int(min(timeout, TLS_SLICE if self._tls else RECV_SLICE) * 1000))):
+        elif timeout is not None and timeout < self._slice and not self.has_buffered_data():
+            if not self._poller.poll(max(0, int(timeout * 1000))):
                 return 0
         try:
             got = self.sock.recv_into(buffer)
