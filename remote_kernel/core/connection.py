@@ -43,7 +43,6 @@ from remote_kernel.core.netref import BaseNetref, new_proxy
 from remote_kernel.core.reading import DELIVERY_SLICE, READ_SLICE, Reading
 from remote_kernel.core.sending import MAX_BUFFERS, Sending
 from remote_kernel.core.serving import _watchdog
-from remote_kernel.core.stop_deferral import message_was_sent
 from remote_kernel.core.transport import FrameReader, Transport
 from remote_kernel.errors import (
     ConnectionClosed,
@@ -274,13 +273,14 @@ class Connection(Reading, Sending, Dispatching):
         if into is not None:
             self._landings[seq] = into
         try:
-            self._send_message(REQUEST, seq, op, args)
-            ok, value = self._wait_reply(seq, timeout)
-        except KeyboardInterrupt as exc:
-            if message_was_sent(exc):  # a Stop held back while a large request went out
+            try:
+                self._send_message(REQUEST, seq, op, args)
+            except KeyboardInterrupt as exc:
+                # The request may be on its way (whole: see sending.py): cancel it there too.
                 self._cancel(seq)
                 mark_stop(exc, self.peer, self._hooks.error_rendering)
-            raise
+                raise
+            ok, value = self._wait_reply(seq, timeout)
         finally:
             self._pending.discard(seq)
             if into is not None:
@@ -359,7 +359,7 @@ class Connection(Reading, Sending, Dispatching):
             if into is not None:
                 self._landings.pop(seq, None)
                 into.withdraw()
-            if message_was_sent(exc):  # a Stop held back while a large request went out
+            if isinstance(exc, KeyboardInterrupt):  # it may be on its way: cancel it there
                 self._cancel(seq)
                 mark_stop(exc, self.peer, self._hooks.error_rendering)
             raise

@@ -27,7 +27,7 @@ from remote_kernel.config import ProtocolConfig
 from remote_kernel.core.asyncresult import AsyncResult
 from remote_kernel.core.hooks import ConnectionHooks
 from remote_kernel.core.sending import MAX_BUFFERS
-from remote_kernel.core.transport import FrameReader
+from remote_kernel.core.transport import FrameReader, StopMidRead
 from remote_kernel.errors import (
     ConnectionClosed,
     ProtocolError,
@@ -197,12 +197,16 @@ class Reading:
         when the session resumes (on stderr: a notebook shows it in the running cell)."""
         state = self._session.state
         previous, self._announced_state = self._announced_state, state
-        if state == "unreachable":
+        if state == "unreachable" and self._session.quiet:
+            self._announced_state = previous  # a link given up after a Stop: nothing to say
+        elif state == "unreachable":
             window = self._session.resume_window
             print(f"{self.peer} unreachable: waiting for the link to return (the session is "
                   f"kept for {window:g} s; Stop to give up)", file=sys.stderr, flush=True)
-        elif state == "open" and previous != "open":
+        elif state == "open" and previous == "unreachable":
             print(f"{self.peer} reachable again: session resumed", file=sys.stderr, flush=True)
+        elif state == "resuming" and previous == "unreachable":
+            self._announced_state = previous  # said once it is open again
 
     def _wake_waiters(self) -> None:
         if self._waiters:
@@ -239,6 +243,10 @@ class Reading:
             log.warning("closing connection to %s: %s", self.peer, exc)
             self._lost(f"protocol error: {exc}")
             raise ProtocolError(f"{exc} (from {self.peer})") from None
+        except StopMidRead:
+            if self._session is None:  # (a session resumes instead: net/session.py)
+                self._lost("a Stop landed in the middle of a read: the stream cannot go on")
+            raise
 
     def _expect_buffers(self, message: tuple) -> None:
         count, kinds = buffers_announced(message, MAX_BUFFERS)

@@ -17,7 +17,12 @@ import msgpack
 
 from remote_kernel.config import ProtocolConfig
 from remote_kernel.core.hooks import ConnectionHooks
-from remote_kernel.core.stop_deferral import DEFER_FROM, MessageCut, stop_held_back
+from remote_kernel.core.stop_deferral import (
+    DEFER_FROM,
+    MessageCut,
+    message_was_sent,
+    stop_held_back,
+)
 from remote_kernel.core.transport import Transport
 from remote_kernel.errors import ConnectionClosed, ProtocolError, mark_stop
 from remote_kernel.protocol.boxing import MAX_VALUE_ITEMS, PASSTHROUGH, Boxer
@@ -64,7 +69,6 @@ class Sending:
         if self._closed:
             raise self._closed_error()
         boxer = self._boxer
-        limit = self._config.max_message_size
         ident = _get_ident()
         if self._sender == ident:
             # Encoding a message ran code that asks the peer something (Python 3.12 looks
@@ -107,11 +111,15 @@ class Sending:
                         f"one {boxer.items}; not sent (copy large data as a numpy array)")
                 size = len(payload)
                 if size > self._frame_limit:
-                    frame(payload, limit)  # refuses it
-                released = pack([Kind.NOTIFY, Op.DEL, releases]) if releases else None
-                if released is not None and len(released) > self._frame_limit:
-                    frame(released, limit)  # refuses it
-                views = self._checked_buffers(buffers, len(payload), limit) if buffers \
+                    frame(payload, self._config.max_message_size)  # refuses it
+                if releases:
+                    released = pack([Kind.NOTIFY, Op.DEL, releases])
+                    if len(released) > self._frame_limit:
+                        frame(released, self._config.max_message_size)  # refuses it
+                else:
+                    released = None
+                views = self._checked_buffers(buffers, len(payload),
+                                              self._config.max_message_size) if buffers \
                     else None
             except BaseException:
                 # Not sent: leave no trace (see the theory of operation).
@@ -123,17 +131,19 @@ class Sending:
             self._sender = None
             # Frames are tagged in the order they are sent (each tag counts its frame).
             auth = self._send_auth
-            head = None if released is None else self._framed(released)
             try:
+                head = None if released is None else self._framed(released)
                 if views is None and size < DEFER_FROM:  # the hot path: one frame, one send
+                    if head is not None:  # a send of its own: each send one whole frame
+                        self._transport.send(head)
+                        self._bytes_out += len(head)
                     data = HEADER.pack(size) + payload if auth is None else auth.seal(payload)
-                    if head is not None:
-                        data = head + data
                     sent = len(data)
                     self._transport.send(data)
                 else:  # may take long: a Stop waits until the message is out whole
                     with stop_held_back():
-                        sent = self._send_large(head, views, payload, limit,
+                        sent = self._send_large(head, views, payload,
+                                                self._config.max_message_size,
                                                 seq if kind == REPLY else None)
             except ConnectionClosed as exc:
                 self._lost(str(exc))  # the stream may be cut mid-frame: it cannot go on
@@ -144,6 +154,10 @@ class Sending:
                                          f"{self.peer}: a message was cut in the middle of "
                                          f"its sending")
                 raise mark_stop(stop, self.peer, self._hooks.error_rendering) from None
+            except KeyboardInterrupt as exc:
+                if not message_was_sent(exc):  # (held back until the message was out)
+                    self._stop_in_send()
+                raise
             self._bytes_out += sent
             self._messages_out += 1
             if kind == REQUEST:
@@ -165,6 +179,21 @@ class Sending:
             data = head + data
         self._transport.send(data)
         return sent + len(data)
+
+    def _stop_in_send(self) -> None:
+        """A Stop landed while frames went out: one may be cut, or counted by its tag and
+        never handed on. A session puts the stream right by resuming on a new link (the
+        frame counted last is kept for it first, see net/session.py); any other
+        connection cannot go on and closes."""
+        session = self._session
+        if session is None:
+            self._lost("a Stop landed in the middle of sending a message: the stream "
+                       "cannot go on")
+            return
+        auth = self._send_auth
+        if auth is not None:
+            session.keep_if_missing(auth.last_sealed)
+        session.stop_landed("sending")
 
     @staticmethod
     def _checked_buffers(buffers: list[Any], body: int, limit: int) -> list[memoryview]:
@@ -215,6 +244,9 @@ class Sending:
             self._messages_out += 1
         except ConnectionClosed as exc:
             self._lost(str(exc))
+        except KeyboardInterrupt:
+            self._stop_in_send()
+            raise
         finally:
             self._send_lock.release()
 
@@ -247,11 +279,14 @@ class Sending:
             if releases:
                 payload = pack([Kind.NOTIFY, Op.DEL, releases])
                 frame(payload, self._config.max_message_size)  # refuses an oversized one
-                data = self._framed(payload)
                 try:
+                    data = self._framed(payload)
                     self._transport.send(data)
                 except ConnectionClosed as exc:
                     self._lost(str(exc))
                     return
+                except KeyboardInterrupt:
+                    self._stop_in_send()
+                    raise
                 self._bytes_out += len(data)
                 self._messages_out += 1

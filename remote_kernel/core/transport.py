@@ -28,6 +28,13 @@ class PeerClosed(ConnectionClosed):
     orderly = True
 
 
+class StopMidRead(KeyboardInterrupt):
+    """A Stop (KeyboardInterrupt) landed just after a transport took bytes from the system
+    and before it could say how many: they are lost to this side, so the stream cannot go
+    on as it is. A session resumes (the peer sends them again, net/session.py); any other
+    connection closes."""
+
+
 class Transport(abc.ABC):
     """A bidirectional byte stream to one peer."""
 
@@ -107,16 +114,25 @@ class FrameReader:
         deadline = None if timeout is None else time.monotonic() + timeout
         wait = timeout
         recv_into = self.transport.recv_into
-        while True:
-            with decoder.recv_buffer() as view:
-                got = recv_into(view, wait)
+        got = 0
+        try:
+            while True:
+                with decoder.recv_buffer() as view:
+                    got = recv_into(view, wait)
+                if got:
+                    decoder.advance(got)
+                    got = 0
+                    payload = decoder.next_frame()
+                    if payload is not None:
+                        return payload
+                elif wait == 0:
+                    return None
+                if deadline is not None:
+                    # Past the deadline only bytes already there are taken (no more waiting).
+                    wait = max(0.0, deadline - time.monotonic())
+        except KeyboardInterrupt:
+            # A Stop between the transport's answer and the decoder's count: the bytes are
+            # in the buffer and counted received (a session's count): the decoder takes them.
             if got:
                 decoder.advance(got)
-                payload = decoder.next_frame()
-                if payload is not None:
-                    return payload
-            elif wait == 0:
-                return None
-            if deadline is not None:
-                # Past the deadline only bytes already there are taken (no more waiting).
-                wait = max(0.0, deadline - time.monotonic())
+            raise

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from remote_kernel.core.transport import Transport
+from remote_kernel.core.transport import StopMidRead, Transport
 from remote_kernel.errors import AuthenticationError, ConnectionClosed, ProtocolError
 from remote_kernel.protocol import uninit
 
@@ -69,10 +69,17 @@ class ResendStore:
     def kept(self) -> int:
         return self.end - self.start
 
+    @property
+    def last(self) -> bytes | memoryview | None:
+        """The part added last (None: none kept)."""
+        return self._parts[-1] if self._parts else None
+
     def add(self, data: bytes | bytearray | memoryview) -> None:
         if type(data) is bytes:  # immutable: kept as it is (the hot path)
-            self._parts.append(data)
+            # The count, then the part, with no call between them that a Stop could land
+            # at (a call's return is where it lands): kept whole or not at all.
             self.end += len(data)
+            self._parts.append(data)
         else:
             self._add_buffer(data)
         if self.end - self.start > self.limit or self.peer_acked > self.start:
@@ -144,6 +151,7 @@ class ResumableTransport(Transport):
         # A server whose clients reach it through a bridge (an ssh channel) keeps the
         # session when the bridge closes in order: see _lost.
         self.bridged = False
+        self.quiet = False  # the link was given up by this side on purpose: no announcement
         self._reopen = reopen
         self.received = received  # bytes of the peer's stream received here
         self.ack_at = received + ACK_EVERY  # received past this: the Connection acknowledges
@@ -213,6 +221,11 @@ class ResumableTransport(Transport):
             send(data, timeout)
         except ConnectionClosed as exc:
             self._lost(getattr(send, "__self__", None), exc)
+        except KeyboardInterrupt:
+            # A Stop in the middle of a frame: part of it may be on the link. It is kept,
+            # so a resume sends the peer exactly what it lacks.
+            self.stop_landed("sending")
+            raise
 
     def recv_into(self, buffer: memoryview, timeout: float | None) -> int:
         self._reading = True  # (see _settle)
@@ -221,9 +234,26 @@ class ResumableTransport(Transport):
         except ConnectionClosed as exc:
             self._reading = False
             return self._recv_after(exc, buffer, timeout)
+        except StopMidRead:
+            # Bytes the link took may be lost here: uncounted, so the resume has the peer
+            # send them again.
+            self._reading = False
+            self.stop_landed("reading")
+            raise
         self.received += got
         self._reading = False
         return got
+
+    def keep_if_missing(self, frame: bytes | None) -> None:
+        """A frame counted by its tag but perhaps never handed to send() (a Stop landed
+        between): kept now, so the resume sends it."""
+        if frame is not None and not (self.store.kept and self.store.last is frame):
+            self._keep(frame)
+
+    def stop_landed(self, doing: str) -> None:
+        """A Stop landed in the middle of the stream's bookkeeping: the link is given up
+        and the session resumes on a new one, which puts both sides' streams right."""
+        self._lost(self._raw, ConnectionClosed(f"a Stop landed while {doing}"), quietly=True)
 
     def _recv_after(self, exc: ConnectionClosed, buffer: memoryview,
                     timeout: float | None) -> int:
@@ -287,7 +317,7 @@ class ResumableTransport(Transport):
         it); the session stays, unreachable."""
         self._lost(self._raw, ConnectionClosed(reason))
 
-    def _lost(self, raw: Transport, exc: ConnectionClosed) -> None:
+    def _lost(self, raw: Transport, exc: ConnectionClosed, quietly: bool = False) -> None:
         # An end of stream from a client means its process ended or it closed the
         # connection: a client that gives up a link to resume resets it instead (_drop).
         # So its server lets the session go at once, as without sessions, unless its
@@ -297,6 +327,9 @@ class ResumableTransport(Transport):
             if raw is not self._raw or self._state != "open":
                 return  # (a link given up already, seen ending by its reader)
             if not ends:
+                # quietly: this side gave a working link up (a Stop): the waiting cell is
+                # not told that the peer went away (see Reading._announce_state).
+                self.quiet = quietly
                 self._set_state("unreachable")
                 self._link_send, self._link_recv = self._hold, self._wait_for_link
         self._tell()

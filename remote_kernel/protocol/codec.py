@@ -50,11 +50,14 @@ class FrameAuthenticator:
 
     The keyed hasher is made once and copied per frame (cheaper than keying each one)."""
 
-    __slots__ = ("_keyed", "count")
+    __slots__ = ("_keyed", "count", "last_sealed")
 
     def __init__(self, key: bytes) -> None:
         self._keyed = hashlib.blake2b(key=key, digest_size=TAG_SIZE)
         self.count = 0  # frames tagged or checked so far
+        # The last frame seal() made: counted, so it must reach the peer (a Stop that lands
+        # before it is handed to the link leaves it to net/session.py to send).
+        self.last_sealed: bytes | None = None
 
     def _tag_of(self, length: int, payload: bytes | bytearray | memoryview) -> bytes:
         hasher = self._keyed.copy()
@@ -71,7 +74,11 @@ class FrameAuthenticator:
     def seal(self, payload: bytes) -> bytes:
         """The next frame, whole: header, payload, tag."""
         length = len(payload)
-        return HEADER.pack(length) + payload + self.tag(length, payload)
+        sealed = HEADER.pack(length) + payload + self._tag_of(length, payload)
+        # Counted and recorded together, with no call between (a Stop lands at calls).
+        self.count += 1
+        self.last_sealed = sealed
+        return sealed
 
     def check(self, length: int, payload: bytes | bytearray | memoryview,
               tag: bytes | bytearray | memoryview) -> None:

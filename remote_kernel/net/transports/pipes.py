@@ -7,7 +7,7 @@ import os
 import select
 import time
 
-from remote_kernel.core.transport import PeerClosed, Transport
+from remote_kernel.core.transport import PeerClosed, StopMidRead, Transport
 from remote_kernel.errors import ConnectionClosed
 
 
@@ -55,6 +55,8 @@ class PipeTransport(Transport):
             return 0
         try:
             got = os.readv(self.read_fd, [buffer])
+        except KeyboardInterrupt:  # bytes may have been taken: the stream cannot go on
+            raise StopMidRead(f"a Stop landed while reading from {self.peer_name}") from None
         except (OSError, ValueError) as exc:
             raise ConnectionClosed(f"connection to {self.peer_name} lost: {exc}") from exc
         if got == 0:

@@ -6,9 +6,10 @@ import select
 import socket
 import ssl
 import struct
+import threading
 import time
 
-from remote_kernel.core.transport import PeerClosed, Transport
+from remote_kernel.core.transport import PeerClosed, StopMidRead, Transport
 from remote_kernel.errors import ConnectionClosed
 from remote_kernel.net.tls import explain_ssl_error
 
@@ -16,6 +17,8 @@ RECV_SLICE = 1.0  # seconds; matches the connection's READ_SLICE
 TLS_SLICE = 0.25  # a TLS socket's own timeout: the longest a read or write blocks at once
 TLS_SEND_CHUNK = 256 * 1024  # TLS writes go in pieces, so progress can be seen
 _POLL_OUT = select.POLLOUT | select.POLLERR | select.POLLHUP
+_get_ident = threading.get_ident
+_MAIN = threading.main_thread().ident
 _TCP_INFO = getattr(socket, "TCP_INFO", None)  # Linux: its first byte is the TCP state
 _TCP_CLOSE = 7  # include/net/tcp_states.h: ended without the peer's FIN (timeout, reset)
 
@@ -42,6 +45,8 @@ class SocketTransport(Transport):
             # A blocking receive gives up after RECV_SLICE: long waits need no poll() first.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                             struct.pack("ll", int(RECV_SLICE), int(RECV_SLICE % 1 * 1e6)))
+        self._slice = TLS_SLICE if self._tls else RECV_SLICE  # the longest wait at once
+        self._slice_ms = int(self._slice * 1000)
         self._poller = select.poll()
         self._poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
         self._out_poller = select.poll()
@@ -121,12 +126,21 @@ class SocketTransport(Transport):
     def recv_into(self, buffer: memoryview, timeout: float | None) -> int:
         if self._closed:
             raise ConnectionClosed(f"connection to {self.peer_name} is closed")
-        slice_ = TLS_SLICE if self._tls else RECV_SLICE
-        if (timeout is not None and timeout < slice_) and not self.has_buffered_data():
+        if _get_ident() == _MAIN:
+            # The main thread (the only one a Stop lands in) waits in poll(), which takes
+            # no bytes: a Stop landing as a receive returns would lose what it read.
+            if not (self._tls and self.sock.pending()):
+                wait = self._slice_ms if timeout is None or timeout >= self._slice else \
+                    max(0, int(timeout * 1000))
+                if not self._poller.poll(wait):
+                    return 0
+        elif timeout is not None and timeout < self._slice and not self.has_buffered_data():
             if not self._poller.poll(max(0, int(timeout * 1000))):
                 return 0
         try:
             got = self.sock.recv_into(buffer)
+        except KeyboardInterrupt:  # bytes may have been taken: only a resume knows
+            raise StopMidRead(f"a Stop landed while reading from {self.peer_name}") from None
         except (ssl.SSLWantReadError, BlockingIOError, TimeoutError):
             return 0  # a slice passed with nothing (or only part of a TLS record) to read
         except ssl.SSLError as exc:
