@@ -1,11 +1,16 @@
 """Zero-deploy over ssh: the notebook's side (net/sshserve.py is the device's).
 
 One ssh command runs a small bootstrap with the host's ``python3 -I``. It looks for this
-exact bundle (net/bundle.py) in ``~/.cache/remote-kernel/<version>-<hash>.pyz`` and checks
-its hash; if it is there, the bundle starts at once (one ssh round trip); if not, the
-bootstrap asks for it (``rk-send``), reads exactly its bytes from the ssh channel, checks the
-hash, and writes it atomically (a 0600 file in a 0700 directory, a temporary name, then a
-rename), so a corrupted or half-written copy is replaced. Nothing else on the host is touched.
+exact bundle (net/bundle.py) in ``~/.cache/remote-kernel/<version>-<hash>.pyz``. That
+folder must be a real directory of the user's (never a symbolic link, never another user's:
+refused with one line) and is made 0700. The bundle is opened without following a link or
+waiting on a FIFO, must be a regular file of the user's that only the user can write, and is
+hashed from that descriptor; if it is intact, python runs that same descriptor
+(``/dev/fd/N``), so the bytes run are the bytes checked, and it starts at once (one ssh round
+trip). If not, the bootstrap asks for it (``rk-send``), reads exactly its bytes from the ssh
+channel, checks the hash, and writes it atomically (a 0600 file under a random temporary name,
+then a rename), so a corrupted, half-written or planted copy is replaced. Nothing else on the
+host is touched.
 
 The bundle then serves through a detached server on a private unix socket (``ssh-serve``):
 when ssh drops, the session is resumed through a new ssh that only bridges (``bridge``), the
@@ -36,22 +41,46 @@ START_TIMEOUT = 15.0  # an ssh login and a Python start, at least (a reconnect t
 
 # Runs on the host as ``python3 -I -c BOOTSTRAP NAME SHA256 SIZE COMMAND...``.
 BOOTSTRAP = """\
-import hashlib, os, sys
+import hashlib, os, stat, sys
 if sys.version_info < (3, 10):
     sys.exit("remote-kernel: the host's Python is %s; the bundle needs 3.10 or newer"
              % sys.version.split()[0])
 name, digest, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
-folder = os.path.join(os.path.expanduser("~"), ".cache", "remote-kernel")
-path = os.path.join(folder, name)
-def intact():
+uid = os.getuid()
+parent = os.path.join(os.path.expanduser("~"), ".cache")
+where = os.path.join(parent, "remote-kernel")
+def folder(path, shown, flags, at=None):
+    # A directory of this user's (made 0700 when missing), never a link or another's.
     try:
-        with open(path, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest() == digest
+        os.mkdir(path, 0o700, dir_fd=at)
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | flags, dir_fd=at)
+        why = "another user's" if os.fstat(fd).st_uid != uid else None
+    except OSError as exc:
+        why = "a symbolic link" if os.path.islink(shown) else exc.strerror
+    if why:
+        sys.exit("remote-kernel: refusing the cache %s (%s): remove it "
+                 "(remote-kernel clean) and connect again" % (shown, why))
+    return fd
+def cached(at):
+    # A descriptor on the cached bundle once its bytes are checked, else None.
+    try:  # not a FIFO's writer, a device's terminal or a link's target
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY,
+                     dir_fd=at)
     except OSError:
-        return False
-if not intact():
-    os.makedirs(folder, 0o700, exist_ok=True)
-    os.chmod(folder, 0o700)
+        return None
+    info, hashed = os.fstat(fd), hashlib.sha256()
+    if (stat.S_ISREG(info.st_mode) and info.st_uid == uid and not info.st_mode & 0o022
+            and info.st_size == size):
+        for chunk in iter(lambda: os.read(fd, 1 << 20), b""):
+            hashed.update(chunk)
+        if hashed.hexdigest() == digest:
+            return fd
+    os.close(fd)
+    return None
+def receive(at):
     os.write(1, b"rk-send\\n")
     data = bytearray()
     while len(data) < size:
@@ -61,23 +90,45 @@ if not intact():
         data += chunk
     if hashlib.sha256(data).hexdigest() != digest:
         sys.exit("remote-kernel: the bundle arrived corrupted")
-    temporary = "%s.%d.tmp" % (path, os.getpid())
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-os.execv(sys.executable, [sys.executable, "-I", path] + sys.argv[4:])
+    temporary = "%s.%s.tmp" % (name, os.urandom(8).hex())
+    fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600,
+                 dir_fd=at)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+    os.replace(temporary, name, src_dir_fd=at, dst_dir_fd=at)
+    return fd
+try:
+    cache = folder("remote-kernel", where, os.O_NOFOLLOW, folder(parent, parent, 0))
+    if stat.S_IMODE(os.fstat(cache).st_mode) != 0o700:
+        os.fchmod(cache, 0o700)
+    fd = cached(cache)
+    if fd is None:
+        fd = receive(cache)
+except OSError as exc:
+    sys.exit("remote-kernel: the cache %s: %s" % (where, exc))
+# Run exactly the bytes checked: this descriptor (the bundle's imports read it again).
+os.lseek(fd, 0, 0)
+os.set_blocking(fd, True)
+os.set_inheritable(fd, True)
+run = "/dev/fd/%d" % fd
+if not os.path.exists(run):  # a host without /dev/fd: the checked file, in our 0700 folder
+    run = os.path.join(where, name)
+os.execv(sys.executable, [sys.executable, "-I", run] + sys.argv[4:])
 """
 
 CLEAN = """\
 import os, shutil
 folder = os.path.join(os.path.expanduser("~"), ".cache", "remote-kernel")
-names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-shutil.rmtree(folder, ignore_errors=True)
-print("removed %s (%d file%s)" % (folder, len(names), "" if len(names) == 1 else "s")
-      if names else "nothing to remove: %s does not exist" % folder)
+if os.path.islink(folder):  # the link only, never what it points to
+    os.unlink(folder)
+    print("removed %s (a symbolic link)" % folder)
+else:
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    shutil.rmtree(folder, ignore_errors=True)
+    print("removed %s (%d file%s)" % (folder, len(names), "" if len(names) == 1 else "s")
+          if names else "nothing to remove: %s does not exist" % folder)
 """
 
 
