@@ -194,7 +194,7 @@ def test_display_ids_update_the_output_in_place(kernel: Kernel, lab: str) -> Non
     """As in local IPython: display(x, display_id=True) returns a handle whose update()
     replaces that output, update_display(y, display_id=...) replaces the one with that id
     (update_display_data messages carrying the id, not new outputs)."""
-    run = kernel.run("%%remote\nh = display('one', display_id=True)\nprint(type(h).__name__)\n"
+    run = kernel.run("%%remote lab\nh = display('one', display_id=True)\nprint(type(h).__name__)\n"
                      "h.update('two')\n"
                      "from IPython.display import update_display\n"
                      "display('x', display_id='abc')\n"
@@ -209,7 +209,7 @@ def test_display_ids_update_the_output_in_place(kernel: Kernel, lab: str) -> Non
     assert [_display_id(m) for m in updates] == [handle_id, "abc"]
     assert _display_id(displays[1]) == "abc"
     # In a later cell the handle still updates its output.
-    run = kernel.run("%%remote\nh.update('three')\n")
+    run = kernel.run("%%remote lab\nh.update('three')\n")
     (update,) = run.of_type("update_display_data")
     assert _plain(update) == "'three'" and _display_id(update) == handle_id
     assert not run.of_type("display_data")
@@ -218,7 +218,7 @@ def test_display_ids_update_the_output_in_place(kernel: Kernel, lab: str) -> Non
 def test_a_peers_display_id_is_checked(kernel: Kernel, lab: str) -> None:
     """The id is the peer's data: one that is not a short plain string is not used, and an
     update under it is dropped rather than shown as a new output."""
-    run = kernel.run("%%remote\nfrom IPython.display import update_display\n"
+    run = kernel.run("%%remote lab\nfrom IPython.display import update_display\n"
                      "display('shown', display_id='bad id\"><img>')\n"
                      "update_display('dropped', display_id='bad id\"><img>')\n"
                      f"display('long', display_id={'a' * 129!r})\n")
@@ -230,6 +230,7 @@ def test_a_peers_display_id_is_checked(kernel: Kernel, lab: str) -> None:
 
 
 def test_a_one_line_remote_shows_what_it_prints_and_displays(kernel: Kernel, lab: str) -> None:
+    assert kernel.run("%remote use lab").status == "ok"
     run = kernel.run("%remote print('hello from %remote')")
     assert run.status == "ok", run.reply
     assert run.text() == "hello from %remote\n"
