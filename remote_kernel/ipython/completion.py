@@ -24,7 +24,6 @@ from remote_kernel.core.connection import Connection
 from remote_kernel.core.netref import BaseNetref
 from remote_kernel.errors import RemoteKernelError
 from remote_kernel.ipython import subcommands
-from remote_kernel.protocol.messages import Op
 
 CACHE_SECONDS = 2.0
 TIMEOUT = 5.0  # seconds a completion may take on the peer
@@ -100,7 +99,9 @@ class RemoteCompleter:
 
     def _reach(self, obj: Any, steps: tuple) -> Any:
         """What ``steps`` reach from the netref ``obj`` (getattr and constant subscripts,
-        one request each, kept for CACHE_SECONDS); _DEAD when it cannot be reached."""
+        one request each, kept for CACHE_SECONDS); _DEAD when it cannot be reached. A
+        subscript waits at most TIMEOUT; an attribute as any attribute of the connection
+        does (the Connection has no getattr with a timeout of its own)."""
         conn = obj._rk_conn
         if conn.closed:
             return _DEAD
@@ -111,10 +112,9 @@ class RemoteCompleter:
         try:
             for kind, name in steps:
                 if kind == "attr":
-                    obj = conn.sync_request(Op.GETATTR, obj, name, timeout=TIMEOUT)
+                    obj = getattr(obj, name)
                 else:
-                    obj = conn.sync_request(Op.CALLATTR, obj, "__getitem__", (name,), None,
-                                            timeout=TIMEOUT)
+                    obj = conn.call(obj, "__getitem__", name, timeout=TIMEOUT)
         except Exception:  # noqa: BLE001 - not there, not allowed, lost, too slow: nothing
             return _DEAD
         self._cache[key] = (time.monotonic(), (obj,))
