@@ -2,14 +2,20 @@
 jedi on or off; ``d["<TAB>`` asks the remote mapping for its keys; inside ``%%remote``
 cells the remote interpreter completes from its own namespace.
 
-The token is resolved without running user code: names are looked up in ``user_ns``, and
-only netrefs (or a Connection's ``root``) are followed; anything local is left to IPython.
+The token is resolved without running user code: a chain of names, attributes and constant
+subscripts (``s1.namespace['sensor'].<TAB>``, ``s1.modules.os.ge<TAB>``) whose first name in
+``user_ns`` is a netref or a Connection (its ``root``, ``modules``, ``namespace``,
+``builtins``); nothing is ever called. The attribute names after the last subscript go in the
+completion request itself (one request); what a subscript reaches is fetched once and kept
+for a moment. Anything local is left to IPython.
 """
 
 from __future__ import annotations
 
+import ast
 import re
 import time
+import weakref
 from typing import Any
 
 from IPython.core.completer import SimpleCompletion, context_matcher
@@ -21,15 +27,25 @@ from remote_kernel.ipython import subcommands
 
 CACHE_SECONDS = 2.0
 TIMEOUT = 5.0  # seconds a completion may take on the peer
-_KEY_EXPRESSION = re.compile(r"([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*)\[\s*(['\"]?)([^'\"\]]*)$")
+# A chain of names, attributes and constant subscripts, not preceded by anything that would
+# make it part of a longer expression (``f().x`` is not ``x``).
+_CHAIN = (r"(?<![\w.)\]])[A-Za-z_]\w*"
+          r"(?:\.[A-Za-z_]\w*|\[\s*(?:'[^'\\\n]*'|\"[^\"\\\n]*\"|\d+)\s*\])*")
+_KEY_EXPRESSION = re.compile(rf"({_CHAIN})\[\s*(['\"]?)([^'\"\]]*)$")
 _MAGIC_LINE = re.compile(r"^\s*(%%?)remote[ \t]+(.*)$")
-_ATTRIBUTE_TOKEN = re.compile(r"([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*)\.(\w*)$")
+_ATTRIBUTE_TOKEN = re.compile(rf"({_CHAIN})\.(\w*)$")
+# What a Connection reaches on its peer's root, as Connection's own shortcuts do.
+_CONNECTION_ATTRIBUTES = {"root": None, "modules": "modules", "namespace": "namespace",
+                          "builtins": "builtins", "builtin": "builtins"}
 
 
 class RemoteCompleter:
     def __init__(self, shell: Any) -> None:
         self.shell = shell
         self._cache: dict[Any, tuple[float, tuple]] = {}
+        # conn.modules/.namespace/.builtins: the same objects for a connection's life
+        self._shortcuts: weakref.WeakKeyDictionary[Connection, dict[str, Any]] = \
+            weakref.WeakKeyDictionary()
 
     def _cached(self, key: Any, fetch: Any) -> tuple:
         hit = self._cache.get(key)
@@ -42,22 +58,67 @@ class RemoteCompleter:
             self._cache = {k: v for k, v in self._cache.items() if now - v[0] < CACHE_SECONDS}
         return value
 
-    def _resolve(self, dotted: str) -> tuple[Any, tuple[str, ...]] | None:
-        """The first netref along ``dotted`` and the attribute path after it."""
-        parts = dotted.split(".")
-        obj = self.shell.user_ns.get(parts[0], _MISSING)
-        if obj is _MISSING:
+    def _resolve(self, chain: str) -> tuple[Any, tuple[str, ...]] | None:
+        """The netref that ``chain`` reaches up to its last subscript, and the attribute
+        names after it; None when the chain does not start at a netref or a Connection."""
+        steps = _steps(chain)
+        if not steps:
             return None
-        rest = parts[1:]
+        obj = self.shell.user_ns.get(steps[0][1], _MISSING)
+        rest = steps[1:]
         if isinstance(obj, Connection):
-            if not rest or rest[0] != "root":
+            if not rest or rest[0][0] != "attr" or rest[0][1] not in _CONNECTION_ATTRIBUTES:
                 return None
             if obj.closed:
                 return _DEAD, ()
-            obj, rest = obj.root, rest[1:]
+            attribute, rest = _CONNECTION_ATTRIBUTES[rest[0][1]], rest[1:]
+            if attribute is None:
+                obj = obj.root
+            elif any(kind == "item" for kind, _ in rest):
+                obj = self._shortcut(obj, attribute)  # reached once, then 0 requests
+            else:
+                obj, rest = obj.root, [("attr", attribute), *rest]  # in the one request
+        if obj is _DEAD:
+            return _DEAD, ()
         if not isinstance(obj, BaseNetref):
             return None
-        return obj, tuple(rest)
+        items = [i for i, (kind, _) in enumerate(rest) if kind == "item"]
+        head, tail = (rest[:items[-1] + 1], rest[items[-1] + 1:]) if items else ([], rest)
+        if head:
+            obj = self._reach(obj, tuple(head))
+        return obj, tuple(name for _, name in tail)
+
+    def _shortcut(self, conn: Connection, attribute: str) -> Any:
+        known = self._shortcuts.setdefault(conn, {})
+        if attribute not in known:
+            reached = self._reach(conn.root, (("attr", attribute),))
+            if reached is _DEAD:
+                return _DEAD
+            known[attribute] = reached
+        return known[attribute]
+
+    def _reach(self, obj: Any, steps: tuple) -> Any:
+        """What ``steps`` reach from the netref ``obj`` (getattr and constant subscripts,
+        one request each, kept for CACHE_SECONDS); _DEAD when it cannot be reached. A
+        subscript waits at most TIMEOUT; an attribute as any attribute of the connection
+        does (the Connection has no getattr with a timeout of its own)."""
+        conn = obj._rk_conn
+        if conn.closed:
+            return _DEAD
+        key = ("reach", id(conn), obj._rk_oid, steps)
+        hit = self._cache.get(key)
+        if hit is not None and time.monotonic() - hit[0] < CACHE_SECONDS:
+            return hit[1][0]
+        try:
+            for kind, name in steps:
+                if kind == "attr":
+                    obj = getattr(obj, name)
+                else:
+                    obj = conn.call(obj, "__getitem__", name, timeout=TIMEOUT)
+        except Exception:  # noqa: BLE001 - not there, not allowed, lost, too slow: nothing
+            return _DEAD
+        self._cache[key] = (time.monotonic(), (obj,))
+        return obj
 
     def attribute_names(self, dotted: str) -> tuple[str, ...] | None:
         """Names after ``dotted.``; None when it is not remote, () when the connection is
@@ -66,14 +127,22 @@ class RemoteCompleter:
         if resolved is None:
             return None
         obj, path = resolved
+        if obj is not _DEAD and not isinstance(obj, BaseNetref):  # a value a subscript got
+            if path:
+                return ()
+            return tuple(dir(obj))
         return self._ask(obj, ("dir", path), lambda conn: conn.completions(
             obj, path, timeout=TIMEOUT))
 
     def keys(self, dotted: str) -> tuple | None:
         resolved = self._resolve(dotted)
-        if resolved is None or resolved[1]:
+        if resolved is None:
             return None
-        obj = resolved[0]
+        obj, path = resolved
+        if path and obj is not _DEAD:
+            obj = self._reach(obj, tuple(("attr", name) for name in path))
+        if obj is not _DEAD and not isinstance(obj, BaseNetref):
+            return ()
         return self._ask(obj, ("keys",), lambda conn: conn.key_completions(
             obj, timeout=TIMEOUT))
 
@@ -157,6 +226,8 @@ class RemoteCompleter:
 
     def matcher(self, context: Any) -> dict[str, Any]:
         empty: dict[str, Any] = {"completions": [], "suppress": False}
+        now = time.monotonic()  # what expired goes (a reached netref holds its object)
+        self._cache = {k: v for k, v in self._cache.items() if now - v[0] < CACHE_SECONDS}
         cell = self.cell_completions(context)
         if cell is not None:
             return cell
@@ -211,8 +282,29 @@ def _metavar_choices(metavar: str) -> list[str] | None:
     return None
 
 
+def _steps(chain: str) -> list[tuple[str, Any]] | None:
+    """``a.b['c'][0]`` as [("name", "a"), ("attr", "b"), ("item", "c"), ("item", 0)], or
+    None for anything else (a call, an expression in a subscript)."""
+    try:
+        node = ast.parse(chain, mode="eval").body
+    except SyntaxError:
+        return None
+    steps: list[tuple[str, Any]] = []
+    while not isinstance(node, ast.Name):
+        if isinstance(node, ast.Attribute):
+            steps.append(("attr", node.attr))
+        elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
+                and type(node.slice.value) in (str, int):
+            steps.append(("item", node.slice.value))
+        else:
+            return None
+        node = node.value
+    steps.append(("name", node.id))
+    return steps[::-1]
+
+
 _MISSING = object()
-_DEAD = object()  # the root of a closed connection
+_DEAD = object()  # the root of a closed connection, or what could not be reached
 
 
 def install(shell: Any) -> RemoteCompleter:

@@ -12,8 +12,9 @@ Labels: every stream line starts with the peer's name, padded so that the text o
 peers lines up (``[pi1]  ``). A peer may leave a line open (a progress bar); before another
 peer writes on the same stream that line is ended, so lines never mix. A display output or a
 rich result comes after a label line (``[pi1] display:``, ``[pi1] Out[3]:``); a plain-text
-result is one labelled line. ``clear_output`` from a peer is ignored: it would clear every
-peer's output.
+result is one labelled line. A display id is the peer's own (``pi1:ID``), so
+``update_display`` on one peer replaces that peer's output only. ``clear_output`` from a
+peer is ignored: it would clear every peer's output.
 
 Errors: one error output per failing peer, each headed by its label; the cell then raises
 :class:`~remote_kernel.errors.GroupError` (its traceback is the last failing peer's plus a
@@ -33,7 +34,7 @@ from remote_kernel.core.service import exposed
 from remote_kernel.errors import GroupError, mark_stop
 from remote_kernel.ipython.display import untrusted_bundle
 from remote_kernel.ipython.registry import ConnectionRegistry
-from remote_kernel.ipython.sink import NotebookSink
+from remote_kernel.ipython.sink import NotebookSink, display_target
 from remote_kernel.ipython.tracebacks import IPYTHON_RENDERING
 from remote_kernel.outputs.filter import sanitize_text_stream
 
@@ -102,9 +103,16 @@ class PeerSink(NotebookSink):
         self.output.write(self.peer, name, text if self.trusted else sanitize_text_stream(text))
 
     @exposed
-    def display(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
-        self.output.line(self.peer, "display:")
-        self._publish(data, metadata)
+    def display(self, data: dict[str, Any], metadata: dict[str, Any], display_id: Any = None,
+                update: Any = False) -> None:
+        # Each peer's display ids are its own: the same cell on two peers makes two outputs
+        # that each peer's update_display() replaces, never the other's.
+        target = display_target(display_id, update, self.peer, scope=f"{self.peer}:")
+        if target is None:
+            return
+        if not target.get("update"):  # an update replaces an output already labelled
+            self.output.line(self.peer, "display:")
+        self._publish(data, metadata, target)
 
     @exposed
     def result(self, data: dict[str, Any], metadata: dict[str, Any], count: int) -> None:
@@ -122,13 +130,15 @@ class PeerSink(NotebookSink):
     def clear_output(self, wait: bool = False) -> None:
         """Ignored: one peer must not clear the output of the others."""
 
-    def _publish(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+    def _publish(self, data: dict[str, Any], metadata: dict[str, Any],
+                 target: dict[str, Any] | None = None) -> None:
         from IPython.display import publish_display_data
 
         data, metadata = untrusted_bundle(data, metadata, self.trusted, self.peer)
         # Our own key goes on after the filter (which keeps only layout keys of the peer's).
         publish_display_data(data=data, metadata={**metadata,
-                                                  "remote_kernel": {"peer": self.peer}})
+                                                  "remote_kernel": {"peer": self.peer}},
+                             **(target or {}))
 
 
 class RegistryGroup(Group):

@@ -54,7 +54,6 @@ class RemoteInspector(Inspector):
             return super().info(obj, oname=oname, info=info, detail_level=detail_level)
         remote = remote_info(obj, detail_level)
         out: dict[str, Any] = dict.fromkeys(_FIELDS)
-        peer = (obj._rk_owner if isinstance(obj, RemoteMethod) else obj)._rk_conn.peer
         name = oname or remote.get("name") or ""
         signature = remote.get("signature") or ""
         out.update({
@@ -63,8 +62,8 @@ class RemoteInspector(Inspector):
             "isalias": False,
             "ismagic": False,
             "isclass": bool(remote.get("isclass")),
-            "type_name": f"{remote.get('type_qualname') or remote.get('type_name')} "
-                         f"(remote, on {peer})",
+            # As local IPython: the type's __name__ ("function", "ndarray").
+            "type_name": str(remote.get("type_name") or remote.get("type_qualname") or ""),
             "string_form": remote.get("string_form") or None,
             "file": remote.get("file") or None,
             "docstring": remote.get("docstring") or "<no docstring>",

@@ -193,20 +193,30 @@ class RemoteMagics(Magics):
             if args.name is not None:
                 raise UsageError(f"--name names one connection; with several targets each "
                                  f"is named after its target\n{USAGE}")
-            self._connect_many(args.targets, args.token_file, args.service, args.trust)
+            with _mistakes_as_usage_errors():
+                fresh = [target for target in dict.fromkeys(args.targets)
+                         if self._keep_connected(target, None) is None]
+            if fresh:
+                self._connect_many(fresh, args.token_file, args.service, args.trust)
             return
         with _mistakes_as_usage_errors():
-            kept = self.registry.connected(args.targets[0], args.name)
-            if kept is not None:
-                self.shell.user_ns[kept.name] = kept.conn
-                print(f"{kept.name} is already connected to {kept.conn.peer}: kept it "
-                      f"(--name NAME opens a second connection)")
+            if self._keep_connected(args.targets[0], args.name) is not None:
                 return
             entry = self.registry.connect(args.targets[0], name=args.name,
                                           token_file=args.token_file, service=args.service,
                                           trusted=args.trust)
         self.shell.user_ns[entry.name] = entry.conn
         print(f"connected to {entry.name} ({entry.conn.peer}), bound to `{entry.name}`")
+
+    def _keep_connected(self, target: str, name: str | None) -> ConnectionEntry | None:
+        """The live connection to ``target`` a new one would duplicate, bound and kept (and
+        said so), or None."""
+        kept = self.registry.connected(target, name)
+        if kept is not None:
+            self.shell.user_ns[kept.name] = kept.conn
+            print(f"{kept.name} is already connected to {kept.conn.peer}: kept it "
+                  f"(--name NAME opens a second connection)")
+        return kept
 
     def _connect_dask(self, args: Any) -> None:
         """%remote connect dask:ADDRESS|dask:CLIENT_VARIABLE: every worker, as a group."""
@@ -405,9 +415,11 @@ class RemoteMagics(Magics):
 
     def _eval(self, expression: str) -> Any:
         entry = self._entry()
-        entry.require()
+        conn = entry.require()
+        # As %%remote: what the expression prints or displays appears in this cell.
+        sink = NotebookSink(trusted=conn.trust_output, peer=entry.name)
         with remote_frames_only():
-            return entry.interpreter.eval(expression)
+            return entry.interpreter.eval(expression, sink)
 
     # -- the cell magic -----------------------------------------------------------------------
 

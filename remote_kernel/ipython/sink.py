@@ -3,12 +3,31 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
 from remote_kernel.core.service import exposed
 from remote_kernel.ipython.display import untrusted_bundle
-from remote_kernel.outputs.filter import sanitize_text_stream
+from remote_kernel.outputs.filter import peer_display_id, sanitize_text_stream
+
+log = logging.getLogger(__name__)
+
+
+def display_target(display_id: Any, update: Any, peer: str,
+                   scope: str = "") -> dict[str, Any] | None:
+    """How a peer's display with an id is published: the keyword arguments of IPython's
+    ``publish_display_data`` ({} for a plain display), or None when it must not be (an
+    update whose id is not a valid one: it would otherwise become a new output). ``scope``
+    goes before the id (a fan-out cell keeps each peer's ids apart)."""
+    if display_id is None:
+        return {}
+    checked = peer_display_id(display_id)
+    if checked is None:
+        log.warning("output of %s: display id %.40r refused (letters, digits and _.:/- only, "
+                    "at most 128)", peer, display_id)
+        return None if update is True else {}
+    return {"transient": {"display_id": scope + checked}, "update": update is True}
 
 
 class RemoteResult:
@@ -41,11 +60,16 @@ class NotebookSink:
         stream.flush()
 
     @exposed
-    def display(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+    def display(self, data: dict[str, Any], metadata: dict[str, Any], display_id: Any = None,
+                update: Any = False) -> None:
+        """A display output; with ``display_id`` one that ``update`` replaces in place."""
         from IPython.display import publish_display_data
 
+        target = display_target(display_id, update, self.peer)
+        if target is None:
+            return
         data, metadata = untrusted_bundle(data, metadata, self.trusted, self.peer)
-        publish_display_data(data=data, metadata=metadata)
+        publish_display_data(data=data, metadata=metadata, **target)
 
     @exposed
     def result(self, data: dict[str, Any], metadata: dict[str, Any], count: int) -> None:

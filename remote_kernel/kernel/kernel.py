@@ -22,7 +22,11 @@ from remote_kernel.core.connection import Connection
 from remote_kernel.core.service import exposed
 from remote_kernel.errors import ConnectionClosed, RemoteError, RemoteKernelError
 from remote_kernel.ipython.registry import open_connection
-from remote_kernel.outputs.filter import filter_bundle_report, sanitize_text_stream
+from remote_kernel.outputs.filter import (
+    filter_bundle_report,
+    peer_display_id,
+    sanitize_text_stream,
+)
 from remote_kernel.protocol.boxing import ByValue
 from remote_kernel.protocol.describe import json_safe
 
@@ -73,9 +77,24 @@ class KernelSink:
                                  "text": text})
 
     @exposed
-    def display(self, data: dict, metadata: dict) -> None:
+    def display(self, data: dict, metadata: dict, display_id: Any = None,
+                update: Any = False) -> None:
+        """A display output; with ``display_id`` one that ``update`` replaces in place
+        (``update_display_data``). An id that is not a valid one is not used, and an
+        update under it is dropped: it would otherwise become a new output."""
+        transient: dict[str, Any] = {}
+        if display_id is not None:
+            checked = peer_display_id(display_id)
+            if checked is None:
+                self.kernel.log.warning("display id %.40r refused from the remote",
+                                        display_id)
+                if update is True:
+                    return
+            else:
+                transient = {"display_id": checked}
         data, metadata = self._bundle(data, metadata)
-        self._publish("display_data", {"data": data, "metadata": metadata, "transient": {}})
+        kind = "update_display_data" if transient and update is True else "display_data"
+        self._publish(kind, {"data": data, "metadata": metadata, "transient": transient})
 
     @exposed
     def result(self, data: dict, metadata: dict, count: int) -> None:
@@ -342,7 +361,7 @@ def _format_info(info: dict[str, Any]) -> str:
     name = info.get("name") or ""
     if signature:
         lines.append(f"Signature: {name.rsplit('.', 1)[-1]}{signature}")
-    lines.append(f"Type:      {info.get('type_qualname') or info.get('type_name')}")
+    lines.append(f"Type:      {info.get('type_name') or info.get('type_qualname')}")
     if info.get("string_form") and not (info.get("isclass") or info.get("simple_callable")):
         lines.append(f"String form: {info['string_form']}")
     if info.get("file"):

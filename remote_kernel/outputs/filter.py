@@ -22,7 +22,8 @@ from remote_kernel.outputs.sanitize import (
     sanitize_text_stream,
 )
 
-__all__ = ["FilteredBundle", "filter_bundle", "filter_bundle_report", "sanitize_text_stream"]
+__all__ = ["FilteredBundle", "filter_bundle", "filter_bundle_report", "peer_display_id",
+           "sanitize_text_stream"]
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
@@ -179,3 +180,18 @@ def filter_bundle(data: Mapping[str, Any], metadata: Mapping[str, Any] | None = 
     """
     result = filter_bundle_report(data, metadata, trusted=trusted, allow_widgets=allow_widgets)
     return result.data, result.metadata
+
+
+# -- display ids -----------------------------------------------------------------------------
+
+MAX_DISPLAY_ID = 128
+_DISPLAY_ID = re.compile(r"[A-Za-z0-9_.:/-]+", re.ASCII)
+
+
+def peer_display_id(value: Any) -> str | None:
+    """A display id a peer sent (``display(x, display_id=...)``), or None when it is not a
+    plain short string of letters, digits and ``_.:/-`` (IPython's own are 32 hex digits):
+    the id reaches the front end, which looks outputs up by it."""
+    if type(value) is not str or not 0 < len(value) <= MAX_DISPLAY_ID:
+        return None
+    return value if _DISPLAY_ID.fullmatch(value) else None

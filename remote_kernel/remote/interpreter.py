@@ -4,9 +4,11 @@
 IPython's semantics: the value of a last expression is displayed, ``display()`` and
 ``clear_output()`` work, matplotlib figures left open are sent as PNG. Output goes to the
 caller's *sink* while the cell runs: ``sink.stream(name, text)`` (line by line, as it is
-written), ``sink.display(data, metadata)``, ``sink.result(data, metadata, count)``,
-``sink.clear_output(wait)``. The sink lives on the notebook side, so each of those is one
-callback request; the notebook serves them while it waits for ``run_cell`` to return.
+written), ``sink.display(data, metadata)`` (plus ``display_id, update`` for a display
+with an id: ``display(x, display_id=True)``, ``update_display``), ``sink.result(data,
+metadata, count)``, ``sink.clear_output(wait)``. The sink lives on the notebook side, so
+each of those is one callback request; the notebook serves them while it waits for
+``run_cell`` to return.
 Interrupting the request raises ``KeyboardInterrupt`` in the cell (see ``_interrupt``).
 
 Capturing output patches process-wide names (``sys.stdout``/``sys.stderr``, IPython's
@@ -31,6 +33,7 @@ import re
 import sys
 import threading
 import time
+import uuid
 from typing import Any
 
 from remote_kernel.protocol.boxing import ByValue
@@ -183,27 +186,67 @@ def _patch_ipython_display() -> None:
 
 
 def _display(*objs: Any, include: Any = None, exclude: Any = None, metadata: Any = None,
-             raw: bool = False, **kwargs: Any) -> Any:
+             transient: Any = None, display_id: Any = None, raw: bool = False,
+             clear: bool = False, **kwargs: Any) -> Any:
+    """IPython's display() inside a cell: the same arguments, the output to the cell's sink;
+    with ``display_id`` a handle whose ``update()`` replaces that output (as IPython's)."""
     cell = getattr(_local, "cell", None)
     if cell is None:
         outside = _outside_cells[0]
         if outside is not None:
             return outside(*objs, include=include, exclude=exclude, metadata=metadata,
-                           raw=raw, **kwargs)
+                           transient=transient, display_id=display_id, raw=raw, clear=clear,
+                           **kwargs)
         print(*objs)
         return None
+    if display_id is True:
+        display_id = uuid.uuid4().hex  # as IPython's _new_id: random hex
+    if not display_id and isinstance(transient, dict):
+        display_id = transient.get("display_id")
+    update = bool(kwargs.get("update"))
+    if update and not display_id:
+        raise TypeError("display_id required for update_display")
+    if not objs and display_id:
+        objs, raw = ({},), True
+    if clear:
+        cell.clear_output(True)
     for obj in objs:
         if raw:
             data, md = dict(obj), dict(metadata or {})
-        elif is_figure(obj) and not cell.figure_changed(obj):
+        elif is_figure(obj) and not display_id and not cell.figure_changed(obj):
             continue  # already sent in this cell as it is now (matplotlib inline's flush)
         else:
             data, md = mimebundle(obj, include, exclude, cell.formatter)
             if metadata:
                 md.update(metadata)
-        cell.display(data, md)
+        cell.display(data, md, str(display_id) if display_id else None, update)
         if is_figure(obj):
             cell.figure_shown(obj)
+    return _DisplayHandle.make(str(display_id)) if display_id else None
+
+
+class _DisplayHandle:
+    """IPython's DisplayHandle where IPython is not installed (its methods call ours)."""
+
+    def __init__(self, display_id: str) -> None:
+        self.display_id = display_id
+
+    @staticmethod
+    def make(display_id: str) -> Any:
+        try:
+            from IPython.core.display_functions import DisplayHandle
+        except ImportError:
+            return _DisplayHandle(display_id)
+        return DisplayHandle(display_id)  # its update() reaches ours through the patch
+
+    def __repr__(self) -> str:
+        return f"<DisplayHandle display_id={self.display_id}>"
+
+    def display(self, obj: Any, **kwargs: Any) -> None:
+        _display(obj, display_id=self.display_id, **kwargs)
+
+    def update(self, obj: Any, **kwargs: Any) -> None:
+        _display(obj, display_id=self.display_id, update=True, **kwargs)
 
 
 class _Cell:
@@ -244,9 +287,13 @@ class _Cell:
                 if text:
                     self.sink.stream(key, text)
 
-    def display(self, data: dict, metadata: dict) -> None:
+    def display(self, data: dict, metadata: dict, display_id: str | None = None,
+                update: bool = False) -> None:
         self.flush()
-        self.sink.display(ByValue(data), ByValue(metadata))
+        if display_id is None:  # the two-argument call every sink answers
+            self.sink.display(ByValue(data), ByValue(metadata))
+        else:
+            self.sink.display(ByValue(data), ByValue(metadata), display_id, update)
 
     def clear_output(self, wait: bool) -> None:
         self.flush()
@@ -368,9 +415,29 @@ class Interpreter:
                 _install_builtin_display()  # IPython's shell put its own into builtins
             return self._shell
 
-    def exposed_eval(self, expression: str) -> Any:
+    def exposed_eval(self, expression: str, sink: Any = None) -> Any:
         """Evaluate an expression (``%remote EXPR``); a statement is executed instead.
-        A name that is an importable top-level module is imported on first use."""
+        A name that is an importable top-level module is imported on first use. With a
+        ``sink``, what it prints or displays goes there, as in a cell."""
+        if sink is None:
+            return self._eval(expression)
+        shell = self._shell
+        cell = _Cell(sink, shell.display_formatter if shell is not None else None)
+        previous = getattr(_local, "cell", None)
+        _local.cell = cell
+        _enter_cell()
+        comms_before = self._enter_comms()
+        try:
+            return self._eval(expression)
+        finally:
+            try:
+                cell.flush()
+            finally:
+                _local.cell = previous
+                self._leave_comms(comms_before)
+                _leave_cell()
+
+    def _eval(self, expression: str) -> Any:
         filename = f"<remote-expr-{next(self._counter)}>"
         linecache.cache[filename] = (len(expression), None, [expression + "\n"], filename)
         try:

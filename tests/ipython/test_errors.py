@@ -215,6 +215,26 @@ def test_connecting_again_keeps_a_live_connection(shell, lab, classic_server,
     assert shell.user_ns["lab2"] is not lab and text.startswith("connected to lab2")
 
 
+def test_connecting_several_keeps_each_live_connection(shell, classic_server, start_server,
+                                                       capsys) -> None:
+    """`%remote connect A B` with A connected keeps A, as `%remote connect A` does."""
+    from remote_kernel.ipython.registry import default_name
+
+    other = start_server("--classic", name="other")
+    first_name, other_name = default_name(str(classic_server.file)), default_name(str(other.file))
+    output(shell, capsys, f"%remote connect {classic_server.file}")
+    first = shell.user_ns[first_name]
+    _, text = output(shell, capsys, f"%remote connect {classic_server.file} {other.file}")
+    assert shell.user_ns[first_name] is first and not first.closed
+    assert text.splitlines() == [
+        f"{first_name} is already connected to {first.peer}: kept it "
+        f"(--name NAME opens a second connection)",
+        f"connected to {other_name} ({shell.user_ns[other_name].peer}), bound to `{other_name}`"]
+    open_names = [name for name, entry in get_registry().entries.items()
+                  if entry.state != "closed"]
+    assert sorted(open_names) == sorted([first_name, other_name])
+
+
 # -- a dead connection answers at once ----------------------------------------------------
 
 

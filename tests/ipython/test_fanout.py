@@ -220,6 +220,23 @@ def test_rich_output_and_results_come_labelled(kernel: Kernel) -> None:
     assert not run.of_type("execute_result")  # the values are labelled lines, not Out[]
 
 
+def test_each_peers_display_ids_are_its_own(kernel: Kernel) -> None:
+    """The same cell on two peers: each update_display replaces its own peer's output only
+    (the ids go out as PEER:ID), and an update comes without a label line."""
+    run = kernel.run("%%remote p1 p2\nimport os\nfrom IPython.display import update_display\n"
+                     "display('start', display_id='status')\n"
+                     "update_display(os.getpid(), display_id='status')\n")
+    assert run.status == "ok", run.reply
+    assert run.text().count("display:") == 2
+    ids = {d["content"]["metadata"]["remote_kernel"]["peer"]: d["content"]["transient"]
+           for d in run.of_type("display_data")}
+    assert ids == {"p1": {"display_id": "p1:status"}, "p2": {"display_id": "p2:status"}}
+    updates = {u["content"]["transient"]["display_id"]: u["content"]["data"]["text/plain"]
+               for u in run.of_type("update_display_data")}
+    assert set(updates) == {"p1:status", "p2:status"}
+    assert updates["p1:status"] != updates["p2:status"]  # each its own peer's pid
+
+
 def test_a_named_group(kernel: Kernel) -> None:
     run = kernel.run("%remote group bench p1 p2 p3")
     assert run.status == "ok", run.reply

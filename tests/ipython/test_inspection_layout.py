@@ -76,3 +76,19 @@ def test_classes_made_remotely_show_where_they_were_made(shell: InteractiveShell
     shell.user_ns["Probe"] = lab.namespace["Probe"]
     assert re.fullmatch(r"<remote-cell-\d+>", _fields(shell, "Probe")["File"].strip())
     assert "bin/remote-kernel" not in str(_fields(shell, "Probe"))
+
+
+def test_the_type_reads_as_local_ipython_prints_it(shell: InteractiveShell,
+                                                   lab: rk.Connection) -> None:
+    source = "def reading():\n    '''One value.'''\n    return 1\n" \
+             "class Probe:\n    pass\nprobe = Probe()\nvalues = [1, 2]\n"
+    lab.execute(source)
+    local: dict = {}
+    exec(source, local)  # noqa: S102
+    for name in ("reading", "probe", "values", "Probe"):
+        shell.user_ns[name] = lab.namespace[name]
+        remote_type = _fields(shell, name)["Type"]
+        shell.user_ns[name] = local[name]
+        assert remote_type == _fields(shell, name)["Type"], name
+    shell.user_ns["reading"] = lab.namespace["reading"]
+    assert _fields(shell, "reading")["Type"] == "function"

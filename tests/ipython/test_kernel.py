@@ -180,3 +180,66 @@ def test_a_forty_second_call_through_a_netref_returns(kernel: Kernel, lab: str) 
     assert run.ended - run.started >= 40
     (result,) = run.of_type("execute_result")
     assert result["content"]["data"]["text/plain"] == "'done'"
+
+
+def _plain(message: dict) -> str:
+    return message["content"]["data"]["text/plain"]
+
+
+def _display_id(message: dict) -> str | None:
+    return message["content"].get("transient", {}).get("display_id")
+
+
+def test_display_ids_update_the_output_in_place(kernel: Kernel, lab: str) -> None:
+    """As in local IPython: display(x, display_id=True) returns a handle whose update()
+    replaces that output, update_display(y, display_id=...) replaces the one with that id
+    (update_display_data messages carrying the id, not new outputs)."""
+    run = kernel.run("%%remote lab\nh = display('one', display_id=True)\nprint(type(h).__name__)\n"
+                     "h.update('two')\n"
+                     "from IPython.display import update_display\n"
+                     "display('x', display_id='abc')\n"
+                     "update_display('y', display_id='abc')\n")
+    assert run.status == "ok", run.reply
+    assert run.text() == "DisplayHandle\n"
+    displays, updates = run.of_type("display_data"), run.of_type("update_display_data")
+    assert [_plain(m) for m in displays] == ["'one'", "'x'"]
+    assert [_plain(m) for m in updates] == ["'two'", "'y'"]
+    handle_id = _display_id(displays[0])
+    assert handle_id and re.fullmatch(r"[0-9a-f]{32}", handle_id)
+    assert [_display_id(m) for m in updates] == [handle_id, "abc"]
+    assert _display_id(displays[1]) == "abc"
+    # In a later cell the handle still updates its output.
+    run = kernel.run("%%remote lab\nh.update('three')\n")
+    (update,) = run.of_type("update_display_data")
+    assert _plain(update) == "'three'" and _display_id(update) == handle_id
+    assert not run.of_type("display_data")
+
+
+def test_a_peers_display_id_is_checked(kernel: Kernel, lab: str) -> None:
+    """The id is the peer's data: one that is not a short plain string is not used, and an
+    update under it is dropped rather than shown as a new output."""
+    run = kernel.run("%%remote lab\nfrom IPython.display import update_display\n"
+                     "display('shown', display_id='bad id\"><img>')\n"
+                     "update_display('dropped', display_id='bad id\"><img>')\n"
+                     f"display('long', display_id={'a' * 129!r})\n")
+    assert run.status == "ok", run.reply
+    displays = run.of_type("display_data")
+    assert [_plain(m) for m in displays] == ["'shown'", "'long'"]
+    assert [_display_id(m) for m in displays] == [None, None]
+    assert not run.of_type("update_display_data")
+
+
+def test_a_one_line_remote_shows_what_it_prints_and_displays(kernel: Kernel, lab: str) -> None:
+    assert kernel.run("%remote use lab").status == "ok"
+    run = kernel.run("%remote print('hello from %remote')")
+    assert run.status == "ok", run.reply
+    assert run.text() == "hello from %remote\n"
+    assert not run.of_type("execute_result")
+    run = kernel.run("%remote display('x')")
+    assert run.status == "ok", run.reply
+    assert [_plain(m) for m in run.of_type("display_data")] == ["'x'"]
+    run = kernel.run("%remote print('before') or 6 * 7")
+    assert run.text() == "before\n"
+    assert _plain(run.of_type("execute_result")[0]) == "42"
+    run = kernel.run("%remote import sys; sys.stderr.write('err\\n')")  # a statement
+    assert run.status == "ok" and run.text("stderr") == "err\n"

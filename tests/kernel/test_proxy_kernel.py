@@ -340,3 +340,35 @@ def test_a_remote_cannot_shape_the_completion_reply(start_server) -> None:
     finally:
         kernel.close()
         kernelspec.remove("rk-test-hostile-complete")
+
+
+def test_display_ids_update_in_place_and_inspection_types_read_as_locally() -> None:
+    """display(x, display_id=True) returns a handle whose update() sends update_display_data
+    with that id; update_display too; an id that is not a plain short string is not used.
+    ``f?`` says ``Type: function``, as local IPython does."""
+    kernel = Kernel(SPEC)
+    try:
+        run = kernel.run("h = display('one', display_id=True)\nprint(type(h).__name__)\n"
+                         "h.update('two')\n"
+                         "from IPython.display import update_display\n"
+                         "display('x', display_id='abc')\nupdate_display('y', display_id='abc')\n"
+                         "display('z', display_id='no <way>')\n"
+                         "update_display('dropped', display_id='no <way>')")
+        assert run.status == "ok", run.reply
+        assert run.text() == "DisplayHandle\n"
+        displays = [(m["content"]["data"]["text/plain"], m["content"]["transient"])
+                    for m in run.of_type("display_data")]
+        updates = [(m["content"]["data"]["text/plain"], m["content"]["transient"])
+                   for m in run.of_type("update_display_data")]
+        handle_id = displays[0][1]["display_id"]
+        assert re.fullmatch(r"[0-9a-f]{32}", handle_id)
+        assert displays == [("'one'", {"display_id": handle_id}),
+                            ("'x'", {"display_id": "abc"}), ("'z'", {})]
+        assert updates == [("'two'", {"display_id": handle_id}), ("'y'", {"display_id": "abc"})]
+        kernel.run("def reading():\n    '''One value.'''\n    return 1")
+        reply = kernel.client.inspect("reading", 7, 0, reply=True, timeout=30)["content"]
+        assert reply["found"]
+        text = re.sub(r"\x1b\[[0-9;]*m", "", reply["data"]["text/plain"])
+        assert re.search(r"^Type:\s+function$", text, re.M), text
+    finally:
+        kernel.close()
