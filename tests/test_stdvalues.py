@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import enum
+import fractions
 import http
 import pathlib
 import shutil
@@ -348,3 +349,15 @@ def test_numpy_asarray_of_pandas_netrefs_is_one_request(lab: rk.Connection) -> N
     held = numpy.asarray(config)
     assert held.shape == () and held[()] is config
     assert lab.ping() > 0
+
+
+def test_values_that_would_be_costly_to_use_go_by_reference(classic: Any) -> None:
+    # A peer's Decimal with a huge exponent would make int() compute a huge power; a
+    # Fraction with terms past Python's 4300-digit str() limit could not be shown.
+    huge_exponent = classic.eval("__import__('decimal').Decimal('1E+100000')")
+    assert not isinstance(huge_exponent, decimal.Decimal)
+    wide = classic.eval("__import__('fractions').Fraction(10**4400 + 1, 3)")
+    assert not isinstance(wide, fractions.Fraction)
+    fine = classic.eval("__import__('fractions').Fraction(10**4000 + 1, 3)")
+    assert isinstance(fine, fractions.Fraction) and str(fine)
+    assert classic.eval("__import__('decimal').Decimal('1E+6000')") == decimal.Decimal("1E+6000")

@@ -67,8 +67,12 @@ from remote_kernel.protocol.exceptions import loaded_class
 from remote_kernel.protocol.messages import Ext
 
 MAX_DIGITS = 4300  # Python's own default limit for int <-> str conversions
-MAX_EXPONENT = 1_000_000
-MAX_INT_BYTES = 2048
+# decimal128's largest exponent: int() of a Decimal past it computes a huge power (4300
+# digits at 10**6 took 34 s), so such a value goes by reference instead.
+MAX_EXPONENT = 6144
+# A Fraction's terms stay under MAX_DIGITS decimal digits, so it can be printed (str() of
+# an int of more digits raises).
+MAX_INT_BYTES = 1780
 MAX_PATH_BYTES = 1 << 16
 MAX_NAME = 1024
 MAX_DAYS = 999_999_999  # timedelta's own bound
