@@ -11,7 +11,11 @@ unbroken stream, so a request is received, and run, once, and its reply arrives 
 
 What is kept for re-sending is bounded (``RESEND_LIMIT``). Past the bound the oldest bytes
 are let go; a resume that would need them fails cleanly (the session closes) rather than
-resuming wrongly.
+resuming wrongly. A server also bounds what all its detached sessions keep (net/detached.py).
+
+On the server, one resume of a session counts at a time: each resume claims the session
+(take_over), which drops the link in use and the link of any resume still under way; only
+the link of the latest claim may attach. However many resumes race, one link remains.
 """
 
 from __future__ import annotations
@@ -111,6 +115,11 @@ class ResendStore:
             else:
                 parts[0] = memoryview(first)[offset - self.start:]
                 self.start = offset
+
+    def clear(self) -> None:
+        """Let everything go (the session ended)."""
+        self._parts.clear()
+        self.start = self.end
 
     def since(self, offset: int) -> list[bytes | memoryview] | None:
         """What to re-send to a peer that received ``offset`` bytes; None if part of it
@@ -488,6 +497,8 @@ class ResumableTransport(Transport):
             self._failure = reason
             self._set_state("closed")
             self._link_send, self._link_recv = self._hold, self._wait_for_link
+            self._keep = _ignore  # an ended session re-sends nothing: nothing is kept
+        self.store.clear()
         self._tell()
         _monitor.forget(self)
         try:
@@ -537,6 +548,10 @@ class ResumableTransport(Transport):
             return
         if events and events[0][1] & (select.POLLERR | select.POLLHUP):
             self.link_lost("the link stopped answering")
+
+
+def _ignore(data: bytes | bytearray | memoryview) -> None:
+    """What an ended session keeps of a send: nothing."""
 
 
 def _drop(raw: Transport) -> None:
