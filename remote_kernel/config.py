@@ -29,6 +29,10 @@ class ProtocolConfig:
     sync_request_timeout: float | None = None
     unreachable_after: float = 10.0  # seconds of silence before a peer counts as unreachable
     resume_window: float = 300.0  # seconds a session is kept for a resume after its link died
+    # A server's bound across the sessions kept while their link is down (net/detached.py):
+    # past either, the one detached longest ago ends.
+    max_detached_sessions: int = 64
+    max_detached_bytes: int = 256 << 20  # kept by them for re-sending
     include_local_traceback: bool = True
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     connid: str | None = None
@@ -75,6 +79,9 @@ def make_config(config: Mapping[str, Any] | ProtocolConfig | None) -> ProtocolCo
         raise ValueError("config key 'max_message_size' must be at least 1024 bytes")
     if "sync_request_timeout" in values and values["sync_request_timeout"] is not None:
         values["sync_request_timeout"] = float(values["sync_request_timeout"])
+    for key in ("max_detached_sessions", "max_detached_bytes"):
+        if values.get(key, 0) < 0:
+            raise ValueError(f"config key {key!r} must not be negative")
     for key in ("unreachable_after", "resume_window"):
         if key in values:
             if values[key] <= 0:

@@ -178,7 +178,7 @@ class Dispatching:
                     _interrupt.raise_in_thread(ident, KeyboardInterrupt)
         elif op == Op.ACK:
             count = args[0] if args else None
-            if type(count) is not int or self._session is None:
+            if type(count) is not int or count < 0 or self._session is None:
                 raise self._protocol_violation("malformed acknowledgement")
             try:
                 self._session.acknowledged(count)

@@ -254,7 +254,7 @@ def server_handshake(transport: Transport, token: str | None, service_name: str,
         if resumed is not None:
             _check_proof(resume, resumed, nonce, client_nonce, session_id, client_received)
             try:
-                server_received = resumed.take_over()
+                server_received = resumed.take_over(transport)
             except ConnectionClosed:  # it ended meanwhile
                 raise UnknownSession("unknown session: the session ended, and its objects "
                                      "are gone") from None

@@ -34,6 +34,7 @@ from remote_kernel.core.connection import Connection
 from remote_kernel.core.service import make_service
 from remote_kernel.errors import AuthenticationError, ConnectionClosed, ProtocolError
 from remote_kernel.net.auth import SessionTable, server_handshake
+from remote_kernel.net.detached import DetachedSessions
 from remote_kernel.net.session import ResumableTransport, configure_liveness
 from remote_kernel.net.tls import requires_client_certificates, server_context
 from remote_kernel.net.transports.sockets import SocketTransport
@@ -71,6 +72,8 @@ class Server:
         self.service = service
         self.config = config
         self.sessions = SessionTable()  # sessions a client may resume (net/session.py)
+        self.detached = DetachedSessions(self._settings.max_detached_sessions,
+                                         self._settings.max_detached_bytes)
         self.token = token or None
         self.handshake_timeout = handshake_timeout
         self.max_pending = max_pending
@@ -346,6 +349,7 @@ class Server:
             resume_window=self._settings.resume_window, received=reader.decoder.pending,
             secret=keys.resume if keys is not None else None)
         self.sessions.add(session_id, session)
+        self.detached.track(session)
         session.on_state.append(
             lambda state: state == "closed" and self.sessions.remove(session_id))
         reader.transport = session

@@ -11,7 +11,11 @@ unbroken stream, so a request is received, and run, once, and its reply arrives 
 
 What is kept for re-sending is bounded (``RESEND_LIMIT``). Past the bound the oldest bytes
 are let go; a resume that would need them fails cleanly (the session closes) rather than
-resuming wrongly.
+resuming wrongly. A server also bounds what all its detached sessions keep (net/detached.py).
+
+On the server, one resume of a session counts at a time: each resume claims the session
+(take_over), which drops the link in use and the link of any resume still under way; only
+the link of the latest claim may attach. However many resumes race, one link remains.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ ACK_EVERY = 256 << 10  # a receiver acknowledges at least this often (bytes rece
 RECONNECT_FIRST, RECONNECT_MAX = 0.2, 1.5  # backoff between reconnect attempts (seconds)
 MONITOR_SLICE = 0.5  # how often the monitor looks at idle sessions' sockets
 RECONNECT_TIMEOUT = 2.0  # one reconnect attempt (TCP connect, TLS, resume handshake)
+SETTLE_TIMEOUT = 5.0  # the longest a resume waits for the reader to leave a dropped link
 
 Reopen = Callable[[int], "tuple[Transport, int, bytes]"]
 
@@ -60,7 +65,7 @@ class ResendStore:
     def note_ack(self, offset: int) -> None:
         """The peer says it received ``offset`` bytes. Only noted (any thread may call
         this); what it frees is let go by the next add, in the sending thread."""
-        if offset > self.end:
+        if offset > self.end or offset < 0:
             raise ProtocolError(f"the peer acknowledged {offset} bytes of {self.end} sent")
         if offset > self.peer_acked:
             self.peer_acked = offset
@@ -111,6 +116,11 @@ class ResendStore:
                 parts[0] = memoryview(first)[offset - self.start:]
                 self.start = offset
 
+    def clear(self) -> None:
+        """Let everything go (the session ended)."""
+        self._parts.clear()
+        self.start = self.end
+
     def since(self, offset: int) -> list[bytes | memoryview] | None:
         """What to re-send to a peer that received ``offset`` bytes; None if part of it
         was let go (or the offset is not one this side ever reached)."""
@@ -143,6 +153,10 @@ class ResumableTransport(Transport):
                  resume_window: float, reopen: Reopen | None = None, received: int = 0,
                  secret: bytes | None = None, store_limit: int = RESEND_LIMIT) -> None:
         self._raw = raw
+        # The server side: the link of the latest resume (take_over), the only one that
+        # may attach; an earlier resume still under way is dropped by a later one.
+        self._claim: Transport | None = None
+        self.budget: Any = None  # the server's bound on detached sessions (net/detached.py)
         self.peer_name = raw.peer_name
         self.session_id = session_id
         self.secret = secret  # the session's resume secret (net/auth.py), None without a token
@@ -171,6 +185,7 @@ class ResumableTransport(Transport):
         # Sends are serialised by the caller: the Connection shares its send lock here
         # (Connection.__init__), so that the re-send after a resume never interleaves.
         self.send_lock: threading.Lock = threading.Lock()
+        self._attach_lock = threading.Lock()
         self.on_state: list[Callable[[str], None]] = []  # called with each new state
         self._untold: list[str] = []
         _monitor.track(self)
@@ -274,6 +289,10 @@ class ResumableTransport(Transport):
         while True:
             with self._cond:
                 if self._state == "open":
+                    # Marked reading before the lock goes, with the link it reads: a resume
+                    # that replaces this link waits for the read to be counted (_settle).
+                    self._reading = True  # counted by the recv_into that called this, once
+                    recv = self._link_recv
                     break
                 if self._state == "closed":
                     raise self._closed_error()
@@ -282,8 +301,7 @@ class ResumableTransport(Transport):
                     return 0
                 self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
             self._expire_if_due()
-        self._reading = True  # counted by the recv_into that called this, once
-        return self._link_recv(buffer, timeout)
+        return recv(buffer, timeout)
 
     def _recv_prefix(self, buffer: memoryview, timeout: float | None) -> int:
         """recv_into() of what a resume handshake read past its last frame, first."""
@@ -297,10 +315,14 @@ class ResumableTransport(Transport):
     def has_buffered_data(self) -> bool:
         return bool(self._prefix) or (self._state == "open" and self._raw.has_buffered_data())
 
-    def _settle(self) -> int:
+    def _settle(self) -> int | None:
         """How many bytes of the peer's stream arrived, once no reader is between a dead
-        link's recv_into and counting what it got (the link is closed: that is brief)."""
+        link's recv_into and counting what it got (the link is dropped: that is brief).
+        None if the reader did not leave it within SETTLE_TIMEOUT."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
         while self._reading:
+            if time.monotonic() > deadline:
+                return None
             time.sleep(0.001)
         return self.received
 
@@ -348,6 +370,8 @@ class ResumableTransport(Transport):
             if self._expire_if_due():
                 return
             received = self._settle()
+            if received is None:
+                continue  # (the reader is still on the dropped link: look again)
             try:
                 raw, peer_received, leftover = self._reopen(received)  # type: ignore[misc]
             except SessionRefused as exc:
@@ -366,56 +390,97 @@ class ResumableTransport(Transport):
             self.attach(raw, peer_received, leftover)
             return
 
-    def take_over(self) -> int:
-        """A resume arrived on a new link (server side): the old link, even if it looks
-        alive, is done. Returns how many bytes of the peer's stream this side received."""
-        if self._state == "closed":
-            raise SessionRefused(self._closed_error().args[0])
-        if self._state == "open":
-            self.link_lost("replaced by a resumed link")
-        return self._settle()
+    def take_over(self, link: Transport | None = None) -> int:
+        """A resume arrived on a new ``link`` (server side): the link in use, even if it
+        looks alive, is done, and so is the link of any resume still under way (the latest
+        resume wins: only ``link`` may attach). Returns how many bytes of the peer's stream
+        this side received. Raises SessionRefused if the session ended, and
+        AuthenticationError if the reader does not leave the old link in time."""
+        with self._cond:
+            if self._state == "closed":
+                raise SessionRefused(self._closed_error().args[0])
+            earlier = self._claim if self._claim is not self._raw else None
+            self._claim = link
+        if earlier is not None:
+            # Wakes that resume's handshake or re-send; its attach() then gives up.
+            _drop(earlier)
+        self.link_lost("replaced by a resumed link")  # (nothing if no link is in use)
+        received = self._settle()
+        if received is None:
+            raise AuthenticationError("the session is busy with its old link; try again")
+        return received
 
     def attach(self, raw: Transport, peer_received: int, leftover: bytes = b"") -> bool:
         """Continue the session on ``raw``: re-send what the peer did not receive. False
-        (and the session closed) when that is no longer possible."""
+        when that is no longer possible (and the session closed), or when a later resume
+        replaced this one (``raw`` is dropped, the session waits for that resume)."""
+        with self._attach_lock:  # one at a time: a later one finds the state settled
+            return self._attach(raw, peer_received, leftover)
+
+    def _attach(self, raw: Transport, peer_received: int, leftover: bytes) -> bool:
         with self._cond:
-            if self._state == "closed":
-                raw.close()
-                return False
-            self._set_state("resuming")
+            ended, replaced = self._state == "closed", self._superseded(raw)
+            if not (ended or replaced):
+                self._set_state("resuming")
+        if ended or replaced:
+            raw.close() if ended else _drop(raw)
+            return False
         self._tell()
-        with self.send_lock:
+        error: ConnectionClosed | None = None
+        with self.send_lock:  # (the listeners are told outside it: they may send)
             missing = self.store.since(peer_received)
-            if missing is None:
-                raw.close()
-                self._end(f"cannot resume the session with {self.peer_name}: more was sent "
-                          "than is kept for re-sending; its objects are released there")
-                return False
             try:
-                for part in missing:
+                for part in missing or ():
                     raw.send(part)
             except ConnectionClosed as exc:
-                _drop(raw)
-                with self._cond:
-                    self._set_state("unreachable")
-                self._tell()
-                log.info("resume of %s failed while re-sending: %s", self.peer_name, exc)
-                if self._reopen is not None:
-                    threading.Thread(target=self._reconnect, name="rk-reconnect",
-                                     daemon=True).start()
-                return False
+                error = exc
             with self._cond:
-                self._raw = raw
-                self._prefix = leftover
-                self._link_send = raw.send
-                self._link_recv = self._recv_prefix if leftover else raw.recv_into
-                self._set_state("open")
+                old = self._raw
+                if missing is not None and error is None and self._state != "closed" \
+                        and not self._superseded(raw):
+                    self._raw = raw
+                    self._prefix = leftover
+                    self._link_send = raw.send
+                    self._link_recv = self._recv_prefix if leftover else raw.recv_into
+                    self._set_state("open")
+                elif error is None:
+                    error = ConnectionClosed("the session ended, or a later resume "
+                                             "replaced this one")
+        if missing is None:
+            raw.close()
+            self._end(f"cannot resume the session with {self.peer_name}: more was sent "
+                      "than is kept for re-sending; its objects are released there")
+            return False
+        if error is not None:
+            self._attach_failed(raw, error)
+            return False
         self._tell()
+        if old is not raw:
+            _drop(old)  # (dropped already when that link was lost; then a no-op)
         log.info("session with %s resumed (%d bytes re-sent)", self.peer_name,
                  sum(len(part) for part in missing))
         return True
 
+    def _superseded(self, raw: Transport) -> bool:
+        """Call with ``_cond`` held: a later resume claimed the session (server side)."""
+        return self._claim is not None and raw is not self._claim
+
+    def _attach_failed(self, raw: Transport, exc: ConnectionClosed) -> None:
+        _drop(raw)
+        with self._cond:
+            if self._state == "resuming":
+                self._set_state("unreachable")
+        self._tell()
+        log.info("resume of %s failed while re-sending: %s", self.peer_name, exc)
+        if self._reopen is not None and self._state == "unreachable":
+            threading.Thread(target=self._reconnect, name="rk-reconnect",
+                             daemon=True).start()
+
     # -- ends ---------------------------------------------------------------------------------
+
+    def end(self, reason: str) -> None:
+        """End the session: the link is closed and a later resume is refused."""
+        self._end(reason)
 
     def _expire_if_due(self) -> bool:
         if self._state == "unreachable" and \
@@ -432,6 +497,8 @@ class ResumableTransport(Transport):
             self._failure = reason
             self._set_state("closed")
             self._link_send, self._link_recv = self._hold, self._wait_for_link
+            self._keep = _ignore  # an ended session re-sends nothing: nothing is kept
+        self.store.clear()
         self._tell()
         _monitor.forget(self)
         try:
@@ -481,6 +548,10 @@ class ResumableTransport(Transport):
             return
         if events and events[0][1] & (select.POLLERR | select.POLLHUP):
             self.link_lost("the link stopped answering")
+
+
+def _ignore(data: bytes | bytearray | memoryview) -> None:
+    """What an ended session keeps of a send: nothing."""
 
 
 def _drop(raw: Transport) -> None:
@@ -533,8 +604,8 @@ class _Monitor:
                 try:
                     if session._state == "open":
                         session._check_link()
-                    else:
-                        session._expire_if_due()
+                    elif not session._expire_if_due() and session.budget is not None:
+                        session.budget.enforce()  # (what a detached session keeps grows)
                 except Exception:
                     log.exception("session monitor")
 
