@@ -152,6 +152,10 @@ def _is_socket(path: str) -> bool:
         return False
 
 
+def _path_like(target: str) -> bool:
+    return target.endswith(".json") or "/" in target or os.sep in target
+
+
 def unknown_target(target: str) -> str:
     """One line: what ``target`` is not, and what would work."""
     names = [str(info.get("name")) for info in connfile.available() if info.get("name")]
@@ -159,7 +163,7 @@ def unknown_target(target: str) -> str:
     if close:
         return f"no connection file named {target!r}: did you mean {close[0]!r}?"
     running = f" (running: {', '.join(names)})" if names else ""
-    if target.endswith(".json") or "/" in target or os.sep in target:
+    if _path_like(target):
         return (f"there is no connection file {target} (a server removes its file when it "
                 f"stops): start the server, or give HOST:PORT")
     if not target or any(c.isspace() for c in target):
@@ -237,7 +241,7 @@ def open_target(target: Target, *, service: Any = VoidService, token: str | None
                             timeout=timeout)
     else:
         cause = ValueError(unknown_target(target.text))
-        if not discover:
+        if not discover or _path_like(target.text):  # no host or server has such a name
             raise cause
         conn = _open_advertised(target.text, service, token, tls, config, timeout, cause)
     conn.trust_output = bool(trust_output)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -253,3 +254,14 @@ def unix_server(tmp_path: Path) -> Iterator[str]:
 def test_a_socket_path_opens_the_unix_socket(unix_server: str) -> None:
     with rk.connect(unix_server) as conn:
         assert conn.peer == unix_server and conn.eval("6 * 7") == 42
+
+
+def test_a_missing_connection_file_path_is_said_at_once_without_ssh(tmp_path: Any) -> None:
+    # A path is no host name and no advertised name: nothing else is tried (before: ~2 s of
+    # discovery and "ssh: Could not resolve hostname /tmp/...json").
+    missing = str(tmp_path / "gone.json")
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="there is no connection file") as info:
+        rk.connect(missing)
+    assert "ssh" not in str(info.value)
+    assert time.monotonic() - started < 1.0
