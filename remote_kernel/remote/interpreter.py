@@ -473,6 +473,9 @@ class Interpreter:
         cursor_end}."""
         if cursor_pos is None:
             cursor_pos = len(code)
+        found = self._ipython_completions(code, cursor_pos)
+        if found is not None:
+            return ByValue(found)
         before = code[:cursor_pos]
         match = re.search(r"[A-Za-z_][\w.]*$", before)
         token = match.group(0) if match else ""
@@ -494,6 +497,30 @@ class Interpreter:
             matches = sorted(n for n in pool if n.startswith(token)
                              and (token.startswith("_") or not n.startswith("_")))
         return ByValue({"matches": matches, "cursor_start": start, "cursor_end": cursor_pos})
+
+    def _ipython_completions(self, code: str, cursor_pos: int) -> dict[str, Any] | None:
+        """What IPython's own completer offers here (dict keys, magics, paths, modules,
+        attributes), as in a local notebook; None where IPython is not installed."""
+        if ipyshell.transformer() is None:
+            return None
+        try:
+            from IPython.core.completer import provisionalcompleter
+
+            shell = self._ipython_shell()
+            with provisionalcompleter():
+                completions = list(shell.Completer.completions(code, cursor_pos))
+        except Exception:  # never fail a completion: the simple one answers instead
+            return None
+        if not completions:
+            return {"matches": [], "cursor_start": cursor_pos, "cursor_end": cursor_pos}
+        start = min(c.start for c in completions)
+        end = max(c.end for c in completions)
+        matches: list[str] = []
+        for c in completions:  # each widened to the common span, as ipykernel does
+            text = code[start:c.start] + c.text + code[c.end:end]
+            if text not in matches:
+                matches.append(text)
+        return {"matches": matches, "cursor_start": start, "cursor_end": end}
 
     def exposed_inspect(self, code: str, cursor_pos: int | None = None,
                         detail_level: int = 0) -> ByValue | None:

@@ -243,8 +243,22 @@ def test_ipython_syntax_runs_remotely(classic_server) -> None:
         for code in ("%time 1", "!ls", "zip?", "x = !ls"):
             assert _is_complete(kernel, code)["status"] == "complete", code
         assert _is_complete(kernel, "for i in range(3):")["status"] == "incomplete"
+        # Completion as IPython's own completer gives it, from the remote namespace.
+        assert kernel.run("readings = {'alpha': 1, 'beta': 2}").status == "ok"
+        keys = _complete(kernel, "readings['")
+        assert {"alpha", "beta"} <= {m.strip("'\"") for m in keys["matches"]}, keys
+        assert "%timeit" in _complete(kernel, "%tim")["matches"]
+        assert "os" in _complete(kernel, "import o")["matches"]
     finally:
         kernel.close()
+
+
+def _complete(kernel: Kernel, code: str) -> dict:
+    msg_id = kernel.client.complete(code, len(code))
+    while True:
+        reply = kernel.client.get_shell_msg(timeout=30)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply["content"]
 
 
 def _is_complete(kernel: Kernel, code: str) -> dict:
