@@ -8,14 +8,15 @@ Decoding is bounded by what arrived. A message of n bytes (its payload and out-o
 buffers) may decode to at most ``DECODE_FACTOR`` * n + ``DECODE_SLACK`` bytes of values and
 ``MAX_ITEMS`` items: every array, map and ext value is charged what it costs in memory
 (measured; tests/hardening/test_amplification.py) as it is built, nested ones included,
-and a message over budget is a ProtocolError before it costs more. Every ext value is also
-charged the copy of its bytes and a fixed cost standing for the Python-level work of
-decoding it, so the time a message takes is bounded by its size too. Scalars (str, int,
-float, bytes) are not charged one by one: each costs at most ~17 times its bytes on the
-wire besides the pointer its container is charged. A payload of at most ``SMALL_PAYLOAD``
-bytes cannot decode to more than the slack (the worst measured is well under it), so it
-is decoded without counting: the hot path of small calls pays nothing. The peer's type
-descriptors are capped per connection, and so is the cache of exception classes.
+and checked at once against the bytes it came from (``codec.DecodeBudget``): a message of
+values costlier than the factor is a ProtocolError after its first few, before it costs
+memory or time. Scalars (str, int, float, bytes) are not charged one by one: each costs at
+most ~17 times its bytes on the wire besides the pointer its container is charged. The
+copies msgpack makes of nested ext values' bytes are bounded apart (``MAX_COPIES``). A
+payload of at most ``SMALL_PAYLOAD`` bytes cannot decode to more than the slack (the worst
+measured is well under it), so it is decoded without counting: the hot path of small calls
+pays nothing. The peer's type descriptors are capped per connection, and so is the cache
+of exception classes.
 
 A message holding a standard-library value (``stdvalues.py``) whose fields are malformed,
 or that this side cannot rebuild (an unknown time zone or enum), is still read to its end:
