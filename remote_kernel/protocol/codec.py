@@ -26,6 +26,7 @@ import hmac
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable
+from sys import getsizeof
 from typing import Any
 
 import msgpack
@@ -125,33 +126,79 @@ def pack(obj: Any) -> bytes:
         raise ProtocolError(f"cannot encode message: {exc}") from exc
 
 
-class ItemBudget:
-    """Counts the items of one message as its arrays and maps are decoded, and stops the
-    decoding past ``limit`` (no single array or map may be longer than that either)."""
+class DecodeBudget:
+    """What one message may decode to, charged as its values are built: at every step, the
+    bytes of memory built so far at most ``factor`` times the bytes of the message they came
+    from (``seen``: at most its ``size``) plus ``slack``, and at most ``max_items`` items
+    (array elements, map keys and values). Checking as it goes, not once at the end, stops
+    a message of costly values after its first few: its decoding costs little time too.
 
-    __slots__ = ("limit", "used")
+    Arrays and maps are charged by the hooks below, as msgpack completes each (each of
+    their items is seen as one byte, at least what it took); the ext values by the decoder
+    that builds them (unboxing.py), with :meth:`charge`, before they are built. Past a
+    bound, decoding stops with a ProtocolError."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
+    __slots__ = ("copies", "factor", "items", "max_items", "seen", "size", "slack", "used")
+
+    def __init__(self, size: int, factor: int, slack: int, max_items: int) -> None:
+        self.size = size  # the bytes the message arrived as (payload and buffers)
+        self.factor = factor
+        self.slack = slack
+        self.max_items = max_items
+        self.used = 0  # bytes of values built
+        self.seen = 0  # bytes of the message they came from
+        self.items = 0
+        # The copies msgpack makes of the ext values being decoded, one in another: at
+        # most MAX_COPIES times the message (a legitimate one nests a few levels).
+        self.copies = 0
+
+    def charge(self, cost: int, seen: int) -> None:
+        """``cost`` bytes more built, from ``seen`` more bytes of the message."""
+        self.used += cost
+        self.seen += seen
+        if self.used > self.factor * min(self.seen, self.size) + self.slack \
+                or self.copies > MAX_COPIES * self.size + self.slack:
+            self.over()
+
+    def over(self) -> None:
+        if self.items > self.max_items:
+            raise ProtocolError(f"a message may hold at most {self.max_items} items")
+        if self.copies > MAX_COPIES * self.size + self.slack:
+            raise ProtocolError("a message's ext values nest too many large copies")
+        raise ProtocolError(f"a message of {self.size} bytes may decode to at most "
+                            f"{self.factor} times its size in values (past "
+                            f"{self.used} bytes from {min(self.seen, self.size)})")
 
     def array(self, items: tuple) -> tuple:
-        self.used += len(items)
-        if self.used > self.limit:
-            raise ProtocolError(f"a message may hold at most {self.limit} items")
+        count = len(items)
+        self.items += count
+        # The empty tuple is shared: it costs nothing.
+        self.used += TUPLE_SIZE + 8 * count if count else 0
+        self.seen += count
+        if self.used > self.factor * min(self.seen, self.size) + self.slack \
+                or self.items > self.max_items:
+            self.over()
         return items
 
     def map(self, mapping: dict) -> dict:
-        self.used += 2 * len(mapping)
-        if self.used > self.limit:
-            raise ProtocolError(f"a message may hold at most {self.limit} items")
+        count = 2 * len(mapping)
+        self.items += count
+        self.used += getsizeof(mapping)
+        self.seen += count
+        if self.used > self.factor * min(self.seen, self.size) + self.slack \
+                or self.items > self.max_items:
+            self.over()
         return mapping
 
 
+TUPLE_SIZE = getsizeof(())  # a tuple's header; 8 bytes more per item
+MAX_COPIES = 4
+
+
 def unpack(payload: bytes | bytearray | memoryview, ext_hook: ExtHook | None = None,
-           budget: ItemBudget | None = None) -> Any:
+           budget: DecodeBudget | None = None) -> Any:
     """Decode one msgpack object; anything malformed raises ProtocolError. With a
-    ``budget``, its items are counted against it as they are decoded."""
+    ``budget``, its arrays and maps are charged to it as they are decoded."""
     try:
         if ext_hook is None:
             return msgpack.unpackb(
@@ -164,7 +211,10 @@ def unpack(payload: bytes | bytearray | memoryview, ext_hook: ExtHook | None = N
         return msgpack.unpackb(
             payload, use_list=False, raw=False, strict_map_key=True, ext_hook=ext_hook,
             list_hook=budget.array, object_hook=budget.map,
-            max_array_len=budget.limit, max_map_len=budget.limit // 2,
+            # An array is charged once complete; before, its header allocates 8 bytes an
+            # item, at most one item a byte of the message.
+            max_array_len=min(budget.max_items, budget.size),
+            max_map_len=min(budget.max_items // 2, budget.size // 2),
         )
     except ProtocolError:
         raise
