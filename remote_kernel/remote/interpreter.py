@@ -499,28 +499,13 @@ class Interpreter:
         return ByValue({"matches": matches, "cursor_start": start, "cursor_end": cursor_pos})
 
     def _ipython_completions(self, code: str, cursor_pos: int) -> dict[str, Any] | None:
-        """What IPython's own completer offers here (dict keys, magics, paths, modules,
-        attributes), as in a local notebook; None where IPython is not installed."""
+        """IPython's own completions here; None where IPython is not installed."""
         if ipyshell.transformer() is None:
             return None
         try:
-            from IPython.core.completer import provisionalcompleter
-
-            shell = self._ipython_shell()
-            with provisionalcompleter():
-                completions = list(shell.Completer.completions(code, cursor_pos))
+            return ipyshell.completions(self._ipython_shell(), code, cursor_pos)
         except Exception:  # never fail a completion: the simple one answers instead
             return None
-        if not completions:
-            return {"matches": [], "cursor_start": cursor_pos, "cursor_end": cursor_pos}
-        start = min(c.start for c in completions)
-        end = max(c.end for c in completions)
-        matches: list[str] = []
-        for c in completions:  # each widened to the common span, as ipykernel does
-            text = code[start:c.start] + c.text + code[c.end:end]
-            if text not in matches:
-                matches.append(text)
-        return {"matches": matches, "cursor_start": start, "cursor_end": end}
 
     def exposed_inspect(self, code: str, cursor_pos: int | None = None,
                         detail_level: int = 0) -> ByValue | None:

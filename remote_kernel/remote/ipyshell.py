@@ -71,3 +71,22 @@ def make_shell(namespace: dict[str, Any]) -> Any:
 
 def needs_shell(source: str) -> bool:
     return "get_ipython" in source
+
+
+def completions(shell: Any, code: str, cursor_pos: int) -> dict[str, Any]:
+    """What IPython's completer offers at ``cursor_pos`` (dict keys, magics, paths, modules,
+    attributes), as in a local notebook: {matches, cursor_start, cursor_end}."""
+    from IPython.core.completer import provisionalcompleter
+
+    with provisionalcompleter():
+        found = list(shell.Completer.completions(code, cursor_pos))
+    if not found:
+        return {"matches": [], "cursor_start": cursor_pos, "cursor_end": cursor_pos}
+    start = min(c.start for c in found)
+    end = max(c.end for c in found)
+    matches: list[str] = []
+    for completion in found:  # each widened to the common span, as ipykernel does
+        text = code[start:completion.start] + completion.text + code[completion.end:end]
+        if text not in matches:
+            matches.append(text)
+    return {"matches": matches, "cursor_start": start, "cursor_end": end}
