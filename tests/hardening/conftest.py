@@ -1,7 +1,9 @@
-"""Fixtures of the hardening suite: a throwaway CA and small in-process services."""
+"""Fixtures of the hardening suite: a throwaway CA, small in-process services, and a real
+client connection whose peer is spoken to by hand (a hostile server)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,9 @@ from typing import Any
 import pytest
 
 import remote_kernel as rk
+from remote_kernel.core.connection import Connection
+from remote_kernel.net.transports.sockets import SocketTransport
+from tests.hardening.rawpeer import RawPeer
 
 
 class EchoService(rk.Service):
@@ -36,3 +41,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "foreign_server": other.issue("foreign-server"),
         "localhost_only": ca.issue("localhost-only", hosts=("localhost",)),
     }
+
+
+@pytest.fixture
+def hostile() -> Iterator[tuple[Connection, RawPeer]]:
+    """(victim, raw): a real client connection whose peer (its server) is spoken to by
+    hand, as a hostile server would."""
+    left, right = socket.socketpair()
+    victim = Connection(SocketTransport(left, "hostile"), rk.VoidService, name="hostile")
+    serving = victim.serve_in_background()
+    yield victim, RawPeer(right)
+    victim.close()
+    serving.stop(5)
+    right.close()

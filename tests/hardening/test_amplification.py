@@ -16,7 +16,7 @@ import socket
 import struct
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -110,17 +110,6 @@ def test_a_request_of_many_costly_values_stays_within_the_factor(
 
 # -- against a client: a hostile server's reply -------------------------------------------
 
-
-@pytest.fixture
-def hostile() -> Iterator[tuple[Connection, RawPeer]]:
-    """(victim, raw): a real client connection whose server is spoken to by hand."""
-    left, right = socket.socketpair()
-    victim = Connection(SocketTransport(left, "hostile"), rk.VoidService, name="hostile")
-    serving = victim.serve_in_background()
-    yield victim, RawPeer(right)
-    victim.close()
-    serving.stop(5)
-    right.close()
 
 
 def _hostile_reply(victim: Connection, raw: RawPeer, body: bytes) -> tuple[int, float, bool]:

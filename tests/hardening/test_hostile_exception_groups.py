@@ -8,10 +8,8 @@ an older version) keeps the sub-exceptions as a plain attribute."""
 from __future__ import annotations
 
 import builtins
-import socket
 import time
 import tracemalloc
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,7 +21,6 @@ if "ExceptionGroup" not in vars(builtins):  # the module would not run: Python 3
 import remote_kernel as rk
 from remote_kernel.core.connection import Connection
 from remote_kernel.errors import RemoteError
-from remote_kernel.net.transports.sockets import SocketTransport
 from remote_kernel.protocol import exception_groups, exceptions
 from remote_kernel.protocol.boxing import Boxer
 from remote_kernel.protocol.messages import Ext, Kind, Op
@@ -133,17 +130,6 @@ def test_a_receiver_without_groups_keeps_the_members_as_an_attribute(
 
 # -- a real connection --------------------------------------------------------------------
 
-
-@pytest.fixture
-def hostile() -> Iterator[tuple[Connection, RawPeer]]:
-    """(victim, raw): a real client connection whose peer is spoken to by hand."""
-    left, right = socket.socketpair()
-    victim = Connection(SocketTransport(left, "hostile"), rk.VoidService, name="hostile")
-    serving = victim.serve_in_background()
-    yield victim, RawPeer(right)
-    victim.close()
-    serving.stop(5)
-    right.close()
 
 
 def _reply_with(victim: Connection, raw: RawPeer, error: ExtType) -> Any:

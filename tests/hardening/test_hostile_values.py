@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime
 import socket
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -190,17 +189,6 @@ def test_snapshot_reads_stay_inside_the_buffers() -> None:
 
 # -- numpy.asarray of a netref, against a peer spoken to by hand --------------------------
 
-
-@pytest.fixture
-def hostile() -> Iterator[tuple[Connection, RawPeer]]:
-    """(victim, raw): a real client connection whose peer is spoken to by hand."""
-    left, right = socket.socketpair()
-    victim = Connection(SocketTransport(left, "hostile"), rk.VoidService, name="hostile")
-    serving = victim.serve_in_background()
-    yield victim, RawPeer(right)
-    victim.close()
-    serving.stop(5)
-    right.close()
 
 
 NDARRAY_TYPE = ["numpy", "ndarray", [], ["__len__", "__getitem__", "__add__"], 0, ""]

@@ -9,7 +9,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -199,17 +198,6 @@ def test_an_out_of_band_buffer_used_twice_is_a_protocol_error(
         result.value  # noqa: B018 - raises
     assert victim.closed
 
-
-@pytest.fixture
-def hostile() -> Iterator[tuple[Connection, RawPeer]]:
-    """(victim, raw): a real client connection whose server is spoken to by hand."""
-    left, right = socket.socketpair()
-    victim = Connection(SocketTransport(left, "hostile"), rk.VoidService, name="hostile")
-    serving = victim.serve_in_background()
-    yield victim, RawPeer(right)
-    victim.close()
-    serving.stop(5)
-    right.close()
 
 
 def _reply_with(victim: Connection, raw: RawPeer, value: Any, timeout: float = 60) -> Any:
