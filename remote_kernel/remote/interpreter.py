@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import builtins
 import codeop
+import contextlib
 import importlib.util
 import io
 import itertools
@@ -34,6 +35,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from remote_kernel.protocol.boxing import ByValue
@@ -363,12 +365,7 @@ class Interpreter:
         last_expr = None
         if tree.body and isinstance(tree.body[-1], ast.Expr) and not silent:
             last_expr = ast.Expression(tree.body.pop().value)
-        cell = _Cell(sink, shell.display_formatter if shell is not None else None)
-        previous = getattr(_local, "cell", None)
-        _local.cell = cell
-        _enter_cell()
-        comms_before = self._enter_comms()
-        try:
+        with self._output_to(sink, shell) as cell:
             if shell is not None:
                 shell.events.trigger("pre_execute")
             try:
@@ -389,6 +386,18 @@ class Interpreter:
                     shell.events.trigger("post_execute")  # %matplotlib inline shows figures
                 for data, metadata in _figures(cell):
                     cell.display(data, metadata)
+        return count
+
+    @contextlib.contextmanager
+    def _output_to(self, sink: Any, shell: Any) -> Iterator[_Cell]:
+        """Around running the user's code: what it prints or displays goes to ``sink``."""
+        cell = _Cell(sink, shell.display_formatter if shell is not None else None)
+        previous = getattr(_local, "cell", None)
+        _local.cell = cell
+        _enter_cell()
+        comms_before = self._enter_comms()
+        try:
+            yield cell
         finally:
             try:
                 cell.flush()
@@ -396,7 +405,6 @@ class Interpreter:
                 _local.cell = previous
                 self._leave_comms(comms_before)
                 _leave_cell()
-        return count
 
     def _parse(self, source: str, code: str, filename: str) -> ast.Module:
         try:
@@ -421,21 +429,8 @@ class Interpreter:
         ``sink``, what it prints or displays goes there, as in a cell."""
         if sink is None:
             return self._eval(expression)
-        shell = self._shell
-        cell = _Cell(sink, shell.display_formatter if shell is not None else None)
-        previous = getattr(_local, "cell", None)
-        _local.cell = cell
-        _enter_cell()
-        comms_before = self._enter_comms()
-        try:
+        with self._output_to(sink, self._shell):
             return self._eval(expression)
-        finally:
-            try:
-                cell.flush()
-            finally:
-                _local.cell = previous
-                self._leave_comms(comms_before)
-                _leave_cell()
 
     def _eval(self, expression: str) -> Any:
         filename = f"<remote-expr-{next(self._counter)}>"
