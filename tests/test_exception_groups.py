@@ -9,7 +9,6 @@ from __future__ import annotations
 import builtins
 import re
 import traceback
-from typing import Any
 
 import pytest
 
@@ -22,26 +21,16 @@ from remote_kernel.protocol import exception_groups, exceptions
 from tests import error_services
 from tests.error_services import BatchFailed, InstrumentFault
 from tests.exception_group_catches import caught_by_except_star
+from tests.test_remote_errors import functions, raised
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def lab(classic: rk.Connection) -> Any:
-    """The module tests/error_services.py, on the server."""
-    return classic.modules["tests.error_services"]
+def lab(classic: rk.Connection) -> object:
+    return classic.modules["tests.error_services"]  # (tests/error_services.py, on the server)
 
 
-def raised(call: Any, *args: Any) -> BaseException:
-    try:
-        call(*args)
-    except Exception as exc:  # noqa: BLE001 - the test looks at whatever came
-        return exc
-    raise AssertionError("nothing was raised")
-
-
-def functions(exc: BaseException) -> list[str]:
-    return [frame.function for frame in exc.remote_frames]
 
 
 def test_a_flat_group_arrives_as_an_exception_group(classic: rk.Connection, lab) -> None:

@@ -42,11 +42,20 @@ def target(request: Any, classic_server: Any) -> Iterator[tuple[int, str | None]
     server.close()
 
 
-def _stops(*after: float) -> list[threading.Timer]:
+def _stopped(call: Any, *after: float) -> tuple[KeyboardInterrupt, float]:
+    """``call()`` with a Stop ``after`` each of these seconds: its KeyboardInterrupt, and
+    how long the call took."""
     timers = [threading.Timer(delay, _thread.interrupt_main) for delay in after]
     for timer in timers:
         timer.start()
-    return timers
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt) as info:
+            call()
+    finally:
+        for timer in timers:
+            timer.cancel()
+    return info.value, time.monotonic() - started
 
 
 def test_a_stop_while_a_large_request_goes_out_comes_after_it(
@@ -56,17 +65,10 @@ def test_a_stop_while_a_large_request_goes_out_comes_after_it(
     conn = rk.connect("127.0.0.1", proxy.port, token=token)
     try:
         length = conn.eval("len")
-        timers = _stops(0.5)
-        started = time.monotonic()
-        try:
-            with pytest.raises(KeyboardInterrupt) as info:
-                length(bytes(SIZE))
-        finally:
-            for timer in timers:
-                timer.cancel()
-        assert message_was_sent(info.value), "the Stop did not come while sending"
-        assert time.monotonic() - started > 1.0
-        assert "interrupted; the connection stays usable" in str(info.value)
+        stop, took = _stopped(lambda: length(bytes(SIZE)), 0.5)
+        assert message_was_sent(stop), "the Stop did not come while sending"
+        assert took > 1.0
+        assert "interrupted; the connection stays usable" in str(stop)
         assert HELD_BACK.strip() in capsys.readouterr().err
         proxy.rate = None
         assert conn.eval("6 * 7") == 42  # before: no answer, ever
@@ -82,19 +84,12 @@ def test_a_second_stop_closes_the_connection_at_once(target: tuple[int, str | No
     conn = rk.connect("127.0.0.1", proxy.port, token=token)
     try:
         length = conn.eval("len")
-        timers = _stops(0.5, 1.0)
-        started = time.monotonic()
-        try:
-            with pytest.raises(KeyboardInterrupt) as info:
-                length(bytes(SIZE))
-        finally:
-            for timer in timers:
-                timer.cancel()
-        assert time.monotonic() - started < 1.0 + 2.0  # not after the whole message
-        assert "the second Stop closed the connection" in str(info.value)
+        stop, took = _stopped(lambda: length(bytes(SIZE)), 0.5, 1.0)
+        assert took < 1.0 + 2.0  # not after the whole message
+        assert "the second Stop closed the connection" in str(stop)
         # (In IPython's colours when another test loaded the IPython layer.)
-        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in info.value._render_traceback_()]
-        assert lines == [f"KeyboardInterrupt: {info.value}"]
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in stop._render_traceback_()]
+        assert lines == [f"KeyboardInterrupt: {stop}"]
         assert conn.closed
         with pytest.raises(rk.ConnectionClosed, match="cut a message"):
             conn.eval("1")
@@ -109,14 +104,8 @@ def test_a_large_value_sent_by_deliver_is_stopped_the_same_way(classic_server: A
     conn = rk.connect("127.0.0.1", proxy.port, token=classic_server.token)
     try:
         array = np.arange(SIZE // 8, dtype=np.float64)
-        timers = _stops(0.5)
-        try:
-            with pytest.raises(KeyboardInterrupt) as info:
-                rk.deliver(conn, array)
-        finally:
-            for timer in timers:
-                timer.cancel()
-        assert message_was_sent(info.value)
+        stop, _took = _stopped(lambda: rk.deliver(conn, array), 0.5)
+        assert message_was_sent(stop)
         proxy.rate = None
         copy = rk.deliver(conn, array[:1000])
         assert copy.sum() == array[:1000].sum()
