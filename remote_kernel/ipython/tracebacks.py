@@ -401,9 +401,14 @@ def show_remote_syntax_error(shell: Any) -> None:
 
 
 def restore_syntax_error(shell: Any) -> None:
-    current = shell.__dict__.get("showsyntaxerror")
+    _restore(shell, "showsyntaxerror")
+
+
+def _restore(shell: Any, method: str) -> None:
+    """Take our wrapper of ``shell.<method>`` away (the class's own method shows again)."""
+    current = shell.__dict__.get(method)
     if current is not None and hasattr(current, "_rk_original"):
-        del shell.showsyntaxerror
+        delattr(shell, method)
 
 
 def show_remote_groups(shell: Any) -> None:
@@ -431,9 +436,7 @@ def show_remote_groups(shell: Any) -> None:
 
 
 def restore_groups(shell: Any) -> None:
-    current = shell.__dict__.get("showtraceback")
-    if current is not None and hasattr(current, "_rk_original"):
-        del shell.showtraceback
+    _restore(shell, "showtraceback")
 
 
 def install() -> None:
