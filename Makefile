@@ -8,6 +8,10 @@ EXTRAS ?= test,bench,lab,dask
 # Parts add their own set-up steps and test prerequisites in mk/*.mk.
 SETUP_STEPS :=
 TEST_STEPS :=
+# Set-up of later test steps that make test runs beside its serial step (mk/matrix.mk adds
+# the matrix's virtual environments): the serial tests mostly wait (timing bounds, links,
+# sleeps), so the whole run is shorter by that set-up's time.
+OVERLAP_STEPS :=
 
 # Which tests run where, by marker (pyproject.toml declares them): the parallel step under
 # pytest-xdist, then the serial step without it (timing bounds, network namespaces, sshd,
@@ -18,7 +22,8 @@ PARALLEL_TESTS := -m "not serial and not lab"
 SERIAL_TESTS := -m "serial or lab"
 FAST_TESTS := -m "not slow and not serial and not lab"
 
-.PHONY: setup test check demo demo-script lint clean pytest pytest-parallel pytest-serial
+.PHONY: setup test check demo demo-script lint clean pytest pytest-parallel pytest-serial \
+	pytest-serial-overlapped
 
 include $(wildcard mk/*.mk)
 
@@ -47,7 +52,18 @@ pytest-serial: setup
 	$(PY) -m pytest -q $(SERIAL_TESTS) tests
 
 # The main suite first, so that a failure shows before the jest tests and the matrix run.
-test: setup lint pytest $(TEST_STEPS)
+test: setup lint pytest-parallel pytest-serial-overlapped $(TEST_STEPS)
+
+pytest-serial-overlapped: setup pytest-parallel
+	@if [ -n "$(strip $(OVERLAP_STEPS))" ]; then \
+	  $(MAKE) --no-print-directory $(OVERLAP_STEPS) > $(VENV)/overlap.log 2>&1 & \
+	  overlap=$$!; \
+	fi; \
+	$(PY) -m pytest -q $(SERIAL_TESTS) tests; rc=$$?; \
+	if [ -n "$(strip $(OVERLAP_STEPS))" ]; then \
+	  wait $$overlap || { cat $(VENV)/overlap.log; rc=1; }; \
+	fi; \
+	exit $$rc
 
 # make demo: JupyterLab on notebooks/ with the simulated bench; make demo CHECK=1: headless,
 # executes every notebook and fails on any error.

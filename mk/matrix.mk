@@ -18,6 +18,7 @@ MATRIX_PYTEST ?= -q -x -p no:cacheprovider
 matrix_python = $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/$(1).*/bin/python3)))
 
 TEST_STEPS += test-matrix
+OVERLAP_STEPS += matrix-envs
 
 .PHONY: test-matrix matrix-envs matrix-clean
 
