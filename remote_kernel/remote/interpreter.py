@@ -356,6 +356,7 @@ class Interpreter:
         the caller with this side's traceback."""
         if store_history and not silent:
             self.execution_count += 1
+            ipyshell.remember_input(self.namespace, self.execution_count, code)
         count = self.execution_count
         filename = f"<remote-cell-{next(self._counter)}>"
         source = self._transformer.transform_cell(code) if self._transformer else code
@@ -377,6 +378,8 @@ class Interpreter:
                 cell.flush()
                 if value is not None and not code.rstrip().endswith(";"):
                     self.namespace["_"] = value
+                    if store_history:
+                        ipyshell.remember_output(self.namespace, count, value)
                     data, metadata = mimebundle(value, formatter=cell.formatter)
                     sink.result(ByValue(data), ByValue(metadata), count)
                     if is_figure(value):

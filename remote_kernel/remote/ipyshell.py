@@ -66,7 +66,14 @@ def make_shell(namespace: dict[str, Any]) -> Any:
 
     config = Config()
     config.HistoryManager.enabled = False
-    return RemoteShell(config=config, user_ns=namespace)
+    inputs, outputs = namespace.get("In"), namespace.get("Out")  # (remember_input)
+    shell = RemoteShell(config=config, user_ns=namespace)
+    # The shell starts In and Out anew: the cells before it keep their numbers.
+    if isinstance(inputs, list) and namespace.get("In") is not inputs:
+        namespace["In"].extend(inputs[1:])
+    if isinstance(outputs, dict) and namespace.get("Out") is not outputs:
+        namespace["Out"].update(outputs)
+    return shell
 
 
 def needs_shell(source: str) -> bool:
@@ -90,3 +97,18 @@ def completions(shell: Any, code: str, cursor_pos: int) -> dict[str, Any]:
         if text not in matches:
             matches.append(text)
     return {"matches": matches, "cursor_start": start, "cursor_end": end}
+
+
+def remember_input(namespace: dict[str, Any], count: int, code: str) -> None:
+    """In[N], _iN, _i00 (this cell) and _i, _ii, _iii (the three before), as IPython keeps
+    them."""
+    namespace.setdefault("In", [""]).append(code)
+    get = namespace.get
+    namespace["_iii"], namespace["_ii"], namespace["_i"] = get("_ii", ""), get("_i", ""), \
+        get("_i00", "")
+    namespace["_i00"] = namespace[f"_i{count}"] = code
+
+
+def remember_output(namespace: dict[str, Any], count: int, value: Any) -> None:
+    """Out[N] and _N of a cell's result, as IPython keeps them."""
+    namespace.setdefault("Out", {})[count] = namespace[f"_{count}"] = value

@@ -73,6 +73,11 @@ def test_cells_run_remotely_and_keep_state(classic_server) -> None:
         assert remote_pid == classic_server.pid != os.getpid()
         run = kernel.run("x + 1")
         assert run.of_type("execute_result")[0]["content"]["data"]["text/plain"] == "42"
+        count = run.reply["content"]["execution_count"]
+        # The history names of IPython: In, Out, _N, _iN, _i (the cell before this one).
+        run = kernel.run(f"(Out[{count}], _{count}, In[{count}], _i{count}, _i)")
+        assert run.of_type("execute_result")[0]["content"]["data"]["text/plain"] == \
+            "(42, 42, 'x + 1', 'x + 1', 'x + 1')"
         info = kernel.client.kernel_info(reply=True, timeout=30)["content"]
         assert info["language_info"]["name"] == "python"
         assert info["implementation"] == "remote_kernel"
