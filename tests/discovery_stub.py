@@ -17,22 +17,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from remote_kernel.net.dnssd import ServerInfo  # the real record type (no zeroconf)
 
 MODULE = "remote_kernel.net.discovery"
 
 
-@dataclass(frozen=True)
-class ServerInfo:
-    name: str
-    host: str
-    port: int
-    tls: bool
-    service: str
-    addresses: tuple[str, ...] = ()
-    protocol: int | None = None
 
 
 def _log(*event: Any) -> None:

@@ -111,14 +111,18 @@ def test_netrefs_survive_a_reset_link(relay: ResettingRelay, server: ServerProce
         assert conn.state == "open"
 
 
+# A remote function that records each call and takes a second: run once, or twice?
+SLOW_CALL = ("calls = []\n"
+             "def slow(x):\n"
+             "    import time\n"
+             "    calls.append(x)\n"
+             "    time.sleep(1.0)\n"
+             "    return x * 2\n")
+
+
 def test_a_call_in_flight_returns_once(relay: ResettingRelay, server: ServerProcess) -> None:
     with _connect(relay, server) as conn:
-        conn.execute("calls = []\n"
-                     "def slow(x):\n"
-                     "    import time\n"
-                     "    calls.append(x)\n"
-                     "    time.sleep(1.0)\n"
-                     "    return x * 2\n")
+        conn.execute(SLOW_CALL)
         slow = conn.namespace["slow"]
         result: list[Any] = []
         caller = threading.Thread(target=lambda: result.append(slow(21)))

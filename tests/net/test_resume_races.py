@@ -25,7 +25,7 @@ from remote_kernel.net.transports.sockets import SocketTransport
 from remote_kernel.protocol.messages import Kind, Op
 from tests.conftest import ROOT, ServerProcess
 from tests.hardening.rawpeer import RawPeer
-from tests.net.test_resume import ResettingRelay
+from tests.net.test_resume import SLOW_CALL, ResettingRelay
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -77,12 +77,7 @@ def test_concurrent_resumes_by_the_owner_leave_one_link_and_calls_run_once(
     server = ServerProcess(tmp_path, "--classic", name="races")
     try:
         with server.connect() as conn:
-            conn.execute("calls = []\n"
-                         "def slow(x):\n"
-                         "    import time\n"
-                         "    calls.append(x)\n"
-                         "    time.sleep(1.0)\n"
-                         "    return x * 2\n")
+            conn.execute(SLOW_CALL)
             slow, items = conn.namespace["slow"], conn.eval("[0]")
             session = conn._transport
             before = _descriptors(server.pid)
