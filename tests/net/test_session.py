@@ -61,6 +61,10 @@ class SessionPair:
                  unreachable_after: float = 5.0) -> None:
         self.refuse = refuse
         self.reopened = 0
+        # A cut is two steps; a reconnect waits for both. (A unix socketpair ends with an
+        # orderly close: a client link dropped after a quick resume would look like the
+        # client's goodbye to the server, which ends the session then, as it should.)
+        self._cutting = threading.Lock()
         a, b = socket.socketpair()
         self.server_rt = ResumableTransport(
             SocketTransport(b, "client"), session_id=b"s" * 16,
@@ -74,7 +78,8 @@ class SessionPair:
         self.client = Connection(self.client_rt)
 
     def _reopen(self, received: int) -> tuple[SocketTransport, int, bytes]:
-        self.reopened += 1
+        with self._cutting:
+            self.reopened += 1
         if self.refuse:
             raise SessionRefused("the server restarted: the session is gone")
         a, b = socket.socketpair()
@@ -85,8 +90,9 @@ class SessionPair:
 
     def cut(self) -> None:
         """Both ends of the link die at once (as after a silent cut, once noticed)."""
-        self.server_rt.link_lost("test cut")
-        self.client_rt.link_lost("test cut")
+        with self._cutting:
+            self.server_rt.link_lost("test cut")
+            self.client_rt.link_lost("test cut")
 
     def close(self) -> None:
         self.client.close()
