@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -79,6 +80,23 @@ def test_stop_at_the_prompt_ends_the_cell(kernel: Kernel) -> None:
     assert run.status == "ok", run.reply
     assert run.run.text() == "caught Interrupted by user\n"
     assert run.run.of_type("execute_result")[0]["content"]["data"]["text/plain"] == "'yes'"
+
+
+def test_the_idle_kernel_answers_no_input(kernel: Kernel) -> None:
+    # A remote thread that asks after its cell ended gets a refusal, and no prompt shows.
+    run = run_answering(kernel, "import threading, time\n"
+                                "import remote_kernel.remote.interpreter as m\n"
+                                "sink, late = m._local.cell.sink, []\n"
+                                "def ask():\n    time.sleep(0.5)\n    try:\n"
+                                "        late.append(sink.input('Late? ', False))\n"
+                                "    except Exception as exc:\n        late.append(str(exc))\n"
+                                "threading.Thread(target=ask).start()", [])
+    assert run.status == "ok", run.reply
+    time.sleep(1.5)
+    run = run_answering(kernel, "late", ["typed"])
+    assert run.requests == []
+    assert "only a running cell may ask for input" in \
+        run.run.of_type("execute_result")[0]["content"]["data"]["text/plain"]
 
 
 def test_end_of_input_is_eof_error(kernel: Kernel) -> None:
