@@ -24,12 +24,8 @@ from typing import Any
 from remote_kernel.errors import RemoteError
 
 
-class _StdinNotImplementedError(NotImplementedError):
+class StdinNotImplementedError(NotImplementedError):
     """IPython's ``StdinNotImplementedError`` where IPython is not installed."""
-
-
-_StdinNotImplementedError.__name__ = _StdinNotImplementedError.__qualname__ = \
-    "StdinNotImplementedError"
 
 
 def install(current_cell: Callable[[], Any], undo: Callable[[Callable[[], None]], Any]) -> None:
@@ -108,7 +104,7 @@ def _own_error(exc: RemoteError) -> BaseException | None:
 def stdin_not_implemented() -> type[NotImplementedError]:
     """IPython's StdinNotImplementedError if IPython is installed here, else ours."""
     try:
-        from IPython.core.error import StdinNotImplementedError
+        from IPython.core import error
     except ImportError:
-        return _StdinNotImplementedError
-    return StdinNotImplementedError
+        return StdinNotImplementedError
+    return error.StdinNotImplementedError
