@@ -130,6 +130,14 @@ class PeerSink(NotebookSink):
     def clear_output(self, wait: bool = False) -> None:
         """Ignored: one peer must not clear the output of the others."""
 
+    @exposed
+    def input(self, prompt: str, password: bool = False) -> str:
+        """Refused: the peers run at once, and one prompt box could not say whose it is."""
+        from IPython.core.error import StdinNotImplementedError
+
+        raise StdinNotImplementedError(f"input() on {self.peer} refused: a cell that runs on "
+                                       f"several peers takes no input; run it on one")
+
     def _publish(self, data: dict[str, Any], metadata: dict[str, Any],
                  target: dict[str, Any] | None = None) -> None:
         from IPython.display import publish_display_data

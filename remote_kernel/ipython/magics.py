@@ -417,9 +417,12 @@ class RemoteMagics(Magics):
         entry = self._entry()
         conn = entry.require()
         # As %%remote: what the expression prints or displays appears in this cell.
-        sink = NotebookSink(trusted=conn.trust_output, peer=entry.name)
-        with remote_frames_only():
-            return entry.interpreter.eval(expression, sink)
+        sink = NotebookSink(trusted=conn.trust_output, peer=entry.name, stdin=True)
+        try:
+            with remote_frames_only():
+                return entry.interpreter.eval(expression, sink)
+        finally:
+            sink.stdin = False
 
     # -- the cell magic -----------------------------------------------------------------------
 
@@ -470,7 +473,7 @@ class RemoteMagics(Magics):
                 namespace[name] = _copy_or_reference(conn, self.shell.user_ns[name])
         if conn.trust_output:
             bridge_for(entry, self.shell)  # widgets the cell creates stay live here
-        sink = NotebookSink(trusted=conn.trust_output, peer=entry.name)
+        sink = NotebookSink(trusted=conn.trust_output, peer=entry.name, stdin=True)
 
         self.registry.set_running([entry.name], fanout.running_cell(self.shell, cell))
         try:
@@ -483,6 +486,7 @@ class RemoteMagics(Magics):
                              f"(--timeout) and may still be running there: give it a longer "
                              f"--timeout, or none and stop it with the Stop button") from None
         finally:
+            sink.stdin = False
             self.registry.set_running([entry.name], None)
         if outputs:
             namespace = conn.namespace

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import sys
 from typing import Any
@@ -48,10 +49,11 @@ class NotebookSink:
     """Writes a remote cell's streams and displays into the current notebook cell; what an
     untrusted peer sends is filtered first (outputs/filter.py)."""
 
-    def __init__(self, trusted: bool = False, peer: str = "peer") -> None:
+    def __init__(self, trusted: bool = False, peer: str = "peer", stdin: bool = False) -> None:
         self.value: RemoteResult | None = None
         self.trusted = trusted
         self.peer = peer
+        self.stdin = stdin  # input() is answered while the cell runs (the magic's switch)
 
     @exposed
     def stream(self, name: str, text: str) -> None:
@@ -80,6 +82,23 @@ class NotebookSink:
         from IPython.display import clear_output
 
         clear_output(wait)
+
+    @exposed
+    def input(self, prompt: str, password: bool = False) -> str:
+        """``input()``/``getpass()`` in the remote cell: this side's own (ipykernel's prompt
+        box, StdinNotImplementedError where the front end allows none; a terminal's line).
+        Refused when the cell is not running any more: a peer asks nothing uninvited."""
+        if not self.stdin:
+            from IPython.core.error import StdinNotImplementedError
+
+            raise StdinNotImplementedError(f"input() of {self.peer} refused: only a running "
+                                           f"remote cell may ask for input")
+        prompt = str(prompt) if self.trusted else sanitize_text_stream(str(prompt))
+        if password is True:
+            import getpass
+
+            return getpass.getpass(prompt)
+        return builtins.input(prompt)
 
     @exposed
     def page(self, data: dict[str, Any], start: int = 0) -> None:

@@ -115,6 +115,20 @@ class KernelSink:
         self.kernel.pages.append({"source": "page", "data": data, "start": int(start)})
 
     @exposed
+    def input(self, prompt: str, password: bool = False) -> str:
+        """``input()``/``getpass()`` in the remote cell: the kernel's own input request (the
+        front end's prompt box; StdinNotImplementedError when it allows none, as ipykernel).
+        Refused outside a running cell: the remote asks nothing uninvited."""
+        kernel = self.kernel
+        if not kernel.cell_running:
+            from IPython.core.error import StdinNotImplementedError
+
+            raise StdinNotImplementedError("input() refused: only a running cell may ask "
+                                           "for input")
+        prompt = kernel._text(str(prompt))
+        return kernel.getpass(prompt) if password is True else kernel.raw_input(prompt)
+
+    @exposed
     def comm(self, msg_type: str, content: dict, metadata: dict, buffers: tuple) -> None:
         if not self.kernel.trust_output:
             # A widget's model state becomes page HTML (ipywidgets' HTML widget sets
@@ -153,6 +167,7 @@ class RemoteKernel(Kernel):
         self._sink = KernelSink(self)
         self.warned_widgets = False
         self.pages: list[dict[str, Any]] = []  # pager payloads of the running cell
+        self.cell_running = False  # the remote's input() is answered only then
         self._loop_server: Any = None
         for msg_type in ("comm_open", "comm_msg", "comm_close"):
             self.shell_handlers[msg_type] = self._forward_comm
@@ -225,8 +240,12 @@ class RemoteKernel(Kernel):
             if pager is not None:
                 payload = self._page(interpreter, pager.group(1), len(pager.group(2)) - 1)
             else:
-                conn.call(interpreter, "run_cell", code, self._sink, store_history, silent,
-                          timeout=None)
+                self._allow_stdin, self.cell_running = allow_stdin, True  # (KernelSink.input)
+                try:
+                    conn.call(interpreter, "run_cell", code, self._sink, store_history, silent,
+                              timeout=None)
+                finally:
+                    self._allow_stdin, self.cell_running = False, False
         except KeyboardInterrupt as exc:  # the Stop button: one line (errors.mark_stop)
             render = getattr(exc, "_render_traceback_", None)
             return self._error("KeyboardInterrupt", str(exc),

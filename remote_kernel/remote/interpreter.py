@@ -12,7 +12,7 @@ each of those is one callback request; the notebook serves them while it waits f
 Interrupting the request raises ``KeyboardInterrupt`` in the cell (see ``_interrupt``).
 
 Capturing output patches process-wide names (``sys.stdout``/``sys.stderr``, IPython's
-``display``/``clear_output``, ``builtins.display``), so the patches are in place only while
+``display``/``clear_output``, ``builtins.display``, ``input``/``getpass``: stdin.py), so the patches are in place only while
 some cell runs, and put back when the last running cell ends; even then only the thread
 running a cell has its output captured, into that cell's sink (so cells of two connections
 running at once never mix), and every other thread writes where it always did.
@@ -46,7 +46,7 @@ from remote_kernel.protocol.describe import (
     mimebundle,
     object_info,
 )
-from remote_kernel.remote import ipyshell
+from remote_kernel.remote import ipyshell, stdin
 
 FLUSH_INTERVAL = 0.05  # seconds between flushes of partial lines
 _local = threading.local()
@@ -122,6 +122,7 @@ def _install() -> None:
     previous = getattr(builtins, "display", None)
     _install_builtin_display()
     _restore.append(lambda: _put_back(builtins, "display", _display, previous))
+    stdin.install(lambda: getattr(_local, "cell", None), _restore.append)
 
 
 def _put_back(owner: Any, name: str, ours: Any, original: Any) -> None:
@@ -260,6 +261,7 @@ class _Cell:
         self.buffers: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self.pending_since = {"stdout": 0.0, "stderr": 0.0}
         self.shown_figures: set[int] = set()
+        self.answers_input: bool | None = None  # whether the sink answers input() (stdin.py)
 
     def figure_shown(self, figure: Any) -> None:
         """A figure was sent as it is now: not again at the end of the cell unless it
