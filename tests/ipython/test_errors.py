@@ -252,7 +252,9 @@ def test_inspection_and_completion_of_a_dead_connection_answer_at_once(shell,
     with provisionalcompleter():
         completions = list(shell.Completer.completions("gadget.ap", 9))
     assert not [c for c in completions if c.text.startswith("gadget.")]
-    assert time.monotonic() - started < 2.0
+    # A wait on the dead link would last unreachable_after (10 s) at least; a loaded CI
+    # machine takes a few seconds for jedi alone, so the bound sits between the two.
+    assert time.monotonic() - started < 6.0
 
 
 def test_a_dead_connection_is_one_line_with_a_hint_that_works(shell, start_server,
