@@ -59,6 +59,7 @@ from remote_kernel.protocol.landing import Landing
 from remote_kernel.protocol.messages import CALLATTR, REQUEST, Kind, Op
 from remote_kernel.protocol.objects import ObjectTable
 from remote_kernel.protocol.policy import AttributePolicy
+from remote_kernel.remote.selfdisplay import display_reply
 
 log = logging.getLogger("remote_kernel.core.connection")
 
@@ -119,7 +120,7 @@ class Connection(Reading, Sending, Dispatching):
             peer_name=lambda: self.peer,
             include_traceback=self._config.include_local_traceback,
         )
-        self._ctx = RequestContext(self._service, self._policy)
+        self._ctx = RequestContext(self._service, self._policy, display=display_reply)
         self._seq = itertools.count(1)
         self._send_lock = threading.Lock()
         if self._session is not None:

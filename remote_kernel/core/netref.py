@@ -166,13 +166,16 @@ class BaseNetref:
         return cls._rk_builtin or cls
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
-        """The whole mimebundle, computed by the peer's formatters: one request."""
+        """The whole mimebundle, computed by the peer's formatters: one request. (The
+        outputs of an object that displays itself are the IPython extension's to show,
+        ipython/display.py; here it is its repr.)"""
         conn = self._rk_conn
         if conn.closed:
             return {"text/plain": f"<remote {self._rk_descriptor[1]} object, connection lost>"}
         include = tuple(include) if include else None
         exclude = tuple(exclude) if exclude else None
-        return conn.sync_request(Op.DISPLAY, self, include, exclude)
+        reply = conn.sync_request(Op.DISPLAY, self, include, exclude)
+        return reply[0], reply[1]
 
 
 class RemoteMethod:
