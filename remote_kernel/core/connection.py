@@ -330,6 +330,13 @@ class Connection(Reading, Sending, Dispatching):
         signature, file, source (``detail_level`` 1)."""
         return self.sync_request(Op.OINFO, obj, attribute, detail_level, timeout=timeout)
 
+    def display(self, obj: Any, include: Any = None, exclude: Any = None, *,
+                timeout: Any = _DEFAULT) -> tuple:
+        """How the peer displays ``obj``: (data, metadata), or for an object that displays
+        itself (data, metadata, outputs, handled) (remote/selfdisplay.py)."""
+        return self.sync_request(Op.DISPLAY, obj, tuple(include) if include else None,
+                                 tuple(exclude) if exclude else None, timeout=timeout)
+
     def completions(self, obj: Any, path: tuple = (), *, timeout: Any = _DEFAULT) -> tuple:
         """The attribute names to complete after ``obj`` (reached through ``path``)."""
         return self.sync_request(Op.COMPLETE, obj, path, timeout=timeout)

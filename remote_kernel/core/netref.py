@@ -172,9 +172,7 @@ class BaseNetref:
         conn = self._rk_conn
         if conn.closed:
             return {"text/plain": f"<remote {self._rk_descriptor[1]} object, connection lost>"}
-        include = tuple(include) if include else None
-        exclude = tuple(exclude) if exclude else None
-        reply = conn.sync_request(Op.DISPLAY, self, include, exclude)
+        reply = conn.display(self, include, exclude)
         return reply[0], reply[1]
 
 

@@ -8,7 +8,6 @@ from typing import Any
 
 from remote_kernel.core.netref import BaseNetref, RemoteMethod
 from remote_kernel.outputs.filter import filter_bundle_report
-from remote_kernel.protocol.messages import Op
 
 LOST = "<remote object, connection lost>"
 log = logging.getLogger(__name__)
@@ -33,8 +32,7 @@ def netref_bundle(obj: Any, include: Any = None, exclude: Any = None) -> tuple[d
     if conn.closed:
         return {"text/plain": LOST}, {}
     try:
-        reply = conn.sync_request(Op.DISPLAY, obj, tuple(include) if include else None,
-                                  tuple(exclude) if exclude else None)
+        reply = conn.display(obj, include, exclude)
     except Exception as exc:  # the peer went away during the request
         from remote_kernel.errors import ConnectionClosed
 
