@@ -47,6 +47,7 @@ from remote_kernel.core.transport import FrameReader, Transport
 from remote_kernel.errors import (
     ConnectionClosed,
     ProtocolError,
+    RemoteKernelError,
     RequestTimeout,
     mark_stop,
     rendered_by,
@@ -225,10 +226,18 @@ class Connection(Reading, Sending, Dispatching):
     builtin = builtins  # RPyC's classic connections have both names
 
     def eval(self, source: str) -> Any:
-        return self.root.eval(source)
+        try:
+            return self.root.eval(source)
+        except RemoteKernelError as exc:
+            exc.__traceback__ = None  # as netref.py's "Tracebacks": no frames of ours
+            raise
 
     def execute(self, source: str) -> Any:
-        return self.root.execute(source)
+        try:
+            return self.root.execute(source)
+        except RemoteKernelError as exc:
+            exc.__traceback__ = None  # as netref.py's "Tracebacks": no frames of ours
+            raise
 
     def ping(self, timeout: float = 3.0) -> float:
         """Round-trip time in seconds."""
@@ -313,14 +322,22 @@ class Connection(Reading, Sending, Dispatching):
         :class:`~remote_kernel.errors.RequestTimeout`. ``obj`` is a netref of this
         connection (or an object the peer holds a reference to). A remote keyword argument
         called ``timeout`` goes through :meth:`callattr`."""
-        return self.sync_request(CALLATTR, obj, name, args, Kwargs(kwargs) if kwargs else None,
-                                 timeout=timeout)
+        try:
+            return self.sync_request(CALLATTR, obj, name, args,
+                                     Kwargs(kwargs) if kwargs else None, timeout=timeout)
+        except RemoteKernelError as exc:
+            exc.__traceback__ = None  # as netref.py's "Tracebacks": no frames of ours
+            raise
 
     def callattr(self, obj: Any, name: str, args: tuple, kwargs: dict | None,
                  timeout: Any = _DEFAULT) -> Any:
         """``obj.name(*args, **kwargs)`` on the peer, arguments given as a tuple and a dict."""
-        return self.sync_request(CALLATTR, obj, name, args, Kwargs(kwargs) if kwargs else None,
-                                 timeout=timeout)
+        try:
+            return self.sync_request(CALLATTR, obj, name, args,
+                                     Kwargs(kwargs) if kwargs else None, timeout=timeout)
+        except RemoteKernelError as exc:
+            exc.__traceback__ = None  # as netref.py's "Tracebacks": no frames of ours
+            raise
 
     # -- notebook gestures: one request each, with a timeout (the IPython layer's calls) ---
 
