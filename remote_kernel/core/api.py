@@ -45,7 +45,11 @@ def obtain(obj: Any, progress: bool | None = None) -> Any:
     if not isinstance(obj, BaseNetref):
         return obj
     conn = obj._rk_conn
-    value = conn.sync_request(Op.OBTAIN, obj, LARGE)
+    try:
+        value = conn.sync_request(Op.OBTAIN, obj, LARGE)
+    except RemoteKernelError as exc:
+        exc.__traceback__ = None  # as netref.py's "Tracebacks": no frames of ours
+        raise
     if type(value) is tuple and len(value) == 5 and value[0] == LARGE_MARKER:
         parts = list(value)
         del value  # the snapshot's netref lives in ``parts`` alone, released when done
@@ -294,7 +298,11 @@ def deliver(conn: Connection, obj: Any) -> Any:
     """Copy ``obj`` by value to the peer of ``conn``; returns a netref to the copy."""
     if isinstance(obj, BaseNetref) and obj._rk_conn is conn:
         return obj
-    return conn.sync_request(Op.DELIVER, ByValue(obj))
+    try:
+        return conn.sync_request(Op.DELIVER, ByValue(obj))
+    except RemoteKernelError as exc:
+        exc.__traceback__ = None  # as netref.py's "Tracebacks": no frames of ours
+        raise
 
 
 class _AsyncCaller:

@@ -47,6 +47,7 @@ from remote_kernel.core.transport import FrameReader, Transport
 from remote_kernel.errors import (
     ConnectionClosed,
     ProtocolError,
+    RemoteKernelError,
     RequestTimeout,
     mark_stop,
     rendered_by,
@@ -59,6 +60,7 @@ from remote_kernel.protocol.landing import Landing
 from remote_kernel.protocol.messages import CALLATTR, REQUEST, Kind, Op
 from remote_kernel.protocol.objects import ObjectTable
 from remote_kernel.protocol.policy import AttributePolicy
+from remote_kernel.remote.selfdisplay import display_reply
 
 log = logging.getLogger("remote_kernel.core.connection")
 
@@ -119,7 +121,7 @@ class Connection(Reading, Sending, Dispatching):
             peer_name=lambda: self.peer,
             include_traceback=self._config.include_local_traceback,
         )
-        self._ctx = RequestContext(self._service, self._policy)
+        self._ctx = RequestContext(self._service, self._policy, display=display_reply)
         self._seq = itertools.count(1)
         self._send_lock = threading.Lock()
         if self._session is not None:
@@ -224,10 +226,18 @@ class Connection(Reading, Sending, Dispatching):
     builtin = builtins  # RPyC's classic connections have both names
 
     def eval(self, source: str) -> Any:
-        return self.root.eval(source)
+        try:
+            return self.root.eval(source)
+        except RemoteKernelError as exc:
+            exc.__traceback__ = None  # as netref.py's "Tracebacks": no frames of ours
+            raise
 
     def execute(self, source: str) -> Any:
-        return self.root.execute(source)
+        try:
+            return self.root.execute(source)
+        except RemoteKernelError as exc:
+            exc.__traceback__ = None  # as netref.py's "Tracebacks": no frames of ours
+            raise
 
     def ping(self, timeout: float = 3.0) -> float:
         """Round-trip time in seconds."""
@@ -312,14 +322,22 @@ class Connection(Reading, Sending, Dispatching):
         :class:`~remote_kernel.errors.RequestTimeout`. ``obj`` is a netref of this
         connection (or an object the peer holds a reference to). A remote keyword argument
         called ``timeout`` goes through :meth:`callattr`."""
-        return self.sync_request(CALLATTR, obj, name, args, Kwargs(kwargs) if kwargs else None,
-                                 timeout=timeout)
+        try:
+            return self.sync_request(CALLATTR, obj, name, args,
+                                     Kwargs(kwargs) if kwargs else None, timeout=timeout)
+        except RemoteKernelError as exc:
+            exc.__traceback__ = None  # as netref.py's "Tracebacks": no frames of ours
+            raise
 
     def callattr(self, obj: Any, name: str, args: tuple, kwargs: dict | None,
                  timeout: Any = _DEFAULT) -> Any:
         """``obj.name(*args, **kwargs)`` on the peer, arguments given as a tuple and a dict."""
-        return self.sync_request(CALLATTR, obj, name, args, Kwargs(kwargs) if kwargs else None,
-                                 timeout=timeout)
+        try:
+            return self.sync_request(CALLATTR, obj, name, args,
+                                     Kwargs(kwargs) if kwargs else None, timeout=timeout)
+        except RemoteKernelError as exc:
+            exc.__traceback__ = None  # as netref.py's "Tracebacks": no frames of ours
+            raise
 
     # -- notebook gestures: one request each, with a timeout (the IPython layer's calls) ---
 
@@ -328,6 +346,13 @@ class Connection(Reading, Sending, Dispatching):
         """What ``obj?`` shows (of ``obj.attribute`` when given): type, name, docstring,
         signature, file, source (``detail_level`` 1)."""
         return self.sync_request(Op.OINFO, obj, attribute, detail_level, timeout=timeout)
+
+    def display(self, obj: Any, include: Any = None, exclude: Any = None, *,
+                timeout: Any = _DEFAULT) -> tuple:
+        """How the peer displays ``obj``: (data, metadata), or for an object that displays
+        itself (data, metadata, outputs, handled) (remote/selfdisplay.py)."""
+        return self.sync_request(Op.DISPLAY, obj, tuple(include) if include else None,
+                                 tuple(exclude) if exclude else None, timeout=timeout)
 
     def completions(self, obj: Any, path: tuple = (), *, timeout: Any = _DEFAULT) -> tuple:
         """The attribute names to complete after ``obj`` (reached through ``path``)."""

@@ -37,6 +37,14 @@ list, a deque, a range) are still iterated by numpy: correct values, a request p
 the descriptor is called by name in ONE request (CALLATTR); any other attribute is ONE
 GETATTR; the dunders the remote type defines become real methods, so ``len()``, operators,
 ``with`` and iteration work.
+
+Tracebacks: an error of the peer (or of the link) leaves the package where the user's code
+called it without the frames it gathered inside (the request, the wait): they say nothing
+about the user's code, and the remote frames follow it anyway. Each entry point clears the
+traceback and re-raises with a bare ``raise``, which on Python 3.11 and later adds no frame
+of its own, so ``traceback.print_exc()``, ``logging.exception`` and pytest show the user's
+frames, then the remote ones. (Python 3.10 re-raises with the traceback it caught: there the
+frames stay.) Only the exception path pays: a ``try`` costs nothing on 3.11 and later.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from __future__ import annotations
 import collections
 from typing import TYPE_CHECKING, Any
 
+from remote_kernel.errors import RemoteKernelError
 from remote_kernel.protocol.boxing import ByValue, Kwargs
 from remote_kernel.protocol.describe import (
     FAKE_CLASSES,
@@ -113,19 +122,31 @@ class BaseNetref:
     def __getattr__(self, name: str) -> Any:
         if _is_local_name(name):
             raise AttributeError(f"{name!r} is not forwarded to the peer")
-        return self._rk_conn.sync_request(Op.GETATTR, self, name)
+        try:
+            return self._rk_conn.sync_request(Op.GETATTR, self, name)
+        except RemoteKernelError as exc:
+            exc.__traceback__ = None  # see "Tracebacks" above
+            raise
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _SLOTS:
             object.__setattr__(self, name, value)
-        else:
+            return
+        try:
             self._rk_conn.sync_request(Op.SETATTR, self, name, value)
+        except RemoteKernelError as exc:
+            exc.__traceback__ = None  # see "Tracebacks" above
+            raise
 
     def __delattr__(self, name: str) -> None:
         if name in _SLOTS:
             object.__delattr__(self, name)
-        else:
+            return
+        try:
             self._rk_conn.sync_request(Op.DELATTR, self, name)
+        except RemoteKernelError as exc:
+            exc.__traceback__ = None  # see "Tracebacks" above
+            raise
 
     def __dir__(self) -> list[str]:
         return list(self._rk_conn.sync_request(Op.DIR, self))
@@ -166,13 +187,14 @@ class BaseNetref:
         return cls._rk_builtin or cls
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
-        """The whole mimebundle, computed by the peer's formatters: one request."""
+        """The whole mimebundle, computed by the peer's formatters: one request. (The
+        outputs of an object that displays itself are the IPython extension's to show,
+        ipython/display.py; here it is its repr.)"""
         conn = self._rk_conn
         if conn.closed:
             return {"text/plain": f"<remote {self._rk_descriptor[1]} object, connection lost>"}
-        include = tuple(include) if include else None
-        exclude = tuple(exclude) if exclude else None
-        return conn.sync_request(Op.DISPLAY, self, include, exclude)
+        reply = conn.display(self, include, exclude)
+        return reply[0], reply[1]
 
 
 class RemoteMethod:
@@ -186,8 +208,12 @@ class RemoteMethod:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         owner = self._rk_owner
-        return owner._rk_conn.sync_request(CALLATTR, owner, self._rk_name, args,
-                                           Kwargs(kwargs) if kwargs else None)
+        try:
+            return owner._rk_conn.sync_request(CALLATTR, owner, self._rk_name, args,
+                                               Kwargs(kwargs) if kwargs else None)
+        except RemoteKernelError as exc:
+            exc.__traceback__ = None  # see "Tracebacks" above
+            raise
 
     def __getattr__(self, name: str) -> Any:
         if _is_local_name(name):
@@ -226,20 +252,33 @@ def _by_value_if_builtin(value: Any) -> Any:
 
 def _make_forwarder(name: str) -> Any:
     def forward(self: BaseNetref, *args: Any) -> Any:
-        return self._rk_conn.callattr(self, name, tuple(map(_by_value_if_builtin, args)), None)
+        try:
+            return self._rk_conn.callattr(self, name, tuple(map(_by_value_if_builtin, args)),
+                                          None)
+        except RemoteKernelError as exc:
+            exc.__traceback__ = None  # see "Tracebacks" above
+            raise
 
     forward.__name__ = name
     return forward
 
 
 def _call(self: BaseNetref, *args: Any, **kwargs: Any) -> Any:
-    return self._rk_conn.sync_request(Op.CALL, self, args, kwargs or None)
+    try:
+        return self._rk_conn.sync_request(Op.CALL, self, args, kwargs or None)
+    except RemoteKernelError as exc:
+        exc.__traceback__ = None  # see "Tracebacks" above
+        raise
 
 
 def _exit(self: BaseNetref, exc_type: Any, exc: Any, tb: Any) -> Any:
     name = exc_type.__name__ if exc_type is not None else None
     message = str(exc) if exc is not None else None
-    return self._rk_conn.sync_request(Op.CTXEXIT, self, name, message)
+    try:
+        return self._rk_conn.sync_request(Op.CTXEXIT, self, name, message)
+    except RemoteKernelError as exc:
+        exc.__traceback__ = None  # see "Tracebacks" above
+        raise
 
 
 def _instancecheck(self: BaseNetref, obj: Any) -> bool:

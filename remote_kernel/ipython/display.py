@@ -25,17 +25,27 @@ def untrusted_bundle(data: Any, metadata: Any, trusted: bool, peer: str) -> tupl
 
 
 def netref_bundle(obj: Any, include: Any = None, exclude: Any = None) -> tuple[dict, dict]:
+    """The bundle to show for a netref (one request). An object that displays itself
+    (``_ipython_display_``) did so on the peer: its outputs are published here, each through
+    the output filter, and, as IPython does for a local one, nothing else is shown."""
     conn = obj._rk_conn
     if conn.closed:
         return {"text/plain": LOST}, {}
     try:
-        data, metadata = obj._repr_mimebundle_(include, exclude)
+        reply = conn.display(obj, include, exclude)
     except Exception as exc:  # the peer went away during the request
         from remote_kernel.errors import ConnectionClosed
 
         if isinstance(exc, ConnectionClosed):
             return {"text/plain": LOST}, {}
         raise
+    data, metadata = reply[0], reply[1]
+    if len(reply) == 4:
+        from remote_kernel.ipython.sink import replay
+
+        replay(reply[2], conn.trust_output, conn.peer)
+        if reply[3] is True:
+            return {}, {}
     return untrusted_bundle(data, metadata, conn.trust_output, conn.peer)
 
 

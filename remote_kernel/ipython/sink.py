@@ -108,3 +108,20 @@ class NotebookSink:
 
         data, _ = untrusted_bundle(data, {}, self.trusted, self.peer)
         page.page(data, int(start))
+
+
+def replay(outputs: Any, trusted: bool, peer: str) -> None:
+    """Publish, in order and through the output filter, the outputs an object that displays
+    itself made on the peer (remote/selfdisplay.py); anything malformed is left out."""
+    sink = NotebookSink(trusted, peer)
+    for output in outputs if isinstance(outputs, (list, tuple)) else ():
+        if not isinstance(output, (list, tuple)) or not output:
+            continue
+        kind, args = output[0], tuple(output[1:])
+        if kind == "stream" and len(args) == 2 and isinstance(args[1], str):
+            sink.stream(args[0], args[1])
+        elif kind == "display" and len(args) == 4 and isinstance(args[0], dict):
+            sink.display(args[0], args[1] if isinstance(args[1], dict) else {}, args[2],
+                         args[3])
+        elif kind == "clear_output" and len(args) == 1:
+            sink.clear_output(args[0] is True)

@@ -42,7 +42,7 @@ def _display_formatter() -> Any:
     return _formatter
 
 
-def _safe_repr(obj: Any) -> str:
+def safe_repr(obj: Any) -> str:
     try:
         text = repr(obj)
     except Exception as exc:
@@ -66,7 +66,7 @@ def mimebundle(obj: Any, include: Any = None, exclude: Any = None,
         except Exception:
             data, metadata = {}, {}
     if not data:
-        data, metadata = {"text/plain": _safe_repr(obj)}, {}
+        data, metadata = {"text/plain": safe_repr(obj)}, {}
     if "image/png" not in data and (not include or "image/png" in include) \
             and not (exclude and "image/png" in exclude):
         png = figure_png(obj)
@@ -137,7 +137,7 @@ def object_info(obj: Any, detail: int = 0) -> dict[str, Any]:
         "name": str(getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "") or ""),
         # As IPython: no string form for classes and plain callables (a bound method's
         # repr would show its whole object, a DataFrame for df.describe).
-        "string_form": "" if simple or isclass else _safe_repr(obj),
+        "string_form": "" if simple or isclass else safe_repr(obj),
         "docstring": inspect.getdoc(obj) or "",
         "signature": _signature(obj) if callable(obj) else "",
         "file": "",
@@ -236,7 +236,7 @@ _LEAF_TYPES = (str, bytes, int, float, complex, bool, type(None))
 
 
 def _short_repr(obj: Any, width: int = 80) -> str:
-    text = _safe_repr(obj).replace("\n", " ")
+    text = safe_repr(obj).replace("\n", " ")
     return text if len(text) <= width else text[: width - 3] + "..."
 
 

@@ -32,11 +32,16 @@ SNAPSHOT_BUDGET = 1 << 30  # bytes all of them may hold together (the newest is 
 
 class RequestContext:
     """What handlers may touch: the root service object, the policy, and the connection's
-    own state for requests that span several messages (the snapshots of chunked obtains)."""
+    own state for requests that span several messages (the snapshots of chunked obtains).
+    ``display(obj, include, exclude)`` answers display requests: the layer above gives one
+    that runs an object's own ``_ipython_display_`` (remote/selfdisplay.py); the default
+    answers with the object's mimebundle."""
 
-    def __init__(self, root: Any, policy: AttributePolicy) -> None:
+    def __init__(self, root: Any, policy: AttributePolicy,
+                 display: Callable[[Any, Any, Any], Any] | None = None) -> None:
         self.root = root
         self.policy = policy
+        self.display = display or _mimebundle
         # id(obj) -> (obj, contiguous snapshot): one copy per chunked transfer.
         self.snapshots: dict[int, tuple[Any, memoryview]] = {}
 
@@ -132,8 +137,12 @@ def _oinfo(ctx: RequestContext, obj: Any, attribute: str | None, detail: int) ->
     return ByValue(object_info(obj, detail))
 
 
-def _display(ctx: RequestContext, obj: Any, include: Any, exclude: Any) -> ByValue:
+def _mimebundle(obj: Any, include: Any, exclude: Any) -> ByValue:
     return ByValue(mimebundle(obj, include, exclude))
+
+
+def _display(ctx: RequestContext, obj: Any, include: Any, exclude: Any) -> Any:
+    return ctx.display(obj, include, exclude)
 
 
 def _complete(ctx: RequestContext, obj: Any, path: tuple = ()) -> ByValue:

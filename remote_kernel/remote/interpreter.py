@@ -7,15 +7,14 @@ caller's *sink* while the cell runs: ``sink.stream(name, text)`` (line by line, 
 written), ``sink.display(data, metadata)`` (plus ``display_id, update`` for a display
 with an id: ``display(x, display_id=True)``, ``update_display``), ``sink.result(data,
 metadata, count)``, ``sink.clear_output(wait)``. The sink lives on the notebook side, so
-each of those is one callback request; the notebook serves them while it waits for
-``run_cell`` to return.
-Interrupting the request raises ``KeyboardInterrupt`` in the cell (see ``_interrupt``).
+each is one callback request, served while the notebook waits for ``run_cell`` to return.
+Interrupting the request raises ``KeyboardInterrupt`` in the cell. ``capture`` does the same
+around other code (an object's own ``_ipython_display_``, remote/selfdisplay.py).
 
 Capturing output patches process-wide names (``sys.stdout``/``sys.stderr``, IPython's
-``display``/``clear_output``, ``builtins.display``, ``input``/``getpass``: stdin.py), so the patches are in place only while
-some cell runs, and put back when the last running cell ends; even then only the thread
-running a cell has its output captured, into that cell's sink (so cells of two connections
-running at once never mix), and every other thread writes where it always did.
+``display``/``clear_output``, ``builtins.display``, ``input``/``getpass``: stdin.py) while
+some cell runs; only the thread running a cell has its output captured, into that cell's
+sink (cells of two connections running at once never mix); other threads are untouched.
 """
 
 from __future__ import annotations
@@ -117,8 +116,6 @@ def _install() -> None:
         _restore.append(lambda name=name, stream=stream: _put_back(sys, name, stream,
                                                                     stream.original))
     _patch_ipython_display()
-    # As IPython does: display() works in cells without an import, and stays out of the
-    # namespace the object browser shows; outside cells it is what it was before.
     previous = getattr(builtins, "display", None)
     _install_builtin_display()
     _restore.append(lambda: _put_back(builtins, "display", _display, previous))
@@ -331,6 +328,23 @@ def _figures(cell: _Cell) -> list[tuple[dict, dict]]:
     return bundles
 
 
+@contextlib.contextmanager
+def capture(sink: Any, formatter: Any = None) -> Iterator[_Cell]:
+    """What this thread prints or displays meanwhile goes to ``sink``, as in a cell."""
+    cell = _Cell(sink, formatter)
+    previous = getattr(_local, "cell", None)
+    _local.cell = cell
+    _enter_cell()
+    try:
+        yield cell
+    finally:
+        try:
+            cell.flush()
+        finally:
+            _local.cell = previous
+            _leave_cell()
+
+
 class Interpreter:
     """A cell interpreter over one namespace (the classic service's)."""
 
@@ -396,20 +410,12 @@ class Interpreter:
     @contextlib.contextmanager
     def _output_to(self, sink: Any, shell: Any) -> Iterator[_Cell]:
         """Around running the user's code: what it prints or displays goes to ``sink``."""
-        cell = _Cell(sink, shell.display_formatter if shell is not None else None)
-        previous = getattr(_local, "cell", None)
-        _local.cell = cell
-        _enter_cell()
-        comms_before = self._enter_comms()
-        try:
-            yield cell
-        finally:
+        with capture(sink, shell.display_formatter if shell is not None else None) as cell:
+            comms_before = self._enter_comms()
             try:
-                cell.flush()
+                yield cell
             finally:
-                _local.cell = previous
                 self._leave_comms(comms_before)
-                _leave_cell()
 
     def _parse(self, source: str, code: str, filename: str) -> ast.Module:
         try:
@@ -535,13 +541,10 @@ class Interpreter:
         return ByValue(info)
 
     def exposed_is_complete(self, code: str) -> ByValue:
-        try:
-            from IPython.core.inputtransformer2 import TransformerManager
-
-            status, indent = TransformerManager().check_complete(code)
+        manager = ipyshell.transformer()  # None without IPython here
+        if manager is not None:
+            status, indent = manager.check_complete(code)
             return ByValue({"status": status, "indent": " " * (indent or 0)})
-        except ImportError:
-            pass
         try:
             result = codeop.compile_command(code, "<cell>", "exec")
         except (SyntaxError, OverflowError, ValueError):
