@@ -11,16 +11,17 @@ still read and acted upon (the request's thread gets ``KeyboardInterrupt``). Par
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from typing import Any
 
 from remote_kernel.core import interrupt as _interrupt
 from remote_kernel.core.hooks import ConnectionHooks, OutputRouting
-from remote_kernel.core.reading import READ_SLICE
+from remote_kernel.core.reading import READ_SLICE, Reading
 from remote_kernel.core.serving import BgServingThread, _watchdog
 from remote_kernel.core.transport import FrameReader
-from remote_kernel.errors import ConnectionClosed, ProtocolError
+from remote_kernel.errors import ConnectionClosed, ProtocolError, RemoteError
 from remote_kernel.protocol.handlers import HANDLERS, RequestContext
 from remote_kernel.protocol.messages import EXCEPTION, NOTIFY, REPLY, REQUEST, Kind, Op
 from remote_kernel.protocol.objects import ObjectTable
@@ -29,6 +30,7 @@ log = logging.getLogger("remote_kernel.core.connection")
 
 POLL_BATCH = 64  # poll_all(): messages served per call once its timeout has passed
 _get_ident = threading.get_ident
+_WAIT_CODE = Reading._wait_reply.__code__
 
 
 class Dispatching:
@@ -41,6 +43,7 @@ class Dispatching:
     _reader: FrameReader
     _session: Any
     _delivering: set[int]
+    _interrupted: set[int]
     _running: dict[int, tuple[int, _interrupt.CancelToken]]
     _running_lock: threading.Lock
     _busy_since: float | None
@@ -97,6 +100,9 @@ class Dispatching:
                 outcome = (True, handler(self._ctx, *args))
             except BaseException as exc:  # noqa: BLE001 - every failure goes to the peer
                 outcome = (False, exc)
+                if isinstance(exc, KeyboardInterrupt) and not token.cancelled \
+                        and not isinstance(exc, RemoteError):
+                    self._stop_in_callback()
             finally:
                 if route is not None:
                     self._unroute_output(route)
@@ -156,6 +162,21 @@ class Dispatching:
                 self._send_message(Kind.EXCEPTION, seq, exc, None)
             except ConnectionClosed:
                 pass
+
+    def _stop_in_callback(self) -> None:
+        """A Stop of this side landed in a request of the peer's that this thread serves.
+        If that request is a callback nested in this thread's own call to the peer, the
+        call's KeyboardInterrupt, should the peer's code let the callback's error through,
+        is that Stop: one short line, as a Stop during the call itself (``_as_local_stop``),
+        not the peer's traceback with the callback's frames. Code on the peer may still
+        catch it (``input()`` at a prompt does). Found by walking the stack, on this path
+        only, so that no request pays to record its waits."""
+        frame = sys._getframe(1)
+        while frame is not None:
+            if frame.f_code is _WAIT_CODE and frame.f_locals.get("self") is self:
+                self._interrupted.add(frame.f_locals["seq"])
+                return
+            frame = frame.f_back
 
     def _notify(self, op: Any, args: tuple) -> None:
         if op == Op.DEL:
