@@ -196,7 +196,10 @@ class RemoteTracebackFormatter:
     def _exception_lines(self, exc: BaseException) -> list[str]:
         """``Type: message`` (with the file, line and caret of a SyntaxError, and the peer's
         notes) through IPython's ListTB."""
-        return self.tb.get_exception_only(type(exc), exc)
+        if not isinstance(exc, SyntaxError) or not isinstance(exc.filename, str):
+            return self.tb.get_exception_only(type(exc), exc)
+        with _no_local_source(exc.filename):
+            return self.tb.get_exception_only(type(exc), exc)
 
     def _label(self, where: str, indent: str = "") -> str:
         return self._paint([(Token, indent),
@@ -204,6 +207,22 @@ class RemoteTracebackFormatter:
 
     def _paint(self, tokens: list[tuple[Any, str]]) -> str:
         return self.look.paint(tokens)
+
+
+@contextlib.contextmanager
+def _no_local_source(filename: str) -> Iterator[None]:
+    """ListTB reads a SyntaxError's line from linecache, else takes the error's ``text``. The
+    file of a remote one is the peer's: a local file or cell of that name (``<remote-cell-1>``
+    of a server in this process) must not stand in for the line the peer sent."""
+    saved = linecache.cache.get(filename)
+    linecache.cache[filename] = (0, None, [], filename)
+    try:
+        yield
+    finally:
+        if saved is None:
+            linecache.cache.pop(filename, None)
+        else:
+            linecache.cache[filename] = saved
 
 
 def _traceback_of(entries: list[types.TracebackType]) -> types.TracebackType | None:

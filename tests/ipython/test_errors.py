@@ -149,6 +149,25 @@ def test_a_remote_syntax_error_has_its_file_line_and_caret(shell, lab, capsys) -
     assert len(lines) == 4 and not PACKAGE_FILES.search(text), text
 
 
+def test_a_remote_syntax_error_shows_the_peers_line_not_a_local_source_of_its_name(
+        shell, lab, capsys) -> None:
+    import linecache
+
+    name = "<remote-cell-1>"  # a cell of a server in this process has that name too
+    saved = linecache.cache.get(name)
+    linecache.cache[name] = (12, None, ["local_line\n"], name)
+    try:
+        _, text = output(shell, capsys, f"lab.eval(\"compile('x = (1 +\\\\n', {name!r}, 'exec')\")")
+        assert "x = (1 +" in text and "local_line" not in text, text
+        assert "SyntaxError: '(' was never closed" in text
+        assert linecache.getline(name, 1) == "local_line\n"  # left as it was
+    finally:
+        if saved is None:
+            linecache.cache.pop(name, None)
+        else:
+            linecache.cache[name] = saved
+
+
 def test_a_local_error_with_a_remote_context_shows_the_remote_frames(shell, lab,
                                                                      capsys) -> None:
     _, text = output(shell, capsys, "try:\n    lab.namespace['inner']()\n"
