@@ -136,22 +136,25 @@ class RemoteFrame(_FrameFields):
     Also says where it ran: ``where`` is "" for this process (a callback of ours that the
     peer called) or the name of the process it ran in ("127.0.0.1:40123"); ``side`` is that
     process's opaque id. ``context`` holds a few source lines around ``lineno``, the first
-    being line ``context_start``.
+    being line ``context_start``. ``variables`` are ``(name, repr)`` pairs of the names on the
+    frame's line, sent only while this side asked for them (``%xmode Verbose``).
     """
 
     where: str
     side: str
     context_start: int
     context: tuple[str, ...]
+    variables: tuple[tuple[str, str], ...]
 
     def __new__(cls, filename: str, lineno: int, function: str, line: str, where: str = "",
-                side: str = "", context_start: int = 0,
-                context: tuple[str, ...] = ()) -> RemoteFrame:
+                side: str = "", context_start: int = 0, context: tuple[str, ...] = (),
+                variables: tuple[tuple[str, str], ...] = ()) -> RemoteFrame:
         frame = super().__new__(cls, filename, lineno, function, line)
         frame.where = where
         frame.side = side
         frame.context_start = context_start
         frame.context = context
+        frame.variables = variables
         return frame
 
 

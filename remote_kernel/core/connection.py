@@ -139,6 +139,7 @@ class Connection(Reading, Sending, Dispatching):
         self._delivering: set[int] = set()  # threads holding a reply not yet handed over
         self._pending: set[int] = set()
         self._interrupted: set[int] = set()  # requests this side cancelled (interrupt())
+        self.variables_requested = False  # request_variables(): the peer sends frame variables
         self._async: dict[int, AsyncResult] = {}
         self._proxies: dict[int, weakref.ref] = {}
         self._releases: collections.deque[tuple[int, int]] = collections.deque()
@@ -429,6 +430,14 @@ class Connection(Reading, Sending, Dispatching):
                 return 0
         return len(seqs)
 
+    def request_variables(self, wanted: bool = True) -> None:
+        """Ask the peer to send, with each frame of the exceptions it raises here, the
+        variables of the frame's line and their reprs: what IPython's ``%xmode Verbose``
+        shows under a local frame. One notification, no reply; a peer that does not know
+        it, or whose service is not classic (it could not read them otherwise), ignores it."""
+        if wanted != self.variables_requested and not self._closed:
+            self._send_message(Kind.NOTIFY, None, Op.VARIABLES, (bool(wanted),))
+            self.variables_requested = bool(wanted)
 
     # -- proxies and releases -----------------------------------------------------------------
 

@@ -19,9 +19,11 @@ from typing import Any
 from remote_kernel.core import interrupt as _interrupt
 from remote_kernel.core.hooks import ConnectionHooks, OutputRouting
 from remote_kernel.core.reading import READ_SLICE, Reading
+from remote_kernel.core.service import ClassicService
 from remote_kernel.core.serving import BgServingThread, _watchdog
 from remote_kernel.core.transport import FrameReader
 from remote_kernel.errors import ConnectionClosed, ProtocolError, RemoteError
+from remote_kernel.protocol.boxing import Boxer
 from remote_kernel.protocol.handlers import HANDLERS, RequestContext
 from remote_kernel.protocol.messages import EXCEPTION, NOTIFY, REPLY, REQUEST, Kind, Op
 from remote_kernel.protocol.objects import ObjectTable
@@ -40,6 +42,8 @@ class Dispatching:
     _hooks: ConnectionHooks
     _ctx: RequestContext
     _table: ObjectTable
+    _boxer: Boxer
+    _service: Any
     _reader: FrameReader
     _session: Any
     _delivering: set[int]
@@ -205,6 +209,13 @@ class Dispatching:
                 self._session.acknowledged(count)
             except ProtocolError as exc:
                 raise self._protocol_violation(str(exc)) from None
+        elif op == Op.VARIABLES:
+            wanted = args[0] if args else None
+            if type(wanted) is not bool:
+                raise self._protocol_violation("malformed variables request")
+            # Only where the peer could read them anyway: a service of a restricted API
+            # keeps its frames' values to itself.
+            self._boxer.include_variables = wanted and isinstance(self._service, ClassicService)
         elif op == Op.CLOSE:
             self._lost("closed by the peer")
         # unknown notifications are ignored: they need no answer

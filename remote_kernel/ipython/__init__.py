@@ -22,6 +22,7 @@ from remote_kernel.ipython import (
     routing,
     terminal,
     tracebacks,
+    variables,
 )
 from remote_kernel.ipython.magics import RemoteMagics
 from remote_kernel.ipython.registry import get_registry, reset_registry
@@ -42,6 +43,7 @@ def load(shell: Any) -> None:
     inspection.install(shell)
     tracebacks.show_remote_syntax_error(shell)
     tracebacks.show_remote_groups(shell)
+    variables.install(shell)
     loop.install(shell)
     routing.install(shell)
     terminal.install(shell)
@@ -68,6 +70,7 @@ def unload(shell: Any) -> None:
         PROCESS_HOOKS.resolvers.remove(_group_member)
     tracebacks.restore_syntax_error(shell)
     tracebacks.restore_groups(shell)
+    variables.uninstall(shell)
     inspection.uninstall(shell)
     completion.uninstall(shell)
     display.uninstall(shell)

@@ -186,10 +186,12 @@ class RemoteTracebackFormatter:
         before, after = (context - 1) - (context - 1) // 2, (context - 1) // 2
         window = [(first + i, line) for i, line in enumerate(lines)
                   if frame.lineno - before <= first + i <= frame.lineno + after]
+        variables = frame.variables if self.mode == "Verbose" else ()
         if not any(number == frame.lineno for number, _ in window):
-            return text
+            return text + self.look.variable_lines(variables)
         index = [number for number, _ in window].index(frame.lineno)
-        return text + self.look.source_lines(frame.lineno, index, [line for _, line in window])
+        return text + self.look.source_lines(frame.lineno, index, [line for _, line in window],
+                                             variables)
 
     # -- pieces ---------------------------------------------------------------------------
 
@@ -269,14 +271,19 @@ class _ThemeLook:
             tokens = [*tokens, (Token, ", in "), (Token.VName, function)]
         return self.paint(tokens)
 
-    def source_lines(self, lineno: int, index: int, lines: list[str]) -> str:
+    def source_lines(self, lineno: int, index: int, lines: list[str],
+                     variables: tuple[tuple[str, str], ...] = ()) -> str:
         from IPython.core.tbtools import _simple_format_traceback_lines
         from IPython.utils.PyColorize import Parser
 
         parser = Parser(theme_name=self.name)
         numbered = [(line + "\n", parser.format2(line + "\n", "str")) for line in lines]
-        return self.paint(_simple_format_traceback_lines(lineno, index, numbered, [],
-                                                         self.theme))
+        return self.paint(_simple_format_traceback_lines(
+            lineno, index, numbered, [_variable_tokens(*pair) for pair in variables],
+            self.theme))
+
+    def variable_lines(self, variables: tuple[tuple[str, str], ...]) -> str:
+        return "".join(self.paint(_variable_tokens(*pair)) for pair in variables)
 
 
 class _SchemeLook:
@@ -286,7 +293,7 @@ class _SchemeLook:
                Token.Filename: "filename", Token.FilenameEm: "filenameEm",
                Token.Lineno: "lineno", Token.LinenoEm: "linenoEm", Token.Name: "name",
                Token.NameEm: "nameEm", Token.VName: "vName", Token.ExcName: "excName",
-               Token.Caret: "caret"}
+               Token.Caret: "caret", Token.ValEm: "valEm"}
     top_line = "-"
 
     def __init__(self, name: str) -> None:
@@ -321,7 +328,8 @@ class _SchemeLook:
             text += self.paint([(Token, ", in "), (Token.VName, function)])
         return text
 
-    def source_lines(self, lineno: int, index: int, lines: list[str]) -> str:
+    def source_lines(self, lineno: int, index: int, lines: list[str],
+                     variables: tuple[tuple[str, str], ...] = ()) -> str:
         from IPython.core.ultratb import _simple_format_traceback_lines
         from IPython.utils.PyColorize import Parser
 
@@ -332,8 +340,19 @@ class _SchemeLook:
             text, error = parser.format2(line, out)
             return (text or line).rstrip("\n") + "\n", error
 
+        # IPython 8 puts the variables after the line as one string, and adds its line end.
+        lvals = self.variable_lines(variables).rstrip("\n")
         return "".join(_simple_format_traceback_lines(
-            lineno, index, [line + "\n" for line in lines], self.colors, "", line_format))
+            lineno, index, [line + "\n" for line in lines], self.colors, lvals, line_format))
+
+    def variable_lines(self, variables: tuple[tuple[str, str], ...]) -> str:
+        return "".join(self.paint(_variable_tokens(*pair)) for pair in variables)
+
+
+def _variable_tokens(name: str, value: str) -> list[tuple[Any, str]]:
+    """One line of ``%xmode Verbose``'s variables, as IPython writes them under a frame."""
+    return [(Token, " " * 8), (Token, name), (Token, " "), (Token.ValEm, "= "),
+            (Token.ValEm, value), (Token, "\n")]
 
 
 def _look(name: str) -> _ThemeLook | _SchemeLook:

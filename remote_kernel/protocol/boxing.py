@@ -122,6 +122,7 @@ class Boxer(Unboxer):
         self._describe = describe
         self._proxy_oid = proxy_oid
         self.include_traceback = include_traceback
+        self.include_variables = False  # the peer renders %xmode Verbose (Op.VARIABLES)
         self._plain_only = False  # in an exception's copy: no references
         self._type_ids: dict[type, int] = {}
         # What boxing the current message changed, undone if it is not sent.

@@ -11,10 +11,11 @@ Wire format: the EXC ext value is a msgpack array
     message           ``str(exc)``
     reserved          "" (version 0 sent the formatted traceback; it is rebuilt from frames)
     frames            outermost first: [filename, lineno, function, line, side, where,
-                      context_start, context]; ``side`` is the id of the process the frame
-                      ran in (``frames.SIDE``), ``where`` the sender's name for that process
-                      ("" when it is the sender); ``context`` a few source lines, the first
-                      being line ``context_start``
+                      context_start, context, variables]; ``side`` is the id of the process
+                      the frame ran in (``frames.SIDE``), ``where`` the sender's name for that
+                      process ("" when it is the sender); ``context`` a few source lines, the
+                      first being line ``context_start``; ``variables`` [name, repr] pairs of
+                      the line's names, empty unless the receiver asked (``Op.VARIABLES``)
     builtin_base      the nearest builtin class of the exception ("LookupError")
     attributes        {name: value}: public instance attributes and the standard ones
                       (``OSError.errno``, ``SyntaxError.lineno``, ``StopIteration.value``...),
@@ -64,6 +65,7 @@ from remote_kernel.protocol import frames as _frames
 from remote_kernel.protocol.codec import pack
 from remote_kernel.protocol.messages import Ext
 from remote_kernel.protocol.values import is_numpy
+from remote_kernel.protocol.variables import MAX_REPR, MAX_VARIABLES
 
 if TYPE_CHECKING:
     from remote_kernel.protocol.boxing import Boxer
@@ -114,7 +116,7 @@ def encode(boxer: Boxer, exc: BaseException, depth: int = 0,
     cls = type(exc)
     message = _safe_str(exc)[:MAX_TEXT]
     args = _by_value(boxer, tuple(getattr(exc, "args", ()) or ()))
-    frames = _frames_out(exc) if boxer.include_traceback else []
+    frames = _frames_out(exc, boxer.include_variables) if boxer.include_traceback else []
     cause = _linked(boxer, exc.__cause__, depth, sending)
     context: ExtType | bool | None
     if exc.__context__ is not None and exc.__context__ is exc.__cause__:
@@ -209,14 +211,17 @@ def _small(value: Any, budget: int) -> bool:
     return True
 
 
-def _frames_out(exc: BaseException) -> list[list[Any]]:
+def _frames_out(exc: BaseException, with_variables: bool) -> list[list[Any]]:
     side = _frames.SIDE
-    out: list[list[Any]] = [[filename, lineno, function, line, side, "", first, list(context)]
-                            for filename, lineno, function, line, first, context
-                            in _frames.user_frames_with_source(exc.__traceback__)]
+    out: list[list[Any]] = [
+        [filename, lineno, function, line, side, "", first, list(context),
+         [list(pair) for pair in variables]]
+        for filename, lineno, function, line, first, context, variables
+        in _frames.user_frames_with_source(exc.__traceback__, with_variables)]
     if isinstance(exc, RemoteError):  # its frames on the peer come after ours (inner)
         out += [[frame.filename, frame.lineno, frame.function, frame.line,
-                 frame.side, frame.where, frame.context_start, list(frame.context)]
+                 frame.side, frame.where, frame.context_start, list(frame.context),
+                 [list(pair) for pair in frame.variables] if with_variables else []]
                 for frame in exc.remote_frames]
     return out[-MAX_FRAMES:]
 
@@ -344,16 +349,21 @@ def _frames_in(frames: Any, peer: str) -> list[RemoteFrame]:
         if type(frame) is not tuple or len(frame) < 4:
             raise ProtocolError("malformed exception frame")
         filename, lineno, function, line = frame[:4]
-        side, where, start, context = (frame[4:8] + ("", "", 0, ()))[:4]
+        side, where, start, context, variables = (frame[4:9] + ("", "", 0, (), ()))[:5]
         if not (_is_name(filename) and type(lineno) is int and _is_name(function)
                 and type(line) is str and type(side) is str and type(where) is str
                 and type(start) is int and type(context) is tuple
-                and all(type(text) is str for text in context)):
+                and all(type(text) is str for text in context)
+                and type(variables) is tuple and all(
+                    type(pair) is tuple and len(pair) == 2 and type(pair[0]) is str
+                    and type(pair[1]) is str for pair in variables)):
             raise ProtocolError("malformed exception frame")
         where = "" if side and side == here else (where[:MAX_NAME] or peer)
         out.append(RemoteFrame(filename, lineno, function, line[:MAX_TEXT], where,
                                side[:64], start, tuple(t[:MAX_TEXT] for t in
-                                                       context[:MAX_CONTEXT])))
+                                                       context[:MAX_CONTEXT]),
+                               tuple((name[:MAX_NAME], value[:MAX_REPR])
+                                     for name, value in variables[:MAX_VARIABLES])))
     return out
 
 

@@ -14,12 +14,15 @@ import os
 import traceback
 from types import TracebackType
 
+from remote_kernel.protocol.variables import line_variables
+
 # remote_kernel's own plumbing, and the hosts' (IPython's run_code, ipykernel's dispatch).
 MACHINERY_PACKAGES = ("remote_kernel", "IPython", "ipykernel", "tornado", "asyncio")
 USER_PACKAGES = ("remote_kernel.demo",)  # shipped with the package, but user-level code
 
 Frame = tuple[str, int, str, str]  # filename, lineno, function, source line
-SourceFrame = tuple[str, int, str, str, int, tuple[str, ...]]  # ... + first line, context
+# ... + first line, context, the (name, repr) pairs of the line (variables.py) or ()
+SourceFrame = tuple[str, int, str, str, int, tuple[str, ...], tuple[tuple[str, str], ...]]
 CONTEXT_BEFORE, CONTEXT_AFTER = 2, 2  # source lines sent around each frame's line
 MAX_LINE = 400  # characters of one source line
 
@@ -72,9 +75,11 @@ def user_frames(tb: TracebackType | None) -> list[Frame]:
     return frames
 
 
-def user_frames_with_source(tb: TracebackType | None) -> list[SourceFrame]:
+def user_frames_with_source(tb: TracebackType | None,
+                            with_variables: bool = False) -> list[SourceFrame]:
     """``user_frames`` plus a few source lines around each line, for renderers that show
-    context (IPython's ``%xmode Context``)."""
+    context (IPython's ``%xmode Context``), and with ``with_variables`` the variables of
+    each line (``%xmode Verbose``)."""
     frames: list[SourceFrame] = []
     for entry in user_tracebacks(tb):
         frame, lineno = entry.tb_frame, entry.tb_lineno
@@ -84,5 +89,7 @@ def user_frames_with_source(tb: TracebackType | None) -> list[SourceFrame]:
         first = max(1, lineno - CONTEXT_BEFORE)
         context = tuple(text.rstrip("\r\n")[:MAX_LINE]
                         for text in lines[first - 1:lineno + CONTEXT_AFTER]) if line else ()
-        frames.append((code.co_filename, lineno, code.co_name, line[:MAX_LINE], first, context))
+        variables = line_variables(frame, line) if with_variables and line else ()
+        frames.append((code.co_filename, lineno, code.co_name, line[:MAX_LINE], first, context,
+                       variables))
     return frames

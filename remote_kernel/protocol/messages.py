@@ -69,6 +69,8 @@ class Op(IntEnum):
     BATCH = 38  # [[target, ...], [[target index, name | None, args, kwargs], ...]]: the
     #             calls run in order, ONE reply: [[1, value] | [0, exception], ...] (rk.batch)
     ACK = 39  # NOTIFY n: n bytes of the sender's stream were received (resumable sessions)
+    VARIABLES = 40  # NOTIFY bool: put the variables of each frame's line in the exceptions
+    #                 sent to the sender (its %xmode Verbose); unknown to a peer: ignored
 
 
 # Plain ints for the hot path: reading an IntEnum member is a lookup on its class each time.

@@ -1,0 +1,57 @@
+"""The variables a ``%xmode Verbose`` traceback shows for a frame: the names on its line.
+
+IPython's Verbose mode lists, under each frame, the variables of the piece of code that was
+running, with their reprs. A remote frame has no local objects to ask, so the side where it
+ran sends these pairs with the exception, but only to a peer that asked for them (it renders
+in Verbose mode) and that could read them anyway (a classic service: see
+``dispatch._notify``). Each repr is bounded (``reprlib``), and a repr that fails says so
+instead of failing the exception it describes.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import reprlib
+from types import FrameType
+
+MAX_VARIABLES = 24  # names shown per frame
+MAX_REPR = 240  # characters of one value's repr
+
+_STRINGS = re.compile(r"""(?:[rbfuRBFU]{0,2})("[^"\\]*(?:\\.[^"\\]*)*"|'[^'\\]*(?:\\.[^'\\]*)*')""")
+_NAMES = re.compile(r"(?<![\w.])[^\W\d]\w*")
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = MAX_REPR
+_repr.maxlevel = 3
+
+
+def line_names(line: str) -> list[str]:
+    """The names a line of source uses, in order, once each: no keywords, no attribute
+    names after a dot, nothing inside string literals."""
+    names: list[str] = []
+    for name in _NAMES.findall(_STRINGS.sub(" ", line)):
+        if not keyword.iskeyword(name) and name not in names:
+            names.append(name)
+    return names
+
+
+def line_variables(frame: FrameType, line: str) -> tuple[tuple[str, str], ...]:
+    """``(name, repr)`` of each name on ``line`` that the frame's locals or globals hold."""
+    found: list[tuple[str, str]] = []
+    scopes = (frame.f_locals, frame.f_globals)
+    for name in line_names(line):
+        for scope in scopes:
+            if name in scope:
+                found.append((name, _bounded_repr(scope[name])))
+                break
+        if len(found) == MAX_VARIABLES:
+            break
+    return tuple(found)
+
+
+def _bounded_repr(value: object) -> str:
+    try:
+        return _repr.repr(value)[:MAX_REPR]
+    except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not cost the traceback
+        return f"<repr failed: {type(exc).__name__}>"
