@@ -378,11 +378,16 @@ def remote_frames_only() -> Iterator[None]:
 class IPythonRendering(ErrorRendering):
     """How errors show in IPython and the notebook: IPython's own formatters (``%xmode``,
     ``%colors``), and the text the peer wrote cleaned of terminal escapes other than colours
-    (an OSC 52 clipboard write in a terminal IPython) and of bidi overrides, trusted or not."""
+    (an OSC 52 clipboard write in a terminal IPython) and of bidi overrides, trusted or not.
+    ``mode``: an ``%xmode`` of its own (the proxy kernel's: its remote shell's), else the
+    current shell's."""
+
+    def __init__(self, mode: str | None = None) -> None:
+        self.mode = mode
 
     def remote_error(self, exc: Any) -> list[str]:
         try:
-            lines = RemoteTracebackFormatter().structured(exc)
+            lines = RemoteTracebackFormatter(mode=self.mode).structured(exc)
         except Exception:  # never hide the error behind a failure to format it
             lines = [*errors._plain(exc)]
         return [sanitize_text_stream(str(line)) for line in lines]

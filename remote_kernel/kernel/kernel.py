@@ -22,6 +22,7 @@ from remote_kernel.core.connection import Connection
 from remote_kernel.core.service import exposed
 from remote_kernel.errors import ConnectionClosed, RemoteError, RemoteKernelError
 from remote_kernel.ipython.registry import open_connection
+from remote_kernel.ipython.tracebacks import IPythonRendering
 from remote_kernel.outputs.filter import (
     filter_bundle_report,
     peer_display_id,
@@ -31,6 +32,7 @@ from remote_kernel.protocol.boxing import ByValue
 from remote_kernel.protocol.describe import json_safe
 
 QUICK_TIMEOUT = 5.0  # seconds a completion or inspection may take on the remote
+XMODES = ("Plain", "Context", "Verbose", "Minimal", "Docs")  # IPython's %xmode modes
 MAX_MATCHES = 2000  # completions kept from one remote reply
 MAX_MATCH_LENGTH = 1000  # characters of one completion
 _IS_COMPLETE_STATUS = frozenset({"complete", "incomplete", "invalid", "unknown"})
@@ -160,6 +162,7 @@ class RemoteKernel(Kernel):
         super().__init__(**kwargs)
         self._conn: Connection | None = None
         self._interpreter: Any = None
+        self._xmode: str | None = None  # the remote shell's %xmode once a cell changed it
         self._remote_language_info: dict[str, Any] | None = None
         self._tried_info = False
         self._history: list[tuple[int, int, str]] = []
@@ -199,10 +202,23 @@ class RemoteKernel(Kernel):
             raise RemoteKernelError(f"cannot reach {self.target}: {exc}") from exc
         interpreter = conn.root.interpreter
         interpreter.attach_comms(self._sink)
+        self._xmode = None  # a new remote shell: IPython's default mode
         self._remote_language_info = dict(interpreter.language_info())
         self._conn, self._interpreter = conn, interpreter
         self._serve_from_loop(conn)
         return conn, interpreter
+
+    def _follow_xmode(self, conn: Connection, interpreter: Any) -> None:
+        """``%xmode`` ran on the remote IPython: remote errors here show in its mode, and in
+        Verbose mode with the variables of each frame's line (``request_variables``)."""
+        try:
+            mode = conn.call(interpreter, "eval", "get_ipython().InteractiveTB.mode",
+                             timeout=QUICK_TIMEOUT)
+            if mode in XMODES:
+                self._xmode = mode
+                conn.request_variables(mode == "Verbose")
+        except RemoteKernelError:
+            pass  # no IPython there (%xmode failed too), or the link is gone
 
     def _serve_from_loop(self, conn: Connection) -> None:
         """Comm messages and callbacks from the remote arrive while the kernel is idle."""
@@ -246,12 +262,15 @@ class RemoteKernel(Kernel):
                               timeout=None)
                 finally:
                     self._allow_stdin, self.cell_running = False, False
+                    if "xmode" in code:
+                        self._follow_xmode(conn, interpreter)
         except KeyboardInterrupt as exc:  # the Stop button: one line (errors.mark_stop)
             render = getattr(exc, "_render_traceback_", None)
             return self._error("KeyboardInterrupt", str(exc),
                                render() if render else ["KeyboardInterrupt"])
         except RemoteError as exc:  # the chain, each exception with its remote frames
-            return self._error(type(exc).__name__, str(exc), exc._render_traceback_())
+            return self._error(type(exc).__name__, str(exc),
+                               IPythonRendering(self._xmode).remote_error(exc))
         except ConnectionClosed as exc:
             return self._error("ConnectionClosed", str(exc), exc._render_traceback_())
         except RemoteKernelError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import keyword
 import re
 import reprlib
+import types
 from types import FrameType
 
 MAX_VARIABLES = 24  # names shown per frame
@@ -20,6 +21,11 @@ MAX_REPR = 240  # characters of one value's repr
 
 _STRINGS = re.compile(r"""(?:[rbfuRBFU]{0,2})("[^"\\]*(?:\\.[^"\\]*)*"|'[^'\\]*(?:\\.[^'\\]*)*')""")
 _NAMES = re.compile(r"(?<![\w.])[^\W\d]\w*")
+
+# What IPython leaves out of a Verbose frame too: the functions, classes and modules a line
+# names say nothing its source does not.
+_NOT_SHOWN = (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+              types.ModuleType, type)
 
 _repr = reprlib.Repr()
 _repr.maxstring = _repr.maxother = MAX_REPR
@@ -43,7 +49,8 @@ def line_variables(frame: FrameType, line: str) -> tuple[tuple[str, str], ...]:
     for name in line_names(line):
         for scope in scopes:
             if name in scope:
-                found.append((name, _bounded_repr(scope[name])))
+                if not isinstance(scope[name], _NOT_SHOWN):
+                    found.append((name, _bounded_repr(scope[name])))
                 break
         if len(found) == MAX_VARIABLES:
             break

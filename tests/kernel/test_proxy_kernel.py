@@ -101,6 +101,28 @@ def test_errors_carry_the_remote_type_and_frames() -> None:
         kernel.close()
 
 
+def test_xmode_of_the_remote_shell_applies_to_its_errors() -> None:
+    kernel = Kernel(SPEC)
+    try:
+        cell = "def divide(a, b):\n    c = a + 1\n    return c / b\ndivide(3, 0)"
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(
+            kernel.run(cell).reply["content"]["traceback"]))
+        assert "return c / b" in plain and "c = 4" not in plain
+        assert kernel.run("%xmode Verbose").status == "ok"
+        verbose = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(
+            kernel.run(cell).reply["content"]["traceback"]))
+        lines = [line.strip() for line in verbose.splitlines()]
+        at = lines.index("----> 3     return c / b")
+        assert lines[at + 1:at + 3] == ["c = 4", "b = 0"], verbose
+        assert not any(line.startswith("divide = ") for line in lines)  # as IPython: no functions
+        assert kernel.run("%xmode Minimal").status == "ok"
+        minimal = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(
+            kernel.run(cell).reply["content"]["traceback"]))
+        assert minimal.strip() == "ZeroDivisionError: division by zero", minimal
+    finally:
+        kernel.close()
+
+
 @pytest.mark.slow
 def test_interrupt_and_restart(classic_server) -> None:
     kernel = Kernel(SPEC)
