@@ -1,18 +1,15 @@
 """Frames of remote_kernel's own machinery are left out wherever a traceback is printed
 (README.md, "Remote errors are as useful as local ones"): a remote error leaves the package
 at the user's call without the frames of the request and the wait, so ``traceback``,
-``logging.exception`` and pytest show the user's frames, then the remote ones. Against a
-real server process. Python 3.10 re-raises with the traceback it caught (there the frames
+``logging.exception`` and pytest (tests/test_remote_errors.py, its pytest run) show the
+user's frames, then the remote ones. Against a real server process. Python 3.10 re-raises with the traceback it caught (there the frames
 stay): the checks of what is left out run on 3.11 and later."""
 
 from __future__ import annotations
 
 import io
 import logging
-import os
-import subprocess
 import sys
-import textwrap
 import traceback
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,6 @@ from typing import Any
 import pytest
 
 import remote_kernel as rk
-from tests.conftest import ROOT, ServerProcess
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -115,24 +111,3 @@ def test_an_error_of_the_link_shows_no_frame_of_the_package(start_server) -> Non
     if TRIMS:
         assert _ours(exc) == []
     conn.close()
-
-
-@pytest.mark.slow
-def test_pytests_report_shows_no_frame_of_the_package(classic_server: ServerProcess,
-                                                      tmp_path: Path) -> None:
-    test_file = tmp_path / "test_remote_failure.py"
-    test_file.write_text(textwrap.dedent(f"""
-        import remote_kernel as rk
-
-        def test_it():
-            with rk.connect("127.0.0.1", {classic_server.port},
-                            token={classic_server.token!r}) as conn:
-                conn.modules["tests.error_services"].lookup("missing")
-    """))
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             str(test_file)], capture_output=True, text=True, timeout=60,
-                            cwd=str(ROOT), env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "in lookup" in result.stdout, result.stdout
-    if TRIMS:
-        assert "remote_kernel/core" not in result.stdout, result.stdout
