@@ -137,7 +137,8 @@ class RemoteFrame(_FrameFields):
     peer called) or the name of the process it ran in ("127.0.0.1:40123"); ``side`` is that
     process's opaque id. ``context`` holds a few source lines around ``lineno``, the first
     being line ``context_start``. ``variables`` are ``(name, repr)`` pairs of the names on the
-    frame's line, sent only while this side asked for them (``%xmode Verbose``).
+    frame's line, sent only while this side asked for them (``%xmode Verbose``), as
+    ``arguments`` are the call's ("(a=3, b=0)").
     """
 
     where: str
@@ -145,16 +146,19 @@ class RemoteFrame(_FrameFields):
     context_start: int
     context: tuple[str, ...]
     variables: tuple[tuple[str, str], ...]
+    arguments: str
 
     def __new__(cls, filename: str, lineno: int, function: str, line: str, where: str = "",
                 side: str = "", context_start: int = 0, context: tuple[str, ...] = (),
-                variables: tuple[tuple[str, str], ...] = ()) -> RemoteFrame:
+                variables: tuple[tuple[str, str], ...] = (), arguments: str = "",
+                ) -> RemoteFrame:
         frame = super().__new__(cls, filename, lineno, function, line)
         frame.where = where
         frame.side = side
         frame.context_start = context_start
         frame.context = context
         frame.variables = variables
+        frame.arguments = arguments
         return frame
 
 

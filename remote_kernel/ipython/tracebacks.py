@@ -178,6 +178,8 @@ class RemoteTracebackFormatter:
     def _remote_record(self, frame: RemoteFrame, context: int) -> str:
         """A remote frame the way VerboseTB shows a local one: file, function, source."""
         function = frame.function if frame.function and frame.function != "<module>" else None
+        if function and self.mode == "Verbose":
+            function += frame.arguments  # "divide(a=3, b=0)", as VerboseTB writes a call
         text = self.look.frame_line(frame.filename, frame.lineno, function) + "\n"
         if frame.context:
             first, lines = frame.context_start, list(frame.context)

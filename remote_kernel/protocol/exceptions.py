@@ -15,7 +15,8 @@ Wire format: the EXC ext value is a msgpack array
                       the frame ran in (``frames.SIDE``), ``where`` the sender's name for that
                       process ("" when it is the sender); ``context`` a few source lines, the
                       first being line ``context_start``; ``variables`` [name, repr] pairs of
-                      the line's names, empty unless the receiver asked (``Op.VARIABLES``)
+                      the line's names and ``arguments`` the call's ("(a=3, b=0)"), empty
+                      unless the receiver asked (``Op.VARIABLES``)
     builtin_base      the nearest builtin class of the exception ("LookupError")
     attributes        {name: value}: public instance attributes and the standard ones
                       (``OSError.errno``, ``SyntaxError.lineno``, ``StopIteration.value``...),
@@ -65,7 +66,7 @@ from remote_kernel.protocol import frames as _frames
 from remote_kernel.protocol.codec import pack
 from remote_kernel.protocol.messages import Ext
 from remote_kernel.protocol.values import is_numpy
-from remote_kernel.protocol.variables import MAX_REPR, MAX_VARIABLES
+from remote_kernel.protocol.variables import MAX_ARGUMENTS, MAX_REPR, MAX_VARIABLES
 
 if TYPE_CHECKING:
     from remote_kernel.protocol.boxing import Boxer
@@ -215,13 +216,14 @@ def _frames_out(exc: BaseException, with_variables: bool) -> list[list[Any]]:
     side = _frames.SIDE
     out: list[list[Any]] = [
         [filename, lineno, function, line, side, "", first, list(context),
-         [list(pair) for pair in variables]]
-        for filename, lineno, function, line, first, context, variables
+         [list(pair) for pair in variables], arguments]
+        for filename, lineno, function, line, first, context, variables, arguments
         in _frames.user_frames_with_source(exc.__traceback__, with_variables)]
     if isinstance(exc, RemoteError):  # its frames on the peer come after ours (inner)
         out += [[frame.filename, frame.lineno, frame.function, frame.line,
                  frame.side, frame.where, frame.context_start, list(frame.context),
-                 [list(pair) for pair in frame.variables] if with_variables else []]
+                 [list(pair) for pair in frame.variables] if with_variables else [],
+                 frame.arguments if with_variables else ""]
                 for frame in exc.remote_frames]
     return out[-MAX_FRAMES:]
 
@@ -338,6 +340,10 @@ def _text(value: Any) -> str:
     return repr(value)[:MAX_TEXT]  # plain data only: an exception carries no references
 
 
+_FRAME_DEFAULTS = ("", "", 0, (), (), "")  # side, where, context_start, context, variables,
+# arguments
+
+
 def _frames_in(frames: Any, peer: str) -> list[RemoteFrame]:
     if frames is None:
         return []
@@ -349,12 +355,14 @@ def _frames_in(frames: Any, peer: str) -> list[RemoteFrame]:
         if type(frame) is not tuple or len(frame) < 4:
             raise ProtocolError("malformed exception frame")
         filename, lineno, function, line = frame[:4]
-        side, where, start, context, variables = (frame[4:9] + ("", "", 0, (), ()))[:5]
+        given = frame[4:10]  # a peer may send fewer: the rest take their defaults
+        side, where, start, context, variables, arguments = \
+            given + _FRAME_DEFAULTS[len(given):]
         if not (_is_name(filename) and type(lineno) is int and _is_name(function)
                 and type(line) is str and type(side) is str and type(where) is str
                 and type(start) is int and type(context) is tuple
                 and all(type(text) is str for text in context)
-                and type(variables) is tuple and all(
+                and type(arguments) is str and type(variables) is tuple and all(
                     type(pair) is tuple and len(pair) == 2 and type(pair[0]) is str
                     and type(pair[1]) is str for pair in variables)):
             raise ProtocolError("malformed exception frame")
@@ -363,7 +371,8 @@ def _frames_in(frames: Any, peer: str) -> list[RemoteFrame]:
                                side[:64], start, tuple(t[:MAX_TEXT] for t in
                                                        context[:MAX_CONTEXT]),
                                tuple((name[:MAX_NAME], value[:MAX_REPR])
-                                     for name, value in variables[:MAX_VARIABLES])))
+                                     for name, value in variables[:MAX_VARIABLES]),
+                               arguments[:MAX_ARGUMENTS]))
     return out
 
 

@@ -14,15 +14,16 @@ import os
 import traceback
 from types import TracebackType
 
-from remote_kernel.protocol.variables import line_variables
+from remote_kernel.protocol.variables import call_arguments, line_variables
 
 # remote_kernel's own plumbing, and the hosts' (IPython's run_code, ipykernel's dispatch).
 MACHINERY_PACKAGES = ("remote_kernel", "IPython", "ipykernel", "tornado", "asyncio")
 USER_PACKAGES = ("remote_kernel.demo",)  # shipped with the package, but user-level code
 
 Frame = tuple[str, int, str, str]  # filename, lineno, function, source line
-# ... + first line, context, the (name, repr) pairs of the line (variables.py) or ()
-SourceFrame = tuple[str, int, str, str, int, tuple[str, ...], tuple[tuple[str, str], ...]]
+# ... + first line, context, the (name, repr) pairs of the line and the call's arguments
+# (variables.py), or () and ""
+SourceFrame = tuple[str, int, str, str, int, tuple[str, ...], tuple[tuple[str, str], ...], str]
 CONTEXT_BEFORE, CONTEXT_AFTER = 2, 2  # source lines sent around each frame's line
 MAX_LINE = 400  # characters of one source line
 
@@ -90,6 +91,7 @@ def user_frames_with_source(tb: TracebackType | None,
         context = tuple(text.rstrip("\r\n")[:MAX_LINE]
                         for text in lines[first - 1:lineno + CONTEXT_AFTER]) if line else ()
         variables = line_variables(frame, line) if with_variables and line else ()
+        arguments = call_arguments(frame) if with_variables else ""
         frames.append((code.co_filename, lineno, code.co_name, line[:MAX_LINE], first, context,
-                       variables))
+                       variables, arguments))
     return frames

@@ -10,6 +10,7 @@ instead of failing the exception it describes.
 
 from __future__ import annotations
 
+import inspect
 import keyword
 import re
 import reprlib
@@ -18,6 +19,7 @@ from types import FrameType
 
 MAX_VARIABLES = 24  # names shown per frame
 MAX_REPR = 240  # characters of one value's repr
+MAX_ARGUMENTS = 4 * MAX_REPR  # characters of a call's arguments, "(a=3, b=0)"
 
 _STRINGS = re.compile(r"""(?:[rbfuRBFU]{0,2})("[^"\\]*(?:\\.[^"\\]*)*"|'[^'\\]*(?:\\.[^'\\]*)*')""")
 _NAMES = re.compile(r"(?<![\w.])[^\W\d]\w*")
@@ -62,3 +64,17 @@ def _bounded_repr(value: object) -> str:
         return _repr.repr(value)[:MAX_REPR]
     except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not cost the traceback
         return f"<repr failed: {type(exc).__name__}>"
+
+
+def call_arguments(frame: FrameType) -> str:
+    """The arguments the frame's function was called with, as IPython's Verbose header
+    writes them: ``(a=3, b=0)``; "" for a module's frame."""
+    if frame.f_code.co_name == "<module>":
+        return ""
+    try:
+        arguments = inspect.getargvalues(frame)
+        text = inspect.formatargvalues(*arguments,
+                                       formatvalue=lambda value: "=" + _bounded_repr(value))
+    except Exception:  # noqa: BLE001 - an odd frame: no arguments rather than no traceback
+        return ""
+    return text[:MAX_ARGUMENTS]

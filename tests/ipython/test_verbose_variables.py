@@ -47,6 +47,7 @@ def test_verbose_shows_the_variables_of_each_remote_line(shell, dev, capsys) -> 
     at = lines.index("----> 4     return c / b") if "----> 4     return c / b" in lines else \
         next(i for i, line in enumerate(lines) if line.endswith("return c / b"))
     assert lines[at + 1:at + 3] == ["c = 4", "b = 0"], text
+    assert any(line.endswith("in divide(a=3, b=0)") for line in lines), text  # the call
     assert not any(line.startswith("secret_word =") for line in lines)  # the line's names only
     assert "ZeroDivisionError: division by zero" in text
     # Back to Context: the peer is told, and sends none again.
@@ -104,3 +105,4 @@ def test_a_classic_peer_sends_them_only_when_asked() -> None:
             conn.namespace["divide"](3, 0)
         frame = caught.value.remote_frames[-1]
         assert frame.function == "divide" and frame.variables == (("c", "4"), ("b", "0"))
+        assert frame.arguments == "(a=3, b=0)"
