@@ -29,7 +29,26 @@ _NAMES = re.compile(r"(?<![\w.])[^\W\d]\w*")
 _NOT_SHOWN = (types.FunctionType, types.BuiltinFunctionType, types.MethodType,
               types.ModuleType, type)
 
-_repr = reprlib.Repr()
+
+
+class _LocalRepr(reprlib.Repr):
+    """``reprlib``'s bounded repr that asks no peer: a netref (here, or inside a container)
+    is named, not asked for its repr, which would be a request sent while this side builds
+    a message of its own."""
+
+    def repr1(self, x: object, level: int) -> str:
+        if _is_netref(x):
+            return "<netref>"
+        return super().repr1(x, level)
+
+
+def _is_netref(value: object) -> bool:
+    # By name: this layer does not import core, where netrefs are made.
+    return any(klass.__name__ == "BaseNetref" and klass.__module__ == "remote_kernel.core.netref"
+               for klass in type(value).__mro__)
+
+
+_repr = _LocalRepr()
 _repr.maxstring = _repr.maxother = MAX_REPR
 _repr.maxlevel = 3
 
@@ -51,7 +70,7 @@ def line_variables(frame: FrameType, line: str) -> tuple[tuple[str, str], ...]:
     for name in line_names(line):
         for scope in scopes:
             if name in scope:
-                if not isinstance(scope[name], _NOT_SHOWN):
+                if _is_netref(scope[name]) or not isinstance(scope[name], _NOT_SHOWN):
                     found.append((name, _bounded_repr(scope[name])))
                 break
         if len(found) == MAX_VARIABLES:

@@ -106,3 +106,23 @@ def test_a_classic_peer_sends_them_only_when_asked() -> None:
         frame = caught.value.remote_frames[-1]
         assert frame.function == "divide" and frame.variables == (("c", "4"), ("b", "0"))
         assert frame.arguments == "(a=3, b=0)"
+
+
+def test_a_netref_among_the_variables_is_named_not_asked_for_its_repr() -> None:
+    asked: list[str] = []
+
+    class Thing:
+        def __repr__(self) -> str:
+            asked.append("repr")
+            return "Thing()"
+
+    with rk.Server(rk.ClassicService) as server, \
+            rk.connect("127.0.0.1", server.port, timeout=5) as conn:
+        conn.execute("def use(thing, b):\n    return [thing, [thing]] and 1 / b\n")
+        conn.request_variables(True)
+        with pytest.raises(ZeroDivisionError) as caught:
+            conn.namespace["use"](Thing(), 0)
+        frame = caught.value.remote_frames[-1]
+        assert frame.variables == (("thing", "<netref>"), ("b", "0"))
+        assert frame.arguments == "(thing=<netref>, b=0)"
+        assert asked == []  # the peer sent no request while it built its error
