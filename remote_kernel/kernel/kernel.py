@@ -262,13 +262,15 @@ class RemoteKernel(Kernel):
                               timeout=None)
                 finally:
                     self._allow_stdin, self.cell_running = False, False
-                    if "xmode" in code:
-                        self._follow_xmode(conn, interpreter)
+                if "xmode" in code:
+                    self._follow_xmode(conn, interpreter)
         except KeyboardInterrupt as exc:  # the Stop button: one line (errors.mark_stop)
             render = getattr(exc, "_render_traceback_", None)
             return self._error("KeyboardInterrupt", str(exc),
                                render() if render else ["KeyboardInterrupt"])
         except RemoteError as exc:  # the chain, each exception with its remote frames
+            if "xmode" in code and self._conn is not None:  # the cell may have changed it
+                self._follow_xmode(self._conn, self._interpreter)
             return self._error(type(exc).__name__, str(exc),
                                IPythonRendering(self._xmode).remote_error(exc))
         except ConnectionClosed as exc:
