@@ -122,7 +122,7 @@ def test_xmode_of_the_remote_shell_applies_to_its_errors() -> None:
         # A cell that changes the mode and then fails shows its error in the new mode.
         context = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(
             kernel.run("%xmode Context\n" + cell).reply["content"]["traceback"]))
-        assert "----> 3     return c / b" in context and "c = 4" not in context, context
+        assert "----> 4     return c / b" in context and "c = 4" not in context, context
     finally:
         kernel.close()
 
